@@ -1,0 +1,140 @@
+"""All configuration in one place: defaults, then `$FARM_HOME/farm.toml`, then `FARM_*` variables.
+
+The embedded default needs nothing: SQLite, a server-less broker and local storage, all below
+`FARM_HOME` (default `./.farm`). Distributed mode sets `database_url` and `broker_url`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from farm.errors import ConfigError
+
+DEFAULT_UPSTREAM = "https://pypi.org/simple/"
+
+
+def _home() -> Path:
+    return Path(os.environ.get("FARM_HOME", ".farm")).absolute()
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """Reads `$FARM_HOME/farm.toml` (flat keys, the same names as the settings)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = _home() / "farm.toml"
+        if not path.is_file():
+            return {}
+        try:
+            return tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+
+
+class ImageConfig(BaseModel):
+    """A build image for one platform and the CPython versions it carries (/opt/python/cpXY-cpXY)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    image: str
+    pythons: list[str]
+
+
+DEFAULT_IMAGES: dict[str, list[ImageConfig]] = {
+    "linux-x86_64": [ImageConfig(image="quay.io/pypa/manylinux_2_28_x86_64",
+                                 pythons=["cp39", "cp310", "cp311", "cp312", "cp313"])],
+    "linux-aarch64": [ImageConfig(image="quay.io/pypa/manylinux_2_28_aarch64",
+                                  pythons=["cp39", "cp310", "cp311", "cp312", "cp313"])],
+    "musllinux-x86_64": [ImageConfig(image="quay.io/pypa/musllinux_1_2_x86_64",
+                                     pythons=["cp39", "cp310", "cp311", "cp312", "cp313"])],
+}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FARM_", extra="forbid", frozen=True)
+
+    home: Path = Field(default_factory=_home, description="where the embedded farm keeps its state")
+    database_url: str = Field("", description="SQLAlchemy URL; default sqlite:///$FARM_HOME/farm.db")
+    broker_url: str = Field("", description="Celery broker; default a folder below $FARM_HOME")
+    storage_root: Path | None = Field(None, description="sdists, logs, wheels; default $FARM_HOME/storage")
+    index_root: Path | None = Field(None, description="static index; default $FARM_HOME/index")
+    upstream_index: str = Field(DEFAULT_UPSTREAM, description="PEP 503 index sdists and build deps come from")
+    engine: Literal["native", "cibuildwheel"] = "native"
+    platform: str = Field("", description="this worker's platform queue; default: the host's")
+    pythons: list[str] = Field(default_factory=list, description="native engine interpreters (paths or versions); default: this interpreter")
+    build_frontend: Literal["uv", "build"] = "uv"
+    system_packages: Literal["install", "check", "ignore"] = Field(
+        "install", description="native engine: what to do with a recipe's system packages on the host")
+    max_sdist_bytes: int = 200 * 1024 * 1024
+    max_unpacked_bytes: int = 2 * 1024 * 1024 * 1024
+    max_members: int = 100_000
+    build_timeout: float = 3600.0
+    test_timeout: float = 900.0
+    recipes_dirs: list[Path] = Field(default_factory=list, description="extra recipe folders, searched first")
+    api_host: str = "127.0.0.1"
+    api_port: int = 8477
+    poll_interval: float = 0.01
+
+    # Containers (engine cibuildwheel on Linux, verification in a clean container) ----------------
+    docker_host: str = Field("", description="Docker engine socket, e.g. unix:///var/lib/farm-docker/docker.sock; default DOCKER_HOST")
+    images: dict[str, list[ImageConfig]] = Field(default_factory=lambda: dict(DEFAULT_IMAGES),
+                                                 description="build images per platform; the Python matrix is their union")
+    verify_images: dict[str, str] = Field(default_factory=dict, description="per platform: an image without compilers for verification; empty: verify on the host")
+    build_memory: str = Field("4g", description="memory limit of a build container")
+    build_pids: int = 4096
+    cibuildwheel_timeout: float = 3600.0
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):  # type: ignore[override]
+        return (init_settings, env_settings, _TomlSource(settings_cls))
+
+    # Derived locations -------------------------------------------------------------------------
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'farm.db'}"
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or "farmfs://"
+
+    @property
+    def broker_folder(self) -> Path:
+        return self.home / "broker"
+
+    @property
+    def storage(self) -> Path:
+        return self.storage_root or self.home / "storage"
+
+    @property
+    def index(self) -> Path:
+        return self.index_root or self.home / "index"
+
+    @property
+    def all_recipe_dirs(self) -> list[Path]:
+        return [*self.recipes_dirs, Path(__file__).resolve().parent.parent / "recipes"]
+
+    @property
+    def interpreters(self) -> list[str]:
+        return self.pythons or [sys.executable]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from exc
+
+
+def reset_settings() -> None:
+    """Forget the cached settings (tests and `farm --home` change the environment)."""
+    get_settings.cache_clear()

@@ -1,0 +1,39 @@
+"""Bring the database schema to the newest migration (`farm db upgrade`, and at every start)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, inspect
+
+from farm.db.session import get_engine
+
+_HERE = Path(__file__).resolve().parent / "migrations"
+
+
+def alembic_config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_HERE))
+    return cfg
+
+
+def upgrade(engine: Engine | None = None) -> None:
+    engine = engine or get_engine()
+    with engine.begin() as conn:
+        cfg = alembic_config()
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+def is_current(engine: Engine | None = None) -> bool:
+    """Cheap check used on hot paths: the version table exists and names the head revision."""
+    from alembic.script import ScriptDirectory
+
+    engine = engine or get_engine()
+    if "alembic_version" not in inspect(engine).get_table_names():
+        return False
+    with engine.connect() as conn:
+        row = conn.exec_driver_sql("SELECT version_num FROM alembic_version").first()
+    return row is not None and row[0] == ScriptDirectory.from_config(alembic_config()).get_current_head()

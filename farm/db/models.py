@@ -1,0 +1,154 @@
+"""The farm's records. The database is the truth; the broker only transports.
+
+submission 1-n job; source (an sdist, by sha256) 1-n job; job 1-n step; job 1-n artifact;
+artifact 1-1 provenance; job 1-n dependency (runtime requirements it waits for).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from farm.db.states import JobState, check_transition
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Submission(Base):
+    __tablename__ = "submission"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(16))  # file | requirement | dependency
+    request: Mapped[str] = mapped_column(Text)  # the path or requirement as given
+    parent_job_id: Mapped[int | None] = mapped_column(ForeignKey("job.id", use_alter=True))
+    jobs: Mapped[list[Job]] = relationship(back_populates="submission", foreign_keys="Job.submission_id")
+
+
+class Source(Base):
+    """An sdist the farm holds, by content."""
+
+    __tablename__ = "source"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200), index=True)  # normalized
+    version: Mapped[str] = mapped_column(String(100))
+    filename: Mapped[str] = mapped_column(String(300))
+    size: Mapped[int]
+    storage_key: Mapped[str] = mapped_column(Text)
+    upstream_url: Mapped[str | None] = mapped_column(Text)
+    requires_python: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Job(Base):
+    """One build target of one sdist: platform x Python, under one recipe and engine."""
+
+    __tablename__ = "job"
+    __table_args__ = (Index("ix_job_state", "state"), Index("ix_job_cache_key", "cache_key"))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    submission_id: Mapped[int] = mapped_column(ForeignKey("submission.id"))
+    source_id: Mapped[int] = mapped_column(ForeignKey("source.id"))
+    platform: Mapped[str] = mapped_column(String(64))  # queue name, e.g. linux-x86_64
+    python: Mapped[str] = mapped_column(String(32))  # e.g. cp311
+    build_id: Mapped[str] = mapped_column(String(100))  # cibuildwheel-style, e.g. cp311-manylinux_x86_64
+    engine: Mapped[str] = mapped_column(String(32))
+    recipe_name: Mapped[str | None] = mapped_column(String(300))
+    recipe_digest: Mapped[str] = mapped_column(String(64))
+    recipe: Mapped[dict[str, Any]] = mapped_column(default=dict)  # resolved options for this build id
+    cache_key: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED.value)
+    attempt: Mapped[int] = mapped_column(default=1)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    cached_from_id: Mapped[int | None] = mapped_column(ForeignKey("job.id"))
+    error: Mapped[str | None] = mapped_column(Text)
+    failure_kind: Mapped[str | None] = mapped_column(String(16))  # package | infrastructure | dependency
+    log_key: Mapped[str | None] = mapped_column(Text)
+    staged: Mapped[dict[str, Any]] = mapped_column(default=dict)  # wheel staged while in dep_wait
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    submission: Mapped[Submission] = relationship(back_populates="jobs", foreign_keys=[submission_id])
+    source: Mapped[Source] = relationship()
+    steps: Mapped[list[Step]] = relationship(back_populates="job", order_by="Step.id", cascade="all, delete-orphan")
+    artifacts: Mapped[list[Artifact]] = relationship(back_populates="job", foreign_keys="Artifact.job_id")
+    dependencies: Mapped[list[Dependency]] = relationship(
+        back_populates="job", foreign_keys="Dependency.job_id", cascade="all, delete-orphan")
+
+    def move(self, new: JobState | str) -> None:
+        """Change state through the transition table; an illegal move raises StateError."""
+        self.state = check_transition(self.state, new).value
+
+
+class Step(Base):
+    """One named step of one attempt of a job, with its timing, outcome and log."""
+
+    __tablename__ = "step"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id"), index=True)
+    attempt: Mapped[int] = mapped_column(default=1)
+    name: Mapped[str] = mapped_column(String(32))
+    started_at: Mapped[dt.datetime]
+    finished_at: Mapped[dt.datetime | None]
+    seconds: Mapped[float | None]
+    outcome: Mapped[str] = mapped_column(String(16), default="running")  # running | ok | failed
+    log: Mapped[str] = mapped_column(Text, default="")
+    job: Mapped[Job] = relationship(back_populates="steps")
+
+
+class Artifact(Base):
+    """A wheel the farm built, verified and published."""
+
+    __tablename__ = "artifact"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id"), index=True)
+    filename: Mapped[str] = mapped_column(String(300))
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    size: Mapped[int]
+    name: Mapped[str] = mapped_column(String(200), index=True)  # normalized project name
+    version: Mapped[str] = mapped_column(String(100))
+    tags: Mapped[list[Any]] = mapped_column(default=list)
+    requires_python: Mapped[str | None] = mapped_column(String(200))
+    requires_dist: Mapped[list[Any]] = mapped_column(default=list)
+    storage_key: Mapped[str] = mapped_column(Text)
+    verified: Mapped[bool] = mapped_column(default=False)
+    published_at: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    job: Mapped[Job] = relationship(back_populates="artifacts", foreign_keys=[job_id])
+    provenance: Mapped[Provenance | None] = relationship(back_populates="artifact", uselist=False)
+
+
+class Provenance(Base):
+    """The in-toto Statement (SLSA provenance v1 predicate) recorded for one artifact."""
+
+    __tablename__ = "provenance"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    artifact_id: Mapped[int] = mapped_column(ForeignKey("artifact.id"), unique=True)
+    statement: Mapped[dict[str, Any]]
+    digest: Mapped[str] = mapped_column(String(64))
+    storage_key: Mapped[str] = mapped_column(Text)
+    artifact: Mapped[Artifact] = relationship(back_populates="provenance")
+
+
+class Dependency(Base):
+    """A runtime requirement a job's wheel needs before it can be verified."""
+
+    __tablename__ = "dependency"
+    __table_args__ = (UniqueConstraint("job_id", "requirement"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("job.id"), index=True)
+    requirement: Mapped[str] = mapped_column(Text)
+    dep_job_id: Mapped[int | None] = mapped_column(ForeignKey("job.id"))
+    state: Mapped[str] = mapped_column(String(16), default="waiting")  # waiting | met | unavailable
+    reason: Mapped[str | None] = mapped_column(Text)
+    job: Mapped[Job] = relationship(back_populates="dependencies", foreign_keys=[job_id])

@@ -1,0 +1,58 @@
+"""Job states and the only moves between them.
+
+A worker walks a job through fetching -> building -> repairing -> verifying -> attesting ->
+uploading; the coordinator records and publishes. `dep_wait` holds a built wheel whose runtime
+dependencies the farm's index does not have yet. Any other move raises `StateError`.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from farm.errors import StateError
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    FETCHING = "fetching"
+    BUILDING = "building"
+    REPAIRING = "repairing"
+    DEP_WAIT = "dep_wait"
+    VERIFYING = "verifying"
+    ATTESTING = "attesting"
+    UPLOADING = "uploading"
+    PUBLISHING = "publishing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+S = JobState
+_RUNNING = {S.FETCHING, S.BUILDING, S.REPAIRING, S.VERIFYING, S.ATTESTING, S.UPLOADING}
+
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    S.QUEUED: frozenset({S.FETCHING, S.VERIFYING, S.SUCCEEDED, S.FAILED, S.CANCELLED}),
+    S.FETCHING: frozenset({S.BUILDING, S.FAILED, S.QUEUED, S.CANCELLED}),
+    S.BUILDING: frozenset({S.REPAIRING, S.FAILED, S.QUEUED, S.CANCELLED}),
+    S.REPAIRING: frozenset({S.VERIFYING, S.FAILED, S.QUEUED, S.CANCELLED}),
+    S.DEP_WAIT: frozenset({S.QUEUED, S.FAILED, S.CANCELLED}),
+    S.VERIFYING: frozenset({S.ATTESTING, S.DEP_WAIT, S.FAILED, S.QUEUED, S.CANCELLED}),
+    S.ATTESTING: frozenset({S.UPLOADING, S.FAILED, S.QUEUED, S.CANCELLED}),
+    S.UPLOADING: frozenset({S.PUBLISHING, S.FAILED, S.QUEUED, S.CANCELLED}),
+    S.PUBLISHING: frozenset({S.SUCCEEDED, S.FAILED}),
+    S.SUCCEEDED: frozenset(),
+    S.FAILED: frozenset(),
+    S.CANCELLED: frozenset(),
+}
+
+TERMINAL = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
+RUNNING = frozenset(_RUNNING)
+# The steps a worker reports, in order; each is also the state the job is in while it runs.
+WORKER_STEPS = (S.FETCHING, S.BUILDING, S.REPAIRING, S.VERIFYING, S.ATTESTING, S.UPLOADING)
+
+
+def check_transition(current: JobState | str, new: JobState | str) -> JobState:
+    cur, nxt = JobState(current), JobState(new)
+    if nxt not in TRANSITIONS[cur]:
+        raise StateError(f"illegal job state transition {cur.value} -> {nxt.value}")
+    return nxt

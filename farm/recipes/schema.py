@@ -1,0 +1,113 @@
+"""The recipe schema: one source for validation, the editor JSON Schema and docs/recipes.md.
+
+Option names follow cibuildwheel's where the concept is the same (`environment`, `before-all`,
+`before-build`, `config-settings`, `test-requires`, `test-command`, `build`, `skip`,
+`[[overrides]]` with `select`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _specifier(value: str) -> str:
+    try:
+        SpecifierSet(value)
+    except InvalidSpecifier as exc:
+        raise ValueError(f"not a version specifier: {value!r}") from exc
+    return value
+
+
+def _requirement(value: str) -> str:
+    try:
+        Requirement(value)
+    except InvalidRequirement as exc:
+        raise ValueError(f"not a requirement: {value!r} ({exc})") from exc
+    return value
+
+
+def _override_requirement(value: str) -> str:
+    return value if value == "" else _requirement(value)
+
+
+Specifier = Annotated[str, AfterValidator(_specifier)]
+RequirementStr = Annotated[str, AfterValidator(_requirement)]
+ShellCommand = Annotated[str, Field(min_length=1)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", alias_generator=_kebab, populate_by_name=True, frozen=True)
+
+
+class SystemPackages(_Model):
+    """System packages to install before building, per package-manager family."""
+
+    apt: list[str] = Field(default_factory=list, description="Debian/Ubuntu packages (apt-get)")
+    yum: list[str] = Field(default_factory=list, description="RHEL/manylinux packages (yum/dnf)")
+    apk: list[str] = Field(default_factory=list, description="Alpine/musllinux packages (apk)")
+    brew: list[str] = Field(default_factory=list, description="macOS Homebrew formulae")
+    choco: list[str] = Field(default_factory=list, description="Windows Chocolatey packages")
+
+
+class BuildRequires(_Model):
+    """Changes to the build requirements the sdist declares (old sdists break under new backends)."""
+
+    override: dict[str, Annotated[str, AfterValidator(_override_requirement)]] = Field(
+        default_factory=dict,
+        description='Replace the declared requirement NAME by this one (`cython = "cython<3"`); "" removes it')
+    add: list[RequirementStr] = Field(default_factory=list, description="Requirements added to the build environment")
+
+
+class Options(_Model):
+    """Build and test options: the part of a recipe that an override may change."""
+
+    environment: dict[str, str] = Field(default_factory=dict, description="Environment variables for the build")
+    before_all: list[ShellCommand] = Field(default_factory=list, description="Commands run once per build host/container before any build")
+    before_build: list[ShellCommand] = Field(default_factory=list, description="Commands run in the source tree before each build")
+    config_settings: dict[str, str | list[str]] = Field(default_factory=dict, description="PEP 517 config settings passed to the backend")
+    build_requires: BuildRequires = Field(default_factory=BuildRequires, description="Overrides of the sdist's build requirements")
+    system_packages: SystemPackages = Field(default_factory=SystemPackages, description="System packages per platform family")
+    repair_exclude: list[str] = Field(default_factory=list, description="Libraries the repair tool must not graft (auditwheel/delocate/delvewheel --exclude)")
+    test_requires: list[RequirementStr] = Field(default_factory=list, description="Requirements installed (from the farm's index) for the tests")
+    test_command: str | None = Field(None, description="Shell command run in the clean environment; {python} is its interpreter, {project} the unpacked sdist")
+    test_imports: list[str] | None = Field(None, description="Modules to import as a test; default: the wheel's top-level modules")
+
+
+class Override(Options):
+    """Options for the builds whose identifier matches `select` (and version matches `versions`)."""
+
+    select: str | list[str] = Field(description="Build identifier glob(s), e.g. `cp39-*` or `*-musllinux_*`")
+    versions: Specifier | None = Field(None, description="Only for package versions in this specifier")
+
+
+class Recipe(Options):
+    """A recipe file, `recipes/<normalized-name>.toml`."""
+
+    versions: Specifier = Field("", description="Package versions the recipe applies to (PEP 440 specifier); empty: all")
+    build: list[str] = Field(default_factory=lambda: ["*"], description="Build identifier globs to build (`cp311-*`)")
+    skip: list[str] = Field(default_factory=list, description="Build identifier globs to skip")
+    platforms: list[str] | None = Field(None, description="Platforms to build for (`linux-x86_64`, `macos-arm64`, ...); default: every platform with a worker")
+    overrides: list[Override] = Field(default_factory=list, description="Options selected by build identifier, applied in order")
+
+
+OPTION_FIELDS: tuple[str, ...] = tuple(Options.model_fields)
+
+
+def merge_options(base: Options, override: Options, fields_set: set[str]) -> Options:
+    """Apply an override's explicitly set options on top of `base`; tables merge, lists replace."""
+    data: dict[str, Any] = base.model_dump()
+    for name in fields_set & set(OPTION_FIELDS):
+        value = getattr(override, name)
+        if isinstance(value, dict) and isinstance(data[name], dict) and name in ("environment", "config_settings"):
+            data[name] = {**data[name], **value}
+        else:
+            data[name] = value.model_dump() if isinstance(value, BaseModel) else value
+    return Options.model_validate(data)

@@ -1,0 +1,63 @@
+"""Pin, replace, drop or add build requirements of an unpacked sdist before it is built.
+
+Old sdists declare build requirements that today's backends or compilers reject (an unpinned
+Cython 3, a retired setuptools plugin). The recipe's `build-requires` rewrites `[build-system]
+requires` of the tree's pyproject.toml; a tree without one gets the legacy setuptools backend.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import tomli_w
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from farm.errors import PackageFailure
+from farm.recipes.schema import BuildRequires
+
+LEGACY_REQUIRES = ["setuptools>=40.8.0"]
+LEGACY_BACKEND = "setuptools.build_meta:__legacy__"
+
+
+def declared(source: Path) -> list[str]:
+    data = _read(source)
+    return list(data.get("build-system", {}).get("requires", LEGACY_REQUIRES))
+
+
+def apply(source: Path, changes: BuildRequires) -> list[str] | None:
+    """Rewrite the tree's build requirements; return the new list, or None when nothing changed."""
+    if not changes.override and not changes.add:
+        return None
+    data = _read(source)
+    system = data.setdefault("build-system", {})
+    if "requires" not in system:
+        system["requires"] = list(LEGACY_REQUIRES)
+        system.setdefault("build-backend", LEGACY_BACKEND)
+    overrides = {canonicalize_name(k): v for k, v in changes.override.items()}
+    result: list[str] = []
+    for req in system["requires"]:
+        name = canonicalize_name(Requirement(req).name)
+        if name in overrides:
+            if overrides[name]:
+                result.append(overrides.pop(name))
+            else:
+                overrides.pop(name)
+        else:
+            result.append(req)
+    # An override for a requirement the sdist does not declare is added as well.
+    result += [r for r in overrides.values() if r] + list(changes.add)
+    system["requires"] = result
+    (source / "pyproject.toml").write_text(tomli_w.dumps(data))
+    return result
+
+
+def _read(source: Path) -> dict:
+    path = source / "pyproject.toml"
+    if not path.is_file():
+        return {}
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise PackageFailure("build", f"the sdist's pyproject.toml is not valid TOML: {exc}") from exc

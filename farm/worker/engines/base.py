@@ -1,0 +1,46 @@
+"""What a build engine provides: turn an unpacked sdist into wheel(s) for one build identifier."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, TextIO
+
+from farm.config import Settings
+from farm.messages import JobSpec
+from farm.recipes.schema import Options
+from farm.util.cmd import Result
+from farm.worker.platforms.base import Platform
+
+
+@dataclass(kw_only=True)
+class BuildContext:
+    spec: JobSpec
+    options: Options
+    platform: Platform
+    settings: Settings
+    sdist: Path  # the verified sdist file
+    source: Path  # its unpacked tree
+    work: Path  # the job's private folder; nothing is written outside it
+    log: TextIO
+    commands: list[str] = field(default_factory=list)  # every command line run, for provenance
+
+    def record(self, result: Result) -> Result:
+        self.commands.append(result.command_line)
+        return result
+
+
+@dataclass(kw_only=True)
+class BuildOutput:
+    wheels: list[Path]
+    repaired: bool  # True when the engine already repaired them (cibuildwheel)
+    tools: dict[str, str] = field(default_factory=dict)  # tool -> version, for provenance
+    image_digest: str | None = None
+    effective_build_requires: list[str] | None = None
+
+
+class Engine(Protocol):
+    name: str
+
+    def build(self, ctx: BuildContext) -> BuildOutput:
+        """Build (and, if the engine does so itself, repair) the wheel(s). PackageFailure on a build error."""

@@ -1,0 +1,126 @@
+"""Linux: manylinux/musllinux tags, auditwheel repair, apt/yum/apk system packages."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from packaging.tags import Tag, platform_tags
+
+from farm.errors import InfrastructureFault, PackageFailure
+from farm.recipes.schema import SystemPackages
+from farm.util.cmd import CommandFailed, clean_env, run
+from farm.worker.platforms._common import find_interpreters, is_pure, tags_for, wheel_tags
+from farm.worker.platforms.base import Interpreter
+
+_MANAGERS = (("apt", "apt-get"), ("yum", "dnf"), ("yum", "yum"), ("apk", "apk"))
+
+
+@dataclass(frozen=True)
+class LinuxPlatform:
+    arch: str
+    musl: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{'musllinux' if self.musl else 'linux'}-{self.arch}"
+
+    family = "linux"
+
+    def build_identifier(self, python: str) -> str:
+        return f"{python}-{'musllinux' if self.musl else 'manylinux'}_{self.arch}"
+
+    def interpreters(self, configured: Sequence[str]) -> list[Interpreter]:
+        return find_interpreters(configured, exe_names=("python{v}", "/opt/python/cp{v}/bin/python"))
+
+    def supported_tags(self, python: tuple[int, int]) -> list[Tag]:
+        return tags_for(python, list(platform_tags()))
+
+    def platform_tag_ok(self, tags: Sequence[str]) -> bool:
+        prefix = "musllinux_" if self.musl else "manylinux"
+        return all(t.endswith("-any") or t.split("-")[-1].startswith(prefix) for t in tags)
+
+    def repair(self, wheel: Path, dest: Path, *, exclude: Sequence[str], log: TextIO) -> Path:
+        dest.mkdir(parents=True, exist_ok=True)
+        if is_pure(wheel):
+            log.write(f"{wheel.name} is pure Python: nothing to repair\n")
+            return Path(shutil.copy2(wheel, dest / wheel.name))
+        argv = [_tool("auditwheel"), "repair", "--wheel-dir", dest]
+        for lib in exclude:
+            argv += ["--exclude", lib]
+        argv.append(wheel)
+        try:
+            run(argv, env=clean_env(path_prepend=[Path(sys.executable).parent]), log=log, timeout=600)
+        except CommandFailed as exc:
+            raise PackageFailure("repair", str(exc)) from exc
+        repaired = sorted(dest.glob("*.whl"))
+        if len(repaired) != 1:
+            raise PackageFailure("repair", f"auditwheel produced {len(repaired)} wheels in {dest}")
+        if not self.platform_tag_ok(wheel_tags(repaired[0])):
+            raise PackageFailure("repair", f"repaired wheel {repaired[0].name} has no {self.name} platform tag")
+        return repaired[0]
+
+    def system_packages(self, wanted: SystemPackages) -> tuple[str, list[str]]:
+        family = _host_manager()[0] if _host_manager() else ("apk" if self.musl else "yum")
+        return family, list(getattr(wanted, family))
+
+    def install_system_packages(self, packages: Sequence[str], *, mode: str, log: TextIO) -> None:
+        if not packages or mode == "ignore":
+            return
+        manager = _host_manager()
+        if manager is None:
+            raise InfrastructureFault("prepare", "no known package manager (apt-get, dnf, yum, apk) on this host")
+        family, tool = manager
+        missing = [p for p in packages if not _installed(family, p)]
+        if not missing:
+            log.write(f"system packages present: {' '.join(packages)}\n")
+            return
+        if mode == "check" or os.geteuid() != 0:
+            raise PackageFailure("prepare", f"system packages missing on this worker: {' '.join(missing)} "
+                                 f"(install them, or run the worker as root with system_packages=install)")
+        env = clean_env({"DEBIAN_FRONTEND": "noninteractive"})
+        install = {
+            "apt": [tool, "install", "-y", "--no-install-recommends", *missing],
+            "yum": [tool, "install", "-y", *missing],
+            "apk": [tool, "add", "--no-cache", *missing],
+        }[family]
+        try:
+            run(install, env=env, log=log, timeout=900)
+        except CommandFailed:
+            if family != "apt":
+                raise PackageFailure("prepare", f"could not install system packages {' '.join(missing)}") from None
+            run([tool, "update"], env=env, log=log, timeout=900, check=False)
+            try:
+                run(install, env=env, log=log, timeout=900)
+            except CommandFailed as exc:
+                raise PackageFailure("prepare", f"could not install system packages: {exc}") from exc
+
+
+def _tool(name: str) -> str:
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+def _host_manager() -> tuple[str, str] | None:
+    for family, tool in _MANAGERS:
+        if shutil.which(tool):
+            return family, tool
+    return None
+
+
+def _installed(family: str, package: str) -> bool:
+    probe = {
+        "apt": ["dpkg-query", "-W", "-f=${Status}", package],
+        "yum": ["rpm", "-q", package],
+        "apk": ["apk", "info", "-e", package],
+    }[family]
+    try:
+        res = run(probe, timeout=30, check=False)
+    except OSError:
+        return False
+    return res.returncode == 0 and ("install ok installed" in res.output if family == "apt" else True)
