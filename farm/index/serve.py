@@ -1,0 +1,159 @@
+"""Serve the static index written by `farm.index.simple` (PEP 503 / PEP 691) as an ASGI app.
+
+    /simple/                  the project list      (HTML or JSON, by the Accept header)
+    /simple/<project>/        one project's files   (HTML or JSON, by the Accept header)
+    /files/<project>/<file>   the distributions and their `.metadata` files
+
+`/simple` and `/simple/<project>` redirect to the slash form, and non-normalized project names to
+the normalized one. Pages are read whole before the response starts, so a page that is replaced
+while it is being sent is still sent as one consistent version.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from packaging.utils import canonicalize_name
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from farm.index.simple import HTML_TYPE, JSON_TYPE
+
+TEXT_HTML = "text/html"
+
+# What the index can answer with, in the order it prefers on a tie (HTML is the default).
+OFFERS: tuple[str, ...] = (TEXT_HTML, HTML_TYPE, JSON_TYPE)
+_FILE_OF = {TEXT_HTML: "index.html", HTML_TYPE: "index.html", JSON_TYPE: "index.json"}
+_ALIASES = {
+    "application/vnd.pypi.simple.latest+json": JSON_TYPE,
+    "application/vnd.pypi.simple.latest+html": HTML_TYPE,
+}
+
+
+def negotiate(accept: str | None, offers: Sequence[str] = OFFERS) -> str | None:
+    """The media type of `offers` that the Accept header value `accept` prefers; None if none fits.
+
+    No header (or an empty one) means HTML. Each offer takes the q-value of the most specific
+    Accept entry matching it (`type/subtype` over `type/*` over `*/*`); the highest q wins, a tie
+    goes to the entry the client listed first, then to the order of `offers`. q=0 excludes.
+    """
+    if accept is None or not accept.strip():
+        return offers[0]
+    entries: list[tuple[str, str, float, int]] = []  # type, subtype, q, position
+    for position, item in enumerate(accept.split(",")):
+        media, *params = (part.strip() for part in item.split(";"))
+        media = _ALIASES.get(media.lower(), media.lower())
+        if "/" not in media:
+            continue
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value.strip())
+                except ValueError:
+                    q = -1.0
+        if not 0.0 <= q <= 1.0:
+            continue
+        type_, _, subtype = media.partition("/")
+        entries.append((type_, subtype, q, position))
+    best: tuple[float, int, int] | None = None
+    chosen: str | None = None
+    for rank, offer in enumerate(offers):
+        o_type, _, o_sub = offer.partition("/")
+        match: tuple[int, float, int] | None = None  # specificity, q, position
+        for type_, subtype, q, position in entries:
+            if type_ == o_type and subtype == o_sub:
+                specificity = 2
+            elif type_ == o_type and subtype == "*":
+                specificity = 1
+            elif type_ == "*" and subtype == "*":
+                specificity = 0
+            else:
+                continue
+            if match is None or specificity > match[0]:
+                match = (specificity, q, position)
+        if match is None or match[1] <= 0.0:
+            continue
+        key = (-match[1], match[2], rank)
+        if best is None or key < best:
+            best, chosen = key, offer
+    return chosen
+
+
+def index_app(root: Path) -> Starlette:
+    """An ASGI app serving the index below `root` (see `farm.index.simple` for the layout)."""
+    root = Path(root)
+    simple = root / "simple"
+
+    def page(request: Request, folder: Path) -> Response:
+        requested = request.query_params.get("format") or request.headers.get("accept")
+        media_type = negotiate(requested)
+        if media_type is None:
+            return PlainTextResponse(
+                "406 Not Acceptable: this index serves " + ", ".join(OFFERS) + "\n",
+                status_code=406,
+                headers={"Vary": "Accept"},
+            )
+        path = folder / _FILE_OF[media_type]
+        try:
+            with open(path, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                body = fh.read()
+        except (FileNotFoundError, NotADirectoryError):
+            return PlainTextResponse("404 Not Found\n", status_code=404)
+        etag = f'"{st.st_mtime_ns:x}-{st.st_size:x}-{_FILE_OF[media_type][6:]}"'
+        headers = {"Vary": "Accept", "ETag": etag, "Cache-Control": "max-age=60, public"}
+        if etag in _etags(request.headers.get("if-none-match")):
+            return Response(status_code=304, headers=headers)
+        return Response(body, media_type=media_type, headers=headers)
+
+    async def root_page(request: Request) -> Response:
+        return page(request, simple)
+
+    async def project_page(request: Request) -> Response:
+        given = request.path_params["project"]
+        name = canonicalize_name(given)
+        if given != name:
+            return _redirect(request, given, f"{name}/")
+        return page(request, simple / name)
+
+    async def add_slash(request: Request) -> Response:
+        given = request.path_params.get("project")
+        if given is None:
+            return _redirect(request, "simple", "simple/")
+        return _redirect(request, given, f"{canonicalize_name(given)}/")
+
+    async def home(request: Request) -> Response:
+        return _redirect(request, "", "simple/")
+
+    methods = ["GET", "HEAD"]
+    return Starlette(
+        routes=[
+            Route("/", home, methods=methods),
+            Route("/simple", add_slash, methods=methods),
+            Route("/simple/", root_page, methods=methods),
+            Route("/simple/{project}", add_slash, methods=methods),
+            Route("/simple/{project}/", project_page, methods=methods),
+            Mount("/files", app=StaticFiles(directory=root / "files", check_dir=False), name="files"),
+        ]
+    )
+
+
+def _etags(header: str | None) -> set[str]:
+    if not header:
+        return set()
+    return {t.strip().removeprefix("W/") for t in header.split(",")}
+
+
+def _redirect(request: Request, last: str, replacement: str) -> Response:
+    """Redirect to this URL with its last path segment `last` (plus any slash) made `replacement`."""
+    path = request.url.path
+    stem = path[: len(path.rstrip("/")) - len(last)] if last else path.rstrip("/") + "/"
+    target = request.url.replace(path=stem + replacement)
+    return RedirectResponse(str(target), status_code=301)

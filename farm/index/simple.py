@@ -1,0 +1,447 @@
+"""The farm's static simple index: plain files that any web server, or `farm.index.serve`, can serve.
+
+Layout below `root`::
+
+    simple/index.html, simple/index.json            the project list (PEP 503 / PEP 691)
+    simple/<project>/index.html, index.json          one project's files (PEP 503, 592, 658, 691, 700, 714)
+    files/<project>/<filename>                       the distributions
+    files/<project>/<filename>.metadata              each wheel's core metadata (PEP 658 / PEP 714)
+
+`<project>` is always the normalized name. Links are relative (`../../files/...`), so the tree can be
+served under any prefix. Every page is written to a temporary file in its own directory and moved
+into place with `os.replace`, so a reader sees the old page or the new one, never half of one, and
+regenerating one project touches nothing of any other project.
+
+The project's `index.json` is also the record of its files: `read_project` parses it back, so one
+file can be added without a database::
+
+    f = add_file(root, "foo", wheel)
+    write_project(root, "foo", [*read_project(root, "foo"), f])
+    write_root(root, list_projects(root))
+
+(`publish` does exactly that, under a per-project lock.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.parser
+import html
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+import zipfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+from packaging.version import InvalidVersion, Version
+
+from farm.errors import FarmError
+from farm.util.hashing import sha256_bytes, sha256_file
+
+REPOSITORY_VERSION = "1.1"
+JSON_TYPE = "application/vnd.pypi.simple.v1+json"
+HTML_TYPE = "application/vnd.pypi.simple.v1+html"
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class PublishError(FarmError):
+    """A file cannot be published (not a wheel we can read, wrong project, bad name)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class IndexFile:
+    """One file of one project, as the index lists it.
+
+    `yanked`: False (or "") = not yanked, True = yanked without a reason, a non-empty string =
+    yanked with that reason (PEP 592). `upload_time` without a time zone is taken as UTC and stored
+    with one.
+    """
+
+    filename: str
+    sha256: str
+    size: int
+    requires_python: str | None = None
+    metadata_sha256: str | None = None
+    yanked: str | bool = False
+    upload_time: datetime | None = None
+
+    def __post_init__(self) -> None:
+        _check_filename(self.filename)
+        if not _SHA256.fullmatch(self.sha256):
+            raise ValueError(f"{self.filename}: sha256 must be 64 lowercase hex digits, got {self.sha256!r}")
+        if self.metadata_sha256 is not None and not _SHA256.fullmatch(self.metadata_sha256):
+            raise ValueError(f"{self.filename}: metadata_sha256 must be 64 lowercase hex digits")
+        if self.yanked == "":
+            object.__setattr__(self, "yanked", False)
+        t = self.upload_time
+        if t is not None:
+            t = t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+            object.__setattr__(self, "upload_time", t)
+
+    @property
+    def is_yanked(self) -> bool:
+        return bool(self.yanked)
+
+
+# Placing files ---------------------------------------------------------------------------------
+
+
+def add_file(root: Path, project: str, wheel: Path) -> IndexFile:
+    """Put `wheel` into `root/files/<project>/` with its `.metadata` file; return its index entry.
+
+    The file is hard-linked when `wheel` is on the same file system, else copied under a temporary
+    name and renamed into place. The pages are not rewritten: call `write_project` (or `publish`).
+    A wheel must belong to `project`; other files (sdists) are placed without a metadata file.
+    """
+    name = canonicalize_name(project)
+    wheel = Path(wheel)
+    filename = wheel.name
+    _check_filename(filename)
+    meta: bytes | None = None
+    if filename.endswith(".whl"):
+        try:
+            dist, _version, _build, _tags = parse_wheel_filename(filename)
+        except InvalidWheelFilename as exc:
+            raise PublishError(f"{wheel}: {exc}") from exc
+        if dist != name:
+            raise PublishError(f"{filename} is a wheel of {dist!r}, not of {name!r}")
+        meta = wheel_metadata(wheel)
+    folder = Path(root) / "files" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / filename
+    digest = sha256_file(wheel)
+    if not (target.exists() and _same_file(wheel, target)):
+        _place(wheel, target)
+    metadata_sha256 = None
+    requires_python = None
+    if meta is not None:
+        _atomic_write(folder / f"{filename}.metadata", meta)
+        metadata_sha256 = sha256_bytes(meta)
+        requires_python = _requires_python(meta)
+    return IndexFile(
+        filename=filename,
+        sha256=digest,
+        size=target.stat().st_size,
+        requires_python=requires_python,
+        metadata_sha256=metadata_sha256,
+        upload_time=datetime.now(timezone.utc),
+    )
+
+
+def wheel_metadata(wheel: Path) -> bytes:
+    """The bytes of the wheel's `<name>-<version>.dist-info/METADATA`, exactly as stored."""
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            candidates = [
+                n for n in zf.namelist()
+                if n.count("/") == 1 and n.endswith(".dist-info/METADATA")
+            ]
+            if not candidates:
+                raise PublishError(f"{wheel}: no *.dist-info/METADATA")
+            if len(candidates) > 1:
+                # Several .dist-info folders: take the one named after the wheel's own name-version.
+                prefix = "-".join(Path(wheel).name.split("-")[:2]).lower()
+                matching = [n for n in candidates if n.split("/")[0][: -len(".dist-info")].lower() == prefix]
+                if len(matching) != 1:
+                    raise PublishError(f"{wheel}: several *.dist-info folders: {sorted(candidates)}")
+                candidates = matching
+            return zf.read(candidates[0])
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise PublishError(f"{wheel}: not a readable wheel: {exc}") from exc
+
+
+def _requires_python(meta: bytes) -> str | None:
+    msg = email.parser.BytesHeaderParser().parsebytes(meta)
+    value = msg.get("Requires-Python")
+    if value is None:
+        return None
+    return str(value).strip() or None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _place(src: Path, target: Path) -> None:
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:  # another file system, or links not allowed: copy
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _check_filename(filename: str) -> None:
+    if not filename or filename in (".", "..") or "/" in filename or "\\" in filename or filename.startswith("."):
+        raise ValueError(f"not a plain file name: {filename!r}")
+
+
+# Writing pages ---------------------------------------------------------------------------------
+
+
+def write_project(root: Path, project: str, files: Sequence[IndexFile]) -> None:
+    """Write `simple/<project>/index.html` and `index.json` for exactly `files`, atomically.
+
+    Files are listed by version, then file name (files whose version cannot be read come last).
+    Two entries with the same file name are an error. Nothing outside `simple/<project>/` changes.
+    """
+    name = canonicalize_name(project)
+    ordered = sorted(files, key=_sort_key)
+    seen: set[str] = set()
+    for f in ordered:
+        if f.filename in seen:
+            raise ValueError(f"{name}: {f.filename} listed twice")
+        seen.add(f.filename)
+    folder = Path(root) / "simple" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    _atomic_write(folder / "index.html", render_project_html(name, ordered))
+    _atomic_write(folder / "index.json", render_project_json(name, ordered))
+
+
+def write_root(root: Path, projects: Iterable[str]) -> None:
+    """Write `simple/index.html` and `simple/index.json` listing `projects` (normalized, sorted)."""
+    names = sorted({canonicalize_name(p) for p in projects})
+    folder = Path(root) / "simple"
+    folder.mkdir(parents=True, exist_ok=True)
+    _atomic_write(folder / "index.html", render_root_html(names))
+    _atomic_write(folder / "index.json", render_root_json(names))
+
+
+def read_project(root: Path, project: str) -> list[IndexFile]:
+    """The files `write_project` last listed for `project` (empty when it has no page yet)."""
+    path = Path(root) / "simple" / canonicalize_name(project) / "index.json"
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return []
+    return [_from_json(entry) for entry in data.get("files", [])]
+
+
+def list_projects(root: Path) -> list[str]:
+    """The normalized names of all projects that have a page below `root/simple/`."""
+    folder = Path(root) / "simple"
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if (p / "index.json").is_file())
+
+
+def publish(root: Path, project: str, wheel: Path, *, replace: bool = True) -> IndexFile:
+    """Add one file to the index: place it, rewrite its project's pages and the project list.
+
+    Serialized per index by a lock file, so concurrent publishers do not lose each other's files.
+    An existing entry with the same file name is replaced when `replace`, else it is an error.
+    """
+    name = canonicalize_name(project)
+    with _lock(Path(root)):
+        current = read_project(root, name)
+        if not replace and any(f.filename == Path(wheel).name for f in current):
+            raise PublishError(f"{name}: {Path(wheel).name} is already published")
+        entry = add_file(root, name, wheel)
+        write_project(root, name, [*(f for f in current if f.filename != entry.filename), entry])
+        if name not in _listed_projects(root):
+            write_root(root, list_projects(root))
+    return entry
+
+
+def _listed_projects(root: Path) -> set[str]:
+    try:
+        data = json.loads((Path(root) / "simple" / "index.json").read_bytes())
+    except FileNotFoundError:
+        return set()
+    return {p["name"] for p in data.get("projects", [])}
+
+
+@contextlib.contextmanager
+def _lock(root: Path) -> Iterator[None]:
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "a+b") as fh:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            yield
+            return
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+# Rendering -------------------------------------------------------------------------------------
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9._~+!-]+")
+
+
+@lru_cache(maxsize=65536)
+def _version_str(v: Version) -> str:
+    return str(v)
+
+
+@lru_cache(maxsize=65536)
+def _version_of(filename: str) -> Version | None:
+    """The version in a wheel or sdist file name (only that part is parsed: this runs per file)."""
+    try:
+        if filename.endswith(".whl"):
+            parts = filename[:-4].split("-")
+            if len(parts) not in (5, 6):
+                return None
+            return Version(parts[1])
+        for ext in (".tar.gz", ".zip"):
+            if filename.endswith(ext):
+                return Version(filename[: -len(ext)].rpartition("-")[2])
+        return None
+    except InvalidVersion:
+        return None
+
+
+def _sort_key(f: IndexFile) -> tuple[Any, ...]:
+    v = _version_of(f.filename)
+    return (0, v, f.filename) if v is not None else (1, 0, f.filename)
+
+
+def _file_url(project: str, filename: str) -> str:
+    name = filename if _SAFE_NAME.fullmatch(filename) else quote(filename)
+    return f"../../files/{project}/{name}"
+
+
+def _time(t: datetime) -> str:
+    if t.utcoffset():
+        t = t.astimezone(timezone.utc)
+    return t.isoformat(timespec="microseconds")[:26] + "Z"
+
+
+def _parse_time(text: str) -> datetime:
+    # PEP 700: yyyy-mm-ddThh:mm:ss[.ffffff]Z; `fromisoformat` only reads "Z" from Python 3.11 on.
+    t = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+
+
+_HEAD = (
+    '<!DOCTYPE html>\n<html>\n  <head>\n'
+    f'    <meta name="pypi:repository-version" content="{REPOSITORY_VERSION}">\n'
+)
+
+
+def render_project_html(project: str, files: Sequence[IndexFile]) -> bytes:
+    """The PEP 503 page of `project` listing `files` in the given order."""
+    esc = html.escape
+    title = esc(project)
+    out = [_HEAD, f"    <title>Links for {title}</title>\n  </head>\n  <body>\n    <h1>Links for {title}</h1>\n"]
+    for f in files:
+        attrs = [f'<a href="{esc(_file_url(project, f.filename))}#sha256={f.sha256}"']
+        if f.requires_python:
+            attrs.append(f' data-requires-python="{esc(f.requires_python)}"')
+        if f.metadata_sha256:
+            attrs.append(
+                f' data-dist-info-metadata="sha256={f.metadata_sha256}"'
+                f' data-core-metadata="sha256={f.metadata_sha256}"'
+            )
+        if f.yanked:
+            reason = f.yanked if isinstance(f.yanked, str) else ""
+            attrs.append(f' data-yanked="{esc(reason)}"')
+        attrs.append(f">{esc(f.filename)}</a><br>\n")
+        out.append("".join(attrs))
+    out.append("  </body>\n</html>\n")
+    return "".join(out).encode()
+
+
+def project_json(project: str, files: Sequence[IndexFile]) -> dict[str, Any]:
+    """The PEP 691 (with PEP 700 and 714) JSON data of `project` listing `files` in the given order."""
+    entries = []
+    versions: dict[Version, None] = {}
+    for f in files:
+        entry: dict[str, Any] = {
+            "filename": f.filename,
+            "url": _file_url(project, f.filename),
+            "hashes": {"sha256": f.sha256},
+        }
+        if f.requires_python:
+            entry["requires-python"] = f.requires_python
+        if f.metadata_sha256:
+            entry["core-metadata"] = {"sha256": f.metadata_sha256}
+            entry["dist-info-metadata"] = {"sha256": f.metadata_sha256}
+        else:
+            entry["core-metadata"] = False
+            entry["dist-info-metadata"] = False
+        entry["yanked"] = f.yanked if f.yanked else False
+        entry["size"] = f.size
+        if f.upload_time is not None:
+            entry["upload-time"] = _time(f.upload_time)
+        entries.append(entry)
+        v = _version_of(f.filename)
+        if v is not None:
+            versions[v] = None
+    return {
+        "meta": {"api-version": REPOSITORY_VERSION},
+        "name": project,
+        "files": entries,
+        "versions": [_version_str(v) for v in sorted(versions)],
+    }
+
+
+def render_project_json(project: str, files: Sequence[IndexFile]) -> bytes:
+    return json.dumps(project_json(project, files), separators=(",", ":")).encode()
+
+
+def render_root_html(projects: Sequence[str]) -> bytes:
+    esc = html.escape
+    out = [_HEAD, "    <title>Simple index</title>\n  </head>\n  <body>\n"]
+    out.extend(f'    <a href="{esc(quote(p))}/">{esc(p)}</a><br>\n' for p in projects)
+    out.append("  </body>\n</html>\n")
+    return "".join(out).encode()
+
+
+def render_root_json(projects: Sequence[str]) -> bytes:
+    data = {"meta": {"api-version": REPOSITORY_VERSION}, "projects": [{"name": p} for p in projects]}
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def _from_json(entry: dict[str, Any]) -> IndexFile:
+    meta = entry.get("core-metadata", entry.get("dist-info-metadata"))
+    t = entry.get("upload-time")
+    return IndexFile(
+        filename=entry["filename"],
+        sha256=entry["hashes"]["sha256"],
+        size=int(entry["size"]),
+        requires_python=entry.get("requires-python") or None,
+        metadata_sha256=meta.get("sha256") if isinstance(meta, dict) else None,
+        yanked=entry.get("yanked", False),
+        upload_time=_parse_time(t) if t else None,
+    )
+
+
+# Atomic writes ---------------------------------------------------------------------------------
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            if hasattr(os, "fchmod"):
+                os.fchmod(fh.fileno(), 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
