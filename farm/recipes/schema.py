@@ -30,7 +30,8 @@ def _requirement(value: str) -> str:
     try:
         Requirement(value)
     except InvalidRequirement as exc:
-        raise ValueError(f"not a requirement: {value!r} ({exc})") from exc
+        reason = str(exc).splitlines()[0] if str(exc) else "invalid"
+        raise ValueError(f"not a requirement: {value!r} ({reason})") from exc
     return value
 
 
@@ -103,7 +104,7 @@ OPTION_FIELDS: tuple[str, ...] = tuple(Options.model_fields)
 
 def merge_options(base: Options, override: Options, fields_set: set[str]) -> Options:
     """Apply an override's explicitly set options on top of `base`; tables merge, lists replace."""
-    data: dict[str, Any] = base.model_dump()
+    data: dict[str, Any] = base.model_dump(include=set(OPTION_FIELDS))
     for name in fields_set & set(OPTION_FIELDS):
         value = getattr(override, name)
         if isinstance(value, dict) and isinstance(data[name], dict) and name in ("environment", "config_settings"):
