@@ -1,0 +1,241 @@
+"""The cibuildwheel engine on Linux: the build (and auditwheel repair) runs in a container.
+
+The recipe's options become cibuildwheel's `CIBW_*` variables; the image comes from the
+worker's `images` setting for the job's platform and Python. The container gets the host's network
+(the build backend's requirements come from the upstream index), the site's CA bundle mounted
+read-only, memory and process limits, and never the host's root file system (cibuildwheel's
+default `/:/host` mount is switched off). Tests are skipped here: the farm verifies separately.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import shutil
+import sys
+import uuid
+from importlib.metadata import version
+from pathlib import Path
+
+from farm.config import ImageConfig
+from farm.containers import Container, Limits, docker_client, image_digest, image_labels, resolve_docker_host
+from farm.errors import CommandTimeout, ConfigError, FarmError, InfrastructureFault, PackageFailure
+from farm.util.cmd import CommandFailed, Result, clean_env, run
+from farm.worker import build_requires
+from farm.worker.engines.base import BuildContext, BuildOutput
+from farm.worker.engines.native import source_date_epoch
+
+CA_IN_CONTAINER = "/farm/ca-bundle.crt"
+JOB_LABEL = "farm.cibuildwheel-job"
+
+
+class CibuildwheelEngine:
+    name = "cibuildwheel"
+
+    def build(self, ctx: BuildContext) -> BuildOutput:
+        image = choose_image(ctx)
+        host = resolve_docker_host(ctx.settings.docker_host)
+        client = docker_client(host, step="build")
+        job_label = f"{ctx.spec.job_id}-{ctx.spec.attempt}-{uuid.uuid4().hex[:8]}"
+        try:
+            try:
+                digest = image_digest(client, image.image)
+            except FarmError as exc:
+                raise InfrastructureFault("build", str(exc)) from exc
+            family, has_uv = image_facts(client, image.image, digest)
+            effective = build_requires.apply(ctx.source, ctx.options.build_requires)
+            # The build starts from the sdist file itself unless the tree had to be changed.
+            from_sdist = effective is None and ctx.sdist.name.endswith(".tar.gz")
+            out = ctx.work / "wheelhouse"
+            out.mkdir(parents=True, exist_ok=True)
+            env = cibw_environment(ctx, image=image.image, family=family, has_uv=has_uv, job_label=job_label,
+                                   docker_host=host)
+            target, cwd = (ctx.sdist, ctx.work) if from_sdist else (Path("."), ctx.source)
+            argv = [sys.executable, "-m", "cibuildwheel", "--output-dir", out, "--platform", "linux", target]
+            shown = {k: v for k, v in env.items() if k.startswith("CIBW_")}
+            ctx.log.write("".join(f"  {k}={v}\n" for k, v in sorted(shown.items())))
+            try:
+                result = run(argv, cwd=cwd, env=env, log=ctx.log, timeout=ctx.settings.cibuildwheel_timeout)
+            except CommandFailed as exc:
+                _record(ctx, exc.result, shown)
+                if exc.timed_out:
+                    raise CommandTimeout("build", str(exc)) from exc
+                if docker_client_fault(exc.result.output):
+                    raise InfrastructureFault("build", str(exc)) from exc
+                raise PackageFailure("build", str(exc)) from exc
+            _record(ctx, result, shown)
+            server = client.version().get("Version", "?")
+        finally:
+            _remove_job_containers(client, job_label)
+            client.close()
+        wheels = sorted(out.glob("*.whl"))
+        if not wheels:
+            raise PackageFailure("build", "cibuildwheel finished without producing a wheel")
+        return BuildOutput(
+            wheels=wheels, repaired=True,
+            tools={"cibuildwheel": version("cibuildwheel"), "wheel-farm": version("wheel-farm"),
+                   "docker-engine": server, "image": image.image,
+                   "build-frontend": "build[uv]" if has_uv else "pip"},
+            image_digest=digest,
+            effective_build_requires=effective if effective is not None else build_requires.declared(ctx.source),
+        )
+
+
+def choose_image(ctx: BuildContext) -> ImageConfig:
+    """The first image configured for the job's platform that carries its Python."""
+    for image in ctx.settings.images.get(ctx.platform.name, []):
+        if ctx.spec.python in image.pythons:
+            return image
+    configured = ", ".join(f"{i.image} ({'/'.join(i.pythons)})" for i in ctx.settings.images.get(ctx.platform.name, []))
+    raise ConfigError(f"no build image for {ctx.spec.python} on {ctx.platform.name} "
+                      f"(configured: {configured or 'none'})")
+
+
+def cibw_environment(ctx: BuildContext, *, image: str, family: str, has_uv: bool, job_label: str,
+                     docker_host: str) -> dict[str, str]:
+    """The host environment cibuildwheel runs with: clean of installer settings, private temp dirs."""
+    arch = ctx.platform.arch
+    kind = "MUSLLINUX" if ctx.platform.name.startswith("musllinux") else "MANYLINUX"
+    tmp = ctx.work / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    ca = ctx.work / "ca-bundle.crt"
+    shutil.copyfile(ca_bundle(), ca)
+    env = clean_env({
+        "CIBW_BUILD": ctx.spec.build_id,
+        "CIBW_ARCHS": arch,
+        f"CIBW_{kind}_{arch.upper()}_IMAGE": image,
+        "CIBW_BUILD_FRONTEND": "build[uv]" if has_uv else "pip",
+        "CIBW_BUILD_VERBOSITY": "1",
+        "CIBW_TEST_SKIP": "*",
+        "CIBW_TEST_COMMAND": "",
+        "CIBW_ENVIRONMENT": container_environment(ctx),
+        "CIBW_REPAIR_WHEEL_COMMAND": repair_command(ctx.options.repair_exclude),
+        "CIBW_CONTAINER_ENGINE": engine_config(ctx, ca=ca, job_label=job_label),
+        "CIBW_CACHE_PATH": str(ctx.work / "cibw-cache"),
+        "SOURCE_DATE_EPOCH": source_date_epoch(ctx.source),
+        "DOCKER_HOST": docker_host,
+        "DOCKER_CONFIG": str(ctx.work / "docker-config"),
+        "TMPDIR": str(tmp),
+    }, path_prepend=[Path(sys.executable).parent])
+    before_all = before_all_script(ctx, family)
+    if before_all:
+        env["CIBW_BEFORE_ALL"] = before_all
+    before_build = [c.replace("{python}", "python") for c in ctx.options.before_build]
+    if before_build:
+        env["CIBW_BEFORE_BUILD"] = _script(before_build)
+    if ctx.options.config_settings:
+        env["CIBW_CONFIG_SETTINGS"] = config_settings(ctx.options.config_settings)
+    return env
+
+
+def container_environment(ctx: BuildContext) -> str:
+    """CIBW_ENVIRONMENT: the upstream index and CA bundle for the frontend, then the recipe's variables.
+
+    Values are double-quoted, so `$VAR` in a recipe value expands inside the container.
+    """
+    index = ctx.spec.upstream_index
+    pairs = {
+        "PIP_CONFIG_FILE": "/dev/null", "PIP_INDEX_URL": index, "UV_DEFAULT_INDEX": index, "UV_INDEX_URL": index,
+        "PIP_CERT": CA_IN_CONTAINER, "SSL_CERT_FILE": CA_IN_CONTAINER, "REQUESTS_CA_BUNDLE": CA_IN_CONTAINER,
+        "UV_NO_CONFIG": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+    }
+    literal = " ".join(f"{k}={shlex.quote(v)}" for k, v in pairs.items())
+    recipe = " ".join(f"{k}={_double_quote(v)}" for k, v in ctx.options.environment.items())
+    return f"{literal} {recipe}".strip()
+
+
+def _double_quote(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`")
+    return f'"{escaped}"'
+
+
+def repair_command(exclude: list[str]) -> str:
+    return shlex.join(["auditwheel", "repair", *[a for lib in exclude for a in ("--exclude", lib)],
+                       "-w", "DEST", "WHEEL"]).replace("DEST", "{dest_dir}").replace("WHEEL", "{wheel}")
+
+
+def engine_config(ctx: BuildContext, *, ca: Path, job_label: str) -> str:
+    args = ["--network=host", f"--memory={ctx.settings.build_memory}", f"--memory-swap={ctx.settings.build_memory}",
+            f"--pids-limit={ctx.settings.build_pids}", f"--volume={ca}:{CA_IN_CONTAINER}:ro",
+            f"--label={JOB_LABEL}={job_label}", "--security-opt=no-new-privileges"]
+    return f"docker; create_args: {shlex.join(args)}; disable_host_mount: true"
+
+
+def config_settings(settings: dict[str, str | list[str]]) -> str:
+    items = [f"{k}={item}" for k, v in settings.items() for item in (v if isinstance(v, list) else [v])]
+    return shlex.join(items)
+
+
+def system_packages_command(family: str, packages: list[str]) -> str | None:
+    if not packages:
+        return None
+    names = shlex.join(packages)
+    if family == "apt":
+        return f"apt-get update -qq && apt-get install -y --no-install-recommends {names}"
+    if family == "yum":
+        return f"if command -v dnf >/dev/null 2>&1; then dnf install -y {names}; else yum install -y {names}; fi"
+    if family == "apk":
+        return f"apk add --no-cache {names}"
+    raise ConfigError(f"the build image's package manager family {family!r} is not apt, yum or apk")
+
+
+def before_all_script(ctx: BuildContext, family: str) -> str | None:
+    commands = []
+    system = system_packages_command(family, list(getattr(ctx.options.system_packages, family, [])))
+    if system:
+        commands.append(system)
+    commands += [c.replace("{python}", "python") for c in ctx.options.before_all]
+    return _script(commands) if commands else None
+
+
+def _script(commands: list[str]) -> str:
+    """One shell script from several commands, stopping at the first that fails."""
+    if len(commands) == 1:
+        return commands[0]
+    return "set -e\n" + "\n".join(commands)
+
+
+_FACTS: dict[str, tuple[str, bool]] = {}
+
+
+def image_facts(client, image: str, digest: str) -> tuple[str, bool]:  # type: ignore[no-untyped-def]
+    """The image's package-manager family and whether it has uv: from the farm's labels, else a probe."""
+    labels = image_labels(client, image)
+    if labels.get("farm.family") and labels.get("farm.kind") == "build":
+        return labels["farm.family"], True
+    if digest not in _FACTS:
+        probe = "for t in uv apt-get dnf yum apk; do command -v $t >/dev/null 2>&1 && echo $t; done; true"
+        with Container(client, image, network="none", limits=Limits(memory="256m", pids=64)) as box:
+            found = set(box.call(["sh", "-c", probe], timeout=60).output.split())
+        family = "apt" if "apt-get" in found else "yum" if found & {"dnf", "yum"} else "apk" if "apk" in found else ""
+        _FACTS[digest] = (family, "uv" in found)
+    return _FACTS[digest]
+
+
+def docker_client_fault(output: str) -> bool:
+    """True when cibuildwheel failed because of the engine rather than the package."""
+    markers = ("Cannot connect to the Docker daemon", "is too old or is not working properly",
+               "error during connect", "No such image")
+    return any(m in output for m in markers)
+
+
+def _record(ctx: BuildContext, result: Result, shown: dict[str, str]) -> None:
+    ctx.record(dataclasses.replace(result, argv=["env", *[f"{k}={v}" for k, v in sorted(shown.items())],
+                                                 *result.argv]))
+
+
+def _remove_job_containers(client, job_label: str) -> None:  # type: ignore[no-untyped-def]
+    """A killed cibuildwheel leaves its container running: remove whatever this build started."""
+    from docker.errors import DockerException
+
+    try:
+        for container in client.containers.list(all=True, filters={"label": f"{JOB_LABEL}={job_label}"}):
+            container.remove(force=True, v=True)
+    except DockerException:
+        pass
+
+
+def ca_bundle() -> Path:
+    from farm.images import default_ca_bundle
+
+    return default_ca_bundle()
