@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     upstream_index: str = Field(DEFAULT_UPSTREAM, description="PEP 503 index sdists and build deps come from")
     engine: Literal["native", "cibuildwheel"] = "native"
     platform: str = Field("", description="this worker's platform queue; default: the host's")
+    platforms: list[str] = Field(default_factory=list, description="platforms the coordinator plans builds for; default: the host's")
     pythons: list[str] = Field(default_factory=list, description="native engine interpreters (paths or versions); default: this interpreter")
     build_frontend: Literal["uv", "build"] = "uv"
     system_packages: Literal["install", "check", "ignore"] = Field(
@@ -83,6 +84,7 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8477
     poll_interval: float = 0.01
+    farm_index_url: str = Field("", description="the farm's simple index as workers see it; default the local index folder")
 
     # Containers (engine cibuildwheel on Linux, verification in a clean container) ----------------
     docker_host: str = Field("", description="Docker engine socket, e.g. unix:///var/lib/farm-docker/docker.sock; default DOCKER_HOST")
@@ -117,6 +119,11 @@ class Settings(BaseSettings):
     @property
     def index(self) -> Path:
         return self.index_root or self.home / "index"
+
+    @property
+    def verify_index_url(self) -> str:
+        """Where verification installs dependencies from: the farm's own index, and nothing else."""
+        return self.farm_index_url or self.index.as_uri() + "/simple/"
 
     @property
     def all_recipe_dirs(self) -> list[Path]:

@@ -1,0 +1,31 @@
+"""Turning Job rows into build messages, sent only once the rows are committed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from farm.config import Settings
+from farm.db.models import Job
+from farm.messages import BUILD_TASK, JobSpec, SdistRef, StagedWheel
+
+
+def job_spec(job: Job, settings: Settings, *, resume: str = "build") -> JobSpec:
+    src = job.source
+    return JobSpec(
+        job_id=job.id, attempt=job.attempt, name=src.name, version=src.version,
+        sdist=SdistRef(filename=src.filename, sha256=src.sha256, size=src.size, storage_key=src.storage_key),
+        platform=job.platform, python=job.python, build_id=job.build_id, engine=job.engine,
+        recipe_name=job.recipe_name, recipe_digest=job.recipe_digest, options=job.recipe,
+        upstream_index=settings.upstream_index, resume=resume,  # type: ignore[arg-type]
+        staged=[StagedWheel.model_validate(s) for s in job.staged.get("wheels", [])] if resume == "verify" else [],
+        carry=job.staged.get("carry", {}) if resume == "verify" else {},
+    )
+
+
+def send(specs: Iterable[JobSpec]) -> None:
+    """Publish build messages. Call only after the transaction that created the jobs committed."""
+    from farm.coordinator.app import get_app
+
+    app = get_app()
+    for spec in specs:
+        app.send_task(BUILD_TASK, args=[spec.model_dump(mode="json")], queue=spec.platform)

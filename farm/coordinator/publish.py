@@ -1,0 +1,54 @@
+"""Publish: record a verified wheel and put it on the farm's index, one project page at a time.
+
+Idempotent by wheel hash: the same wheel published twice is one artifact and one index entry.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from packaging.utils import canonicalize_name, parse_wheel_filename
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from farm.config import Settings
+from farm.db.models import Artifact, Job, Provenance, utcnow
+from farm.index import simple
+from farm.messages import ArtifactReport
+from farm.storage import get_storage
+from farm.util.hashing import canonical_json, sha256_bytes
+
+
+def publish(session: Session, job: Job, artifacts: list[ArtifactReport], settings: Settings) -> list[Artifact]:
+    storage = get_storage()
+    published: list[Artifact] = []
+    for report in artifacts:
+        existing = session.scalar(select(Artifact).where(Artifact.sha256 == report.sha256))
+        if existing is not None:
+            published.append(existing)
+            continue
+        project = canonicalize_name(parse_wheel_filename(report.filename)[0])
+        statement = canonical_json(report.provenance)
+        art = Artifact(job=job, filename=report.filename, sha256=report.sha256, size=report.size, name=project,
+                       version=job.source.version, tags=report.tags, requires_python=report.requires_python,
+                       requires_dist=report.requires_dist, storage_key=report.storage_key, verified=True)
+        session.add(art)
+        session.add(Provenance(artifact=art, statement=report.provenance, digest=sha256_bytes(statement),
+                               storage_key=report.provenance_key))
+        tmp_root = settings.home / "tmp"
+        tmp_root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=tmp_root) as tmp:
+            wheel = storage.local_path(report.storage_key)
+            if wheel is None or not wheel.is_file():
+                wheel = storage.get_file(report.storage_key, Path(tmp) / report.filename)
+            # The provenance record sits beside the file before the page that lists the file appears.
+            folder = settings.index / "files" / project
+            folder.mkdir(parents=True, exist_ok=True)
+            storage_tmp = folder / f".{report.filename}.provenance.json.tmp"
+            storage_tmp.write_bytes(statement)
+            storage_tmp.replace(folder / f"{report.filename}.provenance.json")
+            simple.publish(settings.index, project, wheel)
+        art.published_at = utcnow()
+        published.append(art)
+    return published

@@ -1,0 +1,198 @@
+"""The path of one job on a worker: fetch -> build -> repair -> verify -> attest -> upload.
+
+Each step is a function in its own module; this file only sequences them, times them, and tells
+the coordinator (through `report`) what happened. The worker never touches the database.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+from farm.config import Settings
+from farm.db.states import JobState
+from farm.errors import InfrastructureFault, PackageFailure
+from farm.messages import ArtifactReport, JobEvent, JobSpec, StagedWheel, StepReport
+from farm.recipes.schema import Options
+from farm.storage import Storage, log_key, wheel_key
+from farm.util.hashing import canonical_json, sha256_file
+from farm.util.wheel import read_metadata
+from farm.worker import attest
+from farm.worker.engines import BuildContext, get_engine
+from farm.worker.fetch import fetch
+from farm.worker.platforms import get_platform
+from farm.worker.platforms._common import wheel_tags
+from farm.worker.verify import (FarmIndex, marker_environment, missing_requirements, requirements_for,
+                                verify_on_host)
+
+Report = Callable[[JobEvent], None]
+
+
+class Steps:
+    """Times each step, keeps its log slice, and reports its start and end."""
+
+    def __init__(self, spec: JobSpec, report: Report, log: TextIO, worker: str) -> None:
+        self.spec, self.report, self.log, self.worker = spec, report, log, worker
+        self.timings: dict[str, float] = {}
+
+    def event(self, state: JobState | str, **kw: Any) -> None:
+        self.report(JobEvent(job_id=self.spec.job_id, attempt=self.spec.attempt, worker=self.worker,
+                             state=str(state), **kw))
+
+    @contextmanager
+    def step(self, state: JobState) -> Iterator[None]:
+        name = state.value
+        started = time.time()
+        self.log.write(f"\n===== {name} =====\n")
+        pos = self.log.tell()
+        self.event(state, step=StepReport(name=name, started_at=started))
+        outcome = "failed"
+        try:
+            yield
+            outcome = "ok"
+        finally:
+            finished = time.time()
+            self.timings[name] = finished - started
+            self.log.flush()
+            tail = _slice(self.log, pos)
+            self.event(state, step=StepReport(name=name, started_at=started, finished_at=finished,
+                                              outcome=outcome, log=tail))
+
+
+def _slice(log: TextIO, pos: int, limit: int = 200_000) -> str:
+    try:
+        with open(log.name, encoding="utf-8", errors="replace") as f:
+            f.seek(pos)
+            data = f.read()
+    except (OSError, AttributeError):
+        return ""
+    return data[-limit:]
+
+
+def run_job(spec: JobSpec, *, settings: Settings, storage: Storage, report: Report, worker: str | None = None) -> None:
+    worker = worker or socket.gethostname()
+    work = settings.home / "work" / f"job-{spec.job_id}-{spec.attempt}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    key = log_key(spec.job_id, spec.attempt)
+    log_path = storage.local_path(key) or work / "job.log"
+    started = time.time()
+    with open(log_path, "a", encoding="utf-8", errors="replace") as log:
+        steps = Steps(spec, report, log, worker)
+        log.write(f"job {spec.job_id} attempt {spec.attempt}: {spec.name} {spec.version} {spec.build_id} "
+                  f"engine={spec.engine} recipe={spec.recipe_name or '(defaults)'} on {worker}\n")
+        try:
+            _pipeline(spec, settings=settings, storage=storage, steps=steps, work=work, started=started)
+        except PackageFailure as exc:
+            log.write(f"\nFAILED ({exc.step}): {exc}\n")
+            log.flush()
+            _store_log(storage, key, log_path)
+            steps.event(JobState.FAILED, error=str(exc), failure_kind="package", log_key=key)
+        except Exception as exc:
+            log.write(f"\nINFRASTRUCTURE FAULT: {type(exc).__name__}: {exc}\n")
+            log.flush()
+            _store_log(storage, key, log_path)
+            raise InfrastructureFault(getattr(exc, "step", "worker"), str(exc)) from exc
+        finally:
+            if not settings.home.joinpath("keep-work").exists():
+                shutil.rmtree(work, ignore_errors=True)
+
+
+def _store_log(storage: Storage, key: str, path: Path) -> None:
+    if storage.local_path(key) != path:
+        storage.put_file(key, path)
+
+
+def _pipeline(spec: JobSpec, *, settings: Settings, storage: Storage, steps: Steps, work: Path, started: float) -> None:
+    options = Options.model_validate(spec.options)
+    platform = get_platform(spec.platform)
+    log = steps.log
+    carry: dict[str, Any] = dict(spec.carry)
+
+    with steps.step(JobState.FETCHING):
+        sdist, source = fetch(spec, work=work, storage=storage, settings=settings)
+
+    if spec.resume == "build":
+        ctx = BuildContext(spec=spec, options=options, platform=platform, settings=settings, sdist=sdist,
+                           source=source, work=work, log=log)
+        with steps.step(JobState.BUILDING):
+            out = get_engine(spec.engine).build(ctx)
+        with steps.step(JobState.REPAIRING):
+            wheels = out.wheels if out.repaired else [
+                platform.repair(w, work / "repaired", exclude=options.repair_exclude, log=log) for w in out.wheels]
+            for w in wheels:
+                log.write(f"repaired: {w.name} tags={','.join(wheel_tags(w))}\n")
+                if not platform.platform_tag_ok(wheel_tags(w)):
+                    raise PackageFailure("repair", f"{w.name} does not carry a {platform.name} platform tag")
+        carry = {"tools": out.tools, "commands": ctx.commands, "image_digest": out.image_digest,
+                 "build_requires": out.effective_build_requires,
+                 "timings": dict(steps.timings), "started": started}
+    else:
+        wheels = []
+        for staged in spec.staged:
+            dest = work / "staged" / staged.filename
+            storage.get_file(staged.storage_key, dest)
+            if sha256_file(dest) != staged.sha256:
+                raise InfrastructureFault("verify", f"staged wheel {staged.filename} changed in storage")
+            wheels.append(dest)
+
+    with steps.step(JobState.VERIFYING):
+        interp = next((i for i in platform.interpreters(settings.interpreters) if i.tag == spec.python), None)
+        if interp is None:
+            raise InfrastructureFault("verify", f"this worker has no {spec.python} interpreter to verify with")
+        env = marker_environment(str(interp.path))
+        index = FarmIndex(settings.verify_index_url)
+        missing = sorted({m for w in wheels for m in missing_requirements(
+            requirements_for(w, options, env), index=index, python=interp.version,
+            tags=platform.supported_tags(interp.version), env=env)})
+        if missing:
+            log.write(f"the farm's index lacks: {', '.join(missing)}; waiting for them\n")
+            staged = []
+            for w in wheels:
+                k = f"jobs/{spec.job_id}/staged/{w.name}"
+                storage.put_file(k, w)
+                staged.append(StagedWheel(filename=w.name, sha256=sha256_file(w), storage_key=k))
+            verification = None
+        else:
+            verification = [verify_on_host(wheel=w, interp=interp, index_url=settings.verify_index_url,
+                                           options=options, project=source, work=work, log=log,
+                                           timeout=settings.test_timeout) for w in wheels]
+            failed = [v for v in verification if not v.passed]
+            if failed:
+                raise PackageFailure("verify", f"tests failed in a clean environment:\n{failed[0].detail}")
+    if verification is None:
+        steps.event(JobState.DEP_WAIT, missing=missing, staged=staged, carry=carry)
+        return
+
+    with steps.step(JobState.ATTESTING):
+        finished = time.time()
+        statements = []
+        for w, v in zip(wheels, verification, strict=True):
+            statements.append(attest.statement(
+                spec=spec, wheel=w, tools=carry.get("tools", {}), commands=[*carry.get("commands", []), *v.commands],
+                timings={**carry.get("timings", {}), **steps.timings}, started=carry.get("started", started),
+                finished=finished, verification=v.record(), image_digest=carry.get("image_digest"),
+                build_requires=carry.get("build_requires"), worker=steps.worker))
+
+    with steps.step(JobState.UPLOADING):
+        artifacts = []
+        for w, stmt in zip(wheels, statements, strict=True):
+            meta = read_metadata(w)
+            wkey = wheel_key(spec.job_id, w.name)
+            pkey = wkey + ".provenance.json"
+            storage.put_file(wkey, w)
+            storage.put_bytes(pkey, canonical_json(stmt))
+            artifacts.append(ArtifactReport(
+                filename=w.name, sha256=stmt["subject"][0]["digest"]["sha256"], size=w.stat().st_size,
+                storage_key=wkey, tags=wheel_tags(w), requires_python=meta.get("Requires-Python"),
+                requires_dist=meta.get_all("Requires-Dist") or [], provenance_key=pkey, provenance=stmt))
+    log.write(f"\nbuilt and verified: {', '.join(a.filename for a in artifacts)}\n")
+    log.flush()
+    key = log_key(spec.job_id, spec.attempt)
+    _store_log(storage, key, Path(log.name))
+    steps.event(JobState.PUBLISHING, artifacts=artifacts, log_key=key)

@@ -1,0 +1,45 @@
+"""The build task a platform worker consumes. Plain function in, events out; no database here.
+
+Infrastructure faults are retried with backoff (the job goes back to `queued`); a package that
+fails to build or test is reported once and never retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any
+
+from celery import shared_task
+
+from farm.config import get_settings
+from farm.db.states import JobState
+from farm.errors import InfrastructureFault
+from farm.messages import BUILD_TASK, COORDINATOR_QUEUE, EVENT_TASK, JobEvent, JobSpec
+from farm.storage import get_storage
+from farm.worker.pipeline import run_job
+
+log = logging.getLogger(__name__)
+MAX_RETRIES = 3
+
+
+def send_event(event: JobEvent) -> None:
+    from farm.coordinator.app import get_app
+
+    get_app().send_task(EVENT_TASK, args=[event.model_dump(mode="json")], queue=COORDINATOR_QUEUE)
+
+
+@shared_task(name=BUILD_TASK, bind=True, acks_late=True, max_retries=MAX_RETRIES)
+def build(self: Any, payload: dict[str, Any]) -> None:
+    spec = JobSpec.model_validate(payload)
+    worker = self.request.hostname or socket.gethostname()
+    try:
+        run_job(spec, settings=get_settings(), storage=get_storage(), report=send_event, worker=worker)
+    except InfrastructureFault as exc:
+        log.warning("job %s: infrastructure fault: %s", spec.job_id, exc)
+        if self.request.retries < MAX_RETRIES:
+            send_event(JobEvent(job_id=spec.job_id, attempt=spec.attempt, worker=worker,
+                                state=JobState.QUEUED.value, error=str(exc), failure_kind="infrastructure"))
+            raise self.retry(exc=exc, countdown=2 ** self.request.retries) from exc
+        send_event(JobEvent(job_id=spec.job_id, attempt=spec.attempt, worker=worker, state=JobState.FAILED.value,
+                            error=f"gave up after {MAX_RETRIES} retries: {exc}", failure_kind="infrastructure"))

@@ -1,0 +1,191 @@
+"""Step verify: the built wheel, installed from the farm's index only into a fresh environment, tested.
+
+First the wheel's runtime requirements (and the recipe's test requirements) are checked against
+the farm's index; any that it cannot satisfy yet are reported, and the job waits for them. Then
+a fresh virtual environment gets the wheel with `--no-index`-style isolation (the farm's index is
+the only index), and the recipe's imports and test command run in an empty folder, without network
+where the host allows it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import urllib.parse
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+from packaging.markers import Marker
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.tags import Tag
+from packaging.utils import canonicalize_name, parse_wheel_filename
+from packaging.version import Version
+
+from farm.errors import InfrastructureFault, PackageFailure
+from farm.recipes.schema import Options
+from farm.util.cmd import CommandFailed, clean_env, run
+from farm.util.wheel import read_metadata, requires_dist, top_level_modules
+from farm.worker.engines.native import uv_bin
+from farm.worker.platforms.base import Interpreter
+
+_MARKER_ENV = (
+    "import json, os, platform, sys\n"
+    "iv = sys.implementation.version\n"
+    "print(json.dumps({'implementation_name': sys.implementation.name,"
+    " 'implementation_version': f'{iv.major}.{iv.minor}.{iv.micro}',"
+    " 'os_name': os.name, 'platform_machine': platform.machine(), 'platform_release': platform.release(),"
+    " 'platform_system': platform.system(), 'platform_version': platform.version(),"
+    " 'python_full_version': platform.python_version(), 'platform_python_implementation': platform.python_implementation(),"
+    " 'python_version': '.'.join(platform.python_version_tuple()[:2]), 'sys_platform': sys.platform}))"
+)
+
+
+@dataclass(kw_only=True)
+class VerifyOutcome:
+    passed: bool
+    environment: str
+    install_command: str
+    imports: list[str]
+    test_command: str | None
+    commands: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    detail: str = ""
+
+    def record(self) -> dict[str, Any]:
+        return {"passed": self.passed, "environment": self.environment, "imports": self.imports,
+                "testCommand": self.test_command, "commands": self.commands, "seconds": round(self.seconds, 3),
+                "detail": self.detail[-2000:]}
+
+
+@lru_cache(maxsize=32)
+def marker_environment(python: str) -> dict[str, str]:
+    return json.loads(run([python, "-c", _MARKER_ENV], timeout=60).output)
+
+
+class FarmIndex:
+    """The farm's own simple index, read from a file:// tree or over HTTP (PEP 691 JSON, HTML fallback)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url if url.endswith("/") else url + "/"
+        self._http = httpx.Client(timeout=30) if not self.url.startswith("file:") else None
+
+    def files(self, project: str) -> list[dict[str, Any]]:
+        name = canonicalize_name(project)
+        if self._http is None:
+            path = Path(urllib.parse.urlparse(self.url).path) / name / "index.json"
+            try:
+                return json.loads(path.read_text())["files"]
+            except FileNotFoundError:
+                return []
+        resp = self._http.get(self.url + name + "/", headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+        if resp.status_code == 404:
+            return []
+        resp.raise_for_status()
+        return resp.json()["files"]
+
+
+def runtime_requirements(wheel: Path, env: dict[str, str]) -> list[Requirement]:
+    reqs = []
+    for line in requires_dist(read_metadata(wheel)):
+        req = Requirement(line)
+        if req.marker is None or req.marker.evaluate({**env, "extra": ""}):
+            reqs.append(req)
+    return reqs
+
+
+def missing_requirements(requirements: Sequence[Requirement], *, index: FarmIndex, python: tuple[int, int],
+                         tags: Sequence[Tag], env: dict[str, str]) -> list[str]:
+    """The requirements no wheel in the farm's index satisfies for this interpreter and platform."""
+    supported = set(tags)
+    pyver = Version(f"{python[0]}.{python[1]}")
+    missing = []
+    for req in requirements:
+        if req.marker is not None and not req.marker.evaluate({**env, "extra": ""}):
+            continue
+        ok = False
+        for f in index.files(req.name):
+            filename = f["filename"]
+            if not filename.endswith(".whl") or f.get("yanked"):
+                continue
+            _, version, _, wtags = parse_wheel_filename(filename)
+            rp = f.get("requires-python")
+            if req.specifier.contains(version, prereleases=True) and wtags & supported and (
+                    not rp or SpecifierSet(rp).contains(pyver, prereleases=True)):
+                ok = True
+                break
+        if not ok:
+            missing.append(str(req))
+    return missing
+
+
+@lru_cache(maxsize=1)
+def _can_unshare() -> bool:
+    unshare = shutil.which("unshare")
+    return bool(unshare) and run([unshare, "--net", "true"], check=False, timeout=10).returncode == 0
+
+
+def verify_on_host(*, wheel: Path, interp: Interpreter, index_url: str, options: Options, project: Path,
+                   work: Path, log: TextIO, timeout: float) -> VerifyOutcome:
+    """A fresh venv of the target interpreter; the wheel and its dependencies from the farm's index only."""
+    start = time.monotonic()
+    venv = work / "verify-venv"
+    cwd = work / "verify-cwd"
+    shutil.rmtree(venv, ignore_errors=True)
+    cwd.mkdir(parents=True, exist_ok=True)
+    env = clean_env({"VIRTUAL_ENV": str(venv)}, path_prepend=[venv / "bin"])
+    env.pop("PYTHONPATH", None)
+    imports = options.test_imports if options.test_imports is not None else top_level_modules(wheel)
+    outcome = VerifyOutcome(passed=False, environment="host-venv" + ("+netns" if _can_unshare() else ""),
+                            install_command="", imports=imports, test_command=options.test_command)
+
+    def step(argv: list[str], *, shell: bool = False, offline: bool = False) -> None:
+        if offline and _can_unshare():
+            argv = ["unshare", "--net", *argv] if not shell else [f"unshare --net sh -c {_quote(argv[0])}"]
+        res = run(argv, cwd=cwd, env=env, log=log, timeout=timeout, shell=shell)
+        outcome.commands.append(res.command_line)
+
+    try:
+        step([uv_bin(), "venv", "--quiet", "--python", str(interp.path), str(venv)])
+        install = [uv_bin(), "pip", "install", "--python", str(venv / "bin" / "python"), "--index-url", index_url,
+                   "--no-cache", str(wheel), *options.test_requires]
+        outcome.install_command = " ".join(install)
+        step(install)
+    except CommandFailed as exc:
+        raise PackageFailure("verify", f"the wheel does not install from the farm's index:\n{exc}") from exc
+    python = str(venv / "bin" / "python")
+    try:
+        if imports:
+            step([python, "-c", "; ".join(f"import {m}" for m in imports)], offline=True)
+        if options.test_command:
+            line = options.test_command.format(python=python, project=project, package=project)
+            step([line], shell=True, offline=True)
+        outcome.passed = True
+    except CommandFailed as exc:
+        outcome.detail = str(exc)
+    outcome.seconds = time.monotonic() - start
+    return outcome
+
+
+def _quote(s: str) -> str:
+    import shlex
+
+    return shlex.quote(s)
+
+
+def requirements_for(wheel: Path, options: Options, env: dict[str, str]) -> list[Requirement]:
+    reqs = runtime_requirements(wheel, env)
+    try:
+        reqs += [Requirement(r) for r in options.test_requires]
+    except Exception as exc:  # pragma: no cover - the schema validated them
+        raise InfrastructureFault("verify", str(exc)) from exc
+    return reqs
+
+
+__all__ = ["FarmIndex", "Marker", "VerifyOutcome", "marker_environment", "missing_requirements",
+           "requirements_for", "verify_on_host"]
