@@ -1,0 +1,135 @@
+"""Verification in a clean container: the wheel must work where no compiler and no -dev package is.
+
+A container from the verification image (no network, no capabilities, a memory limit, the
+image's unprivileged user when it has one) gets the wheel and its dependency wheels copied in, a
+fresh virtual environment, `pip install --no-index --find-links` of the wheel and the test
+requirements, an import of each module and the recipe's test command. A wheel that links a
+library the image lacks (an unrepaired wheel) fails its import here. The container is removed
+afterwards whatever happens.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from packaging.utils import parse_wheel_filename
+
+from farm.containers import Container, ContainerCommandFailed, Limits, docker_client, image_digest
+from farm.errors import FarmError, InfrastructureFault
+
+ROOT = "/tmp/farm"
+WHEELS = f"{ROOT}/wheels"
+VENV = f"{ROOT}/venv"
+RUN_DIR = f"{ROOT}/run"
+PROJECT_DIR = f"{ROOT}/project"
+
+
+@dataclass(kw_only=True)
+class ContainerVerifyResult:
+    passed: bool
+    image_digest: str
+    commands: list[str] = field(default_factory=list)
+    output: str = ""
+    seconds: float = 0.0
+
+
+def verify_in_container(*, wheel: Path, dependency_wheels: Sequence[Path], image: str, requires: Sequence[str],
+                        imports: Sequence[str], test_command: str | None, project: Path | None, log: TextIO,
+                        timeout: float, docker_host: str, memory: str = "2g", pids: int = 1024) -> ContainerVerifyResult:
+    """Install `wheel` (with `dependency_wheels` as the only index) in `image` and test it.
+
+    `passed` is False when the install, an import or the test command fails or the time runs out;
+    InfrastructureFault when the engine or the image is not there.
+    """
+    start = time.monotonic()
+    deadline = start + timeout
+    client = docker_client(docker_host, step="verify")
+    commands: list[str] = []
+    output: list[str] = []
+    try:
+        try:
+            digest = image_digest(client, image)
+        except FarmError as exc:
+            raise InfrastructureFault("verify", str(exc)) from exc
+        user = _image_user(client, image)
+        limits = Limits(memory=memory, pids=pids, drop_capabilities=True)
+        log.write(f"verifying {wheel.name} in {image} ({digest}), network none, user {user or 'root'}\n")
+        with Container(client, image, network="none", limits=limits, user=user or "0",
+                       labels={"farm.role": "verify"}) as box:
+            def call(argv: list[str], **kw: object) -> None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise _OutOfTime()
+                commands.append(shlex.join(argv))
+                output.append(f"$ {shlex.join(argv)}\n")
+                try:
+                    result = box.call(argv, env=env, workdir=RUN_DIR, timeout=remaining, log=log, **kw)  # type: ignore[arg-type]
+                except ContainerCommandFailed as exc:
+                    output.append(exc.result.output)
+                    if exc.timed_out:
+                        raise _OutOfTime() from exc
+                    raise
+                output.append(result.output)
+
+            env = {"HOME": ROOT, "PIP_CONFIG_FILE": "/dev/null", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+                   "PIP_NO_CACHE_DIR": "1", "PYTHONDONTWRITEBYTECODE": "1", "PIP_NO_INPUT": "1"}
+            box.call(["mkdir", "-p", WHEELS, RUN_DIR, PROJECT_DIR], workdir="/", log=log)
+            uid = int(box.call(["id", "-u"], workdir="/").output.strip() or 0)
+            for path in [wheel, *dependency_wheels]:
+                box.copy_into(path, WHEELS, owner=uid)
+            project_in = box.copy_into(project, PROJECT_DIR, owner=uid) if project is not None else None
+            python = _base_python(box, wheel)
+            venv_python = f"{VENV}/bin/python"
+            env["VIRTUAL_ENV"] = VENV
+            env["PATH"] = f"{VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+            try:
+                call([python, "-m", "venv", VENV])
+                call([venv_python, "-m", "pip", "install", "--no-index", "--find-links", WHEELS,
+                      f"{WHEELS}/{wheel.name}", *requires])
+                for module in imports:
+                    call([venv_python, "-c", f"import {module}"])
+                if test_command:
+                    line = test_command.replace("{python}", shlex.quote(venv_python))
+                    line = line.replace("{project}", shlex.quote(project_in or PROJECT_DIR))
+                    call(["sh", "-c", line])
+                passed = True
+            except ContainerCommandFailed as exc:
+                log.write(f"verification failed: {exc.result.command_line} exited with {exc.result.exit_code}\n")
+                passed = False
+            except _OutOfTime:
+                message = f"verification timed out after {timeout:.0f} s\n"
+                log.write(message)
+                output.append(message)
+                passed = False
+    finally:
+        client.close()
+    return ContainerVerifyResult(passed=passed, image_digest=digest, commands=commands, output="".join(output),
+                                 seconds=time.monotonic() - start)
+
+
+class _OutOfTime(Exception):
+    pass
+
+
+def _image_user(client, image: str) -> str | None:  # type: ignore[no-untyped-def]
+    """The unprivileged user to run as: the farm's label, else the image's USER, else None (root)."""
+    config = client.images.get(image).attrs.get("Config") or {}
+    labels = config.get("Labels") or {}
+    return labels.get("farm.user") or config.get("User") or None
+
+
+def _base_python(box: Container, wheel: Path) -> str:
+    """The interpreter matching the wheel's Python tag (/opt/python/cpXY-cpXY), else the image's python3."""
+    candidates = []
+    for tag in parse_wheel_filename(wheel.name)[3]:
+        if tag.interpreter.startswith("cp"):
+            candidates.append(f"/opt/python/{tag.interpreter}-{tag.interpreter}/bin/python")
+    probe = "; ".join(f"[ -x {shlex.quote(c)} ] && exec echo {shlex.quote(c)}" for c in dict.fromkeys(candidates))
+    found = box.call(["sh", "-c", f"{probe + '; ' if probe else ''}command -v python3 || command -v python"],
+                     workdir="/", check=False).output.strip().splitlines()
+    return found[0] if found else "python3"
