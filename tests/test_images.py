@@ -1,0 +1,191 @@
+"""Images made from Debian root file systems: the build image cibuildwheel uses, the clean verify image.
+
+The Docker tests need the private engine (`eval "$(scripts/docker-up.sh)"`), root and debootstrap.
+The first run makes the root file systems (about 60-80 s each, cached in ~/.cache/wheel-farm/rootfs);
+later runs find the images up to date.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from farm.images import debootstrap, default_ca_bundle, default_tag, image_build, main
+from farm.images.debootstrap import PACKAGES, ImageResult, build_image, build_verify_image
+
+CACHE = Path(os.environ.get("FARM_TEST_CACHE", Path.home() / ".cache" / "wheel-farm"))
+SUITE = "bullseye"
+
+
+def docker_host_or_skip() -> str:
+    """The engine the Docker tests use, or a skip that says how to start it."""
+    from farm.containers import docker_answers
+
+    host = os.environ.get("DOCKER_HOST", "")
+    if not host:
+        pytest.skip('DOCKER_HOST is not set: start the private engine with eval "$(scripts/docker-up.sh)"')
+    reason = docker_answers(host)
+    if reason:
+        pytest.skip(f"the Docker engine does not answer: {reason}")
+    return host
+
+
+def image_builder_or_skip() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("building images needs root (debootstrap, chroot)")
+    for tool in ("debootstrap", "unshare", "tar"):
+        if not shutil.which(tool):
+            pytest.skip(f"{tool} is not installed (scripts/docker-up.sh installs debootstrap)")
+
+
+class _Log(io.StringIO):
+    """Keeps the image build's log for the failure report and echoes it for `pytest -s`."""
+
+    def write(self, text: str) -> int:
+        sys.stderr.write(text)
+        return super().write(text)
+
+
+@pytest.fixture(scope="module")
+def docker_host() -> str:
+    return docker_host_or_skip()
+
+
+@pytest.fixture(scope="module")
+def build_image_result(docker_host: str) -> ImageResult:
+    image_builder_or_skip()
+    return build_image(suite=SUITE, ca_bundle=default_ca_bundle(), cache_dir=CACHE, log=_Log(),
+                       docker_host=docker_host)
+
+
+@pytest.fixture(scope="module")
+def verify_image_result(docker_host: str) -> ImageResult:
+    image_builder_or_skip()
+    return build_verify_image(suite=SUITE, ca_bundle=default_ca_bundle(), cache_dir=CACHE, log=_Log(),
+                              docker_host=docker_host)
+
+
+@pytest.fixture(scope="module")
+def client(docker_host: str) -> Iterator[object]:
+    from farm.containers import docker_client
+
+    c = docker_client(docker_host)
+    yield c
+    c.close()
+
+
+def run_in(client, image: str, script: str, *, network: str = "none", user: str | None = None) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+    from farm.containers import Container
+
+    with Container(client, image, network=network, user=user) as box:  # type: ignore[arg-type]
+        result = box.call(["sh", "-c", script], check=False, timeout=120)
+    return result.exit_code, result.output
+
+
+# Without Docker ----------------------------------------------------------------------------------
+def test_default_tags() -> None:
+    assert default_tag("bullseye", "build") == "wheel-farm/debian-bullseye:latest"
+    assert default_tag("bookworm", "verify") == "wheel-farm/debian-bookworm-verify:latest"
+
+
+def test_verify_image_has_no_compiler_or_dev_packages() -> None:
+    assert {"gcc", "g++", "make", "libc6-dev", "python3-dev"} <= set(PACKAGES["build"])
+    assert not {p for p in PACKAGES["verify"] if p in ("gcc", "g++", "make") or p.endswith("-dev")}
+    assert {"python3", "python3-venv"} <= set(PACKAGES["verify"])
+
+
+def test_setup_script_ignores_host_pip_configuration() -> None:
+    script = debootstrap._SETUP
+    assert "PIP_CONFIG_FILE=/dev/null" in script and "unset PIP_FIND_LINKS" in script
+    assert "/opt/python/cp39-cp39/bin/python" in script  # cibuildwheel's helper interpreter
+
+
+def test_missing_ca_bundle_is_reported(tmp_path: Path) -> None:
+    from farm.errors import FarmError
+
+    with pytest.raises(FarmError, match="CA bundle"):
+        build_image(suite=SUITE, ca_bundle=tmp_path / "none.crt", cache_dir=tmp_path, log=io.StringIO())
+
+
+def test_cli_entry_reports_a_missing_engine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from farm.errors import InfrastructureFault
+
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    monkeypatch.delenv("FARM_DOCKER_HOST", raising=False)
+    monkeypatch.setenv("FARM_HOME", str(tmp_path))
+    from farm.config import reset_settings
+
+    reset_settings()
+    try:
+        with pytest.raises(InfrastructureFault, match="no Docker engine configured"):
+            main(["--suite", SUITE, "--ca-bundle", str(default_ca_bundle()), "--cache-dir", str(tmp_path)])
+    finally:
+        reset_settings()
+
+
+# With Docker ---------------------------------------------------------------------------------------
+@pytest.mark.docker
+@pytest.mark.slow
+def test_build_image_layout(build_image_result: ImageResult, client) -> None:  # type: ignore[no-untyped-def]
+    result = build_image_result
+    assert result.tag == "wheel-farm/debian-bullseye:latest"
+    assert result.digest.startswith("sha256:")
+    assert result.pythons == ["cp39"]
+    labels = client.images.get(result.tag).attrs["Config"]["Labels"]
+    assert labels["farm.pythons"] == "cp39" and labels["farm.suite"] == "bullseye"
+    assert labels["farm.kind"] == "build" and labels["farm.family"] == "apt"
+    code, out = run_in(client, result.tag, """
+        set -e
+        test -x /opt/python/cp39-cp39/bin/python
+        /opt/python/cp39-cp39/bin/python -c 'import sys; assert sys.version_info[:2] == (3, 9)'
+        /opt/python/cp39-cp39/bin/python -m pip --version
+        /opt/python/cp39-cp39/bin/python -m build --version
+        auditwheel --version; patchelf --version; uv --version
+        command -v which tar bash gcc make
+        test -s "$SSL_CERT_FILE" && test "$PIP_CERT" = "$SSL_CERT_FILE"
+        ldd --version | head -1
+    """)
+    assert code == 0, out
+    assert "auditwheel" in out and "uv " in out and "GLIBC 2.31" in out
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_verify_image_is_clean(verify_image_result: ImageResult, client) -> None:  # type: ignore[no-untyped-def]
+    result = verify_image_result
+    assert result.tag == "wheel-farm/debian-bullseye-verify:latest"
+    assert result.pythons == ["cp39"]
+    labels = client.images.get(result.tag).attrs["Config"]["Labels"]
+    assert labels["farm.kind"] == "verify" and labels["farm.user"] == "farm"
+    code, out = run_in(client, result.tag, "for t in gcc cc make auditwheel; do command -v $t && exit 1; done; "
+                                           "test ! -e /usr/include/python3.9/Python.h", user="farm")
+    assert code == 0, f"the verify image has build tools: {out}"
+    code, out = run_in(client, result.tag, "id -un && python3 -m venv /tmp/v && /tmp/v/bin/python -c 'import ssl'",
+                       user="farm")
+    assert code == 0 and out.startswith("farm"), out
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_rebuild_is_skipped_when_inputs_are_unchanged(build_image_result: ImageResult, docker_host: str) -> None:
+    log = io.StringIO()
+    again = image_build(suite=SUITE, docker_host=docker_host, cache_dir=CACHE, index_url="https://pypi.org/simple",
+                        log=log)
+    assert again.reused and again.digest == build_image_result.digest, log.getvalue()
+    assert "up to date" in log.getvalue()
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_root_file_system_is_cached(build_image_result: ImageResult) -> None:
+    log = io.StringIO()
+    tarball = debootstrap.rootfs_tarball(suite=SUITE, packages=PACKAGES["build"], cache_dir=CACHE,
+                                         mirror=debootstrap.DEFAULT_MIRROR, log=log)
+    assert tarball.is_file() and tarball.parent == CACHE / "rootfs"
+    assert "(cached)" in log.getvalue()
