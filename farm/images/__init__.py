@@ -3,8 +3,9 @@
     farm image build --suite bullseye            # build image wheel-farm/debian-bullseye:latest
     farm image build --suite bullseye --verify   # clean verification image ...-verify:latest
 
-`image_build` is what the CLI calls; it prints progress on `log` and returns the result, whose
-`digest` the CLI prints. `main(argv)` is the same as a stand-alone program.
+`cli_build(args)` is what `farm image build` calls with its parsed arguments (`suite`, `tag`,
+`verify`; the options of `add_arguments` when present): it builds, prints the digest on stdout and
+returns the exit code. `image_build(...)` is the same as a function, `main(argv)` as a program.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from farm.images.debootstrap import (
     default_tag,
 )
 
-__all__ = ["ImageResult", "build_image", "build_verify_image", "default_ca_bundle", "default_tag",
-           "image_build", "main"]
+__all__ = ["ImageResult", "add_arguments", "build_image", "build_verify_image", "cli_build", "default_ca_bundle",
+           "default_tag", "image_build", "main"]
 
 
 def default_ca_bundle() -> Path:
@@ -74,13 +75,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rebuild", action="store_true", help="rebuild even when an up-to-date image exists")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="farm image build", description="Build a container image from Debian.")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    result = image_build(suite=args.suite, tag=args.tag, verify=args.verify, ca_bundle=args.ca_bundle,
-                         cache_dir=args.cache_dir, mirror=args.mirror, index_url=args.index_url,
-                         rebuild=args.rebuild)
+def cli_build(args: argparse.Namespace) -> int:
+    """`farm image build`: build from parsed arguments, print the image digest on stdout."""
+    result = image_build(suite=args.suite, tag=getattr(args, "tag", None), verify=getattr(args, "verify", False),
+                         ca_bundle=getattr(args, "ca_bundle", None), cache_dir=getattr(args, "cache_dir", None),
+                         mirror=getattr(args, "mirror", None) or DEFAULT_MIRROR,
+                         index_url=getattr(args, "index_url", None), rebuild=getattr(args, "rebuild", False))
     print(f"{result.tag} {result.digest} pythons={','.join(result.pythons)}", file=sys.stderr)
     print(result.digest)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="farm image build", description="Build a container image from Debian.")
+    add_arguments(parser)
+    return cli_build(parser.parse_args(argv))
