@@ -264,6 +264,34 @@ def test_verification_installs_only_what_it_is_given(built, verify_image_result,
     assert "six" in result.output
 
 
+def make_pure_wheel(folder: Path, name: str = "farmdep", version: str = "1.0") -> Path:
+    """A minimal pure-Python wheel, written by hand."""
+    wheel = folder / f"{name}-{version}-py3-none-any.whl"
+    info = f"{name}-{version}.dist-info"
+    files = {f"{name}/__init__.py": "VALUE = 42\n",
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for arcname, text in files.items():
+            zf.writestr(arcname, text)
+        zf.writestr(f"{info}/RECORD", "".join(f"{n},,\n" for n in [*files, f"{info}/RECORD"]))
+    return wheel
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_dependency_wheels_are_the_only_index(tmp_path: Path, built, verify_image_result,  # type: ignore[no-untyped-def]  # noqa: F811
+                                              docker_host: str) -> None:  # noqa: F811
+    _ctx, output, _ = built
+    dep = make_pure_wheel(tmp_path)
+    result = verify_in_container(wheel=output.wheels[0], dependency_wheels=[dep], image=verify_image_result.tag,
+                                 requires=["farmdep==1.0"], imports=["yaml", "farmdep"],
+                                 test_command="{python} -c 'import farmdep; assert farmdep.VALUE == 42'",
+                                 project=None, log=io.StringIO(), timeout=300, docker_host=docker_host)
+    assert result.passed, result.output
+    assert "Successfully installed farmdep-1.0 pyyaml-6.0.2" in result.output
+
+
 # The container helper --------------------------------------------------------------------------
 @pytest.mark.docker
 @pytest.mark.slow

@@ -50,6 +50,8 @@ class CibuildwheelEngine:
             out.mkdir(parents=True, exist_ok=True)
             env = cibw_environment(ctx, image=image.image, family=family, has_uv=has_uv, job_label=job_label,
                                    docker_host=host)
+            if not shutil.which("docker", path=env["PATH"]):
+                raise InfrastructureFault("build", "the docker client is not on PATH (cibuildwheel runs it)")
             target, cwd = (ctx.sdist, ctx.work) if from_sdist else (Path("."), ctx.source)
             argv = [sys.executable, "-m", "cibuildwheel", "--output-dir", out, "--platform", "linux", target]
             shown = {k: v for k, v in env.items() if k.startswith("CIBW_")}
