@@ -231,7 +231,11 @@ class Container:
         return f"{dest_dir.rstrip('/')}/{arcname}"
 
     def copy_out(self, src: str | PurePosixPath, dest_dir: Path) -> list[Path]:
-        """Copy a file or folder out of the container into `dest_dir`; return the top-level paths made."""
+        """Copy a file or folder out of the container into `dest_dir`; return the top-level paths made.
+
+        Extraction uses tarfile's "data" filter: links pointing outside `dest_dir` (a venv's
+        absolute interpreter link, say) are refused, so copy out results, not environments.
+        """
         dest_dir.mkdir(parents=True, exist_ok=True)
         stream, _stat = self._container.get_archive(str(src))  # type: ignore[union-attr]
         with tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024) as buf:

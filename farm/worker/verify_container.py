@@ -10,6 +10,7 @@ afterwards whatever happens.
 
 from __future__ import annotations
 
+import re
 import shlex
 import time
 from collections.abc import Sequence
@@ -20,13 +21,14 @@ from typing import TextIO
 from packaging.utils import parse_wheel_filename
 
 from farm.containers import Container, ContainerCommandFailed, Limits, docker_client, image_digest
-from farm.errors import FarmError, InfrastructureFault
+from farm.errors import FarmError, InfrastructureFault, PackageFailure
 
 ROOT = "/tmp/farm"
 WHEELS = f"{ROOT}/wheels"
 VENV = f"{ROOT}/venv"
 RUN_DIR = f"{ROOT}/run"
 PROJECT_DIR = f"{ROOT}/project"
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 @dataclass(kw_only=True)
@@ -46,6 +48,9 @@ def verify_in_container(*, wheel: Path, dependency_wheels: Sequence[Path], image
     `passed` is False when the install, an import or the test command fails or the time runs out;
     InfrastructureFault when the engine or the image is not there.
     """
+    bad = [m for m in imports if not _MODULE.fullmatch(m)]
+    if bad:
+        raise PackageFailure("verify", f"not module names: {', '.join(map(repr, bad))}")
     start = time.monotonic()
     deadline = start + timeout
     client = docker_client(docker_host, step="verify")
