@@ -143,6 +143,7 @@ def _build(*, kind: Kind, suite: str, tag: str | None, ca_bundle: Path, cache_di
             changes = [f"ENV {k}={v}" for k, v in _image_env(kind).items()]
             changes += [f"LABEL {k}={json.dumps(v)}" for k, v in labels.items()]
             changes += ['CMD ["/bin/bash"]']
+            previous = _image_id(client, tag)
             repository, _, version = tag.rpartition(":")
             log.write(f"docker import {final} {tag}\n")
             log.flush()
@@ -151,6 +152,8 @@ def _build(*, kind: Kind, suite: str, tag: str | None, ca_bundle: Path, cache_di
             shutil.rmtree(work, ignore_errors=True)
         image = client.images.get(tag)
         log.write(f"image {tag}: {image.id}\n")
+        if previous and previous != image.id:
+            _remove_quietly(client, previous)  # the image this one replaces, unless a container uses it
         return ImageResult(tag=tag, digest=image.id, pythons=pythons, kind=kind)
     finally:
         client.close()
@@ -232,6 +235,24 @@ def _existing(client, tag: str, key: str, kind: Kind) -> ImageResult | None:  # 
         return None
     return ImageResult(tag=tag, digest=image.id, pythons=labels.get("farm.pythons", "").split(","), kind=kind,
                        reused=True)
+
+
+def _image_id(client, tag: str) -> str | None:  # type: ignore[no-untyped-def]
+    from docker.errors import ImageNotFound
+
+    try:
+        return client.images.get(tag).id
+    except ImageNotFound:
+        return None
+
+
+def _remove_quietly(client, image_id: str) -> None:  # type: ignore[no-untyped-def]
+    from docker.errors import DockerException
+
+    try:
+        client.images.remove(image_id)
+    except DockerException:
+        pass
 
 
 def _tar(args: list, log: TextIO) -> None:
