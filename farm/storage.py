@@ -41,11 +41,8 @@ class LocalStorage:
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
         os.close(fd)
         try:
-            try:
-                os.unlink(tmp)
-                os.link(path, tmp)  # same filesystem: no copy
-            except OSError:
-                shutil.copyfile(path, tmp)
+            # A copy, never a link: the caller's file may change later, the stored one must not.
+            shutil.copyfile(path, tmp)
             os.replace(tmp, dest)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -64,10 +61,7 @@ class LocalStorage:
         if not src.is_file():
             raise NotFound(f"not in storage: {key}")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(src, dest)
-        except OSError:
-            shutil.copyfile(src, dest)
+        shutil.copyfile(src, dest)
         return dest
 
     def read_bytes(self, key: str) -> bytes:

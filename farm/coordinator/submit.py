@@ -8,6 +8,7 @@ points at the existing one and, when that one succeeded, is answered at once.
 
 from __future__ import annotations
 
+import platform as _platform
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,33 +43,47 @@ class Submitted:
 
 
 def is_file_request(request: str) -> bool:
-    return request.endswith(SDIST_SUFFIXES) or Path(request).exists()
+    if request.endswith(SDIST_SUFFIXES):
+        return True
+    try:
+        return Path(request).exists()
+    except OSError:  # e.g. a long requirement line is no file name
+        return False
 
 
 def submit(request: str, *, settings: Settings, kind: str | None = None, parent_job_id: int | None = None,
            only_platforms: Sequence[str] | None = None, only_pythons: Sequence[str] | None = None) -> Submitted:
-    if is_file_request(request):
-        source_fields = _from_file(Path(request), settings)
-        kind = kind or "file"
-    else:
-        source_fields = None
-        kind = kind or "requirement"
-    with session_scope() as session:
-        if source_fields is None:
-            source = _from_requirement(request, session, settings)
-        else:
-            source = session.scalar(select(Source).where(Source.sha256 == source_fields["sha256"]))
-            if source is None:
-                source = Source(**source_fields)
-                session.add(source)
-                session.flush()
-        submission = Submission(kind=kind, request=request, parent_job_id=parent_job_id)
-        session.add(submission)
-        session.flush()
-        to_send = _plan_jobs(session, submission, source, settings, only_platforms, only_pythons)
-        result = Submitted(submission_id=submission.id, name=source.name, version=source.version,
-                           jobs=[(j.id, j.build_id, j.state) for j in submission.jobs])
-        specs = [dispatch.job_spec(j, settings) for j in to_send]
+    """Record a submission and its jobs; send their build messages after the commit.
+
+    The sdist is copied into storage only once its jobs are planned, so a rejected submission
+    leaves nothing behind.
+    """
+    from_file = is_file_request(request)
+    fields = _from_file(Path(request), settings) if from_file else None
+    tmp_root = settings.home / "tmp"
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=tmp_root) as tmp:
+        with session_scope() as session:
+            if fields is not None:
+                source = session.scalar(select(Source).where(Source.sha256 == fields["sha256"]))
+                pending = None if source is not None else Path(request)
+                if source is None:
+                    source = Source(**fields)
+                    session.add(source)
+                    session.flush()
+            else:
+                source, pending = _from_requirement(request, session, settings, Path(tmp))
+            submission = Submission(kind=kind or ("file" if from_file else "requirement"), request=request,
+                                    parent_job_id=parent_job_id)
+            session.add(submission)
+            session.flush()
+            to_send = _plan_jobs(session, submission, source, settings, only_platforms, only_pythons)
+            storage = get_storage()
+            if pending is not None and not storage.exists(source.storage_key):
+                storage.put_file(source.storage_key, pending)
+            result = Submitted(submission_id=submission.id, name=source.name, version=source.version,
+                               jobs=[(j.id, j.build_id, j.state) for j in submission.jobs])
+            specs = [dispatch.job_spec(j, settings) for j in to_send]
     dispatch.send(specs)  # only after the commit
     return result
 
@@ -103,67 +118,61 @@ def _plan_jobs(session: Session, submission: Submission, source: Source, setting
 
 
 def _from_file(path: Path, settings: Settings) -> dict:
+    if path.is_dir():
+        raise FarmError(f"{path} is a directory, not an sdist file")
     if not path.is_file():
         raise FarmError(f"{path}: no such file")
     info = inspect_sdist(path, Limits.from_settings(settings))
     digest = sha256_file(path)
-    storage = get_storage()
-    key = sdist_key(digest, path.name)
-    if not storage.exists(key):
-        storage.put_file(key, path)
     return {"sha256": digest, "name": info.name, "version": info.version, "filename": path.name,
-            "size": path.stat().st_size, "storage_key": key, "requires_python": info.requires_python}
+            "size": path.stat().st_size, "storage_key": sdist_key(digest, path.name),
+            "requires_python": info.requires_python}
 
 
-def _from_requirement(request: str, session: Session, settings: Settings) -> Source:
+def _from_requirement(request: str, session: Session, settings: Settings, tmp: Path) -> tuple[Source, Path | None]:
+    """The Source for a requirement, and the downloaded file still to be stored (None if known)."""
     try:
         req = Requirement(request)
     except InvalidRequirement as exc:
         raise FarmError(f"{request!r} is neither an sdist file nor a requirement like NAME==VERSION: {exc}") from None
     name = canonicalize_name(req.name)
     pins = [s.version for s in req.specifier if s.operator in ("==", "===") and "*" not in s.version]
+    version: Version | None = None
     if pins:
         try:
-            version = str(Version(pins[0]))
+            version = Version(pins[0])
         except InvalidVersion as exc:
             raise FarmError(f"{request!r}: {exc}") from None
         # Already fetched and checked once: no need to ask upstream again.
-        known = session.scalar(select(Source).where(Source.name == name, Source.version == version,
-                                                    Source.upstream_url.is_not(None)).limit(1))
-        if known is not None:
-            return known
+        for known in session.scalars(select(Source).where(Source.name == name, Source.upstream_url.is_not(None))):
+            if Version(known.version) == version:
+                return known, None
     from farm.index.upstream import Upstream
 
     with Upstream(settings.upstream_index) as upstream:
-        if pins:
-            file = upstream.find_sdist(name, version)
+        if version is not None:
+            file = upstream.find_sdist(name, str(version))
         else:
-            import platform as _platform
-
             found = upstream.best_sdist(str(req), ".".join(_platform.python_version_tuple()[:2]))
             if found is None:
                 raise UpstreamError(f"no sdist on {settings.upstream_index} satisfies {request!r}")
             file = found
-        if file.sha256:
-            known = session.scalar(select(Source).where(Source.sha256 == file.sha256))
-            if known is not None:
-                return known
-        tmp_root = settings.home / "tmp"
-        tmp_root.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=tmp_root) as tmp:
-            path = upstream.download(file, Path(tmp))
-            if not file.sha256:
-                raise UpstreamError(f"{file.url}: the index gives no sha256, so the download cannot be checked")
-            info = inspect_sdist(path, Limits.from_settings(settings), expect_name=name, expect_version=file.version)
-            key = sdist_key(file.sha256, path.name)
-            size = path.stat().st_size
-            get_storage().put_file(key, path)
+        if not file.sha256:
+            raise UpstreamError(f"{file.url}: the index gives no sha256, so the download cannot be checked")
+        known = session.scalar(select(Source).where(Source.sha256 == file.sha256))
+        if known is not None:
+            if known.name != name or Version(known.version) != Version(file.version):
+                raise UpstreamError(f"{file.url} has the sha256 of {known.filename}, which is {known.name} "
+                                    f"{known.version}, not {name} {file.version}")
+            return known, None
+        path = upstream.download(file, tmp)
+    info = inspect_sdist(path, Limits.from_settings(settings), expect_name=name, expect_version=file.version)
     source = Source(sha256=file.sha256, name=info.name, version=info.version, filename=path.name,
-                    size=size, storage_key=key, upstream_url=file.url,
+                    size=path.stat().st_size, storage_key=sdist_key(file.sha256, path.name), upstream_url=file.url,
                     requires_python=info.requires_python or file.requires_python)
     session.add(source)
     session.flush()
-    return source
+    return source, path
 
 
 __all__ = ["Submitted", "is_file_request", "submit"]

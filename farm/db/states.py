@@ -31,8 +31,9 @@ S = JobState
 _RUNNING = {S.FETCHING, S.BUILDING, S.REPAIRING, S.VERIFYING, S.ATTESTING, S.UPLOADING}
 
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    S.QUEUED: frozenset({S.FETCHING, S.VERIFYING, S.SUCCEEDED, S.FAILED, S.CANCELLED}),
-    S.FETCHING: frozenset({S.BUILDING, S.FAILED, S.QUEUED, S.CANCELLED}),
+    S.QUEUED: frozenset({S.FETCHING, S.SUCCEEDED, S.FAILED, S.CANCELLED}),
+    # fetching -> verifying: a job released from dep_wait re-fetches its sdist, then only verifies.
+    S.FETCHING: frozenset({S.BUILDING, S.VERIFYING, S.FAILED, S.QUEUED, S.CANCELLED}),
     S.BUILDING: frozenset({S.REPAIRING, S.FAILED, S.QUEUED, S.CANCELLED}),
     S.REPAIRING: frozenset({S.VERIFYING, S.FAILED, S.QUEUED, S.CANCELLED}),
     S.DEP_WAIT: frozenset({S.QUEUED, S.FAILED, S.CANCELLED}),
