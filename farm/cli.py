@@ -288,9 +288,9 @@ def parser() -> argparse.ArgumentParser:
 
     image = sub.add_parser("image", help="build images").add_subparsers(dest="image_command", required=True)
     s = image.add_parser("build", help="make a manylinux-compatible build image from a Debian archive")
-    s.add_argument("--suite", default="bullseye")
-    s.add_argument("--tag")
-    s.add_argument("--verify", action="store_true", help="a verification image: no compilers, no -dev packages")
+    from farm.images import add_arguments
+
+    add_arguments(s)
     s.set_defaults(func=cmd_image_build)
 
     db = sub.add_parser("db", help="database").add_subparsers(dest="db_command", required=True)

@@ -90,7 +90,8 @@ class Settings(BaseSettings):
     docker_host: str = Field("", description="Docker engine socket, e.g. unix:///var/lib/farm-docker/docker.sock; default DOCKER_HOST")
     images: dict[str, list[ImageConfig]] = Field(default_factory=lambda: dict(DEFAULT_IMAGES),
                                                  description="build images per platform; the Python matrix is their union")
-    verify_images: dict[str, str] = Field(default_factory=dict, description="per platform: an image without compilers for verification; empty: verify on the host")
+    verify_images: dict[str, list[ImageConfig]] = Field(
+        default_factory=dict, description="per platform: images without compilers to verify in, by Python; none: verify on the host")
     build_memory: str = Field("4g", description="memory limit of a build container")
     build_pids: int = 4096
     cibuildwheel_timeout: float = 3600.0
@@ -119,6 +120,9 @@ class Settings(BaseSettings):
     @property
     def index(self) -> Path:
         return self.index_root or self.home / "index"
+
+    def verify_image(self, platform: str, python: str) -> str | None:
+        return next((i.image for i in self.verify_images.get(platform, []) if python in i.pythons), None)
 
     @property
     def verify_index_url(self) -> str:

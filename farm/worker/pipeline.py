@@ -22,13 +22,11 @@ from farm.recipes.schema import Options
 from farm.storage import Storage, log_key, wheel_key
 from farm.util.hashing import canonical_json, sha256_file
 from farm.util.wheel import read_metadata
-from farm.worker import attest
+from farm.worker import attest, verify
 from farm.worker.engines import BuildContext, get_engine
 from farm.worker.fetch import fetch
 from farm.worker.platforms import get_platform
 from farm.worker.platforms._common import wheel_tags
-from farm.worker.verify import (FarmIndex, marker_environment, missing_requirements, requirements_for,
-                                verify_on_host)
 
 Report = Callable[[JobEvent], None]
 
@@ -142,14 +140,10 @@ def _pipeline(spec: JobSpec, *, settings: Settings, storage: Storage, steps: Ste
             wheels.append(dest)
 
     with steps.step(JobState.VERIFYING):
-        interp = next((i for i in platform.interpreters(settings.interpreters) if i.tag == spec.python), None)
-        if interp is None:
-            raise InfrastructureFault("verify", f"this worker has no {spec.python} interpreter to verify with")
-        env = marker_environment(str(interp.path))
-        index = FarmIndex(settings.verify_index_url)
-        missing = sorted({m for w in wheels for m in missing_requirements(
-            requirements_for(w, options, env), index=index, python=interp.version,
-            tags=platform.supported_tags(interp.version), env=env)})
+        target = verify.Target.for_job(spec.python, platform, settings)
+        index = verify.FarmIndex(settings.verify_index_url)
+        missing = sorted({m for w in wheels for m in verify.missing_requirements(
+            verify.requirements_for(w, options, target.env), index=index, target=target)})
         if missing:
             log.write(f"the farm's index lacks: {', '.join(missing)}; waiting for them\n")
             staged = []
@@ -159,9 +153,8 @@ def _pipeline(spec: JobSpec, *, settings: Settings, storage: Storage, steps: Ste
                 staged.append(StagedWheel(filename=w.name, sha256=sha256_file(w), storage_key=k))
             verification = None
         else:
-            verification = [verify_on_host(wheel=w, interp=interp, index_url=settings.verify_index_url,
-                                           options=options, project=source, work=work, log=log,
-                                           timeout=settings.test_timeout) for w in wheels]
+            verification = [verify.verify(wheel=w, target=target, settings=settings, options=options,
+                                          project=source, work=work, log=log) for w in wheels]
             failed = [v for v in verification if not v.passed]
             if failed:
                 raise PackageFailure("verify", f"tests failed in a clean environment:\n{failed[0].detail}")

@@ -10,7 +10,9 @@ where the host allows it.
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
+import sys
 import time
 import urllib.parse
 from collections.abc import Sequence
@@ -20,19 +22,19 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
-from packaging.markers import Marker
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.tags import Tag
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
+from farm.config import Settings
 from farm.errors import InfrastructureFault, PackageFailure
 from farm.recipes.schema import Options
 from farm.util.cmd import CommandFailed, clean_env, run
 from farm.util.wheel import read_metadata, requires_dist, top_level_modules
 from farm.worker.engines.native import uv_bin
-from farm.worker.platforms.base import Interpreter
+from farm.worker.platforms.base import Interpreter, Platform
 
 _MARKER_ENV = (
     "import json, os, platform, sys\n"
@@ -99,14 +101,40 @@ def runtime_requirements(wheel: Path, env: dict[str, str]) -> list[Requirement]:
     return reqs
 
 
-def missing_requirements(requirements: Sequence[Requirement], *, index: FarmIndex, python: tuple[int, int],
-                         tags: Sequence[Tag], env: dict[str, str]) -> list[str]:
+@dataclass(frozen=True, kw_only=True)
+class Target:
+    """What a wheel is verified for: a Python on a platform, where (host interpreter or clean image)."""
+
+    python: tuple[int, int]
+    interp: Interpreter | None  # a host interpreter of that version, if the worker has one
+    image: str | None  # a clean verification image for it, if configured (preferred)
+    env: dict[str, str]  # PEP 508 marker environment
+    tags: frozenset[Tag]
+
+    @classmethod
+    def for_job(cls, python_tag: str, platform: Platform, settings: Settings) -> Target:
+        version = (int(python_tag[2]), int(python_tag[3:]))
+        interp = next((i for i in platform.interpreters(settings.interpreters) if i.tag == python_tag), None)
+        image = settings.verify_image(platform.name, python_tag)
+        if interp is None and image is None:
+            raise InfrastructureFault("verify", f"this worker can verify {python_tag} neither on the host (no "
+                                      f"interpreter) nor in a container (no verify image for {platform.name})")
+        if interp is not None:
+            env = marker_environment(str(interp.path))
+        else:  # the host's markers with the target's Python version
+            env = {**marker_environment(sys.executable), "python_version": f"{version[0]}.{version[1]}",
+                   "python_full_version": f"{version[0]}.{version[1]}.0",
+                   "implementation_version": f"{version[0]}.{version[1]}.0"}
+        return cls(python=version, interp=interp, image=image, env=env,
+                   tags=frozenset(platform.supported_tags(version)))
+
+
+def missing_requirements(requirements: Sequence[Requirement], *, index: FarmIndex, target: Target) -> list[str]:
     """The requirements no wheel in the farm's index satisfies for this interpreter and platform."""
-    supported = set(tags)
-    pyver = Version(f"{python[0]}.{python[1]}")
+    pyver = Version(f"{target.python[0]}.{target.python[1]}")
     missing = []
     for req in requirements:
-        if req.marker is not None and not req.marker.evaluate({**env, "extra": ""}):
+        if req.marker is not None and not req.marker.evaluate({**target.env, "extra": ""}):
             continue
         ok = False
         for f in index.files(req.name):
@@ -115,13 +143,56 @@ def missing_requirements(requirements: Sequence[Requirement], *, index: FarmInde
                 continue
             _, version, _, wtags = parse_wheel_filename(filename)
             rp = f.get("requires-python")
-            if req.specifier.contains(version, prereleases=True) and wtags & supported and (
+            if req.specifier.contains(version, prereleases=True) and wtags & target.tags and (
                     not rp or SpecifierSet(rp).contains(pyver, prereleases=True)):
                 ok = True
                 break
         if not ok:
             missing.append(str(req))
     return missing
+
+
+def verify(*, wheel: Path, target: Target, settings: Settings, options: Options, project: Path, work: Path,
+           log: TextIO) -> VerifyOutcome:
+    """In the clean verification image when one is configured for the target, else on the host."""
+    if target.image is None:
+        assert target.interp is not None
+        return verify_on_host(wheel=wheel, interp=target.interp, index_url=settings.verify_index_url,
+                              options=options, project=project, work=work, log=log, timeout=settings.test_timeout)
+    from farm.worker.verify_container import verify_in_container
+
+    deps = dependency_wheels(wheel, target=target, index_url=settings.verify_index_url,
+                             requires=options.test_requires, dest=work / "verify-deps", log=log)
+    imports = options.test_imports if options.test_imports is not None else top_level_modules(wheel)
+    res = verify_in_container(wheel=wheel, dependency_wheels=deps, image=target.image,
+                              requires=options.test_requires, imports=imports, test_command=options.test_command,
+                              project=project, log=log, timeout=settings.test_timeout,
+                              docker_host=settings.docker_host)
+    return VerifyOutcome(passed=res.passed, environment=f"container:{target.image}@{res.image_digest} network=none",
+                         install_command="pip install --no-index --find-links /tmp/farm/wheels", imports=imports,
+                         test_command=options.test_command, commands=res.commands, seconds=res.seconds,
+                         detail=res.output)
+
+
+def dependency_wheels(wheel: Path, *, target: Target, index_url: str, requires: Sequence[str], dest: Path,
+                      log: TextIO) -> list[Path]:
+    """The wheel's dependency closure, for the target's Python and platform, from the farm's index only."""
+    reqs = [r for r in requirements_for(wheel, Options(test_requires=list(requires)), target.env)]
+    if not reqs:
+        return []
+    dest.mkdir(parents=True, exist_ok=True)
+    platforms = sorted({t.platform for t in target.tags if t.platform != "any"})
+    argv = [sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(dest), "--index-url", index_url,
+            "--only-binary=:all:", "--python-version", f"{target.python[0]}.{target.python[1]}",
+            "--implementation", "cp"]
+    for plat in platforms:
+        argv += ["--platform", plat]
+    argv += [str(r) for r in reqs]
+    try:
+        run(argv, env=clean_env(), log=log, timeout=600)
+    except CommandFailed as exc:
+        raise PackageFailure("verify", f"dependencies do not resolve from the farm's index:\n{exc}") from exc
+    return sorted(dest.glob("*.whl"))
 
 
 @lru_cache(maxsize=1)
@@ -146,7 +217,7 @@ def verify_on_host(*, wheel: Path, interp: Interpreter, index_url: str, options:
 
     def step(argv: list[str], *, shell: bool = False, offline: bool = False) -> None:
         if offline and _can_unshare():
-            argv = ["unshare", "--net", *argv] if not shell else [f"unshare --net sh -c {_quote(argv[0])}"]
+            argv = ["unshare", "--net", *argv] if not shell else [f"unshare --net sh -c {shlex.quote(argv[0])}"]
         res = run(argv, cwd=cwd, env=env, log=log, timeout=timeout, shell=shell)
         outcome.commands.append(res.command_line)
 
@@ -172,12 +243,6 @@ def verify_on_host(*, wheel: Path, interp: Interpreter, index_url: str, options:
     return outcome
 
 
-def _quote(s: str) -> str:
-    import shlex
-
-    return shlex.quote(s)
-
-
 def requirements_for(wheel: Path, options: Options, env: dict[str, str]) -> list[Requirement]:
     reqs = runtime_requirements(wheel, env)
     try:
@@ -187,5 +252,5 @@ def requirements_for(wheel: Path, options: Options, env: dict[str, str]) -> list
     return reqs
 
 
-__all__ = ["FarmIndex", "Marker", "VerifyOutcome", "marker_environment", "missing_requirements",
-           "requirements_for", "verify_on_host"]
+__all__ = ["FarmIndex", "Target", "VerifyOutcome", "dependency_wheels", "marker_environment",
+           "missing_requirements", "requirements_for", "verify", "verify_on_host"]

@@ -1,0 +1,62 @@
+"""The container path end to end: a farm whose worker builds with cibuildwheel in a Debian-made
+manylinux-style image and verifies in a clean image without compilers or network.
+
+Real parts: the private Docker engine (scripts/docker-up.sh), images made by `farm image build`'s
+functions from debootstrap root file systems, the real pyyaml sdist with libyaml, `farm up`, and
+pip installing the published wheel from the farm's index into a fresh environment (inside the
+clean image, which has the wheel's Python; the container reaches the index on loopback).
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import Farm, cached_sdist, free_port
+from tests.test_images import build_image_result, client, docker_host, run_in, verify_image_result  # noqa: F401
+
+pytestmark = [pytest.mark.slow, pytest.mark.docker, pytest.mark.network]
+
+
+@pytest.fixture(scope="module")
+def container_farm(tmp_path_factory: pytest.TempPathFactory, docker_host: str,  # noqa: F811
+                   build_image_result, verify_image_result) -> Iterator[Farm]:  # noqa: F811
+    f = Farm(tmp_path_factory.mktemp("e2e-containers") / "home", free_port())
+    f.env.update({
+        "FARM_ENGINE": "cibuildwheel",
+        "FARM_DOCKER_HOST": docker_host,
+        "FARM_IMAGES": json.dumps({"linux-x86_64": [{"image": build_image_result.tag, "pythons": build_image_result.pythons}]}),
+        "FARM_VERIFY_IMAGES": json.dumps({"linux-x86_64": [{"image": verify_image_result.tag,
+                                                            "pythons": verify_image_result.pythons}]}),
+    })
+    f.start()
+    yield f
+    f.stop()
+
+
+def test_pyyaml_through_containers(container_farm: Farm, client, verify_image_result) -> None:  # noqa: F811
+    res = container_farm.farm("submit", "--wait", "--timeout", "900", str(cached_sdist("pyyaml==6.0.2")))
+    assert res.returncode == 0, res.stdout + res.stderr
+    wheel = next((container_farm.home / "index/files/pyyaml").glob("*.whl"))
+    assert "cp39-cp39-manylinux" in wheel.name
+    assert any(n.startswith("pyyaml.libs/libyaml") for n in zipfile.ZipFile(wheel).namelist())
+
+    statement = json.loads((wheel.parent / f"{wheel.name}.provenance.json").read_text())
+    tools = statement["predicate"]["runDetails"]["builder"]["version"]
+    assert "cibuildwheel" in tools
+    deps = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
+    assert any(d["name"] == "build-image" for d in deps)
+    verification = next(b for b in statement["predicate"]["runDetails"]["byproducts"] if b["name"] == "verification")
+    assert verification["annotations"]["passed"] is True
+    assert verification["annotations"]["environment"].startswith("container:")
+    assert "network=none" in verification["annotations"]["environment"]
+
+    # A fresh environment in the clean image installs it from the farm's index with plain pip.
+    code, out = run_in(client, verify_image_result.tag, network="host", script=(
+        "python3 -m venv /tmp/v && /tmp/v/bin/pip install -q --index-url "
+        f"{container_farm.index_url} pyyaml && cd /tmp && /tmp/v/bin/python -c "
+        "'import yaml; assert yaml.__with_libyaml__; print(yaml.safe_load(\"a: 1\"))'"))
+    assert code == 0 and "{'a': 1}" in out, out
