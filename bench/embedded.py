@@ -334,6 +334,7 @@ def farm_path(sdist: Path, work: Path, *, resubmits: int, cli_resubmits: int) ->
         wall0, start = time.time(), time.perf_counter()
         submitted = submit(str(sdist), settings=get_settings())
         result["submit_call"] = time.perf_counter() - start
+        wall1 = time.time()
         project = canonicalize_name(submitted.name)
         ((job_id, _, _),) = submitted.jobs
         checked = start
@@ -355,11 +356,19 @@ def farm_path(sdist: Path, work: Path, *, resubmits: int, cli_resubmits: int) ->
             time.sleep(0.02)
         status = json.loads(farm.cli("status", "--json").stdout)
         (view,) = [v for v in status if v["id"] == job_id]
-        result["steps"] = {s["name"]: s["seconds"] for s in view["steps"]}
+        result["status_steps"] = {s["name"]: s["seconds"] for s in view["steps"]}
+        # A step whose end event the coordinator dropped has no end time; `farm status` then shows
+        # it as still running. Those are counted, and left out of the medians.
         times = _step_times(job_id)
-        result["queue_wait"] = times["fetching"][0] - wall0
-        result["publish_wait"] = listed_at - times["uploading"][1]
-        result["step_gaps"] = sum(times[b][0] - times[a][1] for a, b in zip(FARM_STEPS, FARM_STEPS[1:]))
+        result["steps"] = {k: end - begin for k, (begin, end) in times.items() if end is not None}
+        result["lost_step_ends"] = sorted(k for k, (_, end) in times.items() if end is None)
+        result["queue_wait"] = times["fetching"][0] - wall1
+        # The uploading step's end is the record most often dropped, so the tail is measured from
+        # the end of attesting: upload + the coordinator's publish + the index answering.
+        att_end = times["attesting"][1]
+        result["publish_wait"] = None if att_end is None else listed_at - att_end
+        gaps = [times[b][0] - times[a][1] for a, b in zip(FARM_STEPS, FARM_STEPS[1:]) if times[a][1] is not None]
+        result["step_gaps"] = sum(gaps)
         log_text = farm.cli("logs", str(job_id)).stdout
         (work / f"job-{job_id}.log").write_text(log_text)
         result["commands"] = commands_in_log(log_text)
@@ -397,8 +406,9 @@ def farm_path(sdist: Path, work: Path, *, resubmits: int, cli_resubmits: int) ->
 # Driver ----------------------------------------------------------------------------------------
 
 
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
+def median(values: list[float | None]) -> float:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else float("nan")
 
 
 def one_round(n: int, sdists: dict[str, Path], root: Path, args: argparse.Namespace, *,
@@ -415,13 +425,15 @@ def one_round(n: int, sdists: dict[str, Path], root: Path, args: argparse.Namesp
         for path in order:
             work = root / label.replace(" ", "-") / canonicalize_name(req.split("==")[0]) / path
             work.mkdir(parents=True)
+            load = os.getloadavg()[0]
             res = runners[path](sdist, work)
+            res["load_before"] = load
             out[req][path] = res
             extra = ""
             if path == "farm":
                 extra = (f"  (steps {' '.join(f'{k}={v:.1f}' for k, v in res['steps'].items())}; "
                          f"resubmit {median(res['resubmit_ms']):.1f} ms)")
-            say(f"{label}: {req} {path}: {res['total']:.2f} s{extra}")
+            say(f"{label}: {req} {path}: {res['total']:.2f} s (load average before: {load:.2f}){extra}")
     return out
 
 
@@ -430,8 +442,10 @@ def summarize(rounds: list[dict[str, dict[str, Any]]], sdists: list[str]) -> dic
     for req in sdists:
         runs = [r[req] for r in rounds]
         s: dict[str, Any] = {p: median([r[p]["total"] for r in runs]) for p in PATHS}
-        s["by_hand_parts"] = {k: median([r["by-hand"][k] for r in runs]) for k in runs[0]["by-hand"] if k != "total"}
-        s["farm_steps"] = {k: median([r["farm"]["steps"].get(k, 0.0) for r in runs]) for k in FARM_STEPS}
+        s["by_hand_parts"] = {k: median([r["by-hand"][k] for r in runs]) for k in runs[0]["by-hand"]
+                              if k not in ("total", "load_before")}
+        s["farm_steps"] = {k: median([r["farm"]["steps"].get(k) for r in runs]) for k in FARM_STEPS}
+        s["lost_step_ends"] = sum(len(r["farm"]["lost_step_ends"]) for r in runs)
         for key in ("queue_wait", "publish_wait", "step_gaps", "submit_call", "idle_cpu_pct", "startup"):
             s[key] = median([r["farm"][key] for r in runs])
         cmds: dict[str, dict[str, list[float]]] = {}
@@ -461,15 +475,18 @@ def render(summary: dict[str, Any], rounds: int, resubmits: int) -> str:
     for req, s in summary.items():
         lines.append(f"| {req} | {s['bare']:.2f} | {s['by-hand']:.2f} | {s['farm']:.2f} | {s['ratio_by_hand']:.2f}× "
                      f"| {s['ratio_farm']:.2f}× | {s['resubmit_ms']:.1f} | {s['cli_resubmit_ms']:.0f} |")
-    lines += ["", "Where the farm's time goes (median seconds; queue = submit() to fetch start, "
-              "publish = upload end to the index listing the wheel):", "",
-              "| sdist | submit() | queue | " + " | ".join(FARM_STEPS) + " | gaps | publish | sum of steps − build |",
-              "|---|" + "---:|" * (len(FARM_STEPS) + 6)]
+    lines += ["", "Where the farm's time goes (median seconds; submit() = the call itself, queue = its return "
+              "to the worker starting to fetch, gaps = between steps, tail = attesting's end to the index "
+              "listing the wheel: upload, the coordinator's publish, the index answering):", "",
+              "| sdist | submit() | queue | " + " | ".join(FARM_STEPS[:-1]) + " | gaps | upload + publish "
+              "| farm − build step |",
+              "|---|" + "---:|" * (len(FARM_STEPS) + 4)]
     for req, s in summary.items():
         st = s["farm_steps"]
         lines.append(f"| {req} | {s['submit_call']:.2f} | {s['queue_wait']:.2f} | "
-                     + " | ".join(f"{st[k]:.2f}" for k in FARM_STEPS)
-                     + f" | {s['step_gaps']:.2f} | {s['publish_wait']:.2f} | {sum(st.values()) - st['building']:.2f} |")
+                     + " | ".join(f"{st[k]:.2f}" for k in FARM_STEPS[:-1])
+                     + f" | {s['step_gaps']:.2f} | {s['publish_wait']:.2f} "
+                     f"| {s['farm'] - st['building']:.2f} |")
     lines += ["", "Commands inside the farm's steps (median seconds, from the job log):", ""]
     for req, s in summary.items():
         parts = [f"{step}: " + ", ".join(f"{n} {v:.2f}" for n, v in names.items())
@@ -482,7 +499,8 @@ def render(summary: dict[str, Any], rounds: int, resubmits: int) -> str:
     for req, s in summary.items():
         lines.append(f"- {req}: idle CPU {s['idle_cpu_pct']:.0f}% of a core; resubmit max "
                      f"{s['resubmit_ms_max']:.1f} ms over {rounds}×{resubmits} calls; `farm --help` "
-                     f"{s['cli_help_ms']:.0f} ms; `farm up` ready in {s['startup']:.1f} s")
+                     f"{s['cli_help_ms']:.0f} ms; `farm up` ready in {s['startup']:.1f} s; step end records "
+                     f"the coordinator dropped: {s['lost_step_ends']} in {rounds} build(s)")
     lines += ["", "Targets:", ""]
     for req, s in summary.items():
         verdict = "met" if s["ratio_farm"] <= TARGET_FARM_RATIO else "NOT met"
