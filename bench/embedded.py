@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import os
 import platform
@@ -41,7 +42,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from packaging.utils import InvalidSdistFilename, canonicalize_name, parse_sdist_filename
+from packaging.utils import (
+    InvalidSdistFilename,
+    canonicalize_name,
+    parse_sdist_filename,
+)
 from packaging.version import Version
 
 from farm.util.cmd import clean_env
@@ -113,7 +118,7 @@ def run(argv: list[str], log: Path, *, cwd: Path | None = None) -> float:
         out.flush()
         start = time.perf_counter()
         proc = subprocess.run([str(a) for a in argv], cwd=cwd, env=tool_env(), stdout=out, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL, timeout=3600)
+                              stdin=subprocess.DEVNULL, timeout=3600, check=False)
         seconds = time.perf_counter() - start
         out.write(f"  -> exit {proc.returncode} in {seconds:.2f} s\n")
     if proc.returncode != 0:
@@ -250,7 +255,8 @@ class Farm:
         os.environ.pop("FARM_HOME", None)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(BIN / "farm"), *args], env=self.env, capture_output=True, text=True, timeout=600)
+        return subprocess.run([str(BIN / "farm"), *args], env=self.env, capture_output=True, text=True,
+                              timeout=600, check=False)
 
     def listed(self, project: str) -> bool:
         try:
@@ -331,7 +337,7 @@ def farm_path(sdist: Path, work: Path, *, resubmits: int, cli_resubmits: int) ->
     try:
         result["startup"] = farm.start()
         result["idle_cpu_pct"] = farm.idle_cpu()
-        wall0, start = time.time(), time.perf_counter()
+        start = time.perf_counter()
         submitted = submit(str(sdist), settings=get_settings())
         result["submit_call"] = time.perf_counter() - start
         wall1 = time.time()
@@ -367,7 +373,7 @@ def farm_path(sdist: Path, work: Path, *, resubmits: int, cli_resubmits: int) ->
         # the end of attesting: upload + the coordinator's publish + the index answering.
         att_end = times["attesting"][1]
         result["publish_wait"] = None if att_end is None else listed_at - att_end
-        gaps = [times[b][0] - times[a][1] for a, b in zip(FARM_STEPS, FARM_STEPS[1:]) if times[a][1] is not None]
+        gaps = [times[b][0] - times[a][1] for a, b in itertools.pairwise(FARM_STEPS) if times[a][1] is not None]
         result["step_gaps"] = sum(gaps)
         log_text = farm.cli("logs", str(job_id)).stdout
         (work / f"job-{job_id}.log").write_text(log_text)
@@ -469,15 +475,15 @@ def summarize(rounds: list[dict[str, dict[str, Any]]], sdists: list[str]) -> dic
 
 def render(summary: dict[str, Any], rounds: int, resubmits: int) -> str:
     lines = [f"Medians over {rounds} round(s); seconds unless marked.", "",
-             "| sdist | bare compile | by hand | farm (submit to installable) | by hand ÷ bare | farm ÷ bare "
-             "| resubmit `submit()` ms | resubmit `farm submit` CLI ms |",
+             ("| sdist | bare compile | by hand | farm (submit to installable) | by hand ÷ bare | farm ÷ bare "
+              "| resubmit `submit()` ms | resubmit `farm submit` CLI ms |"),
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for req, s in summary.items():
         lines.append(f"| {req} | {s['bare']:.2f} | {s['by-hand']:.2f} | {s['farm']:.2f} | {s['ratio_by_hand']:.2f}× "
                      f"| {s['ratio_farm']:.2f}× | {s['resubmit_ms']:.1f} | {s['cli_resubmit_ms']:.0f} |")
-    lines += ["", "Where the farm's time goes (median seconds; submit() = the call itself, queue = its return "
-              "to the worker starting to fetch, gaps = between steps, tail = attesting's end to the index "
-              "listing the wheel: upload, the coordinator's publish, the index answering):", "",
+    lines += ["", ("Where the farm's time goes (median seconds; submit() = the call itself, queue = its return "
+                   "to the worker starting to fetch, gaps = between steps, tail = attesting's end to the index "
+                   "listing the wheel: upload, the coordinator's publish, the index answering):"), "",
               "| sdist | submit() | queue | " + " | ".join(FARM_STEPS[:-1]) + " | gaps | upload + publish "
               "| farm − build step |",
               "|---|" + "---:|" * (len(FARM_STEPS) + 4)]
