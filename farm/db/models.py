@@ -73,6 +73,8 @@ class Job(Base):
     failure_kind: Mapped[str | None] = mapped_column(String(16))  # package | infrastructure | dependency
     log_key: Mapped[str | None] = mapped_column(Text)
     staged: Mapped[dict[str, Any]] = mapped_column(default=dict)  # wheel staged while in dep_wait
+    priority: Mapped[int] = mapped_column(default=0, server_default="0")  # higher goes first where the broker supports it
+    heartbeat_at: Mapped[dt.datetime | None]  # last sign of life from the worker running it
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
@@ -123,9 +125,24 @@ class Artifact(Base):
     storage_key: Mapped[str] = mapped_column(Text)
     verified: Mapped[bool] = mapped_column(default=False)
     published_at: Mapped[dt.datetime | None]
+    yanked: Mapped[str | None] = mapped_column(Text)  # PEP 592: None = not yanked, else the reason ("" allowed)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     job: Mapped[Job] = relationship(back_populates="artifacts", foreign_keys=[job_id])
     provenance: Mapped[Provenance | None] = relationship(back_populates="artifact", uselist=False)
+    channels: Mapped[list[ChannelEntry]] = relationship(back_populates="artifact", cascade="all, delete-orphan")
+
+
+class ChannelEntry(Base):
+    """An artifact visible in a channel (staging, stable, ...)."""
+
+    __tablename__ = "channel_entry"
+    __table_args__ = (UniqueConstraint("artifact_id", "channel"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    artifact_id: Mapped[int] = mapped_column(ForeignKey("artifact.id"), index=True)
+    channel: Mapped[str] = mapped_column(String(64), index=True)
+    added_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    added_by: Mapped[str | None] = mapped_column(String(200))
+    artifact: Mapped[Artifact] = relationship(back_populates="channels")
 
 
 class Provenance(Base):
