@@ -126,10 +126,26 @@ class Artifact(Base):
     verified: Mapped[bool] = mapped_column(default=False)
     published_at: Mapped[dt.datetime | None]
     yanked: Mapped[str | None] = mapped_column(Text)  # PEP 592: None = not yanked, else the reason ("" allowed)
+    metadata_sha256: Mapped[str | None] = mapped_column(String(64))  # of its METADATA file (PEP 658), for page rewrites
+    removed_at: Mapped[dt.datetime | None]  # `farm gc` removed its files; the record stays
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     job: Mapped[Job] = relationship(back_populates="artifacts", foreign_keys=[job_id])
     provenance: Mapped[Provenance | None] = relationship(back_populates="artifact", uselist=False)
     channels: Mapped[list[ChannelEntry]] = relationship(back_populates="artifact", cascade="all, delete-orphan")
+    uploads: Mapped[list[Upload]] = relationship(back_populates="artifact", cascade="all, delete-orphan")
+
+
+class Upload(Base):
+    """An artifact uploaded to another index (`farm publish-to`, or on promotion)."""
+
+    __tablename__ = "upload"
+    __table_args__ = (UniqueConstraint("artifact_id", "target"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    artifact_id: Mapped[int] = mapped_column(ForeignKey("artifact.id"), index=True)
+    target: Mapped[str] = mapped_column(String(100))  # the name in `upload_targets`
+    url: Mapped[str] = mapped_column(Text)  # where it went
+    uploaded_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    artifact: Mapped[Artifact] = relationship(back_populates="uploads")
 
 
 class ChannelEntry(Base):
@@ -154,6 +170,8 @@ class Provenance(Base):
     statement: Mapped[dict[str, Any]]
     digest: Mapped[str] = mapped_column(String(64))
     storage_key: Mapped[str] = mapped_column(Text)
+    envelope: Mapped[dict[str, Any] | None]  # the signed PEP 740-style provenance object (farm/signing.py)
+    keyid: Mapped[str | None] = mapped_column(String(100))  # the farm key that signed it
     artifact: Mapped[Artifact] = relationship(back_populates="provenance")
 
 
