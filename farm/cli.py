@@ -36,7 +36,16 @@ def ensure_db() -> None:
 # submit / status / logs ----------------------------------------------------------------------
 
 
+def _remote() -> bool:
+    """`server_url` is set (--server, FARM_SERVER_URL, farm.toml): talk to that farm's API."""
+    return bool(_settings().server_url)
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
+    if _remote():
+        from farm import cli_remote
+
+        return cli_remote.cmd_submit(args)
     from farm.coordinator.submit import submit
 
     ensure_db()
@@ -82,6 +91,10 @@ def _wait(job_ids: list[int], *, timeout: float, quiet: bool) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if _remote():
+        from farm import cli_remote
+
+        return cli_remote.cmd_status(args)
     from farm.db.session import session_scope
     from farm.status import list_jobs
 
@@ -104,6 +117,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
+    if _remote():
+        from farm import cli_remote
+
+        return cli_remote.cmd_logs(args)
     from farm.db.session import session_scope
     from farm.status import job_log
 
@@ -127,14 +144,19 @@ def _celery_worker(queues: list[str], name: str) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from farm.worker.platforms import host_platform_name
 
+    from farm.coordinator.app import WORKER_TASKS, get_app
+
     platform = args.platform or _settings().platform or host_platform_name()
+    get_app(include=WORKER_TASKS)  # no coordinator task: a worker never imports the database modules
     return _celery_worker([platform], f"worker-{platform}")
 
 
 def cmd_coordinator(args: argparse.Namespace) -> int:
     from farm.messages import COORDINATOR_QUEUE
+    from farm.storage import own_storage
 
     ensure_db()
+    own_storage()
     return _celery_worker([COORDINATOR_QUEUE], "coordinator")
 
 
@@ -233,6 +255,17 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     return cli_build(args)
 
 
+def cmd_token_create(args: argparse.Namespace) -> int:
+    from farm.tokens import create_token
+
+    home = _settings().home
+    token = create_token(home, args.name, args.role)
+    print(token)
+    print(f"token {args.name!r} ({args.role}): shown only now; its sha256 was added to {home / 'farm.toml'}",
+          file=sys.stderr)
+    return 0
+
+
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from farm.db.migrate import upgrade
 
@@ -244,6 +277,8 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="farm", description="Wheel Farm: sdists in; repaired, tested wheels out.")
     p.add_argument("--home", help="where the farm keeps its state (FARM_HOME; default ./.farm)")
+    p.add_argument("--server", help="a farm's API URL: submit/status/logs go there (FARM_SERVER_URL)")
+    p.add_argument("--token", help="API token for --server (FARM_TOKEN)")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("submit", help="submit sdist files or NAME==VERSION requirements")
@@ -293,6 +328,12 @@ def parser() -> argparse.ArgumentParser:
     add_arguments(s)
     s.set_defaults(func=cmd_image_build)
 
+    token = sub.add_parser("token", help="API tokens").add_subparsers(dest="token_command", required=True)
+    s = token.add_parser("create", help="make a token, print it once, add its sha256 to $FARM_HOME/farm.toml")
+    s.add_argument("name")
+    s.add_argument("--role", required=True, choices=["submit", "worker", "admin"])
+    s.set_defaults(func=cmd_token_create)
+
     db = sub.add_parser("db", help="database").add_subparsers(dest="db_command", required=True)
     s = db.add_parser("upgrade", help="apply migrations")
     s.set_defaults(func=cmd_db_upgrade)
@@ -303,6 +344,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.home:
         os.environ["FARM_HOME"] = str(Path(args.home).absolute())
+    if args.server:
+        os.environ["FARM_SERVER_URL"] = args.server
+    if args.token:
+        os.environ["FARM_TOKEN"] = args.token
+    if args.home or args.server or args.token:
         from farm.config import reset_settings
 
         reset_settings()

@@ -41,6 +41,15 @@ class _TomlSource(PydanticBaseSettingsSource):
             raise ConfigError(f"{path}: {exc}") from exc
 
 
+class TokenConfig(BaseModel):
+    """An API token: who (name), what it may do (role), and the sha256 of the secret (never the secret)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(min_length=1, max_length=64)
+    role: Literal["submit", "worker", "admin"]
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 class ImageConfig(BaseModel):
     """A build image for one platform and the CPython versions it carries (/opt/python/cpXY-cpXY)."""
 
@@ -86,6 +95,12 @@ class Settings(BaseSettings):
     poll_interval: float = 0.01
     farm_index_url: str = Field("", description="the farm's simple index as workers see it; default the local index folder")
 
+    # Distributed mode (API tokens; the CLI and remote workers talk to the server over HTTP) ----
+    tokens: list[TokenConfig] = Field(default_factory=list,
+                                      description="API tokens (sha256 only); none: the API answers loopback clients only")
+    server_url: str = Field("", description="the farm's API, e.g. http://farm.example:8477; the CLI and remote workers use it")
+    token: str = Field("", description="this client's API token (FARM_TOKEN), sent as a Bearer token to server_url")
+
     # Containers (engine cibuildwheel on Linux, verification in a clean container) ----------------
     docker_host: str = Field("", description="Docker engine socket, e.g. unix:///var/lib/farm-docker/docker.sock; default DOCKER_HOST")
     images: dict[str, list[ImageConfig]] = Field(default_factory=lambda: dict(DEFAULT_IMAGES),
@@ -127,7 +142,11 @@ class Settings(BaseSettings):
     @property
     def verify_index_url(self) -> str:
         """Where verification installs dependencies from: the farm's own index, and nothing else."""
-        return self.farm_index_url or self.index.as_uri() + "/simple/"
+        if self.farm_index_url:
+            return self.farm_index_url
+        if self.server_url and self.index_root is None:  # a remote worker: the server's index
+            return self.server_url.rstrip("/") + "/simple/"
+        return self.index.as_uri() + "/simple/"
 
     @property
     def all_recipe_dirs(self) -> list[Path]:

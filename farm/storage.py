@@ -79,10 +79,25 @@ class LocalStorage:
         return path
 
 
+_owner = False
+
+
+def own_storage() -> None:
+    """This process keeps the storage (API, coordinator): local even when `server_url` is set."""
+    global _owner
+    _owner = True
+
+
 def get_storage() -> Storage:
+    """Local storage; over the farm's API (`HttpStorage`) when `server_url` is set and `storage_root` is not."""
     from farm.config import get_settings
 
-    return LocalStorage(get_settings().storage)
+    settings = get_settings()
+    if settings.server_url and settings.storage_root is None and not _owner:
+        from farm.storage_http import HttpStorage
+
+        return HttpStorage(settings.server_url, settings.token)
+    return LocalStorage(settings.storage)
 
 
 def sdist_key(sha256: str, filename: str) -> str:

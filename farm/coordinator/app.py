@@ -13,9 +13,13 @@ from farm.config import Settings, get_settings
 from farm.messages import COORDINATOR_QUEUE
 
 
-def make_app(settings: Settings | None = None) -> Celery:
+ALL_TASKS = ("farm.worker.task", "farm.coordinator.tasks")
+WORKER_TASKS = ("farm.worker.task",)  # a platform worker: no coordinator task, so no database module
+
+
+def make_app(settings: Settings | None = None, *, include: tuple[str, ...] = ALL_TASKS) -> Celery:
     settings = settings or get_settings()
-    app = Celery("farm", include=["farm.worker.task", "farm.coordinator.tasks"])
+    app = Celery("farm", include=list(include))
     conf: dict = {
         "broker_url": settings.broker,
         "task_ignore_result": True,
@@ -51,10 +55,11 @@ def make_app(settings: Settings | None = None) -> Celery:
 _app: Celery | None = None
 
 
-def get_app() -> Celery:
+def get_app(*, include: tuple[str, ...] = ALL_TASKS) -> Celery:
+    """The process's Celery app; `include` counts only for the first call (a worker passes WORKER_TASKS)."""
     global _app
     if _app is None:
-        _app = make_app()
+        _app = make_app(include=include)
     return _app
 
 

@@ -52,13 +52,14 @@ def is_file_request(request: str) -> bool:
 
 
 def submit(request: str, *, settings: Settings, kind: str | None = None, parent_job_id: int | None = None,
-           only_platforms: Sequence[str] | None = None, only_pythons: Sequence[str] | None = None) -> Submitted:
+           only_platforms: Sequence[str] | None = None, only_pythons: Sequence[str] | None = None,
+           from_file: bool | None = None) -> Submitted:
     """Record a submission and its jobs; send their build messages after the commit.
 
     The sdist is copied into storage only once its jobs are planned, so a rejected submission
-    leaves nothing behind.
+    leaves nothing behind. `from_file` says what `request` is (None: guess, a file if it exists).
     """
-    from_file = is_file_request(request)
+    from_file = is_file_request(request) if from_file is None else from_file
     fields = _from_file(Path(request), settings) if from_file else None
     tmp_root = settings.home / "tmp"
     tmp_root.mkdir(parents=True, exist_ok=True)

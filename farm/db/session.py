@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -11,6 +12,10 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from farm.config import get_settings
+
+if os.environ.get("FARM_FORBID_DB"):
+    # Set for processes that must never open the database (remote workers, and the test proving it).
+    raise ImportError("farm.db.session imported although FARM_FORBID_DB is set: this process must not use the database")
 
 
 @lru_cache(maxsize=4)

@@ -1,0 +1,136 @@
+"""Submissions and jobs (role `submit`): submit an sdist upload or a requirement, list jobs, read logs."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from farm.api.auth import Principal, app_settings, require
+from farm.config import Settings
+from farm.coordinator.submit import SDIST_SUFFIXES, is_file_request, submit
+from farm.db.session import session_scope
+from farm.errors import NotFound
+from farm.status import job_log, jobs_done, list_jobs
+
+router = APIRouter(prefix="/api", tags=["jobs"])
+submitter = Depends(require("submit"))
+_FORM_SLACK = 64 * 1024  # multipart framing around the file
+
+
+class RequirementRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    requirement: str = Field(min_length=1, max_length=500, examples=["pyyaml==6.0.2"])
+
+
+class JobRef(BaseModel):
+    id: int
+    build_id: str
+    state: str
+
+
+class SubmissionOut(BaseModel):
+    submission_id: int
+    name: str
+    version: str
+    jobs: list[JobRef]
+
+
+_SUBMIT_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary", "description": "the sdist (.tar.gz or .zip)"}}}},
+    "application/json": {"schema": RequirementRequest.model_json_schema()},
+}}}
+
+
+@router.post("/submissions", status_code=201, response_model=SubmissionOut, openapi_extra=_SUBMIT_BODY,
+             summary="Submit an sdist (multipart field `file`) or a requirement (JSON {\"requirement\": ...})")
+async def create_submission(request: Request, who: Principal = submitter) -> SubmissionOut:
+    settings = app_settings(request)
+    ctype = request.headers.get("content-type", "")
+    if ctype.startswith("multipart/form-data"):
+        return await _submit_upload(request, settings)
+    if ctype.startswith("application/json"):
+        try:
+            body = RequirementRequest.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise HTTPException(422, exc.errors(include_url=False, include_context=False)) from None
+        req = body.requirement.strip()
+        # A requirement, never a path on the server.
+        if req.startswith(("/", ".", "~")) or is_file_request(req):
+            raise HTTPException(422, f"{req!r} is not a requirement like NAME==VERSION; upload files as multipart")
+        result = await run_in_threadpool(submit, req, settings=settings, from_file=False)
+        return _out(result)
+    raise HTTPException(415, "send multipart/form-data with a `file` field, or JSON {\"requirement\": \"NAME==VERSION\"}")
+
+
+async def _submit_upload(request: Request, settings: Settings) -> SubmissionOut:
+    limit = settings.max_sdist_bytes
+    length = request.headers.get("content-length")
+    if length is None:
+        raise HTTPException(411, "an upload needs a Content-Length")
+    if not length.isdigit() or int(length) > limit + _FORM_SLACK:
+        raise HTTPException(413, f"the sdist is larger than max_sdist_bytes ({limit})")
+    form = await request.form(max_files=1, max_fields=4)
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile) or not upload.filename:
+            raise HTTPException(422, "the multipart body needs one file field named `file`")
+        filename = PurePosixPath(upload.filename.replace("\\", "/")).name
+        if not filename.endswith(SDIST_SUFFIXES) or filename.startswith(".") or len(filename) > 200:
+            raise HTTPException(422, f"{upload.filename!r} is not an sdist file name (.tar.gz or .zip)")
+        tmp_root = settings.home / "tmp"
+        tmp_root.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(dir=tmp_root, prefix="upload-"))
+        try:
+            path = folder / filename
+            size = 0
+            with open(path, "wb") as out:
+                while block := await upload.read(1024 * 1024):
+                    size += len(block)
+                    if size > limit:
+                        raise HTTPException(413, f"the sdist is larger than max_sdist_bytes ({limit})")
+                    out.write(block)
+            result = await run_in_threadpool(submit, str(path), settings=settings, from_file=True)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        await form.close()
+    return _out(result)
+
+
+def _out(result: Any) -> SubmissionOut:
+    return SubmissionOut(submission_id=result.submission_id, name=result.name, version=result.version,
+                         jobs=[JobRef(id=i, build_id=b, state=s) for i, b, s in result.jobs])
+
+
+@router.get("/jobs", summary="Jobs, newest first, with state and step durations")
+def jobs(submission: int | None = None, limit: int = Query(50, ge=1, le=1000), active: bool = False,
+         who: Principal = submitter) -> list[dict[str, Any]]:
+    with session_scope() as session:
+        return [v.as_dict() for v in list_jobs(session, submission=submission, limit=limit, active_only=active)]
+
+
+@router.get("/jobs/{job_id}", summary="One job")
+def job(job_id: int, who: Principal = submitter) -> dict[str, Any]:
+    with session_scope() as session:
+        _, views = jobs_done(session, [job_id])
+    if not views:
+        raise HTTPException(404, f"no job {job_id}")
+    return views[0].as_dict()
+
+
+@router.get("/jobs/{job_id}/log", response_class=PlainTextResponse, summary="A job's log, every attempt")
+def log(job_id: int, who: Principal = submitter) -> str:
+    with session_scope() as session:
+        try:
+            return job_log(session, job_id)
+        except NotFound as exc:
+            raise HTTPException(404, str(exc)) from None

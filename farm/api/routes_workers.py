@@ -1,0 +1,107 @@
+"""Storage for remote workers (role `worker`): download sdists and staged wheels, upload results.
+
+Keys are relative POSIX paths below the farm's storage: no absolute paths, no `..`, no hidden
+components. Reads are limited to `sdists/` and `jobs/`, writes to `jobs/` (wheels, provenance,
+logs, staged wheels). Every upload carries `X-Content-SHA256`; it is written to a temporary file,
+hashed, and stored only if the digest matches, so a damaged upload leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path, PurePosixPath
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.responses import FileResponse
+
+from farm.api.auth import Principal, app_settings, require
+from farm.storage import LocalStorage
+from farm.storage_http import SHA256_HEADER
+
+router = APIRouter(prefix="/api/storage", tags=["worker storage"])
+worker = Depends(require("worker"))
+READABLE = ("sdists", "jobs")
+WRITABLE = ("jobs",)
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def check_key(key: str, *, write: bool = False) -> str:
+    """The key if it is a clean relative path in an allowed area; else 400 (malformed) or 403 (area)."""
+    rel = PurePosixPath(key)
+    if (not key or len(key) > 1024 or "\x00" in key or "\\" in key or rel.is_absolute()
+            or str(rel) != key or any(p in ("..", ".") or p.startswith(".") for p in rel.parts)):
+        raise HTTPException(400, f"bad storage key {key!r}")
+    if rel.parts[0] not in (WRITABLE if write else READABLE) or len(rel.parts) < 2:
+        raise HTTPException(403, f"storage key {key!r} is outside {'/, '.join(WRITABLE if write else READABLE)}/")
+    return key
+
+
+def _storage(request: Request) -> LocalStorage:
+    # The API keeps the storage: always the local folder, never HttpStorage (that would be itself).
+    return LocalStorage(app_settings(request).storage)
+
+
+def _file(request: Request, key: str) -> Path:
+    try:
+        path = _storage(request)._path(check_key(key))
+    except ValueError:
+        raise HTTPException(400, f"bad storage key {key!r}") from None
+    if not path.is_file():
+        raise HTTPException(404, f"not in storage: {key}")
+    return path
+
+
+@router.get("/{key:path}", summary="Download a stored object (sdist, staged wheel)",
+            response_class=FileResponse)
+def get_object(key: str, request: Request, who: Principal = worker) -> FileResponse:
+    return FileResponse(_file(request, key), media_type="application/octet-stream")
+
+
+@router.head("/{key:path}", summary="Does the object exist")
+def head_object(key: str, request: Request, who: Principal = worker) -> Response:
+    path = _file(request, key)
+    return Response(headers={"Content-Length": str(path.stat().st_size)}, media_type="application/octet-stream")
+
+
+@router.put("/{key:path}", status_code=201, summary="Upload a wheel, log or provenance record (needs X-Content-SHA256)",
+            openapi_extra={"requestBody": {"required": True, "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+                "parameters": [{"name": SHA256_HEADER, "in": "header", "required": True,
+                                "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}]})
+async def put_object(key: str, request: Request, who: Principal = worker) -> dict[str, object]:
+    check_key(key, write=True)
+    settings = app_settings(request)
+    expected = (request.headers.get(SHA256_HEADER) or "").lower()
+    if not _HEX64.match(expected):
+        raise HTTPException(400, f"an upload needs the header {SHA256_HEADER}: the hex sha256 of the body")
+    limit = settings.max_unpacked_bytes
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        raise HTTPException(413, f"larger than {limit} bytes")
+    storage = _storage(request)
+    try:
+        storage._path(key)
+    except ValueError:
+        raise HTTPException(400, f"bad storage key {key!r}") from None
+    tmp_root = settings.home / "tmp"
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=tmp_root, prefix="upload-")
+    try:
+        digest, size = hashlib.sha256(), 0
+        with os.fdopen(fd, "wb") as out:
+            async for block in request.stream():
+                size += len(block)
+                if size > limit:
+                    raise HTTPException(413, f"larger than {limit} bytes")
+                digest.update(block)
+                out.write(block)
+        if digest.hexdigest() != expected:
+            raise HTTPException(422, f"sha256 mismatch: the body has {digest.hexdigest()}, the header says {expected}; "
+                                "nothing stored")
+        storage.put_file(key, Path(tmp))
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return {"key": key, "sha256": expected, "size": size}
