@@ -21,8 +21,8 @@ is one `farm: error: ...` message naming the problem and no traceback, nothing i
 stdout, no Source/Submission/Job row is added, the good sdist's rows and stored file are
 unchanged, nothing new is in FARM_HOME, nothing is written outside it, the cwd stays empty.
 
-Known bugs (strict xfail): a request longer than a file name ends in a Python traceback; a
-directory is reported as "no such file".
+Also: a request longer than a file name is an error message, not a traceback; a directory is
+reported as a directory.
 
 `farm recipe check`: exit 0 and "recipes ok" on the repository's recipes/; exit 3 for a folder
 with two broken recipe files (and one good one), every problem listed as `file: key path: message`
@@ -160,14 +160,11 @@ def test_cli_bad_submission(cli: Cli, case: Bad) -> None:
     check_cli_refused(cli, case)
 
 
-@pytest.mark.xfail(strict=True, reason="submit.py is_file_request: Path(request).exists() raises OSError "
-                   "(File name too long), which the CLI does not catch: a traceback instead of farm: error")
 def test_cli_overlong_request(cli: Cli) -> None:
     check_cli_refused(cli, Bad("overlong", lambda _r, _i: "x" * 300 + " y", FarmError, 1,
                                ("neither an sdist file nor a requirement",)))
 
 
-@pytest.mark.xfail(strict=True, reason="submit.py _from_file reports an existing directory as 'no such file'")
 def test_cli_directory(cli: Cli) -> None:
     folder = cli.root / "inputs" / "a-folder"
     folder.mkdir(parents=True, exist_ok=True)

@@ -29,11 +29,10 @@ was written outside FARM_HOME (no `evil`/`abs-evil`/`outside` file, the cwd unch
     a range, a sha256 mismatch between the index record and the downloaded file, an index record
     without sha256, a download whose PKG-INFO names another project
 
-Known bugs (strict xfail, see the reasons): a directory is reported as "no such file"; a request
-longer than a file name crashes with OSError; an sdist no target can build is left in storage;
-the stored sdist is a hard link to the submitted file; an index record carrying the sha256 of
-another project's stored sdist is accepted without a download; a pin spelled 1.0.0 for a known
-1.0 asks the upstream again.
+Also (each once a bug): a directory is reported as a directory; a request longer than a file name
+is not taken for a path; an sdist no target can build is not left in storage; the stored sdist
+is a copy, not a link to the submitted file; an index record carrying the sha256 of another
+project's stored sdist is refused; a pin spelled 1.0.0 for a known 1.0 does not ask upstream.
 """
 
 from __future__ import annotations
@@ -487,8 +486,6 @@ def test_submit_requirement_from_upstream_then_offline(env: Env) -> None:
         assert len(jobs) == len(PLATFORMS) and all(j.cached_from_id is not None for j in jobs)
 
 
-@pytest.mark.xfail(strict=True, reason="submit.py _from_requirement looks a known upstream Source up by the "
-                   "normalized version *string*: remote==1.0.0 does not find the stored 1.0 and asks the upstream")
 def test_resubmit_requirement_equal_version_offline(env: Env) -> None:
     submit("remote==1.0", settings=get_settings())
     env.index.stop()
@@ -539,8 +536,6 @@ def test_bad_input_refused(env: Env, monkeypatch: pytest.MonkeyPatch, case: Bad)
     check_refused(env, monkeypatch, case)
 
 
-@pytest.mark.xfail(strict=True, reason="submit.py _from_file: `not path.is_file()` reports a directory as "
-                   "'no such file' although it exists")
 def test_directory_is_not_reported_missing(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = env.root / "inputs" / "a-folder"
     folder.mkdir(parents=True)
@@ -548,15 +543,11 @@ def test_directory_is_not_reported_missing(env: Env, monkeypatch: pytest.MonkeyP
     assert "no such file" not in message and "directory" in message
 
 
-@pytest.mark.xfail(strict=True, raises=OSError, reason="submit.py is_file_request: Path(request).exists() raises "
-                   "OSError ENAMETOOLONG for a request longer than a file name (Python 3.11/3.12)")
 def test_overlong_request_refused(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     check_refused(env, monkeypatch, Bad("overlong", _req("x" * 300 + " y"), FarmError, 1,
                                         ("neither an sdist file nor a requirement",)))
 
 
-@pytest.mark.xfail(strict=True, reason="submit.py _from_file stores the sdist before planning: an sdist no "
-                   "target admits is refused but stays in storage/sdists")
 def test_no_build_target_leaves_nothing(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     def make(root: Path, _index: StaticIndex) -> str:
         return str(make_good(_inputs(root, "ancient"), "ancient", "1.0", requires_python="<3"))
@@ -565,19 +556,15 @@ def test_no_build_target_leaves_nothing(env: Env, monkeypatch: pytest.MonkeyPatc
                                         ("ancient 1.0", "no build target", "Requires-Python <3")))
 
 
-@pytest.mark.xfail(strict=True, reason="submit.py _from_requirement returns any Source whose sha256 equals the "
-                   "index record's, without checking its name and version: alias==2.0 yields good 1.0")
 def test_index_record_with_sha256_of_another_project(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     def make(root: Path, index: StaticIndex) -> str:
         good = root / "good" / "good-1.0.tar.gz"
         index.add("alias", "alias-2.0.tar.gz", b"whatever is served", digest=sha256_of(good))
         return "alias==2.0"
 
-    check_refused(env, monkeypatch, Bad("alias", make, FarmError, 1, ("alias",)))
+    check_refused(env, monkeypatch, Bad("alias", make, UpstreamError, 5, ("alias", "sha256 of good-1.0.tar.gz")))
 
 
-@pytest.mark.xfail(strict=True, reason="storage.py LocalStorage.put_file hard-links the submitted file into "
-                   "storage: rewriting that file in place rewrites the farm's stored sdist")
 def test_stored_sdist_survives_rewritten_input(env: Env) -> None:
     good, _ = submit_good(env)
     digest = sha256_of(good)
