@@ -31,7 +31,6 @@ import io
 import os
 import stat
 import tarfile
-import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -210,8 +209,8 @@ def test_limits_from_settings() -> None:
     assert Limits.from_settings(S()) == Limits(1, 2, 3)
 
 
-def test_speed_one_megabyte(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A ~1 MB sdist: extract_sdist decompresses it exactly once, and nothing is pathologically slow."""
+def test_one_megabyte_is_decompressed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ~1 MB sdist: extract_sdist decompresses it exactly once (no re-reading of the archive)."""
     rnd = __import__("random").Random(1)
     words = [bytes(rnd.choice(b"abcdefghijklmnop_ ") for _ in range(8)) for _ in range(500)]
     members = sdist_members()
@@ -230,15 +229,9 @@ def test_speed_one_megabyte(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         return real(*args, **kwargs)
 
     monkeypatch.setattr(gzip, "GzipFile", counting)
-    best = float("inf")
-    for n in range(3):
-        opened.clear()
-        t0 = time.perf_counter()
-        extract_sdist(path, tmp_path / f"out{n}", limits)
-        best = min(best, time.perf_counter() - t0)
-        assert len(opened) == 1
-    # a generous bound (slow disks, busy CI): it guards against re-reading and quadratic scans
-    assert best < 2.0, f"extract took {best:.3f}s for {path.stat().st_size} bytes"
+    tree = extract_sdist(path, tmp_path / "out", limits)
+    assert len(opened) == 1
+    assert len(list((tree / "src").glob("mod*.py"))) == 150
 
 
 # The file: size, name, content -------------------------------------------------------------------

@@ -337,7 +337,8 @@ def test_readers_never_see_a_partial_page(tmp_path: Path) -> None:
     assert sorted(p.name for p in page.parent.iterdir()) == ["index.html", "index.json"]
 
 
-def test_write_project_is_fast(tmp_path: Path) -> None:
+def test_write_project_with_2000_files(tmp_path: Path) -> None:
+    """A large project page round-trips (its speed is measured in bench/index.py, not here)."""
     files = [
         IndexFile(
             filename=f"bigproject-{i // 10}.{i % 10}.0-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
@@ -346,13 +347,9 @@ def test_write_project_is_fast(tmp_path: Path) -> None:
         )
         for i in range(2000)
     ]
-    timings = []
-    for _ in range(3):
-        start = time.perf_counter()
-        write_project(tmp_path, "bigproject", files)
-        timings.append(time.perf_counter() - start)
-    assert min(timings) < 0.1, timings
-    assert len(read_project(tmp_path, "bigproject")) == 2000
+    write_project(tmp_path, "bigproject", files)
+    back = read_project(tmp_path, "bigproject")
+    assert len(back) == 2000 and {f.sha256 for f in back} == {f.sha256 for f in files}
 
 
 def test_publish_adds_one_file(tmp_path: Path) -> None:

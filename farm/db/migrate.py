@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
@@ -20,11 +23,29 @@ def alembic_config() -> Config:
 
 
 def upgrade(engine: Engine | None = None) -> None:
+    """Migrate to the head revision; several processes starting at once migrate one after another."""
     engine = engine or get_engine()
-    with engine.begin() as conn:
+    with _exclusive(engine), engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(4774)")  # held until this transaction ends
         cfg = alembic_config()
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+@contextmanager
+def _exclusive(engine: Engine) -> Iterator[None]:
+    """For SQLite, a lock file beside the database (its own locks do not cover DDL races)."""
+    db = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not db or db == ":memory:":
+        yield
+        return
+    with open(f"{db}.migrate-lock", "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def is_current(engine: Engine | None = None) -> bool:
