@@ -1,0 +1,197 @@
+"""Windows: win_amd64 / win_arm64 / win32 tags, delvewheel repair, Chocolatey system packages.
+
+A Windows worker builds for one architecture queue: `windows-amd64`, `windows-arm64` or
+`windows-x86`, with interpreters of that architecture (the `py` launcher's `-3.11`, `-3.11-32`,
+`-V:3.11-arm64`, or the python.org installers' default folders).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PureWindowsPath
+from typing import TextIO
+
+from packaging.tags import Tag
+
+from farm.errors import ConfigError, InfrastructureFault, PackageFailure
+from farm.recipes.schema import SystemPackages
+from farm.util.cmd import CommandFailed, clean_env, run
+from farm.worker.platforms._common import find_interpreters, is_pure, tags_for, wheel_tags
+from farm.worker.platforms.base import Interpreter
+
+# Queue architecture -> wheel platform tag (also cibuildwheel's identifier suffix).
+PLATFORM_TAGS = {"amd64": "win_amd64", "arm64": "win_arm64", "x86": "win32"}
+# Queue architecture -> suffix of the PEP 514 tag and of the python.org install folder (Python311-32).
+_SUFFIX = {"amd64": "", "arm64": "-arm64", "x86": "-32"}
+_WHERE = "import sys; print(sys.executable)"
+# Chocolatey's exit codes for success, and success with a reboot pending.
+_CHOCO_OK = (0, 1641, 3010)
+
+
+@dataclass(frozen=True)
+class WindowsPlatform:
+    arch: str
+
+    family = "windows"
+
+    def __post_init__(self) -> None:
+        if self.arch not in PLATFORM_TAGS:
+            raise ConfigError(f"unknown Windows architecture {self.arch!r} "
+                              f"(expected one of {', '.join(PLATFORM_TAGS)})")
+
+    @property
+    def name(self) -> str:
+        return f"windows-{self.arch}"
+
+    @property
+    def platform_tag(self) -> str:
+        return PLATFORM_TAGS[self.arch]
+
+    def build_identifier(self, python: str) -> str:
+        return f"{python}-{self.platform_tag}"
+
+    def interpreters(self, configured: Sequence[str]) -> list[Interpreter]:
+        return find_interpreters([self._locate(entry) for entry in configured], exe_names=())
+
+    def launcher_selector(self, version: str) -> str:
+        """The `py` launcher's argument for CPython `version` of this architecture."""
+        if self.arch == "amd64":
+            return f"-{version}"
+        if self.arch == "x86":
+            return f"-{version}-32"
+        return f"-V:{version}-arm64"  # only the launcher of Python 3.11 and later knows -V:
+
+    def candidate_paths(self, version: str) -> list[str]:
+        """Where python.org's installer puts CPython `version` of this architecture."""
+        nodot = version.replace(".", "")
+        folder = f"Python{nodot}{_SUFFIX[self.arch]}"
+        program_files = os.environ.get("ProgramFiles", r"C:\Program Files")
+        if self.arch == "x86":
+            program_files = os.environ.get("ProgramFiles(x86)", r"C:\Program Files (x86)")
+        local = os.environ.get("LOCALAPPDATA", "")
+        paths = [PureWindowsPath(program_files, folder, "python.exe")]
+        if local:
+            paths.append(PureWindowsPath(local, "Programs", "Python", folder, "python.exe"))
+        return [str(p) for p in paths]
+
+    def _locate(self, entry: str) -> str:
+        """A path as it is; a version through the py launcher, then PATH, then the install folders."""
+        if Path(entry).is_file():
+            return entry
+        tried = []
+        launcher = shutil.which("py")
+        if launcher is not None:
+            selector = self.launcher_selector(entry)
+            tried.append(f"py {selector}")
+            try:
+                res = run([launcher, selector, "-c", _WHERE], timeout=60, check=False)
+            except OSError:
+                res = None
+            lines = res.output.strip().splitlines() if res is not None and res.returncode == 0 else []
+            if lines and Path(lines[-1].strip()).is_file():
+                return lines[-1].strip()
+        for candidate in [f"python{entry}", *self.candidate_paths(entry)]:
+            tried.append(candidate)
+            if hit := shutil.which(candidate):
+                return hit
+        raise ConfigError(f"no {self.name} interpreter for {entry!r} (tried {', '.join(tried)})")
+
+    def supported_tags(self, python: tuple[int, int]) -> list[Tag]:
+        return tags_for(python, [self.platform_tag])
+
+    def platform_tag_ok(self, tags: Sequence[str]) -> bool:
+        return all(t.endswith("-any") or t.split("-")[-1] == self.platform_tag for t in tags)
+
+    def repair_command(self, wheel: Path, dest: Path, exclude: Sequence[str]) -> list[str]:
+        argv = [_tool("delvewheel"), "repair", "-w", str(dest)]
+        for lib in exclude:
+            argv += ["--exclude", lib]
+        return [*argv, "-v", str(wheel)]
+
+    def repair(self, wheel: Path, dest: Path, *, exclude: Sequence[str], log: TextIO) -> Path:
+        """delvewheel copies the DLLs the wheel needs (found on PATH) into it; a wheel needing none is copied."""
+        dest.mkdir(parents=True, exist_ok=True)
+        if is_pure(wheel):
+            log.write(f"{wheel.name} is pure Python: nothing to repair\n")
+            return Path(shutil.copy2(wheel, dest / wheel.name))
+        tool = _tool("delvewheel")
+        if not Path(tool).is_file() and shutil.which(tool) is None:
+            raise InfrastructureFault("repair", "delvewheel is not installed on this worker (pip install delvewheel)")
+        out = Path(tempfile.mkdtemp(prefix=".delvewheel-", dir=dest))
+        try:
+            try:
+                run(self.repair_command(wheel, out, exclude), env=clean_env(path_prepend=[Path(sys.executable).parent]),
+                    log=log, timeout=600)
+            except CommandFailed as exc:
+                raise PackageFailure("repair", str(exc)) from exc
+            repaired = sorted(out.glob("*.whl"))
+            if len(repaired) != 1:
+                raise PackageFailure("repair", f"delvewheel produced {len(repaired)} wheels")
+            if not self.platform_tag_ok(wheel_tags(repaired[0])):
+                raise PackageFailure("repair", f"repaired wheel {repaired[0].name} has no {self.platform_tag} tag")
+            return Path(shutil.move(repaired[0], dest / repaired[0].name))
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+
+    def system_packages(self, wanted: SystemPackages) -> tuple[str, list[str]]:
+        return "choco", list(wanted.choco)
+
+    def install_system_packages(self, packages: Sequence[str], *, mode: str, log: TextIO) -> None:
+        if not packages or mode == "ignore":
+            return
+        choco = choco_path()
+        if choco is None:
+            raise InfrastructureFault("prepare", "Chocolatey (choco) is not installed on this worker")
+        installed = choco_installed(choco)
+        missing = [p for p in packages if p.lower() not in installed]
+        if not missing:
+            log.write(f"system packages present: {' '.join(packages)}\n")
+            return
+        if mode == "check":
+            raise PackageFailure("prepare", f"Chocolatey packages missing on this worker: {' '.join(missing)} "
+                                 f"(choco install them, or run the worker with system_packages=install)")
+        res = run([choco, "install", "-y", "--no-progress", *missing], log=log, timeout=1800, check=False)
+        if res.returncode not in _CHOCO_OK:
+            raise PackageFailure("prepare", f"could not install Chocolatey packages {' '.join(missing)} (choco exited "
+                                 f"with {res.returncode}; it needs an administrator account)")
+
+
+def choco_path() -> str | None:
+    if hit := shutil.which("choco"):
+        return hit
+    root = os.environ.get("ChocolateyInstall", r"C:\ProgramData\chocolatey")
+    candidate = Path(root) / "bin" / "choco.exe"
+    return str(candidate) if candidate.is_file() else None
+
+
+def choco_list_command(choco: str, version: str) -> list[str]:
+    """Installed packages, one `name|version` a line. Chocolatey 2 lists only local packages and
+    refuses --local-only; Chocolatey 1 lists the remote feed without it."""
+    major = version.strip().split(".")[0]
+    if not major.isdigit():
+        raise InfrastructureFault("prepare", f"cannot read the Chocolatey version from {version!r}")
+    local = [] if int(major) >= 2 else ["--local-only"]
+    return [choco, "list", *local, "--limit-output"]
+
+
+def choco_installed(choco: str) -> set[str]:
+    try:
+        version = run([choco, "--version"], timeout=60).output.strip().splitlines()[-1]
+        listing = run(choco_list_command(choco, version), timeout=300)
+    except (CommandFailed, IndexError) as exc:
+        raise InfrastructureFault("prepare", f"cannot list Chocolatey packages: {exc}") from exc
+    return {line.split("|")[0].strip().lower() for line in listing.output.splitlines() if "|" in line}
+
+
+def _tool(name: str) -> str:
+    """The tool installed beside this interpreter (bin/ or Scripts\\, name or name.exe), else on PATH."""
+    here = Path(sys.executable).parent
+    for local in (here / name, here / f"{name}.exe"):
+        if local.is_file():
+            return str(local)
+    return shutil.which(name) or name
