@@ -1,0 +1,476 @@
+"""The HTTP API in-process (FastAPI TestClient) on a real PostgreSQL database made for this module.
+
+Tokens: missing or unknown -> 401, a role used beyond its rights -> 403, admin everywhere, open
+(no tokens configured) only to loopback clients. Submissions: an sdist upload and a requirement
+(from a static upstream index on 127.0.0.1), a server path sent as a requirement refused.
+Worker storage: traversal and absolute keys refused, writes only below jobs/, a sha256 mismatch
+refused with nothing stored; HttpStorage against the app. Tokens made by `farm token create`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tomllib
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy import func, select
+from starlette.testclient import TestClient
+
+import farm.cli
+import farm.storage
+from farm.api.app import create_app
+from farm.config import Settings, get_settings, reset_settings
+from farm.coordinator.app import reset_app
+from farm.errors import ConfigError, InfrastructureFault, NotFound
+from farm.storage import LocalStorage, get_storage
+from farm.storage_http import SHA256_HEADER, HttpStorage
+from farm.tokens import create_token, hash_token
+from tests.test_submit import StaticIndex, make_good, populate
+
+PG = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def pg_database(prefix: str) -> tuple[str, str]:
+    """Create a fresh PostgreSQL database; return (its name, its SQLAlchemy URL)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return name, f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+
+
+def drop_database(name: str) -> None:
+    with psycopg.connect(PG, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass
+class Api:
+    home: Path
+    settings: Settings
+    client: TestClient
+    tokens: dict[str, str]  # role -> token
+    upstream: StaticIndex
+
+    def h(self, role: str | None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[role]}"} if role else {}
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    root = tmp_path_factory.mktemp("api")
+    home = root / "home"
+    home.mkdir()
+    (home / "farm.toml").write_text('# kept\nbuild_timeout = 1200.0\n')
+    tokens = {role: create_token(home, f"t-{role}", role) for role in ("submit", "worker", "admin")}
+    upstream = StaticIndex(root / "upstream")
+    populate(upstream, root / "upstream-build")
+    db_name, db_url = pg_database("farmtest_api")
+    with pytest.MonkeyPatch.context() as mp:
+        for var in list(os.environ):
+            if var.startswith("FARM_"):
+                mp.delenv(var)
+        mp.setenv("FARM_HOME", str(home))
+        mp.setenv("FARM_DATABASE_URL", db_url)
+        mp.setenv("FARM_UPSTREAM_INDEX", upstream.url)
+        reset_settings()
+        reset_app()
+        farm.cli._db_ready = False
+        farm.cli.ensure_db()
+        settings = get_settings()
+        try:
+            with TestClient(create_app(settings)) as client:
+                yield Api(home=home, settings=settings, client=client, tokens=tokens, upstream=upstream)
+        finally:
+            upstream.stop()
+            from farm.db.session import engine_for
+
+            engine_for(db_url).dispose()
+            engine_for.cache_clear()
+            reset_settings()
+            reset_app()
+            farm.cli._db_ready = False
+            drop_database(db_name)
+
+
+def submission_count() -> int:
+    from farm.db.models import Submission
+    from farm.db.session import session_scope
+
+    with session_scope() as s:
+        return s.scalar(select(func.count()).select_from(Submission)) or 0
+
+
+def storage_files(api: Api) -> set[str]:
+    root = api.settings.storage
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} if root.exists() else set()
+
+
+def upload(api: Api, path: Path, role: str | None = "submit", name: str | None = None):  # type: ignore[no-untyped-def]
+    with open(path, "rb") as f:
+        return api.client.post("/api/submissions", headers=api.h(role),
+                               files={"file": (name or path.name, f, "application/octet-stream")})
+
+
+def put(api: Api, key: str, data: bytes, role: str | None = "worker", digest: str | None = "auto"):  # type: ignore[no-untyped-def]
+    headers = api.h(role)
+    if digest is not None:
+        headers[SHA256_HEADER] = hashlib.sha256(data).hexdigest() if digest == "auto" else digest
+    return api.client.put(f"/api/storage/{key}", content=data, headers=headers)
+
+
+# Open endpoints, OpenAPI ------------------------------------------------------------------------------
+
+
+def test_health_and_index_need_no_token(api: Api) -> None:
+    assert api.client.get("/health").json() == {"status": "ok"}
+    for path in ("/simple/", "/simple/nothing/"):
+        resp = api.client.get(path)
+        assert resp.status_code in (200, 404) and "www-authenticate" not in resp.headers, path
+
+
+def test_openapi_shows_bearer_scheme_on_protected_routes(api: Api) -> None:
+    doc = api.client.get("/openapi.json").json()
+    assert doc["components"]["securitySchemes"]["FarmToken"] == {
+        "type": "http", "scheme": "bearer", "description": doc["components"]["securitySchemes"]["FarmToken"]["description"]}
+    for path, method in [("/api/submissions", "post"), ("/api/jobs", "get"), ("/api/jobs/{job_id}", "get"),
+                         ("/api/jobs/{job_id}/log", "get"), ("/api/storage/{key}", "get"), ("/api/storage/{key}", "put")]:
+        assert doc["paths"][path][method]["security"] == [{"FarmToken": []}], (path, method)
+    assert "security" not in doc["paths"]["/health"]["get"]
+    body = doc["paths"]["/api/submissions"]["post"]["requestBody"]["content"]
+    assert set(body) == {"multipart/form-data", "application/json"}
+
+
+# 401 / 403 ------------------------------------------------------------------------------------------------
+
+PROTECTED = [("GET", "/api/jobs"), ("GET", "/api/jobs/1"), ("GET", "/api/jobs/1/log"), ("POST", "/api/submissions"),
+             ("GET", "/api/storage/sdists/x"), ("HEAD", "/api/storage/sdists/x"), ("PUT", "/api/storage/jobs/1/x.log")]
+
+
+@pytest.mark.parametrize(("method", "path"), PROTECTED)
+def test_missing_token_is_401(api: Api, method: str, path: str) -> None:
+    resp = api.client.request(method, path, json={"requirement": "remote==1.0"} if method == "POST" else None)
+    assert resp.status_code == 401
+    assert resp.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize(("method", "path"), PROTECTED)
+@pytest.mark.parametrize("header", ["Bearer farm_not-a-real-token", "Bearer ", "Basic dXNlcjpwYXNz",
+                                    "Bearer " + hashlib.sha256(b"x").hexdigest()])
+def test_wrong_token_is_401(api: Api, method: str, path: str, header: str) -> None:
+    assert api.client.request(method, path, headers={"Authorization": header}).status_code == 401
+
+
+def test_token_hash_itself_is_not_a_token(api: Api) -> None:
+    """What farm.toml holds (the sha256) does not authenticate."""
+    stored = hash_token(api.tokens["admin"])
+    assert api.client.get("/api/jobs", headers={"Authorization": f"Bearer {stored}"}).status_code == 401
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/api/storage/sdists/x"), ("HEAD", "/api/storage/sdists/x"),
+                                              ("PUT", "/api/storage/jobs/1/x.log")])
+def test_submit_token_on_worker_endpoint_is_403(api: Api, method: str, path: str) -> None:
+    before = storage_files(api)
+    resp = api.client.request(method, path, content=b"x", headers={**api.h("submit"), SHA256_HEADER: hashlib.sha256(b"x").hexdigest()})
+    assert resp.status_code == 403
+    if method != "HEAD":
+        assert "submit" in resp.json()["detail"]
+    assert storage_files(api) == before
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/api/jobs"), ("GET", "/api/jobs/1"), ("GET", "/api/jobs/1/log"),
+                                              ("POST", "/api/submissions")])
+def test_worker_token_on_submit_endpoints_is_403(api: Api, method: str, path: str) -> None:
+    before = submission_count()
+    resp = api.client.request(method, path, headers=api.h("worker"),
+                              json={"requirement": "remote==1.0"} if method == "POST" else None)
+    assert resp.status_code == 403
+    assert "worker" in resp.json()["detail"]
+    assert submission_count() == before
+
+
+def test_admin_allowed_everywhere(api: Api, tmp_path: Path) -> None:
+    sdist = make_good(tmp_path / "in", "adminpkg", "1.0")
+    resp = upload(api, sdist, role="admin")
+    assert resp.status_code == 201, resp.text
+    job_id = resp.json()["jobs"][0]["id"]
+    assert api.client.get("/api/jobs", headers=api.h("admin")).status_code == 200
+    assert api.client.get(f"/api/jobs/{job_id}", headers=api.h("admin")).json()["name"] == "adminpkg"
+    assert api.client.get(f"/api/jobs/{job_id}/log", headers=api.h("admin")).status_code == 200
+    key = f"sdists/{hashlib.sha256(sdist.read_bytes()).hexdigest()[:2]}/{hashlib.sha256(sdist.read_bytes()).hexdigest()}/{sdist.name}"
+    assert api.client.get(f"/api/storage/{key}", headers=api.h("admin")).content == sdist.read_bytes()
+    assert put(api, f"jobs/{job_id}/admin.log", b"hello", role="admin").status_code == 201
+
+
+# Submissions and jobs -----------------------------------------------------------------------------------
+
+
+def test_upload_submission_jobs_log_and_worker_download(api: Api, tmp_path: Path) -> None:
+    sdist = make_good(tmp_path / "in", "uploaded", "1.0")
+    resp = upload(api, sdist)
+    assert resp.status_code == 201, resp.text
+    body = resp.json()
+    assert (body["name"], body["version"]) == ("uploaded", "1.0")
+    assert body["jobs"] and all(j["state"] == "queued" for j in body["jobs"])
+    job_id = body["jobs"][0]["id"]
+
+    listed = api.client.get("/api/jobs", params={"submission": body["submission_id"]}, headers=api.h("submit")).json()
+    assert [j["id"] for j in listed] == sorted((j["id"] for j in body["jobs"]), reverse=True)
+    one = api.client.get(f"/api/jobs/{job_id}", headers=api.h("submit")).json()
+    assert (one["id"], one["state"], one["name"], one["submission_id"]) == (job_id, "queued", "uploaded", body["submission_id"])
+    assert api.client.get("/api/jobs/999999", headers=api.h("submit")).status_code == 404
+    assert api.client.get("/api/jobs/999999/log", headers=api.h("submit")).status_code == 404
+    assert "no log yet" in api.client.get(f"/api/jobs/{job_id}/log", headers=api.h("submit")).text
+
+    digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
+    key = f"sdists/{digest[:2]}/{digest}/{sdist.name}"
+    got = api.client.get(f"/api/storage/{key}", headers=api.h("worker"))
+    assert got.status_code == 200 and got.content == sdist.read_bytes()
+    assert api.client.head(f"/api/storage/{key}", headers=api.h("worker")).headers["content-length"] == str(sdist.stat().st_size)
+    assert not list((api.home / "tmp").glob("upload-*")), "the uploaded file is not left in tmp"
+
+
+def test_requirement_submission(api: Api) -> None:
+    resp = api.client.post("/api/submissions", json={"requirement": "remote==1.0"}, headers=api.h("submit"))
+    assert resp.status_code == 201, resp.text
+    assert (resp.json()["name"], resp.json()["version"]) == ("remote", "1.0")
+    resp = api.client.post("/api/submissions", json={"requirement": "nosuchproject==1.0"}, headers=api.h("submit"))
+    assert resp.status_code == 502 and "nosuchproject" in resp.json()["detail"]
+
+
+@pytest.mark.parametrize("request_text", ["/etc/passwd", "../farm.toml", "~/x.tar.gz", "PATH.tar.gz", "farm.toml"])
+def test_requirement_that_is_a_path_is_refused(api: Api, request_text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing on the server is read on behalf of a JSON request, even a file in the server's cwd."""
+    monkeypatch.chdir(api.home)
+    before = submission_count()
+    resp = api.client.post("/api/submissions", json={"requirement": request_text}, headers=api.h("submit"))
+    assert resp.status_code == 422, resp.text
+    assert submission_count() == before
+
+
+def test_server_sdist_path_is_not_submitted(api: Api, tmp_path: Path) -> None:
+    sdist = make_good(tmp_path / "server-side", "serverside", "1.0")
+    before = submission_count()
+    resp = api.client.post("/api/submissions", json={"requirement": str(sdist)}, headers=api.h("submit"))
+    assert resp.status_code == 422
+    assert submission_count() == before
+
+
+@pytest.mark.parametrize(("kwargs", "status", "words"), [
+    ({"json": {"requirement": "foo bar baz"}}, 422, "neither"),
+    ({"json": {"requirement": "x==1", "extra": 1}}, 422, "extra"),
+    ({"json": {}}, 422, "requirement"),
+    ({"content": b"remote==1.0", "headers": {"Content-Type": "text/plain"}}, 415, "multipart"),
+    ({"files": {"other": ("x.tar.gz", b"x")}}, 422, "file"),
+    ({"files": {"file": ("notes.txt", b"x")}}, 422, "sdist"),
+    ({"files": {"file": ("random-1.0.tar.gz", os.urandom(300))}}, 422, "archive|gzip|tar"),
+])
+def test_bad_submissions_refused_and_nothing_stored(api: Api, kwargs: dict, status: int, words: str) -> None:
+    import re
+
+    before, files = submission_count(), storage_files(api)
+    headers = {**api.h("submit"), **kwargs.pop("headers", {})}
+    resp = api.client.post("/api/submissions", headers=headers, **kwargs)
+    assert resp.status_code == status, resp.text
+    assert re.search(words, json.dumps(resp.json()), re.I), resp.text
+    assert submission_count() == before
+    assert storage_files(api) == files
+
+
+def test_oversized_upload_refused(api: Api, tmp_path: Path) -> None:
+    big = tmp_path / "big-1.0.tar.gz"
+    big.write_bytes(os.urandom(api.settings.max_sdist_bytes // 1000))
+    app = create_app(api.settings.model_copy(update={"max_sdist_bytes": 1000}))
+    with TestClient(app) as client, open(big, "rb") as f:
+        resp = client.post("/api/submissions", headers=api.h("submit"), files={"file": (big.name, f)})
+    assert resp.status_code == 413
+
+
+# Worker storage -----------------------------------------------------------------------------------------
+
+BAD_KEYS = ["%2E%2E/x", "..%2Fx", "jobs/..%2F..%2Ffarm.toml", "jobs/1/..%2F..%2F..%2Ffarm.toml", "%2Fetc%2Fpasswd",
+            "/etc/passwd", "jobs/1/.hidden", "jobs/1/.tmp-x", "jobs/%2E/1/x", "jobs//1/x", "jobs/1/a%5Cb", "jobs/1/a%00b"]
+
+
+@pytest.mark.parametrize("key", BAD_KEYS)
+@pytest.mark.parametrize("method", ["GET", "PUT"])
+def test_storage_key_traversal_refused(api: Api, key: str, method: str) -> None:
+    (api.settings.storage / "jobs").mkdir(parents=True, exist_ok=True)
+    before = storage_files(api)
+    home_before = sorted(p.name for p in api.home.iterdir())
+    headers = {**api.h("worker"), SHA256_HEADER: hashlib.sha256(b"evil").hexdigest()}
+    resp = api.client.request(method, f"/api/storage/{key}", content=b"evil" if method == "PUT" else None,
+                              headers=headers)
+    assert resp.status_code in (400, 403, 404), (key, resp.status_code)
+    assert resp.status_code != 404 or method == "GET"
+    assert b"build_timeout" not in resp.content and b"root:" not in resp.content
+    assert storage_files(api) == before
+    assert sorted(p.name for p in api.home.iterdir()) == home_before
+
+
+def test_storage_areas(api: Api) -> None:
+    """Reads below sdists/ and jobs/ only; writes below jobs/ only (a worker cannot replace an sdist)."""
+    assert put(api, "sdists/ab/abc/x-1.0.tar.gz", b"x").status_code == 403
+    assert put(api, "index/simple/x/index.html", b"x").status_code == 403
+    assert put(api, "jobs", b"x").status_code == 403
+    assert api.client.get("/api/storage/tmp/x", headers=api.h("worker")).status_code == 403
+    assert api.client.get("/api/storage/sdists/none/x.tar.gz", headers=api.h("worker")).status_code == 404
+
+
+def test_upload_sha256_checked_nothing_stored_on_mismatch(api: Api) -> None:
+    key = "jobs/7/wheels/demo-1.0-cp312-cp312-manylinux_2_17_x86_64.whl"
+    data = os.urandom(4096)
+    before = storage_files(api)
+    wrong = put(api, key, data, digest=hashlib.sha256(b"something else").hexdigest())
+    assert wrong.status_code == 422 and "mismatch" in wrong.json()["detail"]
+    assert put(api, key, data, digest=None).status_code == 400
+    assert put(api, key, data, digest="not-hex").status_code == 400
+    assert storage_files(api) == before
+    assert api.client.head(f"/api/storage/{key}", headers=api.h("worker")).status_code == 404
+    assert not [p for p in (api.home / "tmp").iterdir() if p.name.startswith("upload-")]
+
+    ok = put(api, key, data)
+    assert ok.status_code == 201 and ok.json() == {"key": key, "sha256": hashlib.sha256(data).hexdigest(), "size": 4096}
+    assert (api.settings.storage / key).read_bytes() == data
+    assert api.client.get(f"/api/storage/{key}", headers=api.h("worker")).content == data
+    # A damaged re-upload does not replace the good file.
+    assert put(api, key, b"damaged", digest=hashlib.sha256(data).hexdigest()).status_code == 422
+    assert (api.settings.storage / key).read_bytes() == data
+
+
+def test_http_storage_over_the_api(api: Api, tmp_path: Path) -> None:
+    store = HttpStorage("http://testserver", api.tokens["worker"], client=api.client)
+    wheel = tmp_path / "w-1.0-py3-none-any.whl"
+    wheel.write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+    store.put_file("jobs/9/wheels/" + wheel.name, wheel)
+    store.put_bytes("jobs/9/wheels/w.provenance.json", b'{"a": 1}')
+    assert (api.settings.storage / "jobs/9/wheels" / wheel.name).read_bytes() == wheel.read_bytes()
+    assert store.exists("jobs/9/wheels/" + wheel.name) and not store.exists("jobs/9/wheels/nope.whl")
+    assert store.read_bytes("jobs/9/wheels/w.provenance.json") == b'{"a": 1}'
+    got = store.get_file("jobs/9/wheels/" + wheel.name, tmp_path / "down" / "copy.whl")
+    assert got.read_bytes() == wheel.read_bytes()
+    assert store.local_path("jobs/9/x.log") is None
+    with pytest.raises(NotFound):
+        store.get_file("jobs/9/none.whl", tmp_path / "down" / "none.whl")
+    assert not (tmp_path / "down" / "none.whl").exists()
+    with pytest.raises(NotFound):
+        store.read_bytes("jobs/9/none")
+    with pytest.raises(InfrastructureFault):
+        HttpStorage("http://testserver", "farm_wrong", client=api.client).put_bytes("jobs/9/x", b"x")
+    with pytest.raises(InfrastructureFault):
+        HttpStorage("http://testserver", api.tokens["submit"], client=api.client).get_file(
+            "jobs/9/wheels/" + wheel.name, tmp_path / "down" / "denied.whl")
+    with pytest.raises(InfrastructureFault):
+        HttpStorage("http://127.0.0.1:9", "x").read_bytes("jobs/1/x")  # nothing listens on port 9
+
+
+def test_get_storage_chooses_http_only_for_remote_workers(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(farm.storage, "_owner", False)
+    monkeypatch.setenv("FARM_SERVER_URL", "http://127.0.0.1:1")
+    reset_settings()
+    try:
+        assert isinstance(get_storage(), HttpStorage)
+        assert get_settings().verify_index_url == "http://127.0.0.1:1/simple/"
+        monkeypatch.setenv("FARM_STORAGE_ROOT", str(api.settings.storage))
+        reset_settings()
+        assert isinstance(get_storage(), LocalStorage)
+        monkeypatch.delenv("FARM_STORAGE_ROOT")
+        monkeypatch.setattr(farm.storage, "_owner", True)  # the API and coordinator keep the storage
+        reset_settings()
+        assert isinstance(get_storage(), LocalStorage)
+    finally:
+        monkeypatch.delenv("FARM_SERVER_URL")
+        reset_settings()
+
+
+# Open mode (no tokens configured) ----------------------------------------------------------------------
+
+
+def test_no_tokens_open_to_loopback_only(api: Api) -> None:
+    open_settings = api.settings.model_copy(update={"tokens": []})
+    for host in ("127.0.0.1", "::1"):
+        with TestClient(create_app(open_settings), client=(host, 40000)) as local:
+            assert local.get("/api/jobs").status_code == 200
+            assert local.get("/api/storage/sdists/none/x.tar.gz").status_code == 404
+    for host in ("10.0.0.7", "192.168.1.2", "testclient"):
+        with TestClient(create_app(open_settings), client=(host, 40000)) as remote:
+            resp = remote.get("/api/jobs", headers=api.h("admin"))
+            assert resp.status_code == 401 and "loopback" in resp.json()["detail"]
+            assert remote.get("/health").status_code == 200
+            assert remote.get("/simple/").status_code in (200, 404)
+
+
+# farm token create ----------------------------------------------------------------------------------------
+
+
+def test_token_create_appends_and_keeps_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    original = ('# my farm\nupstream_index = "https://example.invalid/simple/"  # mirror\n'
+                '[verify_images]\nlinux-x86_64 = [{image = "v:1", pythons = ["cp312"]}]\n')
+    (home / "farm.toml").write_text(original)
+    monkeypatch.setenv("FARM_HOME", str(home))
+    reset_settings()
+    try:
+        assert farm.cli.main(["token", "create", "ci-bot", "--role", "submit"]) == 0
+        token = capsys.readouterr().out.strip()
+        assert token.startswith("farm_") and len(token) > 40
+        text = (home / "farm.toml").read_text()
+        assert text.startswith(original), "the existing text, comments included, is kept"
+        assert token not in text
+        doc = tomllib.loads(text)
+        assert doc["upstream_index"] == "https://example.invalid/simple/"
+        assert doc["verify_images"]["linux-x86_64"][0]["image"] == "v:1"
+        assert doc["tokens"] == [{"name": "ci-bot", "role": "submit", "sha256": hash_token(token)}]
+        second = create_token(home, "builder-1", "worker")
+        reset_settings()
+        assert [(t.name, t.role) for t in get_settings().tokens] == [("ci-bot", "submit"), ("builder-1", "worker")]
+        assert get_settings().tokens[1].sha256 == hash_token(second)
+        assert farm.cli.main(["token", "create", "ci-bot", "--role", "admin"]) == 2
+        assert "exists already" in capsys.readouterr().err
+    finally:
+        reset_settings()
+    with pytest.raises(ConfigError):
+        create_token(home, "x", "root")
+    with pytest.raises(ConfigError):
+        create_token(home, "bad name!", "admin")
+    with pytest.raises(SystemExit):
+        farm.cli.parser().parse_args(["token", "create", "x", "--role", "root"])
+
+
+def test_token_create_new_file_and_inline_tokens(tmp_path: Path) -> None:
+    fresh = tmp_path / "fresh"
+    token = create_token(fresh, "first", "admin")
+    assert tomllib.loads((fresh / "farm.toml").read_text())["tokens"][0]["sha256"] == hash_token(token)
+    assert (fresh / "farm.toml").stat().st_mode & 0o777 == 0o600
+    inline = tmp_path / "inline"
+    inline.mkdir()
+    (inline / "farm.toml").write_text(f'engine = "native"\ntokens = [{{name = "a", role = "submit", sha256 = "{"0" * 64}"}}]\n')
+    create_token(inline, "b", "worker")
+    doc = tomllib.loads((inline / "farm.toml").read_text())
+    assert doc["engine"] == "native" and [t["name"] for t in doc["tokens"]] == ["a", "b"]
+
+
+# Never the database ----------------------------------------------------------------------------------------
+
+
+def test_forbid_db_guard(tmp_path: Path) -> None:
+    """With FARM_FORBID_DB set the database session module refuses to load; the worker's modules load."""
+    env = {**os.environ, "FARM_FORBID_DB": "1", "FARM_HOME": str(tmp_path)}
+    bad = subprocess.run([sys.executable, "-c", "import farm.db.session"], env=env, capture_output=True, text=True)
+    assert bad.returncode != 0 and "FARM_FORBID_DB" in bad.stderr
+    code = ("from farm.coordinator.app import WORKER_TASKS, get_app\n"
+            "get_app(include=WORKER_TASKS).loader.import_default_modules()\n"
+            "import farm.worker.task, farm.storage_http, farm.cli_remote, sys\n"
+            "assert 'farm.db.session' not in sys.modules\n")
+    ok = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
