@@ -52,7 +52,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     settings = _settings()
     job_ids: list[int] = []
     for request in args.requests:
-        result = submit(request, settings=settings)
+        result = submit(request, settings=settings, priority=args.priority)
         for job_id, build_id, state in result.jobs:
             print(f"job {job_id}: {result.name} {result.version} {build_id} {state}")
             job_ids.append(job_id)
@@ -116,6 +116,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from farm.coordinator.reconcile import cancel
+
+    ensure_db()
+    code = 0
+    for job_id in args.jobs:
+        try:
+            print(cancel(job_id, _settings()))
+        except FarmError as exc:
+            print(f"farm: error: {exc}", file=sys.stderr)
+            code = exc.exit_code
+    return code
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     if _remote():
         from farm import cli_remote
@@ -148,15 +162,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     platform = args.platform or _settings().platform or host_platform_name()
     get_app(include=WORKER_TASKS)  # no coordinator task: a worker never imports the database modules
-    return _celery_worker([platform], f"worker-{platform}")
+    return _celery_worker([platform], args.name or f"worker-{platform}")
 
 
 def cmd_coordinator(args: argparse.Namespace) -> int:
     from farm.messages import COORDINATOR_QUEUE
     from farm.storage import own_storage
 
+    from farm.coordinator.reconcile import Reconciler
+
     ensure_db()
     own_storage()
+    Reconciler(_settings()).start()  # a daemon thread: lost jobs and lost messages, every reconcile_interval
     return _celery_worker([COORDINATOR_QUEUE], "coordinator")
 
 
@@ -181,7 +198,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     port = args.port or settings.api_port
     logs = settings.home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "FARM_HOME": str(settings.home)}
+    env = {**os.environ, "FARM_HOME": str(settings.home), "FARM_API_PORT": str(port)}  # port: provenance links
     me = [sys.executable, "-m", "farm.cli"]
     children: dict[str, subprocess.Popen[bytes]] = {}
     for name, argv in (("coordinator", [*me, "coordinator"]), ("worker", [*me, "worker"]),
@@ -274,6 +291,20 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_requirements(path: Path) -> list[str]:
+    """Lines of a requirements file, without comments, blank lines and pip options."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise FarmError(f"{path}: {exc.strerror}") from None
+    out = []
+    for line in lines:
+        line = line.split(" #", 1)[0].strip()
+        if line and not line.startswith(("#", "-")):
+            out.append(line)
+    return out
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="farm", description="Wheel Farm: sdists in; repaired, tested wheels out.")
     p.add_argument("--home", help="where the farm keeps its state (FARM_HOME; default ./.farm)")
@@ -282,10 +313,14 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("submit", help="submit sdist files or NAME==VERSION requirements")
-    s.add_argument("requests", nargs="+", metavar="PATH.tar.gz|NAME==VERSION")
+    s.add_argument("requests", nargs="*", metavar="PATH.tar.gz|NAME==VERSION")
+    s.add_argument("-r", "--requirements", action="append", default=[], metavar="FILE",
+                   help="a requirements file: one NAME==VERSION (or sdist path) per line")
     s.add_argument("--wait", action="store_true", help="block until the jobs end; exit 1 if one failed")
     s.add_argument("--timeout", type=float, default=3600)
     s.add_argument("--quiet", action="store_true")
+    s.add_argument("--priority", type=int, default=0, choices=range(10), metavar="0-9",
+                   help="higher is built first when workers are busy (default 0)")
     s.set_defaults(func=cmd_submit)
 
     s = sub.add_parser("status", help="jobs with state and step durations")
@@ -299,12 +334,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("job", type=int)
     s.set_defaults(func=cmd_logs)
 
+    s = sub.add_parser("cancel", help="cancel jobs: nothing of theirs is published; workers stop at the next step")
+    s.add_argument("jobs", type=int, nargs="+", metavar="JOB")
+    s.set_defaults(func=cmd_cancel)
+
     s = sub.add_parser("up", help="run the embedded farm: API/index, coordinator, one local worker")
     s.add_argument("--port", type=int)
     s.set_defaults(func=cmd_up)
 
     s = sub.add_parser("worker", help="a platform worker (Celery, the platform's queue)")
     s.add_argument("--platform")
+    s.add_argument("--name", help="Celery node name before the @ (default worker-PLATFORM); distinct per worker on a host")
     s.set_defaults(func=cmd_worker)
 
     s = sub.add_parser("coordinator", help="the coordinator (Celery, the coordinator queue)")
@@ -353,6 +393,10 @@ def main(argv: list[str] | None = None) -> int:
 
         reset_settings()
     try:
+        if args.command == "submit":
+            args.requests = [*args.requests, *(line for f in args.requirements for line in read_requirements(Path(f)))]
+            if not args.requests:
+                raise FarmError("nothing to submit: give sdist paths, requirements, or -r FILE")
         return args.func(args)
     except FarmError as exc:
         print(f"farm: error: {exc}", file=sys.stderr)
