@@ -61,6 +61,7 @@ def build_env(ctx: BuildContext) -> dict[str, str]:
     env = clean_env({"SOURCE_DATE_EPOCH": source_date_epoch(ctx.source)},
                     path_prepend=[Path(sys.executable).parent])
     env["UV_CACHE_DIR"] = os.environ.get("UV_CACHE_DIR", str(Path.home() / ".cache" / "uv"))
+    env.update(ctx.platform.build_environment())
     for key, value in ctx.options.environment.items():
         env[key] = os.path.expandvars(value) if "$" in value else value
     return env

@@ -48,3 +48,6 @@ class Platform(Protocol):
 
     def platform_tag_ok(self, tags: Sequence[str]) -> bool:
         """True when a repaired wheel's platform tags are ones this platform publishes."""
+
+    def build_environment(self) -> dict[str, str]:
+        """Variables every native build on this platform needs (deployment target, architecture flags)."""

@@ -43,7 +43,11 @@ class LinuxPlatform:
 
     def platform_tag_ok(self, tags: Sequence[str]) -> bool:
         prefix = "musllinux_" if self.musl else "manylinux"
-        return all(t.endswith("-any") or t.split("-")[-1].startswith(prefix) for t in tags)
+        return all(t.endswith("-any") or (t.split("-")[-1].startswith(prefix) and t.endswith(f"_{self.arch}"))
+                   for t in tags)
+
+    def build_environment(self) -> dict[str, str]:
+        return {}
 
     def repair(self, wheel: Path, dest: Path, *, exclude: Sequence[str], log: TextIO) -> Path:
         dest.mkdir(parents=True, exist_ok=True)

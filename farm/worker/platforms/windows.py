@@ -107,6 +107,9 @@ class WindowsPlatform:
     def platform_tag_ok(self, tags: Sequence[str]) -> bool:
         return all(t.endswith("-any") or t.split("-")[-1] == self.platform_tag for t in tags)
 
+    def build_environment(self) -> dict[str, str]:
+        return {}
+
     def repair_command(self, wheel: Path, dest: Path, exclude: Sequence[str]) -> list[str]:
         argv = [_tool("delvewheel"), "repair", "-w", str(dest)]
         for lib in exclude:
