@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8477
     poll_interval: float = 0.01
+    heartbeat_interval: float = Field(5.0, gt=0, description="seconds between a worker's heartbeats while it runs a job")
+    reconcile_interval: float = Field(15.0, gt=0, description="seconds between the coordinator's reconciler passes")
+    lost_after: float = Field(60.0, gt=0, description="a running job without a heartbeat for this long, or a queued "
+                              "job nobody consumed for this long, is sent again as a new attempt")
     farm_index_url: str = Field("", description="the farm's simple index as workers see it; default the local index folder")
 
     # Distributed mode (API tokens; the CLI and remote workers talk to the server over HTTP) ----

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 COORDINATOR_QUEUE = "coordinator"
 BUILD_TASK = "farm.worker.build"
 EVENT_TASK = "farm.coordinator.event"
+HEARTBEAT_TASK = "farm.coordinator.heartbeat"
 
 
 class _Msg(BaseModel):
@@ -49,6 +50,7 @@ class JobSpec(_Msg):
     options: dict[str, Any]  # farm.recipes.schema.Options, resolved for this build id
     upstream_index: str
     resume: Literal["build", "verify"] = "build"
+    priority: int = 0  # the job's priority, higher first (farm.coordinator.dispatch maps it to the broker's)
     staged: list[StagedWheel] = Field(default_factory=list)
     # Data from the build needed again when only verification is re-run.
     carry: dict[str, Any] = Field(default_factory=dict)
@@ -89,3 +91,12 @@ class JobEvent(_Msg):
     carry: dict[str, Any] = Field(default_factory=dict)
     artifacts: list[ArtifactReport] = Field(default_factory=list)
     log_key: str | None = None
+
+
+class Heartbeat(_Msg):
+    """A worker is still running `attempt` of a job: sent every `heartbeat_interval` seconds."""
+
+    job_id: int
+    attempt: int
+    worker: str
+    sent_at: float  # unix time on the worker

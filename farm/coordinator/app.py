@@ -47,7 +47,20 @@ def make_app(settings: Settings | None = None, *, include: tuple[str, ...] = ALL
             "polling_interval": settings.poll_interval,
         }
     elif settings.broker.startswith("redis"):
-        conf["broker_transport_options"] = {"visibility_timeout": 4 * 3600, "queue_order_strategy": "priority"}
+        # Late ack on Redis: a delivered message stays in Redis's "unacked" set until the task ends,
+        # and goes back to its queue only after `visibility_timeout` seconds. That must exceed the
+        # longest job, or a running build would be delivered a second time. A worker that died is
+        # noticed much sooner by the reconciler (no heartbeat for `lost_after` seconds), which sends
+        # a new attempt; the old message, should it come back, is skipped (farm.liveness).
+        # Ten priority steps: 0 is served first on Redis (farm.coordinator.dispatch maps the job's
+        # priority, higher first, onto them).
+        conf["broker_transport_options"] = {
+            "visibility_timeout": max(4 * 3600, int(2 * (settings.build_timeout + settings.test_timeout))),
+            "queue_order_strategy": "priority", "priority_steps": list(range(10)),
+        }
+        # A broker restart takes seconds: keep trying to send for about a minute before giving up.
+        conf["task_publish_retry_policy"] = {"max_retries": 30, "interval_start": 0, "interval_step": 0.5,
+                                             "interval_max": 2}
     app.conf.update(conf)
     return app
 

@@ -18,8 +18,18 @@ def job_spec(job: Job, settings: Settings, *, resume: str = "build") -> JobSpec:
         recipe_name=job.recipe_name, recipe_digest=job.recipe_digest, options=job.recipe,
         upstream_index=settings.upstream_index, resume=resume,  # type: ignore[arg-type]
         staged=[StagedWheel.model_validate(s) for s in job.staged.get("wheels", [])] if resume == "verify" else [],
-        carry=job.staged.get("carry", {}) if resume == "verify" else {},
+        carry=job.staged.get("carry", {}) if resume == "verify" else {}, priority=job.priority or 0,
     )
+
+
+def broker_priority(priority: int, broker_url: str) -> int:
+    """The message priority for a job's priority (0-9, higher first; clamped).
+
+    Redis serves its priority 0 first (kombu's `priority` queue order), AMQP brokers the highest
+    number, so Redis gets the job's priority reversed.
+    """
+    p = min(max(int(priority), 0), 9)
+    return 9 - p if broker_url.startswith(("redis", "rediss")) else p
 
 
 def send(specs: Iterable[JobSpec]) -> None:
@@ -27,5 +37,7 @@ def send(specs: Iterable[JobSpec]) -> None:
     from farm.coordinator.app import get_app
 
     app = get_app()
+    url = app.conf.broker_url or ""
     for spec in specs:
-        app.send_task(BUILD_TASK, args=[spec.model_dump(mode="json")], queue=spec.platform)
+        app.send_task(BUILD_TASK, args=[spec.model_dump(mode="json")], queue=spec.platform,
+                      priority=broker_priority(spec.priority, url))

@@ -19,7 +19,7 @@ from farm.coordinator import deps, dispatch
 from farm.coordinator.publish import publish
 from farm.db.models import Dependency, Job, Step, utcnow
 from farm.db.session import session_scope
-from farm.db.states import RUNNING, TERMINAL, JobState
+from farm.db.states import RUNNING, TERMINAL, JobState, forward_path
 from farm.errors import StateError
 from farm.messages import JobEvent, JobSpec, StepReport
 
@@ -38,12 +38,14 @@ def apply_event(event: JobEvent, settings: Settings) -> None:
             log.info("stale event for job %s (attempt %s, state %s) dropped", job.id, event.attempt, job.state)
             return
         job.worker = event.worker
+        job.heartbeat_at = utcnow()  # every event is a sign of life too (farm.coordinator.reconcile)
         if event.step is not None:
             _record_step(session, job, event.step)
         target = JobState(event.state)
         if target.value != job.state:
             try:
-                job.move(target)
+                for state in forward_path(job.state, target):  # an event may overtake the one before it
+                    job.move(state)
             except StateError as exc:
                 log.warning("job %s: %s (event dropped)", job.id, exc)
                 return

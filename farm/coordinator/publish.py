@@ -1,15 +1,20 @@
 """Publish: record a verified wheel and put it on the farm's index, one project page at a time.
 
 Idempotent by wheel hash: the same wheel published twice is one artifact and one index entry.
+Two coordinator processes publishing the same wheel at once: the artifact row is inserted before
+any file is written, and the unique sha256 makes the second insert wait for the first transaction
+and then fail; the loser takes the winner's row as "already published" and writes nothing.
 """
 
 from __future__ import annotations
 
 import tempfile
+import uuid
 from pathlib import Path
 
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from farm.config import Settings
@@ -33,9 +38,17 @@ def publish(session: Session, job: Job, artifacts: list[ArtifactReport], setting
         art = Artifact(job=job, filename=report.filename, sha256=report.sha256, size=report.size, name=project,
                        version=job.source.version, tags=report.tags, requires_python=report.requires_python,
                        requires_dist=report.requires_dist, storage_key=report.storage_key, verified=True)
-        session.add(art)
-        session.add(Provenance(artifact=art, statement=report.provenance, digest=sha256_bytes(statement),
-                               storage_key=report.provenance_key))
+        try:
+            with session.begin_nested():  # a savepoint: losing the race must not undo the rest of the event
+                session.add(art)
+                session.add(Provenance(artifact=art, statement=report.provenance, digest=sha256_bytes(statement),
+                                       storage_key=report.provenance_key))
+        except IntegrityError:
+            existing = session.scalar(select(Artifact).where(Artifact.sha256 == report.sha256))
+            if existing is None:
+                raise
+            published.append(existing)
+            continue
         tmp_root = settings.home / "tmp"
         tmp_root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=tmp_root) as tmp:
@@ -45,7 +58,7 @@ def publish(session: Session, job: Job, artifacts: list[ArtifactReport], setting
             # The provenance record sits beside the file before the page that lists the file appears.
             folder = settings.index / "files" / project
             folder.mkdir(parents=True, exist_ok=True)
-            storage_tmp = folder / f".{report.filename}.provenance.json.tmp"
+            storage_tmp = folder / f".{report.filename}.provenance.json.{uuid.uuid4().hex}.tmp"
             storage_tmp.write_bytes(statement)
             storage_tmp.replace(folder / f"{report.filename}.provenance.json")
             simple.publish(settings.index, project, wheel)

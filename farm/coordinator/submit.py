@@ -53,11 +53,12 @@ def is_file_request(request: str) -> bool:
 
 def submit(request: str, *, settings: Settings, kind: str | None = None, parent_job_id: int | None = None,
            only_platforms: Sequence[str] | None = None, only_pythons: Sequence[str] | None = None,
-           from_file: bool | None = None) -> Submitted:
+           from_file: bool | None = None, priority: int = 0) -> Submitted:
     """Record a submission and its jobs; send their build messages after the commit.
 
     The sdist is copied into storage only once its jobs are planned, so a rejected submission
     leaves nothing behind. `from_file` says what `request` is (None: guess, a file if it exists).
+    `priority` (0-9, higher first) orders the jobs' build messages where the broker supports it.
     """
     from_file = is_file_request(request) if from_file is None else from_file
     fields = _from_file(Path(request), settings) if from_file else None
@@ -78,7 +79,7 @@ def submit(request: str, *, settings: Settings, kind: str | None = None, parent_
                                     parent_job_id=parent_job_id)
             session.add(submission)
             session.flush()
-            to_send = _plan_jobs(session, submission, source, settings, only_platforms, only_pythons)
+            to_send = _plan_jobs(session, submission, source, settings, only_platforms, only_pythons, priority)
             storage = get_storage()
             if pending is not None and not storage.exists(source.storage_key):
                 storage.put_file(source.storage_key, pending)
@@ -90,7 +91,8 @@ def submit(request: str, *, settings: Settings, kind: str | None = None, parent_
 
 
 def _plan_jobs(session: Session, submission: Submission, source: Source, settings: Settings,
-               only_platforms: Sequence[str] | None, only_pythons: Sequence[str] | None) -> list[Job]:
+               only_platforms: Sequence[str] | None, only_pythons: Sequence[str] | None,
+               priority: int = 0) -> list[Job]:
     targets = plan(name=source.name, version=source.version, sdist_sha256=source.sha256,
                    requires_python=source.requires_python, settings=settings,
                    only_platforms=only_platforms, only_pythons=only_pythons)
@@ -105,7 +107,7 @@ def _plan_jobs(session: Session, submission: Submission, source: Source, setting
             .order_by(Job.id.desc()).limit(1))
         job = Job(submission=submission, source=source, platform=t.platform, python=t.python, build_id=t.build_id,
                   engine=t.engine, recipe_name=t.recipe_name, recipe_digest=t.recipe_digest, recipe=t.options,
-                  cache_key=t.cache_key, state=JobState.QUEUED.value, attempt=1)
+                  cache_key=t.cache_key, state=JobState.QUEUED.value, attempt=1, priority=priority)
         if earlier is not None:
             job.cached_from_id = earlier.id
             if earlier.state == JobState.SUCCEEDED.value:

@@ -1,4 +1,4 @@
-"""The coordinator's Celery task: events from workers."""
+"""The coordinator's Celery tasks: events and heartbeats from workers."""
 
 from __future__ import annotations
 
@@ -8,9 +8,15 @@ from celery import shared_task
 
 from farm.config import get_settings
 from farm.coordinator.events import apply_event
-from farm.messages import EVENT_TASK, JobEvent
+from farm.coordinator.reconcile import record_heartbeat
+from farm.messages import EVENT_TASK, HEARTBEAT_TASK, Heartbeat, JobEvent
 
 
 @shared_task(name=EVENT_TASK, acks_late=True)
 def event(payload: dict[str, Any]) -> None:
     apply_event(JobEvent.model_validate(payload), get_settings())
+
+
+@shared_task(name=HEARTBEAT_TASK, acks_late=True)
+def heartbeat(payload: dict[str, Any]) -> None:
+    record_heartbeat(Heartbeat.model_validate(payload))

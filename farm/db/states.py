@@ -57,3 +57,32 @@ def check_transition(current: JobState | str, new: JobState | str) -> JobState:
     if nxt not in TRANSITIONS[cur]:
         raise StateError(f"illegal job state transition {cur.value} -> {nxt.value}")
     return nxt
+
+
+_FORWARD = frozenset({*WORKER_STEPS, S.PUBLISHING})
+
+
+def forward_path(current: JobState | str, new: JobState | str, *, max_moves: int = 2) -> list[JobState]:
+    """The moves that take a job from `current` to `new`.
+
+    The direct move when it is legal; else the shortest way forward through the worker's steps, of
+    at most `max_moves` moves, for an event that overtook the one before it (several coordinator
+    processes consume events at once: `building` may be recorded before `fetching`). A move no
+    such path explains comes back as is, so `check_transition` rejects it.
+    """
+    cur, nxt = JobState(current), JobState(new)
+    if nxt in TRANSITIONS[cur] or nxt not in _FORWARD:
+        return [nxt]
+    paths: dict[JobState, list[JobState]] = {cur: []}
+    frontier = [cur]
+    for _ in range(max_moves):
+        following = []
+        for state in frontier:
+            for step in sorted(TRANSITIONS[state] & _FORWARD):
+                if step not in paths:
+                    paths[step] = [*paths[state], step]
+                    following.append(step)
+        if nxt in paths:
+            return paths[nxt]
+        frontier = following
+    return [nxt]

@@ -17,6 +17,7 @@ from typing import Any, TextIO
 from farm.config import Settings
 from farm.db.states import JobState
 from farm.errors import InfrastructureFault, PackageFailure
+from farm.liveness import JobStopped
 from farm.messages import ArtifactReport, JobEvent, JobSpec, StagedWheel, StepReport
 from farm.recipes.schema import Options
 from farm.storage import Storage, log_key, wheel_key
@@ -91,6 +92,11 @@ def run_job(spec: JobSpec, *, settings: Settings, storage: Storage, report: Repo
             log.flush()
             _store_log(storage, key, log_path)
             steps.event(JobState.FAILED, error=str(exc), failure_kind="package", log_key=key)
+        except JobStopped as exc:  # the coordinator voided this attempt: no fault, nothing to report
+            log.write(f"\nSTOPPED: {exc}\n")
+            log.flush()
+            _store_log(storage, key, log_path)
+            raise
         except Exception as exc:
             log.write(f"\nINFRASTRUCTURE FAULT: {type(exc).__name__}: {exc}\n")
             log.flush()

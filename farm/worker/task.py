@@ -1,7 +1,9 @@
 """The build task a platform worker consumes. Plain function in, events out; no database here.
 
 Infrastructure faults are retried with backoff (the job goes back to `queued`); a package that
-fails to build or test is reported once and never retried.
+fails to build or test is reported once and never retried. While the job runs, a background thread
+sends heartbeats (farm.worker.heartbeat); an attempt the coordinator voided (cancelled, or sent
+again after this worker was thought lost) is skipped, or stopped at the next step boundary.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from celery import shared_task
 from farm.config import get_settings
 from farm.db.states import JobState
 from farm.errors import InfrastructureFault
+from farm.liveness import JobStopped, stop_reason
 from farm.messages import BUILD_TASK, COORDINATOR_QUEUE, EVENT_TASK, JobEvent, JobSpec
 from farm.storage import get_storage
+from farm.worker.heartbeat import HeartbeatThread
 from farm.worker.pipeline import run_job
 
 log = logging.getLogger(__name__)
@@ -33,10 +37,21 @@ def send_event(event: JobEvent) -> None:
 def build(self: Any, payload: dict[str, Any]) -> None:
     spec = JobSpec.model_validate(payload)
     worker = self.request.hostname or socket.gethostname()
+    settings, storage = get_settings(), get_storage()
+    voided = stop_reason(storage, spec.job_id, spec.attempt)
+    if voided:  # e.g. a message that came back after its attempt was replaced or cancelled
+        log.info("job %s attempt %s skipped: %s", spec.job_id, spec.attempt, voided)
+        return
+    beat = HeartbeatThread(spec, worker=worker, interval=settings.heartbeat_interval, storage=storage)
     try:
-        run_job(spec, settings=get_settings(), storage=get_storage(), report=send_event, worker=worker)
+        with beat:
+            run_job(spec, settings=settings, storage=storage, report=beat.guard(send_event), worker=worker)
+    except JobStopped as exc:
+        log.info("job %s attempt %s stopped: %s", spec.job_id, spec.attempt, exc)
     except InfrastructureFault as exc:
         log.warning("job %s: infrastructure fault: %s", spec.job_id, exc)
+        if beat.stop_reason:
+            return
         if self.request.retries < MAX_RETRIES:
             send_event(JobEvent(job_id=spec.job_id, attempt=spec.attempt, worker=worker,
                                 state=JobState.QUEUED.value, error=str(exc), failure_kind="infrastructure"))

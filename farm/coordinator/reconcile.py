@@ -1,0 +1,235 @@
+"""The reconciler: the database is the truth, the broker only transports.
+
+A thread in `farm coordinator` compares the two every `reconcile_interval` seconds:
+
+* a job in a running state (fetching ... uploading) with no sign of life for `lost_after` seconds
+  (no heartbeat and no event: `job.heartbeat_at`, else `updated_at`) lost its worker. It goes back
+  to `queued` through the transition table as attempt N+1 and its build message is sent again;
+* a job `queued` for `lost_after` seconds that nobody consumed (no heartbeat) while its platform's
+  queue holds no message at all lost its message (a broker that lost data, a submit whose send
+  failed after the commit). It is sent again, also as a new attempt.
+
+A job lost `MAX_ATTEMPTS` times fails (a package that kills every worker it runs on). Nothing is
+judged while the coordinator's own queue holds a backlog (the heartbeats may be in it), nor in the
+first `lost_after` seconds after the coordinator starts, nor when the broker cannot be asked.
+
+The trade-off: a worker that was only slow, or a message that was only late, makes a duplicate
+delivery. That is harmless. Its attempt is older than the job's, so the coordinator drops its
+events (farm.coordinator.events); the worker sees the stop marker (farm.liveness) before it starts
+or at its next step, and stops; publishing is idempotent by wheel hash anyway
+(farm.coordinator.publish). The cost is the duplicate's work, so `lost_after` should be many
+heartbeats long (default 60 s with a 5 s heartbeat).
+
+Queued jobs are judged only once their platform's queue is empty: a job merely waiting behind
+others is never sent again (which would put it at the back of the queue over and over); a lost
+message is noticed once the queue drains.
+
+`cancel` ends a job: state `cancelled` (terminal, so any later event is dropped and nothing is
+published), the jobs reusing it are cancelled too, jobs waiting for it as a dependency fail, and
+the stop marker tells a worker running it to stop at its next step. Celery's revoke is not used:
+the farm's workers run without remote control.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
+
+from farm.config import Settings
+from farm.coordinator import dispatch
+from farm.coordinator.events import fail
+from farm.db.models import Dependency, Job, Step, utcnow
+from farm.db.session import session_scope
+from farm.db.states import RUNNING, TERMINAL, JobState
+from farm.errors import FarmError, NotFound
+from farm.liveness import request_stop
+from farm.messages import COORDINATOR_QUEUE, Heartbeat, JobSpec
+from farm.storage import get_storage
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 5  # attempts lost (worker gone, message gone) before the job fails
+BACKLOG_LIMIT = 200  # coordinator queue messages above which liveness is not judged
+BATCH = 500  # jobs handled per pass
+_RUNNING = [s.value for s in RUNNING]
+_TERMINAL = [s.value for s in TERMINAL]
+
+Sizes = Callable[[Iterable[str]], dict[str, int | None]]
+
+
+@dataclass
+class Pass:
+    requeued: list[int] = field(default_factory=list)  # running, worker lost: sent again
+    resent: list[int] = field(default_factory=list)  # queued, message lost: sent again
+    failed: list[int] = field(default_factory=list)  # lost too often
+    skipped: str | None = None  # why nothing was judged
+
+
+def record_heartbeat(beat: Heartbeat) -> bool:
+    """Note a sign of life of the attempt a worker runs; False when that attempt no longer counts."""
+    with session_scope() as session:
+        result = session.execute(
+            update(Job).where(Job.id == beat.job_id, Job.attempt == beat.attempt, Job.state.notin_(_TERMINAL))
+            .values(heartbeat_at=utcnow(), updated_at=Job.updated_at))  # a heartbeat is no state change
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def queue_sizes(queues: Iterable[str]) -> dict[str, int | None]:
+    """Messages waiting in each queue (None for every queue when the broker cannot be asked)."""
+    from amqp.exceptions import ChannelError
+
+    from farm.coordinator.app import get_app
+
+    names = list(dict.fromkeys(queues))
+    sizes: dict[str, int | None] = {}
+    try:
+        with get_app().connection_for_read() as conn:
+            conn.ensure_connection(max_retries=1)
+            channel = conn.channel()
+            for name in names:
+                try:
+                    sizes[name] = channel.queue_declare(queue=name, passive=True).message_count
+                except ChannelError:  # no such queue: nothing waits in it
+                    sizes[name] = 0
+                    channel = conn.channel()
+            channel.close()
+    except Exception as exc:
+        log.warning("reconciler: the broker cannot be asked for queue sizes: %s", exc)
+        return dict.fromkeys(names)
+    return sizes
+
+
+def reconcile_once(settings: Settings, *, sizes: Sizes = queue_sizes) -> Pass:
+    """One pass: send again what the broker lost, or what a lost worker held."""
+    cutoff = utcnow() - dt.timedelta(seconds=settings.lost_after)
+    stale_queued = (Job.state == JobState.QUEUED.value, Job.cached_from_id.is_(None), Job.updated_at < cutoff,
+                    or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff))
+    with session_scope() as session:
+        platforms = set(session.scalars(select(Job.platform).where(*stale_queued).distinct()))
+    waiting = sizes([COORDINATOR_QUEUE, *sorted(platforms)])
+    backlog = waiting.get(COORDINATOR_QUEUE)
+    if backlog is None:
+        return Pass(skipped="the broker cannot be asked")
+    if backlog > BACKLOG_LIMIT:
+        return Pass(skipped=f"{backlog} messages wait for the coordinator; liveness is not judged")
+    result = Pass()
+    specs: list[JobSpec] = []
+    stops: list[tuple[int, int]] = []
+    with session_scope() as session:
+        last_sign = func.coalesce(Job.heartbeat_at, Job.updated_at)
+        lost = session.scalars(select(Job).where(Job.state.in_(_RUNNING), last_sign < cutoff)
+                               .order_by(Job.id).limit(BATCH).with_for_update(skip_locked=True)).all()
+        drained = [p for p in platforms if waiting.get(p) == 0]
+        unconsumed = session.scalars(select(Job).where(*stale_queued, Job.platform.in_(drained))
+                                     .order_by(Job.id).limit(BATCH).with_for_update(skip_locked=True)).all()
+        for job, kind in [*((j, "worker") for j in lost), *((j, "message") for j in unconsumed)]:
+            specs += _again(session, job, kind, result, stops, settings)
+    storage = get_storage()
+    for job_id, below in stops:
+        request_stop(storage, job_id, below=below, reason=f"attempt {below} replaced the older ones")
+    dispatch.send(specs)
+    return result
+
+
+def _again(session: Session, job: Job, kind: str, result: Pass, stops: list[tuple[int, int]],
+           settings: Settings) -> list[JobSpec]:
+    """Send `job` again as a new attempt (or fail it when it was lost too often)."""
+    now = utcnow()
+    seen = job.heartbeat_at or job.updated_at
+    age = (now - seen).total_seconds() if seen else 0.0
+    what = (f"attempt {job.attempt}: no sign of life from {job.worker or 'its worker'} for {age:.0f} s"
+            if kind == "worker" else f"attempt {job.attempt}: queued {age:.0f} s and nobody took its message")
+    for step in session.scalars(select(Step).where(Step.job_id == job.id, Step.attempt == job.attempt,
+                                                   Step.outcome == "running")):
+        step.outcome, step.finished_at = "lost", now
+    if job.attempt >= MAX_ATTEMPTS:
+        log.warning("job %s: %s; lost %s times, failing it", job.id, what, job.attempt)
+        result.failed.append(job.id)
+        stops.append((job.id, job.attempt + 1))
+        return fail(session, job, f"{what}; gave up after {job.attempt} lost attempts", "infrastructure")
+    if job.state != JobState.QUEUED.value:
+        job.move(JobState.QUEUED)
+    job.attempt += 1
+    job.heartbeat_at, job.worker, job.started_at = None, None, None
+    job.error = f"{what}; sent again as attempt {job.attempt}"
+    log.warning("job %s: %s", job.id, job.error)
+    (result.requeued if kind == "worker" else result.resent).append(job.id)
+    stops.append((job.id, job.attempt))
+    session.flush()
+    return [dispatch.job_spec(job, settings, resume="verify" if job.staged.get("wheels") else "build")]
+
+
+def cancel(job_id: int, settings: Settings) -> str:
+    """Cancel a job that has not ended; say what was cancelled."""
+    specs: list[JobSpec] = []
+    cancelled: list[int] = []
+    with session_scope() as session:
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is None:
+            raise NotFound(f"no job {job_id}")
+        if job.state in _TERMINAL:
+            raise FarmError(f"job {job_id} already ended: {job.state}")
+        specs += _cancel(session, job, "cancelled", cancelled)
+    storage = get_storage()
+    for jid in cancelled:
+        request_stop(storage, jid, below=None, reason="the job was cancelled")
+    dispatch.send(specs)
+    also = f" (and job{'s' if len(cancelled) > 2 else ''} {', '.join(map(str, cancelled[1:]))} reusing it)" \
+        if len(cancelled) > 1 else ""
+    return f"job {job_id}: cancelled{also}"
+
+
+def _cancel(session: Session, job: Job, reason: str, cancelled: list[int]) -> list[JobSpec]:
+    job.move(JobState.CANCELLED)
+    job.finished_at, job.error = utcnow(), reason
+    cancelled.append(job.id)
+    followups: list[JobSpec] = []
+    for follower in session.scalars(select(Job).where(Job.cached_from_id == job.id,
+                                                      Job.state == JobState.QUEUED.value)):
+        followups += _cancel(session, follower, f"the identical build, job {job.id}, was cancelled", cancelled)
+    for dep in session.scalars(select(Dependency).where(Dependency.dep_job_id == job.id,
+                                                        Dependency.state == "waiting")):
+        dep.state, dep.reason = "unavailable", f"job {job.id} was cancelled"
+        if dep.job.state == JobState.DEP_WAIT.value:
+            followups += fail(session, dep.job, f"dependency {dep.requirement} will not be built "
+                              f"(job {job.id} was cancelled)", "dependency")
+    return followups
+
+
+class Reconciler(threading.Thread):
+    """Runs `reconcile_once` every `reconcile_interval` s, the first time `lost_after` s after start."""
+
+    def __init__(self, settings: Settings, *, first_after: float | None = None) -> None:
+        super().__init__(name="reconciler", daemon=True)
+        self.settings = settings
+        self.first_after = settings.lost_after if first_after is None else first_after
+        self.passes: list[Pass] = []
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        if self._stop.wait(self.first_after):
+            return
+        while True:
+            started = time.monotonic()
+            try:
+                done = reconcile_once(self.settings)
+                if done.requeued or done.resent or done.failed:
+                    log.warning("reconciler: sent again %s (worker lost), %s (message lost); failed %s",
+                                done.requeued, done.resent, done.failed)
+                elif done.skipped:
+                    log.info("reconciler: %s", done.skipped)
+                self.passes = [*self.passes[-99:], done]
+            except Exception:
+                log.exception("reconciler pass failed")
+            if self._stop.wait(max(0.0, self.settings.reconcile_interval - (time.monotonic() - started))):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
