@@ -377,6 +377,10 @@ def parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database").add_subparsers(dest="db_command", required=True)
     s = db.add_parser("upgrade", help="apply migrations")
     s.set_defaults(func=cmd_db_upgrade)
+
+    from farm.cli_index import add_commands as add_index_commands  # init verify yank promote publish-to ...
+
+    add_index_commands(sub)
     return p
 
 

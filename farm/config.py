@@ -58,6 +58,18 @@ class ImageConfig(BaseModel):
     pythons: list[str]
 
 
+class UploadTarget(BaseModel):
+    """Another index the farm uploads wheels to, with the legacy upload API (twine's protocol)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    url: str = Field(description="upload URL, e.g. http://host:8080/ (pypiserver) or http://host:3141/USER/INDEX/ (devpi)")
+    username: str = ""
+    password: str = ""
+    password_env: str = Field("", description="an environment variable holding the password (instead of `password`)")
+    channel: str | None = Field(None, description="promotions into this channel upload here automatically")
+    index_url: str = Field("", description="its simple index, to confirm an upload is listed; default: not checked")
+
+
 DEFAULT_IMAGES: dict[str, list[ImageConfig]] = {
     "linux-x86_64": [ImageConfig(image="quay.io/pypa/manylinux_2_28_x86_64",
                                  pythons=["cp39", "cp310", "cp311", "cp312", "cp313"])],
@@ -114,6 +126,21 @@ class Settings(BaseSettings):
     build_memory: str = Field("4g", description="memory limit of a build container")
     build_pids: int = 4096
     cibuildwheel_timeout: float = 3600.0
+
+    # Index: channels, virtual indexes, provenance links, upload targets, retention --------------
+    # (farm/index/channels.py, farm/index/targets.py, farm/records.py; docs/index.md)
+    public_url: str = Field("", description="the index's public base URL (absolute PEP 740 provenance links); default http://api_host:api_port/")
+    channels: list[str] = Field(default_factory=lambda: ["staging", "stable"],
+                                description="channels, lowest first; builds publish to the first, which is also /simple/")
+    channel_requirements: dict[str, list[str]] = Field(default_factory=lambda: {"stable": ["linux-x86_64"]},
+                                                       description="platforms a version must be verified on to enter a channel")
+    virtual_indexes: dict[str, list[str]] = Field(
+        default_factory=lambda: {"prod": ["stable"], "dev": ["staging", "stable"]},
+        description="indexes merged from channels in order (first wins per file name), served at /<name>/simple/")
+    upload_targets: dict[str, UploadTarget] = Field(default_factory=dict, description="other indexes (`farm publish-to`)")
+    gc_keep_versions: dict[str, int] = Field(default_factory=lambda: {"staging": 10},
+                                             description="`farm gc`: newest versions kept per project in these channels")
+    gc_min_age_days: float = Field(14.0, description="`farm gc`: files and logs younger than this are never removed")
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):  # type: ignore[override]

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from farm.config import Settings
 from farm.db.models import Artifact, Job, Provenance, utcnow
-from farm.index import simple
+from farm.index import channels, simple
 from farm.messages import ArtifactReport
 from farm.storage import get_storage
 from farm.util.hashing import canonical_json, sha256_bytes
@@ -61,7 +61,13 @@ def publish(session: Session, job: Job, artifacts: list[ArtifactReport], setting
             storage_tmp = folder / f".{report.filename}.provenance.json.{uuid.uuid4().hex}.tmp"
             storage_tmp.write_bytes(statement)
             storage_tmp.replace(folder / f"{report.filename}.provenance.json")
-            simple.publish(settings.index, project, wheel)
+            signed, keyid = channels.sign(settings, statement)  # here: workers do not hold the farm's key
+            channels.write_provenance(folder / report.filename, signed)
+            entry = simple.publish(settings.index, project, wheel,
+                                   provenance_url=channels.provenance_url(settings, project, report.filename))
+            art.metadata_sha256 = entry.metadata_sha256
+            art.provenance.envelope, art.provenance.keyid = signed, keyid
+            channels.on_publish(session, settings, art, wheel)  # first channel; virtual indexes over it
         art.published_at = utcnow()
         published.append(art)
     return published

@@ -2,7 +2,9 @@
 
     /simple/                  the project list      (HTML or JSON, by the Accept header)
     /simple/<project>/        one project's files   (HTML or JSON, by the Accept header)
-    /files/<project>/<file>   the distributions and their `.metadata` files
+    /files/<project>/<file>   the distributions and their `.metadata` and `.provenance` files
+    /keys/farm.pub            the farm's public key (farm/signing.py)
+    /<tree>/simple/ ...       channels and virtual indexes (farm/index/channels.py)
 
 `/simple` and `/simple/<project>` redirect to the slash form, and non-normalized project names to
 the normalized one. Pages are read whole before the response starts, so a page that is replaced
@@ -22,6 +24,7 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from farm.index.serve_trees import tree_dispatcher
 from farm.index.simple import HTML_TYPE, JSON_TYPE
 
 TEXT_HTML = "text/html"
@@ -86,8 +89,9 @@ def negotiate(accept: str | None, offers: Sequence[str] = OFFERS) -> str | None:
     return chosen
 
 
-def index_app(root: Path) -> Starlette:
-    """An ASGI app serving the index below `root` (see `farm.index.simple` for the layout)."""
+def index_app(root: Path, *, trees: bool = True) -> Starlette:
+    """An ASGI app serving the index below `root` (see `farm.index.simple` for the layout), and with
+    `trees` the channel and virtual-index trees below it at /<name>/simple/ (farm/index/serve_trees.py)."""
     root = Path(root)
     simple = root / "simple"
 
@@ -141,6 +145,9 @@ def index_app(root: Path) -> Starlette:
             Route("/simple/{project}", add_slash, methods=methods),
             Route("/simple/{project}/", project_page, methods=methods),
             Mount("/files", app=StaticFiles(directory=root / "files", check_dir=False), name="files"),
+            Mount("/keys", app=StaticFiles(directory=root / "keys", check_dir=False), name="keys"),
+            *([Mount("/{tree}", app=tree_dispatcher(root, lambda folder: index_app(folder, trees=False)))]
+              if trees else []),
         ]
     )
 

@@ -6,6 +6,7 @@ Layout below `root`::
     simple/<project>/index.html, index.json          one project's files (PEP 503, 592, 658, 691, 700, 714)
     files/<project>/<filename>                       the distributions
     files/<project>/<filename>.metadata              each wheel's core metadata (PEP 658 / PEP 714)
+    files/<project>/<filename>.provenance            its signed provenance, PEP 740 layout (farm/signing.py)
 
 `<project>` is always the normalized name. Links are relative (`../../files/...`), so the tree can be
 served under any prefix. Every page is written to a temporary file in its own directory and moved
@@ -75,6 +76,7 @@ class IndexFile:
     metadata_sha256: str | None = None
     yanked: str | bool = False
     upload_time: datetime | None = None
+    provenance_url: str | None = None  # PEP 740: where its signed provenance is (farm/signing.py)
 
     def __post_init__(self) -> None:
         _check_filename(self.filename)
@@ -97,7 +99,7 @@ class IndexFile:
 # Placing files ---------------------------------------------------------------------------------
 
 
-def add_file(root: Path, project: str, wheel: Path) -> IndexFile:
+def add_file(root: Path, project: str, wheel: Path, *, provenance_url: str | None = None) -> IndexFile:
     """Put `wheel` into `root/files/<project>/` with its `.metadata` file; return its index entry.
 
     The file is hard-linked when `wheel` is on the same file system, else copied under a temporary
@@ -136,6 +138,7 @@ def add_file(root: Path, project: str, wheel: Path) -> IndexFile:
         requires_python=requires_python,
         metadata_sha256=metadata_sha256,
         upload_time=datetime.now(timezone.utc),
+        provenance_url=provenance_url,
     )
 
 
@@ -244,7 +247,8 @@ def list_projects(root: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if (p / "index.json").is_file())
 
 
-def publish(root: Path, project: str, wheel: Path, *, replace: bool = True) -> IndexFile:
+def publish(root: Path, project: str, wheel: Path, *, replace: bool = True,
+            provenance_url: str | None = None) -> IndexFile:
     """Add one file to the index: place it, rewrite its project's pages and the project list.
 
     Serialized per index by a lock file, so concurrent publishers do not lose each other's files.
@@ -255,7 +259,7 @@ def publish(root: Path, project: str, wheel: Path, *, replace: bool = True) -> I
         current = read_project(root, name)
         if not replace and any(f.filename == Path(wheel).name for f in current):
             raise PublishError(f"{name}: {Path(wheel).name} is already published")
-        entry = add_file(root, name, wheel)
+        entry = add_file(root, name, wheel, provenance_url=provenance_url)
         write_project(root, name, [*(f for f in current if f.filename != entry.filename), entry])
         if name not in _listed_projects(root):
             write_root(root, list_projects(root))
@@ -359,6 +363,8 @@ def render_project_html(project: str, files: Sequence[IndexFile]) -> bytes:
         if f.yanked:
             reason = f.yanked if isinstance(f.yanked, str) else ""
             attrs.append(f' data-yanked="{esc(reason)}"')
+        if f.provenance_url:
+            attrs.append(f' data-provenance="{esc(f.provenance_url)}"')
         attrs.append(f">{esc(f.filename)}</a><br>\n")
         out.append("".join(attrs))
     out.append("  </body>\n</html>\n")
@@ -387,6 +393,8 @@ def project_json(project: str, files: Sequence[IndexFile]) -> dict[str, Any]:
         entry["size"] = f.size
         if f.upload_time is not None:
             entry["upload-time"] = _time(f.upload_time)
+        if f.provenance_url:
+            entry["provenance"] = f.provenance_url
         entries.append(entry)
         v = _version_of(f.filename)
         if v is not None:
@@ -427,6 +435,7 @@ def _from_json(entry: dict[str, Any]) -> IndexFile:
         metadata_sha256=meta.get("sha256") if isinstance(meta, dict) else None,
         yanked=entry.get("yanked", False),
         upload_time=_parse_time(t) if t else None,
+        provenance_url=entry.get("provenance") or None,
     )
 
 

@@ -1,0 +1,340 @@
+"""Channels and virtual indexes: which published wheels each index tree lists.
+
+Every tree is a complete static index written by `farm.index.simple` (`simple/`, `files/`, `keys/`)::
+
+    index/                 the first channel (default "staging"): served at /simple/ and /staging/simple/
+    index/<channel>/       each other channel (default "stable"): /stable/simple/
+    index/<virtual>/       each virtual index: its channels merged in order, the first listing a file
+                           name wins (devpi inheritance); default prod = [stable], dev = [staging, stable]
+    index/trees.json       tree names -> folders (the server reads it; people and nginx can too)
+
+The first channel stays at the top of the index because every build lands there and the workers
+verify against it (`Settings.verify_index_url`); its old URLs keep working. Files in the other trees
+are hard links to the same stored wheel (copies across file systems).
+
+The database is the truth: a `ChannelEntry(artifact, channel)` row puts a wheel into a channel.
+`regenerate` rewrites one project's pages in the trees from it (yank, promote, gc); publishing adds
+to the first channel incrementally (`on_publish`). Page entries whose file name the database does
+not know yet (a publish whose transaction is still open) are kept, so a regeneration racing a
+publish never drops the new file; files are never deleted here, only by `farm gc`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from packaging.utils import canonicalize_name
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from farm.config import Settings
+from farm.db.models import Artifact, ChannelEntry, Provenance, utcnow
+from farm.errors import ConfigError
+from farm.index import simple
+from farm.index.simple import IndexFile
+from farm.util.hashing import sha256_bytes
+
+TREES_JSON = "trees.json"
+SIDECARS = ("", ".metadata", ".provenance", ".provenance.json")
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+_RESERVED = {"simple", "files", "keys", "api", "health", "docs", "openapi.json", "redoc"}
+
+
+@dataclass(frozen=True)
+class Layout:
+    index: Path
+    channels: tuple[str, ...]
+    virtual: dict[str, tuple[str, ...]] = field(hash=False)
+    base_url: str
+
+    @property
+    def first(self) -> str:
+        return self.channels[0]
+
+    def trees(self) -> list[str]:
+        return [*self.channels, *self.virtual]
+
+    def tree(self, name: str) -> Path:
+        return self.index if name == self.first else self.index / name
+
+    def prefix(self, name: str) -> str:
+        """The tree's URL path below the index's base URL ("" for the first channel)."""
+        return "" if name == self.first else f"{name}/"
+
+    def containing(self, channel: str) -> list[str]:
+        """The trees that list `channel`'s wheels: itself and the virtual indexes that include it."""
+        return [channel, *(v for v, members in self.virtual.items() if channel in members)]
+
+    def members(self, tree: str) -> tuple[str, ...]:
+        return (tree,) if tree in self.channels else self.virtual[tree]
+
+    def provenance_url(self, tree: str, project: str, filename: str) -> str:
+        return f"{self.base_url}{self.prefix(tree)}files/{project}/{quote(filename)}.provenance"
+
+
+def layout(settings: Settings) -> Layout:
+    """The channel layout of `settings`, checked (a ConfigError names every problem)."""
+    problems: list[str] = []
+    channels = tuple(settings.channels)
+    if not channels:
+        problems.append("channels: at least one channel is needed")
+    names = [*channels, *settings.virtual_indexes]
+    for n in names:
+        if not _NAME.fullmatch(n) or n in _RESERVED:
+            problems.append(f"{n!r}: not usable as a channel or index name (lowercase letters, digits, . _ -; "
+                            f"not {', '.join(sorted(_RESERVED))})")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        problems.append(f"names used twice (channels and virtual indexes share one namespace): {dupes}")
+    for v, members in settings.virtual_indexes.items():
+        unknown = [m for m in members if m not in channels]
+        if unknown or not members:
+            problems.append(f"virtual_indexes.{v}: {unknown or 'no channels'} are not channels {list(channels)}")
+    for ch in settings.channel_requirements:
+        if ch not in channels:
+            problems.append(f"channel_requirements.{ch}: not a channel {list(channels)}")
+    for t, target in settings.upload_targets.items():
+        if target.channel is not None and target.channel not in channels:
+            problems.append(f"upload_targets.{t}.channel: {target.channel!r} is not a channel {list(channels)}")
+    if problems:
+        raise ConfigError("channel configuration:\n  " + "\n  ".join(problems))
+    base = settings.public_url or f"http://{settings.api_host}:{settings.api_port}/"
+    return Layout(index=settings.index, channels=channels,
+                  virtual={k: tuple(v) for k, v in settings.virtual_indexes.items()},
+                  base_url=base if base.endswith("/") else base + "/")
+
+
+def provenance_url(settings: Settings, project: str, filename: str) -> str:
+    """The provenance URL of a file in the first channel (the top-level tree)."""
+    lay = layout(settings)
+    return lay.provenance_url(lay.first, project, filename)
+
+
+def ensure_trees(settings: Settings) -> Layout:
+    """Write `trees.json`, an (empty) project list and the public key into every tree that lacks them."""
+    from farm import signing
+
+    lay = layout(settings)
+    doc = {"default": lay.first, "channels": list(lay.channels), "virtual": {k: list(v) for k, v in lay.virtual.items()},
+           "trees": {t: (lay.prefix(t).rstrip("/") or ".") for t in lay.trees()}}
+    data = json.dumps(doc, indent=1).encode() + b"\n"
+    path = lay.index / TREES_JSON
+    lay.index.mkdir(parents=True, exist_ok=True)
+    try:
+        same = path.read_bytes() == data
+    except FileNotFoundError:
+        same = False
+    if not same:
+        simple._atomic_write(path, data)
+    try:
+        public = signing.farm_public_key(settings.home)
+    except signing.SigningError:
+        public = None
+    for t in lay.trees():
+        tree = lay.tree(t)
+        if not (tree / "simple" / "index.json").is_file():
+            with simple._lock(lay.index):
+                if not (tree / "simple" / "index.json").is_file():
+                    simple.write_root(tree, simple.list_projects(tree))
+        if public is not None and not (tree / "keys" / signing.PUB_FILE).is_file():
+            signing.publish_public_key(public, tree)
+    return lay
+
+
+# Publishing into the first channel ---------------------------------------------------------------
+
+
+def sign(settings: Settings, statement: bytes) -> tuple[dict[str, Any], str]:
+    """The signed provenance object for a canonical-JSON statement, and the key id (coordinator only)."""
+    from farm import signing
+
+    key, created = signing.ensure_key(settings.home)
+    if created:
+        ensure_trees(settings)  # publishes the new public key into every tree
+    obj = signing.provenance_object(key, statement)
+    return obj, obj["attestation_bundles"][0]["attestations"][0]["verification_material"]["keyid"]
+
+
+def write_provenance(wheel_target: Path, obj: dict[str, Any]) -> None:
+    """`<wheel>.provenance` beside the (future) wheel, written atomically."""
+    simple._atomic_write(wheel_target.with_name(wheel_target.name + ".provenance"), provenance_bytes(obj))
+
+
+def provenance_bytes(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def on_publish(session: Session, settings: Settings, art: Artifact, wheel: Path) -> None:
+    """`art` was just added to the top-level tree: record it in the first channel, add it to the
+    virtual indexes that list that channel (unless an earlier channel of one shadows its name)."""
+    lay = ensure_trees(settings)
+    for other in session.scalars(select(ChannelEntry).join(Artifact).where(
+            ChannelEntry.channel == lay.first, Artifact.filename == art.filename, Artifact.id != art.id)):
+        session.delete(other)  # the page now lists the new file under this name
+    session.add(ChannelEntry(artifact=art, channel=lay.first, added_by="publish"))
+    session.flush()
+    src = lay.tree(lay.first) / "files" / art.name
+    for v in lay.containing(lay.first)[1:]:
+        earlier = lay.virtual[v][: lay.virtual[v].index(lay.first)]
+        if earlier and session.scalar(select(ChannelEntry.id).join(Artifact).where(
+                ChannelEntry.channel.in_(earlier), Artifact.filename == art.filename).limit(1)):
+            continue
+        tree = lay.tree(v)
+        _link_sidecars(src, tree / "files" / art.name, art.filename)
+        simple.publish(tree, art.name, wheel, provenance_url=lay.provenance_url(v, art.name, art.filename))
+
+
+# Regeneration from the database --------------------------------------------------------------------
+
+
+@dataclass
+class _Row:
+    artifact: Artifact
+    channel: str
+    added_at: Any
+    signed: bool
+
+
+def _rows(session: Session, project: str) -> tuple[dict[str, dict[str, _Row]], set[str]]:
+    """Per channel the live artifacts of `project` by file name (newest entry wins), and every file name
+    the database knows for the project (removed ones included)."""
+    q = (select(Artifact, ChannelEntry.channel, ChannelEntry.added_at, Provenance.keyid)
+         .join(ChannelEntry, ChannelEntry.artifact_id == Artifact.id)
+         .outerjoin(Provenance, Provenance.artifact_id == Artifact.id)
+         .where(Artifact.name == project, Artifact.removed_at.is_(None))
+         .order_by(ChannelEntry.added_at, Artifact.id))
+    by_channel: dict[str, dict[str, _Row]] = {}
+    for art, channel, added_at, keyid in session.execute(q):
+        by_channel.setdefault(channel, {})[art.filename] = _Row(art, channel, added_at, keyid is not None)
+    known = set(session.scalars(select(Artifact.filename).where(Artifact.name == project)))
+    return by_channel, known
+
+
+def tree_rows(lay: Layout, tree: str, by_channel: dict[str, dict[str, _Row]]) -> dict[str, _Row]:
+    merged: dict[str, _Row] = {}
+    for ch in lay.members(tree):
+        for filename, row in by_channel.get(ch, {}).items():
+            merged.setdefault(filename, row)
+    return merged
+
+
+def regenerate(session: Session, settings: Settings, project: str, trees: Iterable[str] | None = None) -> None:
+    """Rewrite `project`'s pages in `trees` (default: all) from the database, placing missing files."""
+    lay = ensure_trees(settings)
+    name = canonicalize_name(project)
+    by_channel, known = _rows(session, name)
+    with simple._lock(lay.index):
+        for t in trees if trees is not None else lay.trees():
+            tree = lay.tree(t)
+            rows = tree_rows(lay, t, by_channel)
+            entries = [_entry(session, lay, t, name, row) for row in rows.values()]
+            inflight = [f for f in simple.read_project(tree, name) if f.filename not in known]
+            for row in rows.values():
+                _place(session, lay, tree, row)
+            files = [*entries, *inflight]
+            listed = name in simple.list_projects(tree)
+            if files:
+                simple.write_project(tree, name, files)
+                if not listed:
+                    simple.write_root(tree, simple.list_projects(tree))
+            elif listed:
+                shutil.rmtree(tree / "simple" / name, ignore_errors=True)
+                simple.write_root(tree, simple.list_projects(tree))
+
+
+def _entry(session: Session, lay: Layout, tree: str, project: str, row: _Row) -> IndexFile:
+    art = row.artifact
+    if art.metadata_sha256 is None:  # published before the digest was recorded
+        meta = _metadata_bytes(session, lay, art)
+        art.metadata_sha256 = sha256_bytes(meta) if meta is not None else None
+    t = row.added_at
+    return IndexFile(filename=art.filename, sha256=art.sha256, size=art.size, requires_python=art.requires_python,
+                     metadata_sha256=art.metadata_sha256, yanked=False if art.yanked is None else (art.yanked or True),
+                     upload_time=t, provenance_url=lay.provenance_url(tree, project, art.filename) if row.signed else None)
+
+
+def _metadata_bytes(session: Session, lay: Layout, art: Artifact) -> bytes | None:
+    for t in lay.trees():
+        p = lay.tree(t) / "files" / art.name / f"{art.filename}.metadata"
+        if p.is_file():
+            return p.read_bytes()
+    wheel = _source_wheel(lay, art)
+    return simple.wheel_metadata(wheel) if wheel is not None else None
+
+
+def _source_wheel(lay: Layout, art: Artifact) -> Path | None:
+    from farm.storage import get_storage
+
+    local = get_storage().local_path(art.storage_key)
+    if local is not None and local.is_file():
+        return local
+    for t in lay.trees():
+        p = lay.tree(t) / "files" / art.name / art.filename
+        if p.is_file():
+            return p
+    return None
+
+
+def _place(session: Session, lay: Layout, tree: Path, row: _Row) -> None:
+    """Make sure the wheel and its sidecar files are in `tree/files/<project>/`."""
+    art = row.artifact
+    folder = tree / "files" / art.name
+    target = folder / art.filename
+    if target.is_file() and target.stat().st_size == art.size and (folder / f"{art.filename}.metadata").is_file() \
+            and (not row.signed or (folder / f"{art.filename}.provenance").is_file()):
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    src = _source_wheel(lay, art)
+    if src is None:
+        raise FileNotFoundError(f"{art.filename}: no copy in storage or any index tree")
+    if not (target.is_file() and _same(src, target)):
+        simple._place(src, target)
+    meta = _metadata_bytes(session, lay, art)
+    if meta is not None:
+        simple._atomic_write(folder / f"{art.filename}.metadata", meta)
+    prov = session.scalar(select(Provenance).where(Provenance.artifact_id == art.id))
+    if prov is not None and prov.envelope is not None:
+        simple._atomic_write(folder / f"{art.filename}.provenance", provenance_bytes(prov.envelope))
+
+
+def _link_sidecars(src_folder: Path, dest_folder: Path, filename: str) -> None:
+    dest_folder.mkdir(parents=True, exist_ok=True)
+    for suffix in (".provenance", ".provenance.json"):
+        src = src_folder / f"{filename}{suffix}"
+        if src.is_file():
+            dest = dest_folder / f"{filename}{suffix}"
+            if not (dest.is_file() and _same(src, dest)):
+                simple._place(src, dest)
+
+
+def _same(a: Path, b: Path) -> bool:
+    with contextlib.suppress(OSError):
+        return os.path.samefile(a, b)
+    return False
+
+
+def artifacts_in(session: Session, channel: str, name: str | None = None) -> list[Artifact]:
+    """The live artifacts a channel lists (optionally of one project)."""
+    q = (select(Artifact).join(ChannelEntry).where(ChannelEntry.channel == channel, Artifact.removed_at.is_(None)))
+    if name is not None:
+        q = q.where(Artifact.name == canonicalize_name(name))
+    return list(session.scalars(q))
+
+
+def add_entries(session: Session, arts: Iterable[Artifact], channel: str, by: str) -> list[Artifact]:
+    added = []
+    for art in arts:
+        if not any(e.channel == channel for e in art.channels):
+            art.channels.append(ChannelEntry(channel=channel, added_at=utcnow(), added_by=by))
+            added.append(art)
+    session.flush()
+    return added

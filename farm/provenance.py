@@ -1,0 +1,209 @@
+"""`farm verify`: check a wheel against its signed provenance.
+
+Four checks, each with a reason a person can act on:
+
+signature     the `.provenance` document's DSSE signature verifies with the farm's public key (or
+              the key given with --key); the PEP 740 and DSSE forms in it agree
+subject       the signed statement names this wheel: file name, and sha256 of the file's bytes
+sdist         the sdist the statement names is one the farm recorded (Source, by sha256, with the same
+              name and version), and when it came from an upstream index, that index still lists the
+              file with the same sha256 (skipped with --offline)
+verification  the statement records that the wheel passed the farm's verification (install + tests)
+
+When the signature fails nothing in the statement is trusted, so the other checks are not run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from farm import signing
+from farm.config import Settings
+from farm.db.models import Artifact, Provenance, Source
+from farm.errors import FarmError, NotFound, UpstreamError
+from farm.util.hashing import sha256_file
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool | None  # None: skipped
+    detail: str
+
+
+@dataclass
+class Report:
+    wheel: str
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(c.ok is not False for c in self.checks)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"wheel": self.wheel, "ok": self.ok, "checks": [c.__dict__ for c in self.checks]}
+
+
+def load_keys(settings: Settings, key: Path | None) -> dict[str, Ed25519PublicKey]:
+    if key is not None:
+        pub = signing.load_public(Path(key).read_bytes(), str(key))
+    else:
+        try:
+            pub = signing.farm_public_key(settings.home)
+        except signing.SigningError:
+            published = settings.index / "keys" / signing.PUB_FILE
+            if not published.is_file():
+                raise
+            pub = signing.load_public(published.read_bytes(), str(published))
+    return {signing.keyid_of(pub): pub}
+
+
+def find_provenance(settings: Settings, session: Session | None, wheel: Path) -> tuple[dict[str, Any], str]:
+    """The provenance document for `wheel` and where it came from: beside it, in the index, in the DB."""
+    candidates = [wheel.with_name(wheel.name + ".provenance")]
+    try:
+        project = canonicalize_name(parse_wheel_filename(wheel.name)[0])
+    except InvalidWheelFilename:
+        project = None
+    if project is not None:
+        candidates.append(settings.index / "files" / project / f"{wheel.name}.provenance")
+        candidates += sorted(settings.index.glob(f"*/files/{project}/{wheel.name}.provenance"))
+    for path in candidates:
+        if path.is_file():
+            return _read_json(path), str(path)
+    if session is not None:
+        envelope = session.scalar(select(Provenance.envelope).join(Artifact)
+                                  .where(Artifact.filename == wheel.name, Provenance.envelope.is_not(None))
+                                  .order_by(Artifact.id.desc()).limit(1))
+        if envelope is not None:
+            return envelope, "the farm's database"
+    raise NotFound(f"no provenance for {wheel.name} (looked beside it, in {settings.index}, in the database)")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_bytes())
+    except ValueError as exc:
+        raise signing.SigningError(f"{path}: not JSON: {exc}") from exc
+
+
+def verify_wheel(wheel: Path, *, settings: Settings, session: Session | None, keys: dict[str, Ed25519PublicKey],
+                 provenance: Path | None = None, offline: bool = False) -> Report:
+    wheel = Path(wheel)
+    report = Report(wheel=wheel.name)
+    if not wheel.is_file():
+        report.checks.append(Check("wheel", False, f"{wheel}: no such file"))
+        return report
+    try:
+        doc, origin = (_read_json(provenance), str(provenance)) if provenance else find_provenance(settings, session, wheel)
+        verified = signing.verify_provenance(doc, keys)
+    except FarmError as exc:
+        report.checks.append(Check("signature", False, str(exc)))
+        return report
+    report.checks.append(Check("signature", True, f"signed by the farm key {verified.keyid[:16]} (ed25519, DSSE); "
+                                                  f"provenance from {origin}"))
+    statement = verified.statement
+    report.checks.append(_check_subject(wheel, statement))
+    report.checks.append(_check_sdist(statement, settings=settings, session=session, offline=offline))
+    report.checks.append(_check_verification(statement))
+    return report
+
+
+def _check_subject(wheel: Path, statement: dict[str, Any]) -> Check:
+    try:
+        subject = statement["subject"][0]
+        name, digest = subject["name"], subject["digest"]["sha256"]
+    except (KeyError, IndexError, TypeError):
+        return Check("subject", False, "the signed statement has no subject with a sha256 digest")
+    actual = sha256_file(wheel)
+    if actual != digest:
+        return Check("subject", False, f"the wheel's sha256 {actual} is not the signed subject digest {digest}: "
+                                       "the wheel was changed after it was signed (or is another build)")
+    if name != wheel.name:
+        return Check("subject", False, f"the signed subject is {name!r}, not {wheel.name!r}")
+    return Check("subject", True, f"sha256 {actual} matches the signed subject")
+
+
+def _check_sdist(statement: dict[str, Any], *, settings: Settings, session: Session | None, offline: bool) -> Check:
+    try:
+        build = statement["predicate"]["buildDefinition"]
+        src = build["externalParameters"]["source"]
+        name, version, filename, digest = src["name"], src["version"], src["filename"], src["digest"]["sha256"]
+    except (KeyError, TypeError):
+        return Check("sdist", False, "the signed statement does not name its sdist (name, version, digest)")
+    if session is None:
+        return Check("sdist", None, f"not checked: no database to compare {filename} (sha256 {digest[:16]}) with")
+    source = session.scalar(select(Source).where(Source.sha256 == digest))
+    if source is None:
+        return Check("sdist", False, f"the farm has no record of an sdist with sha256 {digest} ({filename})")
+    if source.name != canonicalize_name(name) or source.version != version:
+        return Check("sdist", False, f"the statement names {name} {version}, the farm's record of sha256 {digest[:16]} "
+                                     f"is {source.name} {source.version}")
+    if not source.upstream_url:
+        return Check("sdist", True, f"{filename} sha256 {digest[:16]} is the farm's record #{source.id} "
+                                    "(submitted as a file, no upstream record)")
+    if offline:
+        return Check("sdist", True, f"{filename} sha256 {digest[:16]} is the farm's record #{source.id}; "
+                                    "upstream not asked (--offline)")
+    upstream = (build.get("internalParameters") or {}).get("upstreamIndex") or settings.upstream_index
+    try:
+        listed = _upstream_digest(upstream, source.name, source.filename)
+    except UpstreamError as exc:
+        return Check("sdist", False, f"cannot check {source.filename} upstream: {exc}")
+    if listed != digest:
+        return Check("sdist", False, f"{upstream} lists {source.filename} with sha256 {listed}, the signed statement "
+                                     f"has {digest}")
+    return Check("sdist", True, f"{filename} sha256 {digest[:16]} matches the farm's record #{source.id} and {upstream}")
+
+
+def _upstream_digest(index_url: str, name: str, filename: str) -> str:
+    from farm.index.upstream import Upstream
+
+    with Upstream(index_url) as up:
+        for f in up.project_files(name):
+            if f.filename == filename:
+                if not f.sha256:
+                    raise UpstreamError(f"{index_url} lists {filename} without a sha256")
+                return f.sha256.lower()
+    raise UpstreamError(f"{index_url} no longer lists {filename}")
+
+
+def _check_verification(statement: dict[str, Any]) -> Check:
+    try:
+        byproducts = statement["predicate"]["runDetails"]["byproducts"]
+        record = next(b["annotations"] for b in byproducts if b.get("name") == "verification")
+    except (KeyError, TypeError, StopIteration):
+        return Check("verification", False, "the signed statement records no verification result")
+    if record.get("passed") is not True:
+        return Check("verification", False, "the recorded verification did not pass: "
+                                            f"{str(record.get('detail') or record)[-300:]}")
+    platform = (statement["predicate"]["buildDefinition"].get("externalParameters", {}).get("target") or {}).get("platform")
+    what = ", ".join(f"{k} {v}" for k, v in record.items() if k in ("imports", "testCommand") and v)
+    return Check("verification", True, f"passed on {platform or '?'}" + (f" ({what})" if what else ""))
+
+
+def wheels_of(settings: Settings, session: Session, name: str, version: str) -> list[Path]:
+    """The files of every live artifact of NAME==VERSION (from the index trees, else storage)."""
+    from farm.index.channels import layout
+    from farm.storage import get_storage
+
+    arts = list(session.scalars(select(Artifact).where(Artifact.name == canonicalize_name(name),
+                                                       Artifact.version == version, Artifact.removed_at.is_(None))))
+    if not arts:
+        raise NotFound(f"the farm has no published wheel of {name}=={version}")
+    lay = layout(settings)
+    out = []
+    for art in arts:
+        served = [lay.tree(t) / "files" / art.name / art.filename for t in lay.trees()]
+        stored = get_storage().local_path(art.storage_key)
+        found = [p for p in [*served, stored] if p is not None and p.is_file()]
+        out.append(found[0] if found else Path(art.filename))
+    return out

@@ -1,0 +1,217 @@
+"""Signed provenance: the farm's key, DSSE envelopes in PEP 740-shaped documents served beside each
+wheel, the index attributes pointing at them, and `farm verify` failing with a reason for a tampered
+wheel, a tampered statement and a wrong key."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+from pypi_simple import ProjectPage
+
+from farm import signing
+from farm.cli import main
+from tests.index_helpers import make_wheel, publish_wheel
+
+HOST = "http://127.0.0.1:8477/"
+
+
+@pytest.fixture
+def settings(farm_home: Path):  # type: ignore[no-untyped-def]
+    from farm.cli import ensure_db
+    from farm.config import get_settings
+
+    assert main(["init"]) == 0
+    ensure_db()
+    return get_settings()
+
+
+def test_dsse_pae_matches_the_spec() -> None:
+    # The example from the DSSE protocol document.
+    assert signing.pae("http://example.com/HelloWorld", b"hello world") == \
+        b"DSSEv1 29 http://example.com/HelloWorld 11 hello world"
+    assert signing.pae("t", b"") == b"DSSEv1 1 t 0 "
+
+
+def test_init_makes_a_private_key_and_publishes_the_public_one(farm_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["init"]) == 0
+    out = capsys.readouterr().out
+    keys = farm_home / "keys"
+    private = keys / "farm.key"
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o700
+    key = signing.load_private(private)
+    kid = signing.keyid_of(key.public_key())
+    assert kid in out
+    for tree in ("", "stable/", "prod/", "dev/"):
+        pub = farm_home / "index" / tree / "keys" / "farm.pub"
+        assert signing.keyid_of(signing.load_public(pub.read_bytes())) == kid
+        doc = json.loads((pub.parent / "farm.json").read_text())
+        assert doc["keys"][0]["keyid"] == kid and doc["keys"][0]["algorithm"] == "ed25519"
+    trees = json.loads((farm_home / "index" / "trees.json").read_text())
+    assert trees["trees"] == {"staging": ".", "stable": "stable", "prod": "prod", "dev": "dev"}
+    # Idempotent: the key is kept.
+    before = private.read_bytes()
+    assert main(["init"]) == 0
+    assert private.read_bytes() == before and "existing" in capsys.readouterr().out
+
+
+def test_a_readable_private_key_is_refused(farm_home: Path) -> None:
+    key, _ = signing.ensure_key(farm_home)
+    path = farm_home / "keys" / "farm.key"
+    path.chmod(0o644)
+    with pytest.raises(signing.SigningError, match="readable by others"):
+        signing.load_private(path)
+
+
+def test_publish_signs_and_the_pages_point_at_the_provenance(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    wheel = make_wheel(tmp_path / "src", "sigdemo", "1.0")
+    publish_wheel(settings, wheel, version="1.0")
+    folder = settings.index / "files" / "sigdemo"
+    doc = json.loads((folder / f"{wheel.name}.provenance").read_bytes())
+    public = signing.farm_public_key(settings.home)
+    kid = signing.keyid_of(public)
+    verified = signing.verify_provenance(doc, {kid: public})
+    # The signed payload is exactly the unsigned statement served before (and its recorded digest).
+    assert verified.payload == (folder / f"{wheel.name}.provenance.json").read_bytes()
+    assert verified.statement["subject"][0]["name"] == wheel.name
+    att = doc["attestation_bundles"][0]["attestations"][0]
+    assert doc["version"] == 1 and att["version"] == 1
+    assert doc["attestation_bundles"][0]["publisher"]["kind"] == "wheel-farm"
+    assert att["dsse_envelope"]["payloadType"] == "application/vnd.in-toto+json"
+    assert att["dsse_envelope"]["signatures"][0]["keyid"] == kid == att["verification_material"]["keyid"]
+    assert att["envelope"]["statement"] == att["dsse_envelope"]["payload"]
+    # Pages: HTML data-provenance and JSON "provenance", absolute (PEP 740), parsed by pypi-simple.
+    url = f"{HOST}files/sigdemo/{wheel.name}.provenance"
+    page_dir = settings.index / "simple" / "sigdemo"
+    base = f"{HOST}simple/sigdemo/"
+    for page in (ProjectPage.from_html("sigdemo", (page_dir / "index.html").read_text(), base_url=base),
+                 ProjectPage.from_json_data(json.loads((page_dir / "index.json").read_bytes()), base_url=base)):
+        (pkg,) = page.packages
+        assert pkg.provenance_url == url
+    # The same wheel in the dev virtual index links to its own copy.
+    dev = json.loads((settings.index / "dev" / "simple" / "sigdemo" / "index.json").read_bytes())
+    assert dev["files"][0]["provenance"] == f"{HOST}dev/files/sigdemo/{wheel.name}.provenance"
+    assert (settings.index / "dev" / "files" / "sigdemo" / f"{wheel.name}.provenance").is_file()
+    from farm.db.models import Provenance
+    from farm.db.session import session_scope
+
+    with session_scope() as s:
+        prov = s.query(Provenance).one()
+        assert prov.keyid == kid and prov.envelope == doc
+
+
+def _verify(*args: str) -> tuple[int, str]:
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["verify", *args])
+    return code, out.getvalue()
+
+
+@pytest.fixture
+def published(settings, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
+    wheel = make_wheel(tmp_path / "src", "sigdemo", "2.0")
+    publish_wheel(settings, wheel, version="2.0")
+    return settings.index / "files" / "sigdemo" / wheel.name
+
+
+def test_verify_good_wheel_passes(published: Path) -> None:
+    code, out = _verify(str(published), "--offline")
+    assert code == 0, out
+    assert out.count("ok  ") == 4 and "verified" in out and "submitted as a file" in out
+    code, out = _verify("sigdemo==2.0", "--offline")
+    assert code == 0, out
+
+
+def test_verify_tampered_wheel_fails(published: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "out" / published.name
+    copy.parent.mkdir()
+    shutil.copy(published, copy)
+    with open(copy, "ab") as fh:
+        fh.write(b"\0")
+    code, out = _verify(str(copy), "--offline")
+    assert code == 1 and "NOT VERIFIED" in out
+    assert "FAIL  subject" in out and "changed after it was signed" in out
+
+
+def test_verify_tampered_statement_fails(published: Path, tmp_path: Path) -> None:
+    doc = json.loads(Path(f"{published}.provenance").read_bytes())
+    att = doc["attestation_bundles"][0]["attestations"][0]
+    statement = json.loads(base64.b64decode(att["dsse_envelope"]["payload"]))
+    statement["predicate"]["runDetails"]["byproducts"][2]["annotations"]["passed"] = True
+    statement["predicate"]["buildDefinition"]["externalParameters"]["source"]["version"] = "9.9"
+    forged = base64.b64encode(json.dumps(statement).encode()).decode()
+    att["dsse_envelope"]["payload"] = att["envelope"]["statement"] = forged
+    path = tmp_path / "forged.provenance"
+    path.write_text(json.dumps(doc))
+    code, out = _verify(str(published), "--offline", "--provenance", str(path))
+    assert code == 1 and "FAIL  signature" in out and "statement or the signature was changed" in out
+    # Only one of the two forms edited: also caught.
+    doc = json.loads(Path(f"{published}.provenance").read_bytes())
+    doc["attestation_bundles"][0]["attestations"][0]["envelope"]["statement"] = forged
+    path.write_text(json.dumps(doc))
+    code, out = _verify(str(published), "--offline", "--provenance", str(path))
+    assert code == 1 and "disagree" in out
+
+
+def test_verify_wrong_key_fails(published: Path, tmp_path: Path) -> None:
+    other, _ = signing.ensure_key(tmp_path / "other-farm")
+    pub = tmp_path / "other.pub"
+    pub.write_bytes(signing.public_pem(other.public_key()))
+    code, out = _verify(str(published), "--offline", "--key", str(pub))
+    assert code == 1 and "FAIL  signature" in out and "not by the expected key" in out
+    # A document signed by another key, checked against the farm's key.
+    statement = base64.b64decode(json.loads(Path(f"{published}.provenance").read_bytes())
+                                 ["attestation_bundles"][0]["attestations"][0]["envelope"]["statement"])
+    path = tmp_path / "other.provenance"
+    path.write_text(json.dumps(signing.provenance_object(other, statement)))
+    code, out = _verify(str(published), "--offline", "--provenance", str(path))
+    assert code == 1 and "not by the expected key" in out
+
+
+def test_verify_failed_verification_and_unknown_sdist(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    wheel = make_wheel(tmp_path / "src", "sigbad", "1.0")
+    publish_wheel(settings, wheel, version="1.0", passed=False)
+    code, out = _verify("sigbad==1.0", "--offline")
+    assert code == 1 and "FAIL  verification" in out and "did not pass" in out
+    from farm.db.models import Source
+    from farm.db.session import session_scope
+
+    with session_scope() as s:
+        s.query(Source).filter_by(name="sigbad").one().sha256 = "0" * 64
+    code, out = _verify("sigbad==1.0", "--offline")
+    assert "FAIL  sdist" in out and "no record of an sdist" in out
+
+
+def test_verify_checks_the_upstream_record(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The sdist digest is compared with what the upstream index lists (a local index here)."""
+    import hashlib
+
+    from farm.index.serve import index_app
+    from farm.index.simple import IndexFile, write_project, write_root
+    from tests.test_index import _Server
+
+    upstream = tmp_path / "upstream"
+    sdist_sha = hashlib.sha256(b"the real sdist").hexdigest()
+    write_project(upstream, "sigup", [IndexFile(filename="sigup-1.0.tar.gz", sha256=sdist_sha, size=14)])
+    write_root(upstream, ["sigup"])
+    with _Server(index_app(upstream, trees=False)) as server:
+        wheel = make_wheel(tmp_path / "src", "sigup", "1.0")
+        publish_wheel(settings, wheel, version="1.0", sdist_sha256=sdist_sha, upstream_index=server.url,
+                      upstream_url=server.url.replace("/simple/", "/files/sigup/sigup-1.0.tar.gz"))
+        code, out = _verify("sigup==1.0")
+        assert code == 0, out
+        assert f"matches the farm's record #1 and {server.url}" in out
+        # The upstream index now lists other bytes under that name.
+        write_project(upstream, "sigup", [IndexFile(filename="sigup-1.0.tar.gz", sha256="1" * 64, size=14)])
+        code, out = _verify("sigup==1.0")
+        assert code == 1 and "FAIL  sdist" in out and "1111111111" in out
+        code, out = _verify("sigup==1.0", "--offline")
+        assert code == 0 and "--offline" in out
