@@ -1,0 +1,207 @@
+"""Yanking (PEP 592) and promotion between channels, with the promotion gate.
+
+Both change the database first; the caller commits and then rewrites the project's pages with
+`channels.regenerate` (only that project), so pages never show what was not committed.
+
+Promotion of NAME==VERSION into a channel (above the first) adds every live, unyanked wheel of
+that version that sits in a lower channel. It is refused, with every reason, when
+
+- the version was not verified on each platform `channel_requirements[channel]` lists, or
+- a wheel's Requires-Dist (markers evaluated for the wheel's own Python and platform, extras
+  ignored) cannot be satisfied from the target channel: a wheel may not rise above the level of
+  its dependencies. The refusal says where a matching dependency waits ("staging has 1.17.0").
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from packaging.markers import default_environment
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from farm.config import Settings
+from farm.db.models import Artifact, ChannelEntry, Job
+from farm.errors import FarmError, NotFound
+from farm.index.channels import add_entries, layout
+
+
+class PromotionRefused(FarmError):
+    exit_code = 8
+
+    def __init__(self, what: str, channel: str, reasons: list[str]) -> None:
+        self.reasons = reasons
+        super().__init__(f"{what} may not enter {channel}:\n  " + "\n  ".join(reasons))
+
+
+def parse_pin(text: str) -> tuple[str, str]:
+    """NAME==VERSION -> (normalized name, version as written)."""
+    name, sep, version = text.partition("==")
+    if not sep or not name.strip() or not version.strip() or any(c in version for c in "<>=!~*,; "):
+        raise FarmError(f"{text!r}: expected NAME==VERSION")
+    return canonicalize_name(name.strip()), version.strip()
+
+
+def live_artifacts(session: Session, name: str, version: str) -> list[Artifact]:
+    arts = list(session.scalars(
+        select(Artifact).where(Artifact.name == name, Artifact.removed_at.is_(None))
+        .options(selectinload(Artifact.channels), selectinload(Artifact.job))))
+    try:
+        wanted: Any = Version(version)
+        return [a for a in arts if _same_version(a.version, wanted)]
+    except InvalidVersion:
+        return [a for a in arts if a.version == version]
+
+
+def _same_version(v: str, wanted: Version) -> bool:
+    try:
+        return Version(v) == wanted
+    except InvalidVersion:
+        return False
+
+
+# Yank ----------------------------------------------------------------------------------------------
+
+
+def yank(session: Session, pin: str, *, reason: str | None, undo: bool = False) -> tuple[str, list[Artifact]]:
+    """Mark every wheel of NAME==VERSION yanked (with `reason`, may be empty) or, with `undo`, not."""
+    name, version = parse_pin(pin)
+    arts = live_artifacts(session, name, version)
+    if not arts:
+        raise NotFound(f"the farm has no published wheel of {name}=={version}")
+    for a in arts:
+        a.yanked = None if undo else (reason or "")
+    session.flush()
+    return name, arts
+
+
+# Promote -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Promotion:
+    name: str
+    version: str
+    channel: str
+    added: list[Artifact] = field(default_factory=list)
+    already: list[Artifact] = field(default_factory=list)
+    skipped_yanked: list[Artifact] = field(default_factory=list)
+
+
+def promote(session: Session, settings: Settings, pin: str, to: str, *, by: str = "farm promote") -> Promotion:
+    lay = layout(settings)
+    name, version = parse_pin(pin)
+    if to not in lay.channels:
+        raise FarmError(f"{to!r} is not a channel (channels: {', '.join(lay.channels)})")
+    level = lay.channels.index(to)
+    if level == 0:
+        raise FarmError(f"{to!r} is the first channel: builds are published there, nothing is promoted into it")
+    below = set(lay.channels[:level])
+    arts = live_artifacts(session, name, version)
+    result = Promotion(name=name, version=version, channel=to)
+    result.already = [a for a in arts if any(e.channel == to for e in a.channels)]
+    candidates = [a for a in arts if a not in result.already and any(e.channel in below for e in a.channels)]
+    result.skipped_yanked = [a for a in candidates if a.yanked is not None]
+    candidates = [a for a in candidates if a.yanked is None]
+    if not candidates:
+        if result.already:
+            return result
+        if not arts:
+            raise NotFound(f"the farm has no published wheel of {name}=={version}")
+        raise PromotionRefused(f"{name} {version}", to, [
+            "every wheel of it is yanked" if result.skipped_yanked else f"none of its wheels is in {', '.join(sorted(below))}"])
+    reasons = gate(session, settings, to, candidates + result.already)
+    if reasons:
+        raise PromotionRefused(f"{name} {version}", to, reasons)
+    result.added = add_entries(session, candidates, to, by)
+    return result
+
+
+def gate(session: Session, settings: Settings, to: str, arts: list[Artifact]) -> list[str]:
+    """Every reason `arts` (the wheels of one version) may not be in channel `to`; empty: they may."""
+    reasons: list[str] = []
+    required = settings.channel_requirements.get(to, [])
+    verified = sorted({a.job.platform for a in arts if a.verified})
+    missing = [p for p in required if p not in verified]
+    if missing:
+        reasons.append(f"not verified on {', '.join(missing)} (required for {to}; verified on: "
+                       f"{', '.join(verified) or 'nothing'})")
+    lay = layout(settings)
+    lower = [c for c in lay.channels if c != to]
+    seen: set[str] = set()
+    for a in arts:
+        env = marker_environment(a.job)
+        for text in a.requires_dist or []:
+            try:
+                req = Requirement(text)
+            except InvalidRequirement:
+                reasons.append(f"{a.filename}: unreadable Requires-Dist {text!r}")
+                continue
+            if req.marker is not None and not req.marker.evaluate({**env, "extra": ""}):
+                continue
+            dep = canonicalize_name(req.name)
+            if dep == a.name or f"{dep}{req.specifier}" in seen:
+                continue
+            seen.add(f"{dep}{req.specifier}")
+            if _satisfied(session, to, dep, req):
+                continue
+            where = [f"{c} has {v}" for c in lower if (v := _best(session, c, dep, req))]
+            hint = f" ({'; '.join(where)}: promote it first)" if where else ""
+            reasons.append(f"requires {req.name}{req.specifier or ''}, which {to} does not have{hint}")
+    return reasons
+
+
+def _candidates(session: Session, channel: str, dep: str) -> list[Artifact]:
+    return list(session.scalars(select(Artifact).join(ChannelEntry).where(
+        ChannelEntry.channel == channel, Artifact.name == dep, Artifact.removed_at.is_(None),
+        Artifact.yanked.is_(None))))
+
+
+def _matches(req: Requirement, version: str) -> bool:
+    try:
+        return req.specifier.contains(Version(version), prereleases=True)
+    except InvalidVersion:
+        return False
+
+
+def _satisfied(session: Session, channel: str, dep: str, req: Requirement) -> bool:
+    return any(_matches(req, a.version) for a in _candidates(session, channel, dep))
+
+
+def _best(session: Session, channel: str, dep: str, req: Requirement) -> str | None:
+    versions = sorted({Version(a.version) for a in _candidates(session, channel, dep) if _matches(req, a.version)})
+    return str(versions[-1]) if versions else None
+
+
+_PY = re.compile(r"(cp|pp|py)(\d)(\d+)")
+_PLATFORMS = {  # platform-name prefix -> sys_platform, platform_system, os_name
+    "linux": ("linux", "Linux", "posix"), "musllinux": ("linux", "Linux", "posix"),
+    "manylinux": ("linux", "Linux", "posix"), "macos": ("darwin", "Darwin", "posix"),
+    "windows": ("win32", "Windows", "nt"), "win": ("win32", "Windows", "nt"),
+}
+
+
+def marker_environment(job: Job | None) -> dict[str, str]:
+    """PEP 508 marker values for the Python and platform a wheel was built and verified for."""
+    env = dict(default_environment())
+    if job is None:
+        return env
+    m = _PY.fullmatch(job.python or "")
+    if m:
+        env["python_version"] = f"{m.group(2)}.{m.group(3)}"
+        env["python_full_version"] = f"{m.group(2)}.{m.group(3)}.0"
+        if m.group(1) == "pp":
+            env["implementation_name"], env["platform_python_implementation"] = "pypy", "PyPy"
+        elif m.group(1) == "cp":
+            env["implementation_name"], env["platform_python_implementation"] = "cpython", "CPython"
+    system, _, machine = (job.platform or "").partition("-")
+    if system in _PLATFORMS:
+        env["sys_platform"], env["platform_system"], env["os_name"] = _PLATFORMS[system]
+    if machine:
+        env["platform_machine"] = machine
+    return env
