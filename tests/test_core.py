@@ -177,7 +177,8 @@ def test_broker_keeps_one_senders_order(tmp_path: Path) -> None:
 
     q = tmp_path / "q"
     q.mkdir()
-    opts = {"data_folder_in": str(q), "data_folder_out": str(q), "processed_folder": str(tmp_path)}
+    opts = {"data_folder_in": str(q), "data_folder_out": str(q), "processed_folder": str(tmp_path),
+            "control_folder": str(tmp_path / "control")}
     with Connection("farmfs://", transport_options=opts) as conn:
         queue = Queue("jobs", routing_key="jobs")
         producer = conn.Producer()
