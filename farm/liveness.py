@@ -43,7 +43,7 @@ def stop_reason(storage: Storage, job_id: int, attempt: int) -> str | None:
         data = json.loads(storage.read_bytes(stop_key(job_id)))
     except NotFound:
         return None
-    except Exception as exc:  # storage unreachable, a torn file: keep working, the events decide
+    except Exception as exc:  # noqa: BLE001 - storage unreachable, a torn file: keep working, the events decide
         log.warning("job %s: stop marker unreadable: %s", job_id, exc)
         return None
     below = data.get("below")

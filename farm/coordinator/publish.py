@@ -35,7 +35,7 @@ def publish(session: Session, job: Job, artifacts: list[ArtifactReport], setting
             continue
         project = canonicalize_name(parse_wheel_filename(report.filename)[0])
         statement = canonical_json(report.provenance)
-        art = Artifact(job=job, filename=report.filename, sha256=report.sha256, size=report.size, name=project,
+        art = Artifact(job_id=job.id, filename=report.filename, sha256=report.sha256, size=report.size, name=project,
                        version=job.source.version, tags=report.tags, requires_python=report.requires_python,
                        requires_dist=report.requires_dist, storage_key=report.storage_key, verified=True)
         try:

@@ -20,8 +20,10 @@ or at its next step, and stops; publishing is idempotent by wheel hash anyway
 (farm.coordinator.publish). The cost is the duplicate's work, so `lost_after` should be many
 heartbeats long (default 60 s with a 5 s heartbeat).
 
-Queued jobs are judged only once their platform's queue is empty: a job merely waiting behind
-others is never sent again (which would put it at the back of the queue over and over); a lost
+Queued jobs are judged only once their platform's queue has been empty for a quiet period (two
+heartbeats and a pass): a job merely waiting behind others is never sent again (which would put it
+at the back of the queue over and over), and a message a worker took a moment ago has time to show
+it (its first event comes within milliseconds, a heartbeat within `heartbeat_interval`). A lost
 message is noticed once the queue drains.
 
 `cancel` ends a job: state `cancelled` (terminal, so any later event is dropped and nothing is
@@ -100,14 +102,20 @@ def queue_sizes(queues: Iterable[str]) -> dict[str, int | None]:
                     sizes[name] = 0
                     channel = conn.channel()
             channel.close()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any broker trouble means: judge nothing this time
         log.warning("reconciler: the broker cannot be asked for queue sizes: %s", exc)
         return dict.fromkeys(names)
     return sizes
 
 
-def reconcile_once(settings: Settings, *, sizes: Sizes = queue_sizes) -> Pass:
+_EMPTY_SINCE: dict[str, float] = {}  # platform queue -> since when (monotonic) it was seen empty
+
+
+def reconcile_once(settings: Settings, *, sizes: Sizes = queue_sizes,
+                   empty_since: dict[str, float] | None = None) -> Pass:
     """One pass: send again what the broker lost, or what a lost worker held."""
+    empty_since = _EMPTY_SINCE if empty_since is None else empty_since
+    quiet = 2 * settings.heartbeat_interval + settings.reconcile_interval
     cutoff = utcnow() - dt.timedelta(seconds=settings.lost_after)
     stale_queued = (Job.state == JobState.QUEUED.value, Job.cached_from_id.is_(None), Job.updated_at < cutoff,
                     or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff))
@@ -126,7 +134,13 @@ def reconcile_once(settings: Settings, *, sizes: Sizes = queue_sizes) -> Pass:
         last_sign = func.coalesce(Job.heartbeat_at, Job.updated_at)
         lost = session.scalars(select(Job).where(Job.state.in_(_RUNNING), last_sign < cutoff)
                                .order_by(Job.id).limit(BATCH).with_for_update(skip_locked=True)).all()
-        drained = [p for p in platforms if waiting.get(p) == 0]
+        now = time.monotonic()
+        for platform in platforms:
+            if waiting.get(platform) == 0:
+                empty_since.setdefault(platform, now)
+            else:
+                empty_since.pop(platform, None)
+        drained = [p for p in platforms if p in empty_since and now - empty_since[p] >= quiet]
         unconsumed = session.scalars(select(Job).where(*stale_queued, Job.platform.in_(drained))
                                      .order_by(Job.id).limit(BATCH).with_for_update(skip_locked=True)).all()
         for job, kind in [*((j, "worker") for j in lost), *((j, "message") for j in unconsumed)]:

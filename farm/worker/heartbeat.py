@@ -13,9 +13,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Self
 
 from farm.liveness import JobStopped, stop_reason
-from farm.messages import COORDINATOR_QUEUE, HEARTBEAT_TASK, Heartbeat, JobEvent, JobSpec
+from farm.messages import (
+    COORDINATOR_QUEUE,
+    HEARTBEAT_TASK,
+    Heartbeat,
+    JobEvent,
+    JobSpec,
+)
 from farm.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -42,7 +49,7 @@ class HeartbeatThread(threading.Thread):
                 self.send(Heartbeat(job_id=self.spec.job_id, attempt=self.spec.attempt, worker=self.worker,
                                     sent_at=time.time()))
                 self.beats += 1
-            except Exception as exc:  # the broker is away: the next beat tries again
+            except Exception as exc:  # noqa: BLE001 - the broker is away: the next beat tries again
                 log.warning("job %s: heartbeat not sent: %s", self.spec.job_id, exc)
             if self.stop_reason is None:
                 self.stop_reason = stop_reason(self.storage, self.spec.job_id, self.spec.attempt)
@@ -65,7 +72,7 @@ class HeartbeatThread(threading.Thread):
 
         return guarded
 
-    def __enter__(self) -> HeartbeatThread:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

@@ -1,0 +1,367 @@
+"""Faults injected into a real distributed farm: PostgreSQL, our own redis-server, and separate
+`farm coordinator` / `farm worker` processes (tests/cluster.py), building real sdists.
+
+Injected: a worker SIGKILLed in the middle of a build, the broker restarted while jobs wait in it,
+the coordinator SIGKILLed and restarted while jobs run, a build message lost after the commit, 50
+submissions at once to two coordinator processes, an sdist missing from storage (an infrastructure
+fault: retried) next to a package that does not build (not retried), a cancel in the middle of a
+build, two publishers racing for one wheel. After each: every job ends as it should, each wheel is
+published once (one artifact row, one index entry with the right sha256, no orphan). The session
+ends with a summary of faults, jobs, lost and duplicated.
+
+Timing for the tests: heartbeat 1 s, reconciler every 1 s, lost after 8 s.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cluster import Cluster, RedisServer, drop_database, pg_database
+from tests.conftest import make_project, make_sdist
+
+pytestmark = [pytest.mark.slow, pytest.mark.network]
+
+PLATFORM = "linux-x86_64"
+SLOW = {"farmtest-slow-a": 6, "farmtest-slow-b1": 5, "farmtest-slow-b2": 5, "farmtest-slow-c1": 6,
+        "farmtest-slow-c2": 6, "farmtest-slow-e1": 6, "farmtest-slow-e2": 10, "farmtest-slow-h": 8}
+SUMMARY: dict[str, Any] = {"faults": [], "jobs": 0, "lost": 0, "duplicated": 0}
+
+
+class _SummaryPlugin:
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not SUMMARY["faults"] and not SUMMARY["jobs"]:
+            return
+        tr = terminalreporter
+        tr.section("faults injected into the distributed farm")
+        for fault in SUMMARY["faults"]:
+            tr.write_line(f"  fault: {fault}")
+        tr.write_line(f"  jobs: {SUMMARY['jobs']}  lost: {SUMMARY['lost']}  duplicated: {SUMMARY['duplicated']}")
+
+
+def account(cluster: Cluster, fault: str, jobs: dict[int, dict[str, Any]], expect: str = "succeeded") -> None:
+    """Add one test's outcome to the summary: jobs not ending `expect` are lost; a wheel with more than one
+    artifact row or index entry is duplicated."""
+    arts = cluster.rows("SELECT filename, count(*) AS n FROM artifact WHERE job_id = ANY(:ids) GROUP BY filename",
+                        ids=list(jobs))
+    per_file = {r["filename"]: r["n"] for r in arts}
+    SUMMARY["faults"].append(fault)
+    SUMMARY["jobs"] += len(jobs)
+    SUMMARY["lost"] += sum(1 for j in jobs.values() if j["state"] != expect)
+    listed = _listed_counts(cluster)
+    SUMMARY["duplicated"] += sum(n - 1 for n in per_file.values()) + sum(listed.get(f, 0) - 1 for f in per_file
+                                                                           if listed.get(f, 0) > 1)
+
+
+def _listed_counts(cluster: Cluster) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for page in (cluster.home / "index" / "simple").glob("*/index.json"):
+        for f in json.loads(page.read_text())["files"]:
+            counts[f["filename"]] = counts.get(f["filename"], 0) + 1
+    return counts
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    if not request.config.pluginmanager.has_plugin("farm-fault-summary"):
+        request.config.pluginmanager.register(_SummaryPlugin(), "farm-fault-summary")
+    root = tmp_path_factory.mktemp("faults")
+    recipes = root / "recipes"
+    recipes.mkdir()
+    for name, seconds in SLOW.items():
+        (recipes / f"{name}.toml").write_text(f'before-build = ["sleep {seconds}"]\n')
+    redis = RedisServer(root / "redis")
+    redis.start()
+    db_name, db_url = pg_database("farmtest_faults")
+    c = Cluster(root, db_url, redis.url, settings={
+        "FARM_HEARTBEAT_INTERVAL": "1", "FARM_RECONCILE_INTERVAL": "1", "FARM_LOST_AFTER": "8",
+        "FARM_RECIPES_DIRS": json.dumps([str(recipes)])})
+    c.redis = redis  # type: ignore[attr-defined]
+    try:
+        c.launch("coordinator", "w1", "w2")
+        yield c
+    finally:
+        c.stop_all()
+        redis.stop()
+        drop_database(db_name)
+
+
+@pytest.fixture(scope="module")
+def in_process(cluster: Cluster) -> Iterator[None]:
+    """This process as a farm client of the cluster (for submit() from threads, publish races)."""
+    from farm.config import reset_settings
+    from farm.coordinator.app import reset_app
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in cluster.env.items():
+            if key.startswith("FARM_"):
+                mp.setenv(key, value)
+        reset_settings()
+        reset_app()
+        yield
+    reset_settings()
+    reset_app()
+
+
+@pytest.fixture(autouse=True)
+def _all_running(cluster: Cluster) -> None:
+    """Each test starts with the coordinator and both workers up (a test may have killed one)."""
+    dead = [n for n in ("coordinator", "w1", "w2") if cluster.procs[n].poll() is not None]
+    if dead:
+        cluster.launch(*dead)
+
+
+def sdists(root: Path, names: list[str], **kw: Any) -> list[Path]:
+    root.mkdir(parents=True, exist_ok=True)
+
+    def one(name: str) -> Path:
+        return make_sdist(make_project(root / "src", name, c_extension=False, **kw), root / "dist" / name)
+
+    with ThreadPoolExecutor(4) as pool:
+        return list(pool.map(one, names))
+
+
+def submit(cluster: Cluster, *paths: Path, args: tuple[str, ...] = ()) -> list[int]:
+    res = cluster.farm("submit", *args, *map(str, paths))
+    assert res.returncode == 0, res.stdout + res.stderr
+    return [int(m) for m in re.findall(r"^job (\d+):", res.stdout, re.MULTILINE)]
+
+
+def published_once(cluster: Cluster, ids: list[int]) -> None:
+    arts = cluster.rows("SELECT job_id, filename FROM artifact WHERE job_id = ANY(:ids)", ids=ids)
+    assert sorted(a["job_id"] for a in arts) == sorted(ids), arts  # one wheel per job, exactly once
+    assert cluster.index_problems() == []
+
+
+def started(cluster: Cluster, job_id: int) -> float:
+    """When the job's current attempt started fetching (the worker's clock)."""
+    (row,) = cluster.rows("SELECT s.started_at FROM step s JOIN job j ON j.id = s.job_id "
+                          "WHERE j.id = :id AND s.attempt = j.attempt AND s.name = 'fetching'", id=job_id)
+    return row["started_at"].timestamp()
+
+
+def test_worker_killed_mid_build_the_job_completes_elsewhere_published_once(cluster: Cluster, tmp_path: Path) -> None:
+    (sd,) = sdists(tmp_path, ["farmtest-slow-a"])
+    (job,) = submit(cluster, sd)
+    victim = cluster.wait_state(job, {"building"}, 60)["worker"].split("@")[0]
+    time.sleep(1.5)  # inside the recipe's `sleep 6`
+    cluster.kill(victim)
+    done = cluster.wait_done([job], 120)
+    account(cluster, "worker SIGKILLed in the middle of a build", done)
+    j = done[job]
+    assert j["state"] == "succeeded", j["error"]
+    assert j["attempt"] == 2 and not j["worker"].startswith(victim + "@")  # the reconciler sent attempt 2
+    published_once(cluster, [job])
+    lost_steps = cluster.rows("SELECT name FROM step WHERE job_id = :id AND attempt = 1 AND outcome = 'lost'", id=job)
+    assert [s["name"] for s in lost_steps] == ["building"]
+
+
+def test_broker_restart_while_jobs_are_queued_loses_none(cluster: Cluster, tmp_path: Path) -> None:
+    slow = sdists(tmp_path / "slow", ["farmtest-slow-b1", "farmtest-slow-b2"])
+    fast = sdists(tmp_path / "fast", [f"farmtest-fast-b{i}" for i in range(4)])
+    ids = submit(cluster, *slow)
+    for job in ids:
+        cluster.wait_state(job, {"building"}, 60)
+    ids += submit(cluster, *fast)
+    redis: RedisServer = cluster.redis  # type: ignore[attr-defined]
+    # Prefetch 1 with late ack: the busy workers hold no further message, all four wait in Redis.
+    assert redis.queue_length(PLATFORM) == 4
+    redis.restart(down_for=2.0)
+    assert redis.queue_length(PLATFORM) == 4  # the append-only file kept them
+    done = cluster.wait_done(ids, 240)
+    account(cluster, "broker (redis-server) restarted with 4 jobs queued and 2 building", done)
+    assert {j["state"] for j in done.values()} == {"succeeded"}, {i: j["error"] for i, j in done.items()}
+    published_once(cluster, ids)
+
+
+def test_coordinator_killed_and_restarted_while_jobs_run_loses_nothing(cluster: Cluster, tmp_path: Path) -> None:
+    paths = sdists(tmp_path, ["farmtest-slow-c1", "farmtest-slow-c2", "farmtest-fast-c1", "farmtest-fast-c2",
+                              "farmtest-fast-c3"])
+    ids = submit(cluster, *paths)
+    cluster.wait_state(ids[0], {"building"}, 60)
+    cluster.kill("coordinator")
+    time.sleep(3)  # workers go on; their events wait in Redis
+    cluster.launch("coordinator")
+    done = cluster.wait_done(ids, 240)
+    account(cluster, "coordinator SIGKILLed and restarted with 2 jobs building and 3 queued", done)
+    assert {j["state"] for j in done.values()} == {"succeeded"}, {i: j["error"] for i, j in done.items()}
+    published_once(cluster, ids)
+
+
+def test_a_build_message_lost_after_the_commit_is_sent_again(cluster: Cluster, tmp_path: Path, in_process: None,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from farm.config import get_settings
+    from farm.coordinator import dispatch
+    from farm.coordinator.submit import submit as submit_fn
+
+    (sd,) = sdists(tmp_path, ["farmtest-lostmsg"])
+    monkeypatch.setattr(dispatch, "send", lambda specs: None)  # the broker never hears of it
+    job = submit_fn(str(sd), settings=get_settings()).jobs[0][0]
+    monkeypatch.undo()
+    done = cluster.wait_done([job], 120)
+    account(cluster, "build message lost after the submission's commit", done)
+    assert (done[job]["state"], done[job]["attempt"]) == ("succeeded", 2)
+    published_once(cluster, [job])
+
+
+def test_fifty_concurrent_submissions_two_coordinators_index_consistent(cluster: Cluster, tmp_path: Path,
+                                                                         in_process: None) -> None:
+    from farm.config import get_settings
+    from farm.coordinator.submit import submit as submit_fn
+
+    paths = sdists(tmp_path, [f"farmtest-many-{i:02d}" for i in range(50)])
+    cluster.launch("coordinator2")  # two processes consume events and publish at once
+    try:
+        settings = get_settings()
+        with ThreadPoolExecutor(10) as pool:
+            results = list(pool.map(lambda p: submit_fn(str(p), settings=settings), paths))
+        ids = [r.jobs[0][0] for r in results]
+        assert len(set(ids)) == 50
+        done = cluster.wait_done(ids, 900)
+    finally:
+        cluster.kill("coordinator2", signal.SIGTERM)
+    account(cluster, "50 concurrent submissions, two coordinator processes publishing", done)
+    assert {j["state"] for j in done.values()} == {"succeeded"}, {i: j["error"] for i, j in done.items()}
+    published_once(cluster, ids)
+
+
+def test_a_higher_priority_job_queued_later_starts_first(cluster: Cluster, tmp_path: Path) -> None:
+    slow = sdists(tmp_path / "slow", ["farmtest-slow-e1", "farmtest-slow-e2"])
+    low, high = sdists(tmp_path / "fast", ["farmtest-prio-low", "farmtest-prio-high"])
+    ids = submit(cluster, *slow)
+    for job in ids:
+        cluster.wait_state(job, {"building"}, 60)
+    (low_id,) = submit(cluster, low, args=("--priority", "1"))
+    (high_id,) = submit(cluster, high, args=("--priority", "8"))
+    assert cluster.redis.queue_length(PLATFORM) == 2  # type: ignore[attr-defined]
+    done = cluster.wait_done([*ids, low_id, high_id], 180)
+    account(cluster, "priorities: a priority-8 job queued after a priority-1 job", done)
+    assert {j["state"] for j in done.values()} == {"succeeded"}
+    assert (done[low_id]["priority"], done[high_id]["priority"]) == (1, 8)
+    assert started(cluster, high_id) < started(cluster, low_id)
+
+
+def test_infrastructure_fault_is_retried_package_failure_is_not(cluster: Cluster, tmp_path: Path,
+                                                                in_process: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from farm.config import get_settings
+    from farm.coordinator import dispatch
+    from farm.coordinator.submit import submit as submit_fn
+    from farm.storage import get_storage
+
+    (healing,) = sdists(tmp_path / "ok", ["farmtest-retry"])
+    broken = make_project(tmp_path / "bad", "farmtest-nobuild")  # a C extension that does not compile
+    (broken / "farmtest_nobuild" / "_native.c").write_text("this is not C;\n")
+    bad_sdist = make_sdist(broken, tmp_path / "bad" / "dist")
+
+    held: list = []
+    monkeypatch.setattr(dispatch, "send", held.extend)
+    job = submit_fn(str(healing), settings=get_settings()).jobs[0][0]
+    monkeypatch.undo()
+    storage = get_storage()
+    (spec,) = held
+    sdist_file = storage.local_path(spec.sdist.storage_key)
+    saved = sdist_file.read_bytes()
+    sdist_file.unlink()  # storage lost the sdist: the worker's fetch fails, not the package
+    dispatch.send(held)
+    deadline = time.monotonic() + 60
+    while "retrying after an infrastructure fault" not in (cluster.jobs([job])[job]["error"] or ""):
+        assert time.monotonic() < deadline, "no retry reported"
+        time.sleep(0.05)
+    assert "not in storage" in cluster.jobs([job])[job]["error"]
+    storage.put_bytes(spec.sdist.storage_key, saved)  # the storage recovers (for the first or a later retry)
+    (bad,) = submit(cluster, bad_sdist)
+    done = cluster.wait_done([job, bad], 120)
+    account(cluster, "sdist missing from storage (infrastructure, retried) + a package that does not build",
+            {job: done[job]})
+    SUMMARY["jobs"] += 1
+    SUMMARY["lost"] += done[bad]["state"] != "failed"
+    assert (done[job]["state"], done[job]["attempt"]) == ("succeeded", 1)
+    log = (cluster.home / "storage" / "jobs" / str(job) / "attempt-1.log").read_text()
+    runs = log.count(f"job {job} attempt 1:")
+    assert runs >= 2 and log.count("INFRASTRUCTURE FAULT") == runs - 1  # retried until the storage was back
+    assert (done[bad]["state"], done[bad]["failure_kind"]) == ("failed", "package")
+    bad_log = (cluster.home / "storage" / "jobs" / str(bad) / "attempt-1.log").read_text()
+    assert bad_log.count(f"job {bad} attempt 1:") == 1 and "INFRASTRUCTURE FAULT" not in bad_log  # never retried
+    assert cluster.rows("SELECT count(*) AS n FROM artifact WHERE job_id = :id", id=bad)[0]["n"] == 0
+    published_once(cluster, [job])
+
+
+def test_cancel_in_the_middle_of_a_build_publishes_nothing(cluster: Cluster, tmp_path: Path) -> None:
+    (sd,) = sdists(tmp_path, ["farmtest-slow-h"])
+    (job,) = submit(cluster, sd)
+    cluster.wait_state(job, {"building"}, 60)
+    res = cluster.farm("cancel", str(job))
+    assert res.returncode == 0 and f"job {job}: cancelled" in res.stdout, res.stderr
+    log = cluster.home / "storage" / "jobs" / str(job) / "attempt-1.log"
+    deadline = time.monotonic() + 60
+    while "STOPPED: the job was cancelled" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, "the worker did not stop at the next step"
+        time.sleep(0.2)
+    done = cluster.jobs([job])
+    account(cluster, "farm cancel in the middle of a build", done, expect="cancelled")
+    assert done[job]["state"] == "cancelled"
+    assert cluster.rows("SELECT count(*) AS n FROM artifact WHERE job_id = :id", id=job)[0]["n"] == 0
+    assert not (cluster.home / "index" / "simple" / "farmtest-slow-h").exists()
+    again = cluster.farm("cancel", str(job))
+    assert again.returncode != 0 and "already ended" in again.stderr
+
+
+def test_two_publishers_racing_for_one_wheel_publish_it_once(cluster: Cluster, tmp_path: Path, in_process: None) -> None:
+    """Two coordinators' transactions publish the same new wheel at once (as for two jobs with identical output)."""
+    from sqlalchemy.orm import Session
+
+    from farm.config import get_settings
+    from farm.coordinator.publish import publish
+    from farm.db.models import Job
+    from farm.messages import ArtifactReport
+    from farm.storage import get_storage
+    from farm.util.hashing import sha256_file
+
+    (sd,) = sdists(tmp_path, ["farmtest-race"])
+    (first,) = submit(cluster, sd)
+    assert cluster.wait_done([first], 120)[first]["state"] == "succeeded"
+    filename = "farmtest_race-0.2.0-py3-none-any.whl"  # a wheel not published yet, made by hand
+    wheel = tmp_path / filename
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("farmtest_race/__init__.py", "VALUE = 2\n")
+        zf.writestr("farmtest_race-0.2.0.dist-info/METADATA",
+                    "Metadata-Version: 2.1\nName: farmtest-race\nVersion: 0.2.0\n")
+        zf.writestr("farmtest_race-0.2.0.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        zf.writestr("farmtest_race-0.2.0.dist-info/RECORD", "")
+    key = f"jobs/{first}/wheels/{filename}"
+    get_storage().put_file(key, wheel)
+    report = ArtifactReport(filename=filename, sha256=sha256_file(wheel), size=wheel.stat().st_size, storage_key=key,
+                            tags=["py3-none-any"], requires_python=None, requires_dist=[],
+                            provenance_key=key + ".provenance.json", provenance={"_type": "test"})
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def publisher(job_id: int) -> None:
+        try:
+            with Session(cluster.engine) as session, session.begin():
+                job = session.get(Job, job_id)
+                barrier.wait()
+                publish(session, job, [report], get_settings())
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=publisher, args=(first,)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    account(cluster, "two publishers racing for one wheel", cluster.jobs([first]))
+    assert errors == []
+    assert cluster.rows("SELECT count(*) AS n FROM artifact WHERE sha256 = :s", s=report.sha256)[0]["n"] == 1
+    assert cluster.index_problems() == []
+
