@@ -1,0 +1,231 @@
+"""Distributed mode for real: `farm api` and `farm coordinator` on PostgreSQL and Redis, a remote
+worker that has only the broker URL, the server URL and a worker token.
+
+The worker runs with FARM_FORBID_DB=1 (importing farm.db.session raises) and a database URL that
+points nowhere, in a FARM_HOME without a database file; the CLI talks to the API the same way. A
+small C-extension sdist goes from `farm --server ... submit --wait` to published, and pip installs
+it from the API's /simple/. Also: compose.yaml has the production services, each published port
+on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from farm.tokens import create_token
+from tests.conftest import ROOT, free_port, make_project, make_sdist, pip_install_from
+from tests.test_api import drop_database, pg_database
+
+REDIS_DB = 13
+REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
+NOWHERE_DB = "postgresql+psycopg://nobody:nothing@127.0.0.1:1/no_such_database"
+
+
+def flush_redis() -> None:
+    import redis
+
+    redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB).flushdb()
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Cluster:
+    root: Path
+    url: str
+    server_home: Path
+    worker_home: Path
+    client_home: Path
+    tokens: dict[str, str]
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def log(self, name: str) -> str:
+        return (self.root / f"{name}.log").read_text(errors="replace")
+
+    def client_env(self, role: str = "submit") -> dict[str, str]:
+        """A client host: no database (forbidden, and its URL points nowhere), only the API."""
+        return base_env(FARM_HOME=str(self.client_home), FARM_DATABASE_URL=NOWHERE_DB, FARM_FORBID_DB="1",
+                        FARM_SERVER_URL=self.url, FARM_TOKEN=self.tokens[role])
+
+    def farm(self, *args: str, role: str = "submit", timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "farm.cli", *args], env=self.client_env(role),
+                              capture_output=True, text=True, timeout=timeout)
+
+
+def _start(cluster: Cluster, name: str, argv: list[str], env: dict[str, str]) -> None:
+    with open(cluster.root / f"{name}.log", "ab") as out:
+        cluster.procs[name] = subprocess.Popen([sys.executable, "-m", "farm.cli", *argv], env=env, stdout=out,
+                                               stderr=subprocess.STDOUT)
+
+
+def _wait_health(cluster: Cluster) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if cluster.procs["api"].poll() is not None:
+            raise RuntimeError("farm api exited:\n" + cluster.log("api"))
+        try:
+            if httpx.get(cluster.url + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError("farm api did not answer within 60 s:\n" + cluster.log("api"))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    from farm.worker.platforms import host_platform_name
+
+    root = tmp_path_factory.mktemp("distributed")
+    port = free_port()
+    c = Cluster(root=root, url=f"http://127.0.0.1:{port}", server_home=root / "server",
+                worker_home=root / "worker", client_home=root / "client", tokens={})
+    for home in (c.server_home, c.worker_home, c.client_home):
+        home.mkdir()
+    c.tokens = {role: create_token(c.server_home, f"{role}-1", role) for role in ("submit", "worker", "admin")}
+    db_name, db_url = pg_database("farmtest_dist")
+    flush_redis()
+    server_env = base_env(FARM_HOME=str(c.server_home), FARM_DATABASE_URL=db_url, FARM_BROKER_URL=REDIS_URL)
+    worker_env = base_env(FARM_HOME=str(c.worker_home), FARM_DATABASE_URL=NOWHERE_DB, FARM_FORBID_DB="1",
+                          FARM_BROKER_URL=REDIS_URL, FARM_SERVER_URL=c.url, FARM_TOKEN=c.tokens["worker"])
+    try:
+        subprocess.run([sys.executable, "-m", "farm.cli", "db", "upgrade"], env=server_env, check=True,
+                       capture_output=True, timeout=120)
+        _start(c, "api", ["api", "--port", str(port)], server_env)
+        _start(c, "coordinator", ["coordinator"], server_env)
+        _start(c, "worker", ["worker", "--platform", host_platform_name()], worker_env)
+        _wait_health(c)
+        yield c
+    finally:
+        for proc in c.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in c.procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        flush_redis()
+        drop_database(db_name)
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_remote_worker_without_database_builds_and_publishes(cluster: Cluster, tmp_path: Path) -> None:
+    sdist = make_sdist(make_project(tmp_path / "src", "distpkg", version="0.3.0", c_extension=True),
+                       tmp_path / "dist")
+
+    # A worker token cannot submit.
+    denied = cluster.farm("submit", str(sdist), role="worker")
+    assert denied.returncode != 0 and "403" in denied.stderr, denied.stderr
+
+    res = cluster.farm("submit", str(sdist), "--wait", "--timeout", "600")
+    assert res.returncode == 0, (res.stdout, res.stderr, cluster.log("worker")[-5000:], cluster.log("coordinator")[-5000:])
+    assert "published distpkg-0.3.0-" in res.stdout
+    job_id = int(res.stdout.split()[1].rstrip(":"))
+
+    status = cluster.farm("status", "--json")
+    assert status.returncode == 0, status.stderr
+    views = {v["id"]: v for v in json.loads(status.stdout)}
+    assert views[job_id]["state"] == "succeeded"
+    assert [s["name"] for s in views[job_id]["steps"]] == ["fetching", "building", "repairing", "verifying",
+                                                           "attesting", "uploading"]
+    table = cluster.farm("status")
+    assert f"{job_id:>5} distpkg 0.3.0" in table.stdout and "succeeded" in table.stdout
+
+    logs = cluster.farm("logs", str(job_id))
+    assert logs.returncode == 0 and "===== building =====" in logs.stdout and "built and verified" in logs.stdout
+    assert cluster.farm("logs", "999999").returncode == 7
+
+    # The log, the wheel and its provenance came to the server's storage over the API.
+    stored = cluster.server_home / "storage" / "jobs" / str(job_id)
+    assert (stored / "attempt-1.log").is_file()
+    wheels = list((stored / "wheels").glob("distpkg-0.3.0-*.whl"))
+    assert wheels and (stored / "wheels" / (wheels[0].name + ".provenance.json")).is_file()
+    prov = httpx.get(f"{cluster.url}/files/distpkg/{wheels[0].name}.provenance.json")
+    assert prov.status_code == 200 and prov.json()["subject"][0]["name"] == wheels[0].name
+
+    # The worker never had a database: no file, no module, still running.
+    assert not list(cluster.worker_home.rglob("farm.db*"))
+    assert not list(cluster.client_home.rglob("farm.db*"))
+    assert cluster.procs["worker"].poll() is None, cluster.log("worker")
+    worker_log = cluster.log("worker")
+    assert "FARM_FORBID_DB" not in worker_log and "no_such_database" not in worker_log
+    assert "farm.worker.build" in worker_log
+
+    pip = pip_install_from(cluster.url + "/simple/", tmp_path / "venv", "distpkg==0.3.0")
+    assert pip.returncode == 0, pip.stdout + pip.stderr
+    run = subprocess.run([str(tmp_path / "venv" / "bin" / "python"), "-c", "import distpkg; print(distpkg.add(2, 3))"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert run.stdout.strip() == "5", run.stderr
+
+
+@pytest.mark.slow
+def test_api_refuses_cli_without_or_with_wrong_token(cluster: Cluster) -> None:
+    env = cluster.client_env()
+    env["FARM_TOKEN"] = "farm_wrong"
+    res = subprocess.run([sys.executable, "-m", "farm.cli", "status"], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 1 and "401" in res.stderr
+    env = base_env(FARM_HOME=str(cluster.client_home), FARM_FORBID_DB="1")
+    res = subprocess.run([sys.executable, "-m", "farm.cli", "--server", cluster.url, "--token", cluster.tokens["admin"],
+                          "status", "--json"], env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert isinstance(json.loads(res.stdout), list)
+
+
+# compose.yaml -----------------------------------------------------------------------------------------------
+
+COMPOSE_SERVICES = {"redis", "postgres", "api", "coordinator", "worker-linux", "index"}
+
+
+def _compose_config() -> dict:
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        res = subprocess.run([docker, "compose", "-f", str(ROOT / "compose.yaml"), "config", "--format", "json"],
+                             capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout)
+    yaml = pytest.importorskip("yaml", reason="neither the docker compose plugin nor PyYAML is installed")
+    return yaml.safe_load((ROOT / "compose.yaml").read_text())
+
+
+def _published(port: object) -> tuple[str | None, str]:
+    """(host ip or None, description) of one `ports:` entry, short or long syntax."""
+    if isinstance(port, dict):
+        return port.get("host_ip"), json.dumps(port)
+    text = str(port)
+    parts = text.rsplit(":", 2)
+    if len(parts) == 3:
+        return parts[0].strip("[]"), text
+    return None, text  # "8477" or "8477:8477": every interface
+
+
+def test_compose_services_and_loopback_ports() -> None:
+    config = _compose_config()
+    services = config["services"]
+    assert COMPOSE_SERVICES <= set(services), sorted(services)
+    published = 0
+    for name, svc in services.items():
+        assert svc.get("network_mode") != "host", f"{name} uses the host's network"
+        for port in svc.get("ports", []):
+            host_ip, text = _published(port)
+            assert host_ip == "127.0.0.1", f"{name}: port {text} is not bound to 127.0.0.1"
+            published += 1
+    assert published >= 2  # the API and the index at least
