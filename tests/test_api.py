@@ -152,7 +152,7 @@ def test_openapi_shows_bearer_scheme_on_protected_routes(api: Api) -> None:
 # 401 / 403 ------------------------------------------------------------------------------------------------
 
 PROTECTED = [("GET", "/api/jobs"), ("GET", "/api/jobs/1"), ("GET", "/api/jobs/1/log"), ("POST", "/api/submissions"),
-             ("GET", "/api/storage/sdists/x"), ("HEAD", "/api/storage/sdists/x"), ("PUT", "/api/storage/jobs/1/x.log")]
+             ("GET", "/api/storage/sdists/x"), ("HEAD", "/api/storage/sdists/x"), ("PUT", "/api/storage/jobs/1/attempt-1.log")]
 
 
 @pytest.mark.parametrize(("method", "path"), PROTECTED)
@@ -176,7 +176,7 @@ def test_token_hash_itself_is_not_a_token(api: Api) -> None:
 
 
 @pytest.mark.parametrize(("method", "path"), [("GET", "/api/storage/sdists/x"), ("HEAD", "/api/storage/sdists/x"),
-                                              ("PUT", "/api/storage/jobs/1/x.log")])
+                                              ("PUT", "/api/storage/jobs/1/attempt-1.log")])
 def test_submit_token_on_worker_endpoint_is_403(api: Api, method: str, path: str) -> None:
     before = storage_files(api)
     resp = api.client.request(method, path, content=b"x", headers={**api.h("submit"), SHA256_HEADER: hashlib.sha256(b"x").hexdigest()})
@@ -207,7 +207,7 @@ def test_admin_allowed_everywhere(api: Api, tmp_path: Path) -> None:
     assert api.client.get(f"/api/jobs/{job_id}/log", headers=api.h("admin")).status_code == 200
     key = f"sdists/{hashlib.sha256(sdist.read_bytes()).hexdigest()[:2]}/{hashlib.sha256(sdist.read_bytes()).hexdigest()}/{sdist.name}"
     assert api.client.get(f"/api/storage/{key}", headers=api.h("admin")).content == sdist.read_bytes()
-    assert put(api, f"jobs/{job_id}/admin.log", b"hello", role="admin").status_code == 201
+    assert put(api, f"jobs/{job_id}/attempt-1.log", b"hello", role="admin").status_code == 201
 
 
 # Submissions and jobs -----------------------------------------------------------------------------------
@@ -317,10 +317,13 @@ def test_storage_key_traversal_refused(api: Api, key: str, method: str) -> None:
 
 
 def test_storage_areas(api: Api) -> None:
-    """Reads below sdists/ and jobs/ only; writes below jobs/ only (a worker cannot replace an sdist)."""
-    assert put(api, "sdists/ab/abc/x-1.0.tar.gz", b"x").status_code == 403
-    assert put(api, "index/simple/x/index.html", b"x").status_code == 403
-    assert put(api, "jobs", b"x").status_code == 403
+    """Reads below sdists/ and jobs/ only; writes only of a worker's results (not an sdist, not a stop marker)."""
+    for key in ("sdists/ab/abc/x-1.0.tar.gz", "index/simple/x/index.html", "jobs", "jobs/1/stop.json",
+                "jobs/1/wheels/x.tar.gz", "jobs/x/attempt-1.log", "jobs/1/wheels/sub/x.whl", "tmp/x.whl"):
+        assert put(api, key, b"x").status_code == 403, key
+    for key in ("jobs/3/attempt-2.log", "jobs/3/staged/s-1.0-py3-none-any.whl", "jobs/3/wheels/s-1.0-py3-none-any.whl",
+                "jobs/3/wheels/s-1.0-py3-none-any.whl.provenance.json"):
+        assert put(api, key, b"x").status_code == 201, key
     assert api.client.get("/api/storage/tmp/x", headers=api.h("worker")).status_code == 403
     assert api.client.get("/api/storage/sdists/none/x.tar.gz", headers=api.h("worker")).status_code == 404
 
@@ -351,10 +354,10 @@ def test_http_storage_over_the_api(api: Api, tmp_path: Path) -> None:
     wheel = tmp_path / "w-1.0-py3-none-any.whl"
     wheel.write_bytes(os.urandom(3 * 1024 * 1024 + 17))
     store.put_file("jobs/9/wheels/" + wheel.name, wheel)
-    store.put_bytes("jobs/9/wheels/w.provenance.json", b'{"a": 1}')
+    store.put_bytes("jobs/9/wheels/w.whl.provenance.json", b'{"a": 1}')
     assert (api.settings.storage / "jobs/9/wheels" / wheel.name).read_bytes() == wheel.read_bytes()
     assert store.exists("jobs/9/wheels/" + wheel.name) and not store.exists("jobs/9/wheels/nope.whl")
-    assert store.read_bytes("jobs/9/wheels/w.provenance.json") == b'{"a": 1}'
+    assert store.read_bytes("jobs/9/wheels/w.whl.provenance.json") == b'{"a": 1}'
     got = store.get_file("jobs/9/wheels/" + wheel.name, tmp_path / "down" / "copy.whl")
     assert got.read_bytes() == wheel.read_bytes()
     assert store.local_path("jobs/9/x.log") is None
@@ -364,7 +367,7 @@ def test_http_storage_over_the_api(api: Api, tmp_path: Path) -> None:
     with pytest.raises(NotFound):
         store.read_bytes("jobs/9/none")
     with pytest.raises(InfrastructureFault):
-        HttpStorage("http://testserver", "farm_wrong", client=api.client).put_bytes("jobs/9/x", b"x")
+        HttpStorage("http://testserver", "farm_wrong", client=api.client).put_bytes("jobs/9/attempt-1.log", b"x")
     with pytest.raises(InfrastructureFault):
         HttpStorage("http://testserver", api.tokens["submit"], client=api.client).get_file(
             "jobs/9/wheels/" + wheel.name, tmp_path / "down" / "denied.whl")

@@ -1,8 +1,9 @@
 """Storage for remote workers (role `worker`): download sdists and staged wheels, upload results.
 
 Keys are relative POSIX paths below the farm's storage: no absolute paths, no `..`, no hidden
-components. Reads are limited to `sdists/` and `jobs/`, writes to `jobs/` (wheels, provenance,
-logs, staged wheels). Every upload carries `X-Content-SHA256`; it is written to a temporary file,
+components. Reads are limited to `sdists/` and `jobs/`; writes to what a worker produces
+(`jobs/N/attempt-K.log`, `jobs/N/wheels/*.whl` and their `.provenance.json`, `jobs/N/staged/*.whl`),
+so a worker token can neither replace an sdist nor write the coordinator's stop markers. Every upload carries `X-Content-SHA256`; it is written to a temporary file,
 hashed, and stored only if the digest matches, so a damaged upload leaves nothing behind.
 """
 
@@ -24,7 +25,7 @@ from farm.storage_http import SHA256_HEADER
 router = APIRouter(prefix="/api/storage", tags=["worker storage"])
 worker = Depends(require("worker"))
 READABLE = ("sdists", "jobs")
-WRITABLE = ("jobs",)
+WRITABLE = re.compile(r"^jobs/[0-9]+/(attempt-[0-9]+\.log|staged/[^/]+\.whl|wheels/[^/]+\.whl(\.provenance\.json)?)$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -34,8 +35,11 @@ def check_key(key: str, *, write: bool = False) -> str:
     if (not key or len(key) > 1024 or "\x00" in key or "\\" in key or rel.is_absolute()
             or str(rel) != key or any(p in ("..", ".") or p.startswith(".") for p in rel.parts)):
         raise HTTPException(400, f"bad storage key {key!r}")
-    if rel.parts[0] not in (WRITABLE if write else READABLE) or len(rel.parts) < 2:
-        raise HTTPException(403, f"storage key {key!r} is outside {'/, '.join(WRITABLE if write else READABLE)}/")
+    if write and not WRITABLE.match(key):
+        raise HTTPException(403, f"storage key {key!r} is not a worker's result (a job's log, wheel, provenance "
+                            "or staged wheel)")
+    if rel.parts[0] not in READABLE or len(rel.parts) < 2:
+        raise HTTPException(403, f"storage key {key!r} is outside {'/, '.join(READABLE)}/")
     return key
 
 
