@@ -156,9 +156,8 @@ def _celery_worker(queues: list[str], name: str) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from farm.worker.platforms import host_platform_name
-
     from farm.coordinator.app import WORKER_TASKS, get_app
+    from farm.worker.platforms import host_platform_name
 
     platform = args.platform or _settings().platform or host_platform_name()
     get_app(include=WORKER_TASKS)  # no coordinator task: a worker never imports the database modules
@@ -166,10 +165,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_coordinator(args: argparse.Namespace) -> int:
+    from farm.coordinator.reconcile import Reconciler
     from farm.messages import COORDINATOR_QUEUE
     from farm.storage import own_storage
-
-    from farm.coordinator.reconcile import Reconciler
 
     ensure_db()
     own_storage()
