@@ -96,7 +96,7 @@ def get_storage() -> Storage:
     if settings.server_url and settings.storage_root is None and not _owner:
         from farm.storage_http import HttpStorage
 
-        return HttpStorage(settings.server_url, settings.token)
+        return HttpStorage.shared(settings.server_url, settings.token)
     return LocalStorage(settings.storage)
 
 

@@ -13,6 +13,7 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
+from functools import lru_cache
 from pathlib import Path
 from urllib.parse import quote
 
@@ -102,5 +103,15 @@ class HttpStorage:
     def local_path(self, key: str) -> Path | None:
         return None
 
+    @classmethod
+    def shared(cls, base_url: str, token: str) -> HttpStorage:
+        """One client (and connection pool) per server and token for the whole process."""
+        return _shared(base_url, token)
+
     def close(self) -> None:
         self._client.close()
+
+
+@lru_cache(maxsize=4)
+def _shared(base_url: str, token: str) -> HttpStorage:
+    return HttpStorage(base_url, token)

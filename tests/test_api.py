@@ -246,13 +246,18 @@ def test_requirement_submission(api: Api) -> None:
     assert resp.status_code == 502 and "nosuchproject" in resp.json()["detail"]
 
 
-@pytest.mark.parametrize("request_text", ["/etc/passwd", "../farm.toml", "~/x.tar.gz", "PATH.tar.gz", "farm.toml"])
+@pytest.mark.parametrize("request_text", ["/etc/passwd", "../farm.toml", "~/x.tar.gz", "PATH.tar.gz", "farm.toml", "tmp"])
 def test_requirement_that_is_a_path_is_refused(api: Api, request_text: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Nothing on the server is read on behalf of a JSON request, even a file in the server's cwd."""
+    """Nothing on the server is read on behalf of a JSON request, even a file in the server's cwd:
+    `farm.toml` and `tmp` exist there, yet they are only names of projects the upstream lacks."""
     monkeypatch.chdir(api.home)
+    (api.home / "tmp").mkdir(exist_ok=True)
     before = submission_count()
     resp = api.client.post("/api/submissions", json={"requirement": request_text}, headers=api.h("submit"))
-    assert resp.status_code == 422, resp.text
+    assert resp.status_code in (422, 502), resp.text
+    assert "no such file" not in resp.text and "directory" not in resp.text
+    if request_text in ("farm.toml", "tmp"):
+        assert resp.status_code == 502, resp.text  # looked up upstream as a project name, nothing read here
     assert submission_count() == before
 
 

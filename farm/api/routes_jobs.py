@@ -15,7 +15,7 @@ from starlette.datastructures import UploadFile
 
 from farm.api.auth import Principal, app_settings, require
 from farm.config import Settings
-from farm.coordinator.submit import SDIST_SUFFIXES, is_file_request, submit
+from farm.coordinator.submit import SDIST_SUFFIXES, submit
 from farm.db.session import session_scope
 from farm.errors import NotFound
 from farm.status import job_log, jobs_done, list_jobs
@@ -63,8 +63,8 @@ async def create_submission(request: Request, who: Principal = submitter) -> Sub
         except ValidationError as exc:
             raise HTTPException(422, exc.errors(include_url=False, include_context=False)) from None
         req = body.requirement.strip()
-        # A requirement, never a path on the server.
-        if req.startswith(("/", ".", "~")) or is_file_request(req):
+        # A requirement, never a path on the server (and no answer that tells whether one exists).
+        if req.startswith(("/", ".", "~")) or req.endswith(SDIST_SUFFIXES):
             raise HTTPException(422, f"{req!r} is not a requirement like NAME==VERSION; upload files as multipart")
         result = await run_in_threadpool(submit, req, settings=settings, from_file=False)
         return _out(result)
