@@ -217,7 +217,8 @@ def write_project(root: Path, project: str, files: Sequence[IndexFile]) -> None:
     folder = Path(root) / "simple" / name
     folder.mkdir(parents=True, exist_ok=True)
     _atomic_write(folder / "index.html", render_project_html(name, ordered))
-    _atomic_write(folder / "index.json", render_project_json(name, ordered))
+    st = _atomic_write(folder / "index.json", render_project_json(name, ordered))
+    _READ_CACHE[folder / "index.json"] = ((st.st_ino, st.st_mtime_ns, st.st_size), tuple(ordered))
 
 
 def write_root(root: Path, projects: Iterable[str]) -> None:
@@ -233,10 +234,22 @@ def read_project(root: Path, project: str) -> list[IndexFile]:
     """The files `write_project` last listed for `project` (empty when it has no page yet)."""
     path = Path(root) / "simple" / canonicalize_name(project) / "index.json"
     try:
-        data = json.loads(path.read_bytes())
+        with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)
+            cached = _READ_CACHE.get(path)
+            if cached is not None and cached[0] == key:  # pages are replaced, never changed in place
+                return list(cached[1])
+            data = json.loads(fh.read())
     except FileNotFoundError:
         return []
-    return [_from_json(entry) for entry in data.get("files", [])]
+    files = [_from_json(entry) for entry in data.get("files", [])]
+    _READ_CACHE[path] = (key, tuple(files))
+    return files
+
+
+# index.json path -> ((inode, mtime, size), its files): publishing re-reads a big page without parsing it
+_READ_CACHE: dict[Path, tuple[tuple[int, int, int], tuple[IndexFile, ...]]] = {}
 
 
 def list_projects(root: Path) -> list[str]:
@@ -351,22 +364,7 @@ def render_project_html(project: str, files: Sequence[IndexFile]) -> bytes:
     esc = html.escape
     title = esc(project)
     out = [_HEAD, f"    <title>Links for {title}</title>\n  </head>\n  <body>\n    <h1>Links for {title}</h1>\n"]
-    for f in files:
-        attrs = [f'<a href="{esc(_file_url(project, f.filename))}#sha256={f.sha256}"']
-        if f.requires_python:
-            attrs.append(f' data-requires-python="{esc(f.requires_python)}"')
-        if f.metadata_sha256:
-            attrs.append(
-                f' data-dist-info-metadata="sha256={f.metadata_sha256}"'
-                f' data-core-metadata="sha256={f.metadata_sha256}"'
-            )
-        if f.yanked:
-            reason = f.yanked if isinstance(f.yanked, str) else ""
-            attrs.append(f' data-yanked="{esc(reason)}"')
-        if f.provenance_url:
-            attrs.append(f' data-provenance="{esc(f.provenance_url)}"')
-        attrs.append(f">{esc(f.filename)}</a><br>\n")
-        out.append("".join(attrs))
+    out.extend(_pieces(project, f)[0] for f in files)
     out.append("  </body>\n</html>\n")
     return "".join(out).encode()
 
@@ -376,26 +374,7 @@ def project_json(project: str, files: Sequence[IndexFile]) -> dict[str, Any]:
     entries = []
     versions: dict[Version, None] = {}
     for f in files:
-        entry: dict[str, Any] = {
-            "filename": f.filename,
-            "url": _file_url(project, f.filename),
-            "hashes": {"sha256": f.sha256},
-        }
-        if f.requires_python:
-            entry["requires-python"] = f.requires_python
-        if f.metadata_sha256:
-            entry["core-metadata"] = {"sha256": f.metadata_sha256}
-            entry["dist-info-metadata"] = {"sha256": f.metadata_sha256}
-        else:
-            entry["core-metadata"] = False
-            entry["dist-info-metadata"] = False
-        entry["yanked"] = f.yanked if f.yanked else False
-        entry["size"] = f.size
-        if f.upload_time is not None:
-            entry["upload-time"] = _time(f.upload_time)
-        if f.provenance_url:
-            entry["provenance"] = f.provenance_url
-        entries.append(entry)
+        entries.append(_json_entry(project, f))
         v = _version_of(f.filename)
         if v is not None:
             versions[v] = None
@@ -408,7 +387,77 @@ def project_json(project: str, files: Sequence[IndexFile]) -> dict[str, Any]:
 
 
 def render_project_json(project: str, files: Sequence[IndexFile]) -> bytes:
-    return json.dumps(project_json(project, files), separators=(",", ":")).encode()
+    """`project_json` serialized compactly, from per-file pieces kept between calls (a big page is
+    rewritten for every file published, so only the new file's piece is serialized)."""
+    versions: dict[Version, None] = {}
+    for f in files:
+        v = _version_of(f.filename)
+        if v is not None:
+            versions[v] = None
+    head = json.dumps({"meta": {"api-version": REPOSITORY_VERSION}, "name": project}, separators=(",", ":"))
+    tail = json.dumps([_version_str(v) for v in sorted(versions)], separators=(",", ":"))
+    body = ",".join(_pieces(project, f)[1] for f in files)
+    return f'{head[:-1]},"files":[{body}],"versions":{tail}}}'.encode()
+
+
+# id(entry) -> (entry, project, HTML line, JSON text). Keyed by identity, not by value: hashing every
+# entry of a big page costs more than rendering the one new entry (read_project hands out the same
+# entry objects while a page is unchanged). Holding the entry keeps its id from being reused.
+_PIECES: dict[int, tuple[IndexFile, str, str, str]] = {}
+
+
+def _pieces(project: str, f: IndexFile) -> tuple[str, str]:
+    hit = _PIECES.get(id(f))
+    if hit is not None and hit[0] is f and hit[1] == project:
+        return hit[2], hit[3]
+    if len(_PIECES) > 1 << 18:
+        _PIECES.clear()
+    html_line = _html_line(project, f)
+    json_text = json.dumps(_json_entry(project, f), separators=(",", ":"))
+    _PIECES[id(f)] = (f, project, html_line, json_text)
+    return html_line, json_text
+
+
+def _json_entry(project: str, f: IndexFile) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "filename": f.filename,
+        "url": _file_url(project, f.filename),
+        "hashes": {"sha256": f.sha256},
+    }
+    if f.requires_python:
+        entry["requires-python"] = f.requires_python
+    if f.metadata_sha256:
+        entry["core-metadata"] = {"sha256": f.metadata_sha256}
+        entry["dist-info-metadata"] = {"sha256": f.metadata_sha256}
+    else:
+        entry["core-metadata"] = False
+        entry["dist-info-metadata"] = False
+    entry["yanked"] = f.yanked if f.yanked else False
+    entry["size"] = f.size
+    if f.upload_time is not None:
+        entry["upload-time"] = _time(f.upload_time)
+    if f.provenance_url:
+        entry["provenance"] = f.provenance_url
+    return entry
+
+
+def _html_line(project: str, f: IndexFile) -> str:
+    esc = html.escape
+    attrs = [f'<a href="{esc(_file_url(project, f.filename))}#sha256={f.sha256}"']
+    if f.requires_python:
+        attrs.append(f' data-requires-python="{esc(f.requires_python)}"')
+    if f.metadata_sha256:
+        attrs.append(
+            f' data-dist-info-metadata="sha256={f.metadata_sha256}"'
+            f' data-core-metadata="sha256={f.metadata_sha256}"'
+        )
+    if f.yanked:
+        reason = f.yanked if isinstance(f.yanked, str) else ""
+        attrs.append(f' data-yanked="{esc(reason)}"')
+    if f.provenance_url:
+        attrs.append(f' data-provenance="{esc(f.provenance_url)}"')
+    attrs.append(f">{esc(f.filename)}</a><br>\n")
+    return "".join(attrs)
 
 
 def render_root_html(projects: Sequence[str]) -> bytes:
@@ -442,14 +491,18 @@ def _from_json(entry: dict[str, Any]) -> IndexFile:
 # Atomic writes ---------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, data: bytes) -> os.stat_result:
+    """Write `data` to `path` through a temporary file and a rename; the stat of the new file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             if hasattr(os, "fchmod"):
                 os.fchmod(fh.fileno(), 0o644)
+            fh.flush()
+            st = os.fstat(fh.fileno())
         os.replace(tmp, path)
+        return st
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
