@@ -18,7 +18,15 @@ from importlib.metadata import version
 from pathlib import Path
 
 from farm.config import ImageConfig
-from farm.containers import Container, Limits, docker_client, image_digest, image_labels, resolve_docker_host
+from farm.containers import (
+    Container,
+    ContainerCommandFailed,
+    Limits,
+    docker_client,
+    image_digest,
+    image_labels,
+    resolve_docker_host,
+)
 from farm.errors import CommandTimeout, ConfigError, FarmError, InfrastructureFault, PackageFailure
 from farm.util.cmd import CommandFailed, Result, clean_env, run
 from farm.worker import build_requires
@@ -27,6 +35,7 @@ from farm.worker.engines.native import source_date_epoch
 
 CA_IN_CONTAINER = "/farm/ca-bundle.crt"
 JOB_LABEL = "farm.cibuildwheel-job"
+PURE_WHEEL_REFUSED = "Build failed because a pure Python wheel was generated"
 
 
 class CibuildwheelEngine:
@@ -56,6 +65,7 @@ class CibuildwheelEngine:
             argv = [sys.executable, "-m", "cibuildwheel", "--output-dir", out, "--platform", "linux", target]
             shown = {k: v for k, v in env.items() if k.startswith("CIBW_")}
             ctx.log.write("".join(f"  {k}={v}\n" for k, v in sorted(shown.items())))
+            pure = False
             try:
                 result = run(argv, cwd=cwd, env=env, log=ctx.log, timeout=ctx.settings.cibuildwheel_timeout)
             except CommandFailed as exc:
@@ -64,8 +74,13 @@ class CibuildwheelEngine:
                     raise CommandTimeout("build", str(exc)) from exc
                 if docker_client_fault(exc.result.output):
                     raise InfrastructureFault("build", str(exc)) from exc
-                raise PackageFailure("build", str(exc)) from exc
-            _record(ctx, result, shown)
+                if PURE_WHEEL_REFUSED not in exc.result.output:
+                    raise PackageFailure("build", str(exc)) from exc
+                pure = True
+                build_pure_wheel(ctx, client, image=image.image, env=env, src=ctx.sdist if from_sdist else ctx.source,
+                                 out=out, job_label=job_label)
+            else:
+                _record(ctx, result, shown)
             server = client.version().get("Version", "?")
         finally:
             _remove_job_containers(client, job_label)
@@ -77,7 +92,7 @@ class CibuildwheelEngine:
             wheels=wheels, repaired=True,
             tools={"cibuildwheel": version("cibuildwheel"), "wheel-farm": version("wheel-farm"),
                    "docker-engine": server, "image": image.image,
-                   "build-frontend": "build[uv]" if has_uv else "pip"},
+                   "build-frontend": "pip" if pure or not has_uv else "build[uv]"},
             image_digest=digest,
             effective_build_requires=effective if effective is not None else build_requires.declared(ctx.source),
         )
@@ -219,6 +234,35 @@ def docker_client_fault(output: str) -> bool:
     markers = ("Cannot connect to the Docker daemon", "is too old or is not working properly",
                "error during connect", "No such image")
     return any(m in output for m in markers)
+
+
+def build_pure_wheel(ctx: BuildContext, client, *, image: str, env: dict[str, str], src: Path, out: Path,  # type: ignore[no-untyped-def]
+                     job_label: str) -> None:
+    """cibuildwheel refuses pure-Python wheels (a dependency such as pycparser): build it with pip instead.
+
+    Same image, network, limits, CA bundle, index and recipe environment as the cibuildwheel build;
+    the wheel goes to `out`. A failing build is the package's failure.
+    """
+    ctx.log.write("cibuildwheel refused a pure-Python wheel: building it with pip in the same image\n")
+    python = f"/opt/python/{ctx.spec.python}-{ctx.spec.python}/bin/python"
+    script = (f"export {env['CIBW_ENVIRONMENT']}; "
+              f"exec {python} -m pip wheel --no-deps --wheel-dir /tmp/farm/out {shlex.quote(src.name)}")
+    limits = Limits(memory=ctx.settings.build_memory, pids=ctx.settings.build_pids)
+    with Container(client, image, network="host", limits=limits, labels={JOB_LABEL: job_label}) as box:
+        box.copy_into(ctx.work / "ca-bundle.crt", CA_IN_CONTAINER.rpartition("/")[0], name="ca-bundle.crt")
+        box.copy_into(src, "/tmp/farm")
+        argv = ["sh", "-c", script]
+        ctx.commands.append(shlex.join(argv))
+        try:
+            box.call(argv, env={"SOURCE_DATE_EPOCH": env["SOURCE_DATE_EPOCH"]}, workdir="/tmp/farm", log=ctx.log,
+                     timeout=ctx.settings.cibuildwheel_timeout)
+        except ContainerCommandFailed as exc:
+            if exc.timed_out:
+                raise CommandTimeout("build", str(exc)) from exc
+            raise PackageFailure("build", str(exc)) from exc
+        for path in box.copy_out("/tmp/farm/out", ctx.work / "pure-out"):
+            for wheel in path.glob("*.whl"):
+                shutil.move(wheel, out / wheel.name)
 
 
 def _record(ctx: BuildContext, result: Result, shown: dict[str, str]) -> None:
