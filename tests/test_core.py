@@ -189,3 +189,16 @@ def test_broker_keeps_one_senders_order(tmp_path: Path) -> None:
         got = [simple.get(timeout=1).payload["i"] for _ in range(200)]
         simple.close()
     assert got == list(range(200))
+
+
+def test_head_revision_is_alembics_head(tmp_path: Path) -> None:
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import create_engine
+
+    from farm.db.migrate import alembic_config, head_revision, is_current, upgrade
+
+    assert head_revision() == ScriptDirectory.from_config(alembic_config()).get_current_head()
+    engine = create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    assert not is_current(engine)
+    upgrade(engine)
+    assert is_current(engine)

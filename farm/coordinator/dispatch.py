@@ -34,6 +34,9 @@ def broker_priority(priority: int, broker_url: str) -> int:
 
 def send(specs: Iterable[JobSpec]) -> None:
     """Publish build messages. Call only after the transaction that created the jobs committed."""
+    specs = list(specs)
+    if not specs:  # a cache answer: no need for the Celery app at all
+        return
     from farm.coordinator.app import get_app
 
     app = get_app()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import platform as _platform
 import tempfile
+from contextlib import ExitStack
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,19 +62,21 @@ def submit(request: str, *, settings: Settings, kind: str | None = None, parent_
     `priority` (0-9, higher first) orders the jobs' build messages where the broker supports it.
     """
     from_file = is_file_request(request) if from_file is None else from_file
-    fields = _from_file(Path(request), settings) if from_file else None
-    tmp_root = settings.home / "tmp"
-    tmp_root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=tmp_root) as tmp:
+    digest = _file_digest(Path(request)) if from_file else None
+    with ExitStack() as stack:
         with session_scope() as session:
-            if fields is not None:
-                source = session.scalar(select(Source).where(Source.sha256 == fields["sha256"]))
-                pending = None if source is not None else Path(request)
-                if source is None:
-                    source = Source(**fields)
+            if digest is not None:
+                source = session.scalar(select(Source).where(Source.sha256 == digest))
+                pending = None
+                if source is None:  # a known sdist was inspected when it was first accepted
+                    source = Source(**_inspect_file(Path(request), digest, settings))
                     session.add(source)
                     session.flush()
+                    pending = Path(request)
             else:
+                tmp_root = settings.home / "tmp"
+                tmp_root.mkdir(parents=True, exist_ok=True)
+                tmp = stack.enter_context(tempfile.TemporaryDirectory(dir=tmp_root))
                 source, pending = _from_requirement(request, session, settings, Path(tmp))
             submission = Submission(kind=kind or ("file" if from_file else "requirement"), request=request,
                                     parent_job_id=parent_job_id)
@@ -120,13 +123,16 @@ def _plan_jobs(session: Session, submission: Submission, source: Source, setting
     return to_send
 
 
-def _from_file(path: Path, settings: Settings) -> dict:
+def _file_digest(path: Path) -> str:
     if path.is_dir():
         raise FarmError(f"{path} is a directory, not an sdist file")
     if not path.is_file():
         raise FarmError(f"{path}: no such file")
+    return sha256_file(path)
+
+
+def _inspect_file(path: Path, digest: str, settings: Settings) -> dict:
     info = inspect_sdist(path, Limits.from_settings(settings))
-    digest = sha256_file(path)
     return {"sha256": digest, "name": info.name, "version": info.version, "filename": path.name,
             "size": path.stat().st_size, "storage_key": sdist_key(digest, path.name),
             "requires_python": info.requires_python}
