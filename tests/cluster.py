@@ -151,6 +151,7 @@ class Cluster:
                 time.sleep(0.1)
 
     def launch(self, *names: str) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
         for name in names:
             with open(self.root / f"{name}.log", "a") as out:
                 out.write("\n--- start ---\n")

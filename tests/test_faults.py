@@ -156,6 +156,9 @@ def test_worker_killed_mid_build_the_job_completes_elsewhere_published_once(clus
     victim = cluster.wait_state(job, {"building"}, 60)["worker"].split("@")[0]
     time.sleep(1.5)  # inside the recipe's `sleep 6`
     cluster.kill(victim)
+    # Late ack: the dead worker's message is still unacknowledged in Redis (it would come back only
+    # after the visibility timeout); the reconciler does not wait for that.
+    assert cluster.redis.client().hlen("unacked") == 1  # type: ignore[attr-defined]
     done = cluster.wait_done([job], 120)
     account(cluster, "worker SIGKILLed in the middle of a build", done)
     j = done[job]
@@ -299,7 +302,11 @@ def test_infrastructure_fault_is_retried_package_failure_is_not(cluster: Cluster
 def test_cancel_in_the_middle_of_a_build_publishes_nothing(cluster: Cluster, tmp_path: Path) -> None:
     (sd,) = sdists(tmp_path, ["farmtest-slow-h"])
     (job,) = submit(cluster, sd)
-    cluster.wait_state(job, {"building"}, 60)
+    before = cluster.wait_state(job, {"building"}, 60)
+    time.sleep(2.5)  # heartbeats every second while the build sleeps
+    during = cluster.jobs([job])[job]
+    assert during["state"] == "building" and during["heartbeat_at"] > before["heartbeat_at"]
+    assert during["updated_at"] == before["updated_at"]  # a heartbeat is no state change
     res = cluster.farm("cancel", str(job))
     assert res.returncode == 0 and f"job {job}: cancelled" in res.stdout, res.stderr
     log = cluster.home / "storage" / "jobs" / str(job) / "attempt-1.log"
