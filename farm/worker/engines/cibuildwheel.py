@@ -62,7 +62,12 @@ class CibuildwheelEngine:
             if not shutil.which("docker", path=env["PATH"]):
                 raise InfrastructureFault("build", "the docker client is not on PATH (cibuildwheel runs it)")
             target, cwd = (ctx.sdist, ctx.work) if from_sdist else (Path("."), ctx.source)
-            argv = [sys.executable, "-m", "cibuildwheel", "--output-dir", out, "--platform", "linux", target]
+            # The project's own [tool.cibuildwheel] (its CI's before-all scripts, config-settings, ...) is
+            # not read: the recipe alone decides, as with the native engine.
+            config = ctx.work / "cibuildwheel.toml"
+            config.write_text("# the farm's options come from CIBW_* variables; the project's table is ignored\n")
+            argv = [sys.executable, "-m", "cibuildwheel", "--output-dir", out, "--platform", "linux",
+                    "--config-file", config, target]
             shown = {k: v for k, v in env.items() if k.startswith("CIBW_")}
             ctx.log.write("".join(f"  {k}={v}\n" for k, v in sorted(shown.items())))
             pure = False
