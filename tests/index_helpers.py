@@ -9,6 +9,7 @@ import os
 import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from farm.config import Settings
 from farm.db.models import Artifact, Job, Source, Submission
@@ -47,13 +48,13 @@ def make_wheel(folder: Path, name: str, version: str, *, tag: str = "py3-none-an
     return path
 
 
-def publish_wheel(settings: Settings, wheel: Path, *, version: str, platform: str = "linux-x86_64",
-                  python: str = "cp311", passed: bool = True, upstream_url: str | None = None,
-                  upstream_index: str = "https://pypi.org/simple/", sdist_sha256: str | None = None) -> int:
-    """Record a job for `wheel` and run the coordinator's publish on it; returns the artifact id."""
+def prepare_job(settings: Settings, wheel: Path, *, version: str, platform: str = "linux-x86_64",
+                python: str = "cp311", passed: bool = True, upstream_url: str | None = None,
+                upstream_index: str = "https://pypi.org/simple/", sdist_sha256: str | None = None
+                ) -> tuple[int, ArtifactReport]:
+    """The rows, stored wheel and statement a worker's job leaves before publishing (committed)."""
     from email.parser import BytesHeaderParser
 
-    from farm.coordinator.publish import publish
     from farm.index.simple import wheel_metadata
     from farm.worker.attest import statement
 
@@ -88,10 +89,24 @@ def publish_wheel(settings: Settings, wheel: Path, *, version: str, platform: st
                                 requires_python=meta.get("Requires-Python"),
                                 requires_dist=meta.get_all("Requires-Dist") or [],
                                 provenance_key=key + ".provenance.json", provenance=stmt)
+        return job.id, report
+
+
+def publish_prepared(settings: Settings, job_id: int, report: ArtifactReport) -> int:
+    """The coordinator's publish of a prepared job, committed; returns the artifact id."""
+    from farm.coordinator.publish import publish
+
+    with session_scope() as session:
+        job = session.get(Job, job_id)
         (art,) = publish(session, job, [report], settings)
         job.state = "succeeded"
         session.flush()
         return art.id
+
+
+def publish_wheel(settings: Settings, wheel: Path, *, version: str, **kw: Any) -> int:
+    """Record a job for `wheel` and run the coordinator's publish on it; returns the artifact id."""
+    return publish_prepared(settings, *prepare_job(settings, wheel, version=version, **kw))
 
 
 def artifact(artifact_id: int) -> Artifact:

@@ -46,3 +46,19 @@ def test_read_project_sees_a_page_replaced_behind_its_back(tmp_path: Path) -> No
     assert len(read_project(tmp_path, "pkg")) == 3
     simple._READ_CACHE.clear()
     assert len(read_project(tmp_path, "pkg")) == 3
+
+
+def test_placed_files_are_world_readable(tmp_path: Path) -> None:
+    """Storage writes 0600; a static web server running as another user must still read the index."""
+    import os
+    import stat
+
+    from farm.index.simple import add_file
+    from tests.index_helpers import make_wheel
+
+    wheel = make_wheel(tmp_path / "src", "permdemo", "1.0")
+    os.chmod(wheel, 0o600)
+    add_file(tmp_path / "index", "permdemo", wheel)
+    folder = tmp_path / "index" / "files" / "permdemo"
+    for p in folder.iterdir():
+        assert stat.S_IMODE(p.stat().st_mode) == 0o644, p

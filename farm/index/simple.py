@@ -186,6 +186,9 @@ def _place(src: Path, target: Path) -> None:
             os.link(src, tmp)
         except OSError:  # another file system, or links not allowed: copy
             shutil.copyfile(src, tmp)
+        # World-readable: a static web server's workers run as another user (storage writes 0600;
+        # a hard link shares the mode, so the stored copy becomes 0644 too).
+        os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
