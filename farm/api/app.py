@@ -24,6 +24,9 @@ from farm.storage import own_storage
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     (settings.index / "files").mkdir(parents=True, exist_ok=True)  # served from the first request on
+    from farm.index.channels import ensure_trees
+
+    ensure_trees(settings)  # the channel and virtual-index trees exist, empty, before the first publish
     app = FastAPI(title="Wheel Farm", version="0.1.0")
     app.state.settings = settings
     own_storage()  # this process serves the storage; it never reaches it over HTTP itself
