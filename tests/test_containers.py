@@ -289,7 +289,25 @@ def test_dependency_wheels_are_the_only_index(tmp_path: Path, built, verify_imag
                                  test_command="{python} -c 'import farmdep; assert farmdep.VALUE == 42'",
                                  project=None, log=io.StringIO(), timeout=300, docker_host=docker_host)
     assert result.passed, result.output
-    assert "Successfully installed farmdep-1.0 pyyaml-6.0.2" in result.output
+    # uv ("+ farmdep==1.0") where the worker's uv runs in the image, else pip ("Successfully installed ...").
+    assert ("+ farmdep==1.0" in result.output and "+ pyyaml==6.0.2" in result.output) or \
+        "Successfully installed farmdep-1.0 pyyaml-6.0.2" in result.output, result.output
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_verification_falls_back_to_pip_where_uv_does_not_run(tmp_path: Path, built, verify_image_result,  # type: ignore[no-untyped-def]  # noqa: F811
+                                                              docker_host: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    _ctx, output, _ = built
+    not_uv = tmp_path / "uv"
+    not_uv.write_text("not a program for this image\n")
+    not_uv.chmod(0o755)
+    monkeypatch.setattr("farm.worker.engines.native.uv_bin", lambda: str(not_uv))
+    result = verify_in_container(wheel=output.wheels[0], dependency_wheels=[], image=verify_image_result.tag,
+                                 requires=[], imports=["yaml"], test_command=LIBYAML_CHECK, project=None,
+                                 log=io.StringIO(), timeout=300, docker_host=docker_host)
+    assert result.passed, result.output
+    assert result.install_command.endswith("-m pip install --no-index --find-links /tmp/farm/wheels")
 
 
 # The container helper --------------------------------------------------------------------------

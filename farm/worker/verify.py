@@ -169,7 +169,7 @@ def verify(*, wheel: Path, target: Target, settings: Settings, options: Options,
                               project=project, log=log, timeout=settings.test_timeout,
                               docker_host=settings.docker_host)
     return VerifyOutcome(passed=res.passed, environment=f"container:{target.image}@{res.image_digest} network=none",
-                         install_command="pip install --no-index --find-links /tmp/farm/wheels", imports=imports,
+                         install_command=res.install_command, imports=imports,
                          test_command=options.test_command, commands=res.commands, seconds=res.seconds,
                          detail=res.output)
 
