@@ -78,7 +78,12 @@ def new_cluster(root: Path, redis: RedisServer, workers: int = 2) -> tuple[Clust
     redis.client().flushdb()
     name, url = pg_database("farmbench_dist")
     cluster = Cluster(root, url, redis.url)
-    cluster.launch("coordinator", *(f"w{i}" for i in range(1, workers + 1)))
+    try:
+        cluster.launch("coordinator", *(f"w{i}" for i in range(1, workers + 1)))
+    except BaseException:
+        cluster.stop_all()
+        drop_database(name)
+        raise
     bind(cluster)
     return cluster, name
 
