@@ -6,14 +6,17 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import TextIO
 
 from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import parse_wheel_filename
 
-from farm.errors import ConfigError
+from farm.errors import ConfigError, PackageFailure
+from farm.util.cmd import CommandFailed, run
 from farm.worker.platforms.base import Interpreter
 
 _PROBE = "import json, sys; print(json.dumps([sys.implementation.name, list(sys.version_info[:2])]))"
@@ -62,3 +65,32 @@ def wheel_tags(wheel: Path | str) -> list[str]:
 
 def is_pure(wheel: Path | str) -> bool:
     return all(t.endswith("-any") for t in wheel_tags(wheel))
+
+
+def copy_pure(wheel: Path, dest: Path, log: TextIO) -> Path | None:
+    """A pure-Python wheel needs no repair: copy it into `dest` (None for a platform wheel)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if not is_pure(wheel):
+        return None
+    log.write(f"{wheel.name} is pure Python: nothing to repair\n")
+    return Path(shutil.copy2(wheel, dest / wheel.name))
+
+
+def repair_with(tool: str, command: Callable[[Path], list[str]], *, dest: Path, env: Mapping[str, str],
+                log: TextIO, tag_ok: Callable[[Sequence[str]], bool], wanted: str) -> Path:
+    """Run a repair tool writing into a fresh folder below `dest`; exactly one wheel must come out,
+    carrying a platform tag `tag_ok` accepts (`wanted` says which, for the message)."""
+    out = Path(tempfile.mkdtemp(prefix=f".{tool}-", dir=dest))
+    try:
+        try:
+            run(command(out), env=env, log=log, timeout=600)
+        except CommandFailed as exc:
+            raise PackageFailure("repair", str(exc)) from exc
+        repaired = sorted(out.glob("*.whl"))
+        if len(repaired) != 1:
+            raise PackageFailure("repair", f"{tool} produced {len(repaired)} wheels")
+        if not tag_ok(wheel_tags(repaired[0])):
+            raise PackageFailure("repair", f"repaired wheel {repaired[0].name} has no {wanted}")
+        return Path(shutil.move(repaired[0], dest / repaired[0].name))
+    finally:
+        shutil.rmtree(out, ignore_errors=True)

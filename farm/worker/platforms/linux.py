@@ -15,7 +15,7 @@ from packaging.tags import Tag, platform_tags
 from farm.errors import InfrastructureFault, PackageFailure
 from farm.recipes.schema import SystemPackages
 from farm.util.cmd import CommandFailed, clean_env, run
-from farm.worker.platforms._common import find_interpreters, is_pure, tags_for, wheel_tags
+from farm.worker.platforms._common import copy_pure, find_interpreters, repair_with, tags_for
 from farm.worker.platforms.base import Interpreter
 
 _MANAGERS = (("apt", "apt-get"), ("yum", "dnf"), ("yum", "yum"), ("apk", "apk"))
@@ -50,24 +50,17 @@ class LinuxPlatform:
         return {}
 
     def repair(self, wheel: Path, dest: Path, *, exclude: Sequence[str], log: TextIO) -> Path:
-        dest.mkdir(parents=True, exist_ok=True)
-        if is_pure(wheel):
-            log.write(f"{wheel.name} is pure Python: nothing to repair\n")
-            return Path(shutil.copy2(wheel, dest / wheel.name))
-        argv = [_tool("auditwheel"), "repair", "--wheel-dir", dest]
-        for lib in exclude:
-            argv += ["--exclude", lib]
-        argv.append(wheel)
-        try:
-            run(argv, env=clean_env(path_prepend=[Path(sys.executable).parent]), log=log, timeout=600)
-        except CommandFailed as exc:
-            raise PackageFailure("repair", str(exc)) from exc
-        repaired = sorted(dest.glob("*.whl"))
-        if len(repaired) != 1:
-            raise PackageFailure("repair", f"auditwheel produced {len(repaired)} wheels in {dest}")
-        if not self.platform_tag_ok(wheel_tags(repaired[0])):
-            raise PackageFailure("repair", f"repaired wheel {repaired[0].name} has no {self.name} platform tag")
-        return repaired[0]
+        if (copied := copy_pure(wheel, dest, log)) is not None:
+            return copied
+
+        def command(out: Path) -> list[str]:
+            argv = [_tool("auditwheel"), "repair", "--wheel-dir", str(out)]
+            for lib in exclude:
+                argv += ["--exclude", lib]
+            return [*argv, str(wheel)]
+
+        return repair_with("auditwheel", command, dest=dest, env=clean_env(path_prepend=[Path(sys.executable).parent]),
+                           log=log, tag_ok=self.platform_tag_ok, wanted=f"{self.name} platform tag")
 
     def system_packages(self, wanted: SystemPackages) -> tuple[str, list[str]]:
         family = _host_manager()[0] if _host_manager() else ("apk" if self.musl else "yum")

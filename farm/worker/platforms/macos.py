@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from packaging.tags import Tag, mac_platforms
 from farm.errors import ConfigError, InfrastructureFault, PackageFailure
 from farm.recipes.schema import SystemPackages
 from farm.util.cmd import CommandFailed, clean_env, run
-from farm.worker.platforms._common import find_interpreters, is_pure, tags_for, wheel_tags
+from farm.worker.platforms._common import copy_pure, find_interpreters, repair_with, tags_for
 from farm.worker.platforms.base import Interpreter
 
 ARCHS = ("x86_64", "arm64", "universal2")
@@ -118,10 +117,8 @@ class MacOSPlatform:
         return [*argv, "-v", str(wheel)]
 
     def repair(self, wheel: Path, dest: Path, *, exclude: Sequence[str], log: TextIO) -> Path:
-        dest.mkdir(parents=True, exist_ok=True)
-        if is_pure(wheel):
-            log.write(f"{wheel.name} is pure Python: nothing to repair\n")
-            return Path(shutil.copy2(wheel, dest / wheel.name))
+        if (copied := copy_pure(wheel, dest, log)) is not None:
+            return copied
         # delocate checks the vendored libraries against MACOSX_DEPLOYMENT_TARGET.
         env = clean_env({"MACOSX_DEPLOYMENT_TARGET": self.target_dotted},
                         path_prepend=[Path(sys.executable).parent])
@@ -132,21 +129,9 @@ class MacOSPlatform:
         if missing:
             raise InfrastructureFault("repair", f"{', '.join(missing)} not found: delocate needs the Xcode "
                                       "command line tools (xcode-select --install)")
-        out = Path(tempfile.mkdtemp(prefix=".delocate-", dir=dest))
-        try:
-            try:
-                run(self.repair_command(wheel, out, exclude), env=env, log=log, timeout=600)
-            except CommandFailed as exc:
-                raise PackageFailure("repair", str(exc)) from exc
-            repaired = sorted(out.glob("*.whl"))
-            if len(repaired) != 1:
-                raise PackageFailure("repair", f"delocate-wheel produced {len(repaired)} wheels")
-            if not self.platform_tag_ok(wheel_tags(repaired[0])):
-                raise PackageFailure("repair", f"repaired wheel {repaired[0].name} has no {self.name} platform tag "
-                                     f"for macOS {self.target_dotted}")
-            return Path(shutil.move(repaired[0], dest / repaired[0].name))
-        finally:
-            shutil.rmtree(out, ignore_errors=True)
+        return repair_with("delocate-wheel", lambda out: self.repair_command(wheel, out, exclude), dest=dest,
+                           env=env, log=log, tag_ok=self.platform_tag_ok,
+                           wanted=f"{self.name} platform tag for macOS {self.target_dotted}")
 
     def system_packages(self, wanted: SystemPackages) -> tuple[str, list[str]]:
         return "brew", list(wanted.brew)

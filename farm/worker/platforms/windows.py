@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
@@ -21,7 +20,7 @@ from packaging.tags import Tag
 from farm.errors import ConfigError, InfrastructureFault, PackageFailure
 from farm.recipes.schema import SystemPackages
 from farm.util.cmd import CommandFailed, clean_env, run
-from farm.worker.platforms._common import find_interpreters, is_pure, tags_for, wheel_tags
+from farm.worker.platforms._common import copy_pure, find_interpreters, repair_with, tags_for
 from farm.worker.platforms.base import Interpreter
 
 # Queue architecture -> wheel platform tag (also cibuildwheel's identifier suffix).
@@ -118,28 +117,14 @@ class WindowsPlatform:
 
     def repair(self, wheel: Path, dest: Path, *, exclude: Sequence[str], log: TextIO) -> Path:
         """delvewheel copies the DLLs the wheel needs (found on PATH) into it; a wheel needing none is copied."""
-        dest.mkdir(parents=True, exist_ok=True)
-        if is_pure(wheel):
-            log.write(f"{wheel.name} is pure Python: nothing to repair\n")
-            return Path(shutil.copy2(wheel, dest / wheel.name))
+        if (copied := copy_pure(wheel, dest, log)) is not None:
+            return copied
         tool = _tool("delvewheel")
         if not Path(tool).is_file() and shutil.which(tool) is None:
             raise InfrastructureFault("repair", "delvewheel is not installed on this worker (pip install delvewheel)")
-        out = Path(tempfile.mkdtemp(prefix=".delvewheel-", dir=dest))
-        try:
-            try:
-                run(self.repair_command(wheel, out, exclude), env=clean_env(path_prepend=[Path(sys.executable).parent]),
-                    log=log, timeout=600)
-            except CommandFailed as exc:
-                raise PackageFailure("repair", str(exc)) from exc
-            repaired = sorted(out.glob("*.whl"))
-            if len(repaired) != 1:
-                raise PackageFailure("repair", f"delvewheel produced {len(repaired)} wheels")
-            if not self.platform_tag_ok(wheel_tags(repaired[0])):
-                raise PackageFailure("repair", f"repaired wheel {repaired[0].name} has no {self.platform_tag} tag")
-            return Path(shutil.move(repaired[0], dest / repaired[0].name))
-        finally:
-            shutil.rmtree(out, ignore_errors=True)
+        return repair_with("delvewheel", lambda out: self.repair_command(wheel, out, exclude), dest=dest,
+                           env=clean_env(path_prepend=[Path(sys.executable).parent]), log=log,
+                           tag_ok=self.platform_tag_ok, wanted=f"{self.platform_tag} tag")
 
     def system_packages(self, wanted: SystemPackages) -> tuple[str, list[str]]:
         return "choco", list(wanted.choco)
