@@ -8,7 +8,6 @@ move (dropped, nothing changes), events for unknown jobs (dropped).
 
 from __future__ import annotations
 
-import io
 import json
 import time
 import zipfile

@@ -372,7 +372,7 @@ def _scan_tar(fn: str, tf: tarfile.TarFile, limits: Limits, *, keep_open: bool) 
                 raise tree.fail(m.name, f"has an unsupported tar member type {m.type!r}")
             if m.size < 0:
                 raise tree.fail(m.name, "declares a negative size")
-            norm = tree.add(m.name, parts, kind, size)
+            tree.add(m.name, parts, kind, size)
             if kind == "symlink":
                 tree.symlink(m.name, parts, m.linkname)
             elif kind == "hardlink":
