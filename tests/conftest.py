@@ -160,7 +160,12 @@ def make_sdist(project: Path, out: Path) -> Path:
 
 
 def cached_sdist(requirement: str) -> Path:
-    """A real sdist from the upstream index, downloaded once into ~/.cache/wheel-farm/sdists."""
+    """A real sdist from the upstream index (sha256 checked), downloaded once into ~/.cache/wheel-farm/sdists.
+
+    The farm's own upstream client finds and fetches it: `pip download --no-binary :all:` would
+    also build the sdist's build dependencies from source just to read its metadata."""
+    from farm.index.upstream import Upstream
+
     name, _, version = requirement.partition("==")
     folder = CACHE / "sdists"
     folder.mkdir(parents=True, exist_ok=True)
@@ -168,9 +173,7 @@ def cached_sdist(requirement: str) -> Path:
         stem = path.name[: -len(".tar.gz")].lower().replace("_", "-")
         if stem == f"{name.lower().replace('_', '-')}-{version}":
             return path
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--index-url",
-                    UPSTREAM, "-d", str(folder), requirement], env=installer_env(), check=True, capture_output=True,
-                   timeout=300)
-    return cached_sdist(requirement)
+    with Upstream(UPSTREAM) as upstream:
+        return upstream.download(upstream.find_sdist(name, version), folder)
 
 
