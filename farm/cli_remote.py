@@ -1,4 +1,4 @@
-"""`farm submit/status/logs` against a farm's HTTP API (`--server URL`, `server_url`, FARM_SERVER_URL).
+"""`farm submit/status/logs/cancel` against a farm's HTTP API (`--server URL`, `server_url`, FARM_SERVER_URL).
 
 The same output as the local commands, read from the API instead of the database; nothing here
 imports the database modules. The token comes from `--token`, `token` or FARM_TOKEN.
@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from farm.errors import FarmError, NotFound
+from farm.errors import FarmError, NotFound, StateError
 
 SDIST_SUFFIXES = (".tar.gz", ".zip", ".tgz", ".tar.bz2")  # as farm.coordinator.submit
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -44,18 +44,23 @@ class ApiClient:
                 detail = json.dumps(detail)
             if resp.status_code == 404:
                 raise NotFound(detail)
+            if resp.status_code == 409:
+                raise StateError(detail)
             raise FarmError(f"{method} {path}: HTTP {resp.status_code}: {detail}")
         return resp
 
-    def submit_file(self, path: Path) -> dict[str, Any]:
+    def submit_file(self, path: Path, *, priority: int = 0) -> dict[str, Any]:
         if not path.is_file():
             raise FarmError(f"{path}: no such file")
         with open(path, "rb") as f:
-            return self._call("POST", "/api/submissions",
+            return self._call("POST", "/api/submissions", data={"priority": str(priority)},
                               files={"file": (path.name, f, "application/octet-stream")}).json()
 
-    def submit_requirement(self, requirement: str) -> dict[str, Any]:
-        return self._call("POST", "/api/submissions", json={"requirement": requirement}).json()
+    def submit_requirement(self, requirement: str, *, priority: int = 0) -> dict[str, Any]:
+        return self._call("POST", "/api/submissions", json={"requirement": requirement, "priority": priority}).json()
+
+    def cancel(self, job_id: int) -> str:
+        return str(self._call("POST", f"/api/jobs/{job_id}/cancel").json()["detail"])
 
     def jobs(self, *, submission: int | None = None, limit: int = 50, active: bool = False) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"limit": limit, "active": active}
@@ -90,7 +95,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     api = client_from_settings()
     job_ids: list[int] = []
     for request in args.requests:
-        result = api.submit_file(Path(request)) if _is_file(request) else api.submit_requirement(request)
+        result = (api.submit_file(Path(request), priority=args.priority) if _is_file(request)
+                  else api.submit_requirement(request, priority=args.priority))
         for job in result["jobs"]:
             print(f"job {job['id']}: {result['name']} {result['version']} {job['build_id']} {job['state']}")
             job_ids.append(job["id"])
@@ -139,6 +145,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         if v["error"] and v["state"] == "failed":
             print(f"      {v['error'].splitlines()[0][:200]}")
     return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    api = client_from_settings()
+    code = 0
+    for job_id in args.jobs:
+        try:
+            print(api.cancel(job_id))
+        except FarmError as exc:
+            print(f"farm: error: {exc}", file=sys.stderr)
+            code = exc.exit_code
+    return code
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

@@ -2,7 +2,8 @@
 
 Tokens: missing or unknown -> 401, a role used beyond its rights -> 403, admin everywhere, open
 (no tokens configured) only to loopback clients. Submissions: an sdist upload and a requirement
-(from a static upstream index on 127.0.0.1), a server path sent as a requirement refused.
+(from a static upstream index on 127.0.0.1), a server path sent as a requirement refused, a
+priority outside 0-9 refused with nothing stored, cancel (409 once a job has ended, 404 unknown).
 Worker storage: traversal and absolute keys refused, writes only below jobs/, a sha256 mismatch
 refused with nothing stored; HttpStorage against the app. Tokens made by `farm token create`.
 """
@@ -152,6 +153,7 @@ def test_openapi_shows_bearer_scheme_on_protected_routes(api: Api) -> None:
 # 401 / 403 ------------------------------------------------------------------------------------------------
 
 PROTECTED = [("GET", "/api/jobs"), ("GET", "/api/jobs/1"), ("GET", "/api/jobs/1/log"), ("POST", "/api/submissions"),
+             ("POST", "/api/jobs/1/cancel"),
              ("GET", "/api/storage/sdists/x"), ("HEAD", "/api/storage/sdists/x"), ("PUT", "/api/storage/jobs/1/attempt-1.log")]
 
 
@@ -187,7 +189,7 @@ def test_submit_token_on_worker_endpoint_is_403(api: Api, method: str, path: str
 
 
 @pytest.mark.parametrize(("method", "path"), [("GET", "/api/jobs"), ("GET", "/api/jobs/1"), ("GET", "/api/jobs/1/log"),
-                                              ("POST", "/api/submissions")])
+                                              ("POST", "/api/submissions"), ("POST", "/api/jobs/1/cancel")])
 def test_worker_token_on_submit_endpoints_is_403(api: Api, method: str, path: str) -> None:
     before = submission_count()
     resp = api.client.request(method, path, headers=api.h("worker"),
@@ -267,6 +269,70 @@ def test_server_sdist_path_is_not_submitted(api: Api, tmp_path: Path) -> None:
     resp = api.client.post("/api/submissions", json={"requirement": str(sdist)}, headers=api.h("submit"))
     assert resp.status_code == 422
     assert submission_count() == before
+
+
+def job_priority(job_id: int) -> int:
+    from farm.db.models import Job
+    from farm.db.session import session_scope
+
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        return job.priority
+
+
+def test_priority_reaches_the_jobs(api: Api, tmp_path: Path) -> None:
+    sdist = make_good(tmp_path / "in", "urgentupload", "1.0")
+    with open(sdist, "rb") as f:
+        resp = api.client.post("/api/submissions", headers=api.h("submit"), data={"priority": "7"},
+                               files={"file": (sdist.name, f, "application/octet-stream")})
+    assert resp.status_code == 201, resp.text
+    assert {job_priority(j["id"]) for j in resp.json()["jobs"]} == {7}
+    resp = api.client.post("/api/submissions", json={"requirement": "remote==1.0", "priority": 9}, headers=api.h("submit"))
+    assert resp.status_code == 201, resp.text
+    assert {job_priority(j["id"]) for j in resp.json()["jobs"]} == {9}
+
+
+@pytest.mark.parametrize("priority", ["10", "-1", "high", "1.5"])
+def test_bad_priority_refused_and_nothing_stored(api: Api, tmp_path: Path, priority: str) -> None:
+    before, files = submission_count(), storage_files(api)
+    sdist = make_good(tmp_path / "in", "badprio", "1.0")
+    with open(sdist, "rb") as f:
+        resp = api.client.post("/api/submissions", headers=api.h("submit"), data={"priority": priority},
+                               files={"file": (sdist.name, f, "application/octet-stream")})
+    assert resp.status_code == 422 and "priority" in resp.text, resp.text
+    resp = api.client.post("/api/submissions", json={"requirement": "remote==1.0", "priority": priority},
+                           headers=api.h("submit"))
+    assert resp.status_code == 422 and "priority" in resp.text, resp.text
+    assert submission_count() == before and storage_files(api) == files
+
+
+def test_cancel_over_the_api(api: Api, tmp_path: Path) -> None:
+    """A queued job is cancelled; cancelling it again is 409 (it has ended), an unknown job 404."""
+    resp = upload(api, make_good(tmp_path / "in", "tocancel", "1.0"))
+    job_id = resp.json()["jobs"][0]["id"]
+    done = api.client.post(f"/api/jobs/{job_id}/cancel", headers=api.h("submit"))
+    assert done.status_code == 200 and done.json()["detail"].startswith(f"job {job_id}: cancelled"), done.text
+    assert api.client.get(f"/api/jobs/{job_id}", headers=api.h("submit")).json()["state"] == "cancelled"
+    again = api.client.post(f"/api/jobs/{job_id}/cancel", headers=api.h("submit"))
+    assert again.status_code == 409 and "already ended: cancelled" in again.json()["detail"]
+    assert api.client.post("/api/jobs/999999/cancel", headers=api.h("submit")).status_code == 404
+
+
+def test_remote_cli_client_submits_with_priority_and_cancels(api: Api, tmp_path: Path) -> None:
+    """The remote CLI's client against the app: priority and cancel travel; errors keep their kind."""
+    from farm.cli_remote import ApiClient
+    from farm.errors import StateError
+
+    client = ApiClient("http://testserver", api.tokens["submit"], client=api.client)
+    result = client.submit_file(make_good(tmp_path / "in", "remoteprio", "1.0"), priority=5)
+    job_id = result["jobs"][0]["id"]
+    assert job_priority(job_id) == 5
+    assert client.cancel(job_id).startswith(f"job {job_id}: cancelled")
+    with pytest.raises(StateError, match="already ended"):
+        client.cancel(job_id)
+    with pytest.raises(NotFound):
+        client.cancel(999999)
 
 
 @pytest.mark.parametrize(("kwargs", "status", "words"), [

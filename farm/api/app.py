@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 
 from farm.api import routes_jobs, routes_workers
 from farm.config import Settings, get_settings
-from farm.errors import FarmError, NotFound, UpstreamError
+from farm.errors import FarmError, NotFound, StateError, UpstreamError
 from farm.index.serve import index_app
 from farm.storage import own_storage
 
@@ -33,7 +33,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(FarmError)
     async def farm_error(request: Request, exc: FarmError) -> JSONResponse:
-        code = 404 if isinstance(exc, NotFound) else 502 if isinstance(exc, UpstreamError) else 422
+        code = (404 if isinstance(exc, NotFound) else 502 if isinstance(exc, UpstreamError)
+                else 409 if isinstance(exc, StateError) else 422)
         return JSONResponse({"detail": str(exc)}, status_code=code)
 
     @app.get("/health")

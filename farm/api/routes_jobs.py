@@ -1,4 +1,4 @@
-"""Submissions and jobs (role `submit`): submit an sdist upload or a requirement, list jobs, read logs."""
+"""Submissions and jobs (role `submit`): submit an sdist upload or a requirement, list jobs, read logs, cancel."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ _FORM_SLACK = 64 * 1024  # multipart framing around the file
 class RequirementRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     requirement: str = Field(min_length=1, max_length=500, examples=["pyyaml==6.0.2"])
+    priority: int = Field(0, ge=0, le=9, description="higher is built first when workers are busy")
 
 
 class JobRef(BaseModel):
@@ -45,7 +46,8 @@ class SubmissionOut(BaseModel):
 
 _SUBMIT_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-        "file": {"type": "string", "format": "binary", "description": "the sdist (.tar.gz or .zip)"}}}},
+        "file": {"type": "string", "format": "binary", "description": "the sdist (.tar.gz or .zip)"},
+        "priority": {"type": "integer", "minimum": 0, "maximum": 9, "default": 0}}}},
     "application/json": {"schema": RequirementRequest.model_json_schema()},
 }}}
 
@@ -66,7 +68,7 @@ async def create_submission(request: Request, who: Principal = submitter) -> Sub
         # A requirement, never a path on the server (and no answer that tells whether one exists).
         if req.startswith(("/", ".", "~")) or req.endswith(SDIST_SUFFIXES):
             raise HTTPException(422, f"{req!r} is not a requirement like NAME==VERSION; upload files as multipart")
-        result = await run_in_threadpool(submit, req, settings=settings, from_file=False)
+        result = await run_in_threadpool(submit, req, settings=settings, from_file=False, priority=body.priority)
         return _out(result)
     raise HTTPException(415, "send multipart/form-data with a `file` field, or JSON {\"requirement\": \"NAME==VERSION\"}")
 
@@ -83,6 +85,7 @@ async def _submit_upload(request: Request, settings: Settings) -> SubmissionOut:
         upload = form.get("file")
         if not isinstance(upload, UploadFile) or not upload.filename:
             raise HTTPException(422, "the multipart body needs one file field named `file`")
+        priority = _priority(form.get("priority", "0"))
         filename = PurePosixPath(upload.filename.replace("\\", "/")).name
         if not filename.endswith(SDIST_SUFFIXES) or filename.startswith(".") or len(filename) > 200:
             raise HTTPException(422, f"{upload.filename!r} is not an sdist file name (.tar.gz or .zip)")
@@ -98,12 +101,18 @@ async def _submit_upload(request: Request, settings: Settings) -> SubmissionOut:
                     if size > limit:
                         raise HTTPException(413, f"the sdist is larger than max_sdist_bytes ({limit})")
                     out.write(block)
-            result = await run_in_threadpool(submit, str(path), settings=settings, from_file=True)
+            result = await run_in_threadpool(submit, str(path), settings=settings, from_file=True, priority=priority)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
     finally:
         await form.close()
     return _out(result)
+
+
+def _priority(value: Any) -> int:
+    if isinstance(value, str) and value.strip().isdigit() and 0 <= int(value) <= 9:
+        return int(value)
+    raise HTTPException(422, f"priority must be an integer from 0 to 9, not {value!r}")
 
 
 def _out(result: Any) -> SubmissionOut:
@@ -134,3 +143,10 @@ def log(job_id: int, who: Principal = submitter) -> str:
             return job_log(session, job_id)
         except NotFound as exc:
             raise HTTPException(404, str(exc)) from None
+
+
+@router.post("/jobs/{job_id}/cancel", summary="Cancel a job that has not ended (nothing of it is published)")
+def cancel_job(job_id: int, request: Request, who: Principal = submitter) -> dict[str, str]:
+    from farm.coordinator.reconcile import cancel
+
+    return {"detail": cancel(job_id, app_settings(request))}

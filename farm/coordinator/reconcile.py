@@ -50,7 +50,7 @@ from farm.coordinator.events import fail
 from farm.db.models import Dependency, Job, Step, utcnow
 from farm.db.session import session_scope
 from farm.db.states import RUNNING, TERMINAL, JobState
-from farm.errors import FarmError, NotFound
+from farm.errors import NotFound, StateError
 from farm.liveness import request_stop
 from farm.messages import COORDINATOR_QUEUE, Heartbeat, JobSpec
 from farm.storage import get_storage
@@ -189,7 +189,7 @@ def cancel(job_id: int, settings: Settings) -> str:
         if job is None:
             raise NotFound(f"no job {job_id}")
         if job.state in _TERMINAL:
-            raise FarmError(f"job {job_id} already ended: {job.state}")
+            raise StateError(f"job {job_id} already ended: {job.state}")
         specs += _cancel(session, job, "cancelled", cancelled)
     storage = get_storage()
     for jid in cancelled:
