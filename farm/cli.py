@@ -310,7 +310,7 @@ def read_requirements(path: Path) -> list[str]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="farm", description="Wheel Farm: sdists in; repaired, tested wheels out.")
     p.add_argument("--home", help="where the farm keeps its state (FARM_HOME; default ./.farm)")
-    p.add_argument("--server", help="a farm's API URL: submit/status/logs/cancel go there (FARM_SERVER_URL)")
+    p.add_argument("--server", help="a farm's API URL: submit/status/logs/cancel/yank/promote go there (FARM_SERVER_URL)")
     p.add_argument("--token", help="API token for --server (FARM_TOKEN)")
     sub = p.add_subparsers(dest="command", required=True)
 

@@ -98,52 +98,37 @@ class _Null:
 
 
 def cmd_yank(args: argparse.Namespace) -> int:
-    from farm.db.session import session_scope
-    from farm.index import channels
-    from farm.index.promote import yank
+    if _remote():
+        return _lines(_api().yank(args.pin, reason=args.reason, undo=args.undo))
+    from farm.index.promote import yank_and_rewrite
 
     _db()
-    settings = _settings()
-    with session_scope() as session:
-        name, arts = yank(session, args.pin, reason=args.reason, undo=args.undo)
-        files = [a.filename for a in arts]
-    with session_scope() as session:
-        channels.regenerate(session, settings, name)
-    verb = "unyanked" if args.undo else "yanked" + (f" ({args.reason})" if args.reason else "")
-    for f in files:
-        print(f"{verb}: {f}")
-    return 0
+    return _lines(yank_and_rewrite(_settings(), args.pin, reason=args.reason, undo=args.undo))
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from farm.db.session import session_scope
-    from farm.index import channels, targets
-    from farm.index.promote import promote
+    if _remote():
+        return _lines(_api().promote(args.pin, to=args.to, upload=not args.no_upload))
+    from farm.index.promote import promote_and_publish
 
     _db()
-    settings = _settings()
-    with session_scope() as session:
-        result = promote(session, settings, args.pin, args.to, by=f"farm promote ({_who()})")
-        added_ids = [a.id for a in result.added]
-    for a in result.already:
-        print(f"already in {result.channel}: {a.filename}")
-    for a in result.skipped_yanked:
-        print(f"yanked, not promoted: {a.filename}")
-    if not added_ids:
-        return 0
-    with session_scope() as session:
-        lay = channels.layout(settings)
-        channels.regenerate(session, settings, result.name, lay.containing(result.channel))
-    for a in result.added:
-        print(f"promoted to {result.channel}: {a.filename}")
-    if args.no_upload:
-        return 0
-    from farm.db.models import Artifact
+    return _lines(promote_and_publish(_settings(), args.pin, args.to, by=f"farm promote ({_who()})",
+                                      upload=not args.no_upload))
 
-    with session_scope() as session:
-        arts = [session.get(Artifact, i) for i in added_ids]
-        for up in targets.on_promote(session, settings, result.channel, [a for a in arts if a is not None]):
-            print(f"{up.status} to {up.target}: {up.filename} ({up.seconds:.2f} s)")
+
+def _remote() -> bool:
+    return bool(_settings().server_url)
+
+
+def _api():  # type: ignore[no-untyped-def]
+    from farm.cli_remote import client_from_settings
+
+    return client_from_settings()
+
+
+def _lines(lines: list[str]) -> int:
+    for line in lines:
+        print(line)
     return 0
 
 

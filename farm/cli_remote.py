@@ -1,4 +1,4 @@
-"""`farm submit/status/logs/cancel` against a farm's HTTP API (`--server URL`, `server_url`, FARM_SERVER_URL).
+"""`farm submit/status/logs/cancel/yank/promote` against a farm's HTTP API (`--server URL`, `server_url`, FARM_SERVER_URL).
 
 The same output as the local commands, read from the API instead of the database; nothing here
 imports the database modules. The token comes from `--token`, `token` or FARM_TOKEN.
@@ -58,6 +58,14 @@ class ApiClient:
 
     def submit_requirement(self, requirement: str, *, priority: int = 0) -> dict[str, Any]:
         return self._call("POST", "/api/submissions", json={"requirement": requirement, "priority": priority}).json()
+
+    def yank(self, pin: str, *, reason: str | None = None, undo: bool = False) -> list[str]:
+        return list(self._call("POST", "/api/releases/yank", json={"pin": pin, "reason": reason, "undo": undo})
+                    .json()["lines"])
+
+    def promote(self, pin: str, *, to: str, upload: bool = True) -> list[str]:
+        return list(self._call("POST", "/api/releases/promote", json={"pin": pin, "to": to, "upload": upload})
+                    .json()["lines"])
 
     def cancel(self, job_id: int) -> str:
         return str(self._call("POST", f"/api/jobs/{job_id}/cancel").json()["detail"])

@@ -145,3 +145,43 @@ def test_pip_and_uv_skip_a_yanked_file_unless_pinned(two_versions, tmp_path: Pat
         r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--index-url", server.url,
                             "-d", str(tmp_path / "c"), "yankdemo"], env=env, capture_output=True, text=True)
         assert r.returncode == 0 and [p.name for p in (tmp_path / "c").iterdir()] == ["yankdemo-1.1-py3-none-any.whl"]
+
+
+def test_yank_and_promote_over_the_api(two_versions) -> None:  # type: ignore[no-untyped-def]
+    """The API's release routes (what `farm --server URL yank|promote` calls): the same lines as the
+    local commands, pages rewritten; bad input (no ==, an unknown field, an unknown channel, an
+    unknown release) is refused with its reason, and a submit token may not yank."""
+    from starlette.testclient import TestClient
+
+    from farm.api.app import create_app
+    from farm.cli_remote import ApiClient
+    from farm.config import get_settings, reset_settings
+    from farm.errors import FarmError, NotFound
+    from farm.tokens import create_token
+
+    settings = two_versions
+    admin, submit = create_token(settings.home, "ops", "admin"), create_token(settings.home, "ci", "submit")
+    reset_settings()
+    with TestClient(create_app(get_settings())) as http:
+        api = ApiClient("http://testserver", admin, client=http)
+        assert api.yank("YankDemo==1.1", reason="broken") == ["yanked (broken): yankdemo-1.1-py3-none-any.whl"]
+        yanked = {f.filename: f.yanked_reason for f in _pages(settings.index, "yankdemo")[1].packages if f.is_yanked}
+        assert yanked == {"yankdemo-1.1-py3-none-any.whl": "broken"}
+        assert api.yank("yankdemo==1.1", undo=True) == ["unyanked: yankdemo-1.1-py3-none-any.whl"]
+        assert api.promote("yankdemo==1.0", to="stable") == ["promoted to stable: yankdemo-1.0-py3-none-any.whl"]
+        assert [f.filename for f in _pages(settings.index / "stable", "yankdemo")[1].packages] == [
+            "yankdemo-1.0-py3-none-any.whl"]
+        assert api.promote("yankdemo==1.0", to="stable") == ["already in stable: yankdemo-1.0-py3-none-any.whl"]
+        with pytest.raises(FarmError, match="'nowhere' is not a channel"):
+            api.promote("yankdemo==1.0", to="nowhere")
+        with pytest.raises(NotFound, match="no published wheel of yankdemo==9.9"):
+            api.yank("yankdemo==9.9")
+        with pytest.raises(FarmError, match="expected NAME==VERSION"):
+            api.yank("yankdemo")
+        extra = http.post("/api/releases/yank", json={"pin": "yankdemo==1.0", "force": True},
+                          headers={"Authorization": f"Bearer {admin}"})
+        assert extra.status_code == 422 and "force" in extra.text
+        denied = http.post("/api/releases/yank", json={"pin": "yankdemo==1.0"},
+                           headers={"Authorization": f"Bearer {submit}"})
+        assert denied.status_code == 403
+    assert not any(f.is_yanked for f in _pages(settings.index, "yankdemo")[1].packages)

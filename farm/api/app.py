@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from farm.api import routes_jobs, routes_workers
+from farm.api import routes_jobs, routes_releases, routes_workers
 from farm.config import Settings, get_settings
 from farm.errors import FarmError, NotFound, StateError, UpstreamError
 from farm.index.serve import index_app
@@ -43,5 +43,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(routes_jobs.router)
     app.include_router(routes_workers.router)
+    app.include_router(routes_releases.router)
     app.mount("/", index_app(settings.index))
     return app

@@ -80,6 +80,20 @@ def yank(session: Session, pin: str, *, reason: str | None, undo: bool = False) 
     return name, arts
 
 
+def yank_and_rewrite(settings: Settings, pin: str, *, reason: str | None, undo: bool = False) -> list[str]:
+    """`farm yank` (the CLI and the API): mark, rewrite the project's pages, say what changed."""
+    from farm.db.session import session_scope
+    from farm.index import channels
+
+    with session_scope() as session:
+        name, arts = yank(session, pin, reason=reason, undo=undo)
+        files = [a.filename for a in arts]
+    with session_scope() as session:
+        channels.regenerate(session, settings, name)
+    verb = "unyanked" if undo else "yanked" + (f" ({reason})" if reason else "")
+    return [f"{verb}: {f}" for f in files]
+
+
 # Promote -------------------------------------------------------------------------------------------
 
 
@@ -120,6 +134,32 @@ def promote(session: Session, settings: Settings, pin: str, to: str, *, by: str 
         raise PromotionRefused(f"{name} {version}", to, reasons)
     result.added = add_entries(session, candidates, to, by)
     return result
+
+
+def promote_and_publish(settings: Settings, pin: str, to: str, *, by: str, upload: bool = True) -> list[str]:
+    """`farm promote` (the CLI and the API): through the gate into `to`, the pages of every tree that
+    contains `to` rewritten, then (unless not `upload`) uploaded to the targets bound to `to`."""
+    from farm.db.session import session_scope
+    from farm.index import channels, targets
+
+    with session_scope() as session:
+        result = promote(session, settings, pin, to, by=by)
+        added_ids = [a.id for a in result.added]
+        lines = [f"already in {result.channel}: {a.filename}" for a in result.already]
+        lines += [f"yanked, not promoted: {a.filename}" for a in result.skipped_yanked]
+        added = [a.filename for a in result.added]
+    if not added_ids:
+        return lines
+    with session_scope() as session:
+        lay = channels.layout(settings)
+        channels.regenerate(session, settings, result.name, lay.containing(result.channel))
+    lines += [f"promoted to {result.channel}: {f}" for f in added]
+    if upload:
+        with session_scope() as session:
+            arts = [a for a in (session.get(Artifact, i) for i in added_ids) if a is not None]
+            for up in targets.on_promote(session, settings, result.channel, arts):
+                lines.append(f"{up.status} to {up.target}: {up.filename} ({up.seconds:.2f} s)")
+    return lines
 
 
 def gate(session: Session, settings: Settings, to: str, arts: list[Artifact]) -> list[str]:

@@ -1,0 +1,49 @@
+"""Releases (role `admin`): yank or unyank NAME==VERSION, promote it to a higher channel.
+
+The same work as `farm yank` and `farm promote` (farm/index/promote.py); the answer is the lines
+those commands print. A refused promotion (the gate) is 422 with every reason.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from farm.api.auth import Principal, app_settings, require
+from farm.index.promote import promote_and_publish, yank_and_rewrite
+
+router = APIRouter(prefix="/api/releases", tags=["releases"])
+admin = Depends(require("admin"))
+
+
+class YankRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    pin: str = Field(min_length=3, max_length=300, examples=["pyyaml==6.0.2"])
+    reason: str | None = Field(None, max_length=500)
+    undo: bool = False
+
+
+class PromoteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    pin: str = Field(min_length=3, max_length=300, examples=["pyyaml==6.0.2"])
+    to: str = Field(min_length=1, max_length=100, examples=["stable"])
+    upload: bool = Field(True, description="upload to the targets bound to the channel")
+
+
+class Lines(BaseModel):
+    lines: list[str]
+
+
+@router.post("/yank", response_model=Lines, summary="PEP 592: yank (or undo) every wheel of NAME==VERSION")
+async def yank(body: YankRequest, request: Request, who: Principal = admin) -> Lines:
+    lines = await run_in_threadpool(yank_and_rewrite, app_settings(request), body.pin, reason=body.reason,
+                                    undo=body.undo)
+    return Lines(lines=lines)
+
+
+@router.post("/promote", response_model=Lines, summary="Promote NAME==VERSION into a channel, through its gate")
+async def promote(body: PromoteRequest, request: Request, who: Principal = admin) -> Lines:
+    lines = await run_in_threadpool(promote_and_publish, app_settings(request), body.pin, body.to,
+                                    by=f"api ({who.name})", upload=body.upload)
+    return Lines(lines=lines)
