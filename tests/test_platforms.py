@@ -620,3 +620,30 @@ def test_windows_interpreters_through_the_py_launcher(bin_on_path, monkeypatch):
     assert calls(bin_on_path, "py") == [[f"-V:{version}-arm64", "-c", "import sys; print(sys.executable)"]]
     with pytest.raises(ConfigError, match=r"no windows-x86 interpreter for '3.99' \(tried py -3.99-32, python3.99, "):
         WindowsPlatform("x86").interpreters(["3.99"])
+
+
+def test_verify_venv_interpreter_per_os(tmp_path):
+    """The host verification venv's interpreter: Scripts\\python.exe on Windows, bin/python elsewhere."""
+    from farm.worker.verify import venv_python
+
+    assert venv_python(tmp_path, windows=True) == tmp_path / "Scripts" / "python.exe"
+    assert venv_python(tmp_path, windows=False) == tmp_path / "bin" / "python"
+
+
+def test_command_timeout_ends_the_whole_process_group(tmp_path):
+    """A command that outlives its timeout is ended with what it started (here a grandchild sleep)."""
+    import time
+
+    from farm.util.cmd import CommandFailed, run
+
+    pid_file = tmp_path / "grandchild.pid"
+    start = time.monotonic()
+    with pytest.raises(CommandFailed) as exc:
+        run([f"sleep 60 & echo $! > {pid_file}; wait"], shell=True, timeout=1)
+    assert exc.value.timed_out and time.monotonic() - start < 20
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists() and \
+            Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
+        time.sleep(0.05)
+    assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"

@@ -10,6 +10,7 @@ where the host allows it.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import sys
@@ -209,7 +210,8 @@ def verify_on_host(*, wheel: Path, interp: Interpreter, index_url: str, options:
     cwd = work / "verify-cwd"
     shutil.rmtree(venv, ignore_errors=True)
     cwd.mkdir(parents=True, exist_ok=True)
-    env = clean_env({"VIRTUAL_ENV": str(venv)}, path_prepend=[venv / "bin"])
+    python = str(venv_python(venv))
+    env = clean_env({"VIRTUAL_ENV": str(venv)}, path_prepend=[Path(python).parent])
     env.pop("PYTHONPATH", None)
     imports = options.test_imports if options.test_imports is not None else top_level_modules(wheel)
     outcome = VerifyOutcome(passed=False, environment="host-venv" + ("+netns" if _can_unshare() else ""),
@@ -223,13 +225,12 @@ def verify_on_host(*, wheel: Path, interp: Interpreter, index_url: str, options:
 
     try:
         step([uv_bin(), "venv", "--quiet", "--python", str(interp.path), str(venv)])
-        install = [uv_bin(), "pip", "install", "--python", str(venv / "bin" / "python"), "--index-url", index_url,
+        install = [uv_bin(), "pip", "install", "--python", python, "--index-url", index_url,
                    "--no-cache", str(wheel), *options.test_requires]
         outcome.install_command = " ".join(install)
         step(install)
     except CommandFailed as exc:
         raise PackageFailure("verify", f"the wheel does not install from the farm's index:\n{exc}") from exc
-    python = str(venv / "bin" / "python")
     try:
         if imports:
             step([python, "-c", "; ".join(f"import {m}" for m in imports)], offline=True)
@@ -243,6 +244,11 @@ def verify_on_host(*, wheel: Path, interp: Interpreter, index_url: str, options:
     return outcome
 
 
+def venv_python(venv: Path, *, windows: bool = os.name == "nt") -> Path:
+    """The interpreter of a virtual environment: Scripts\\python.exe on Windows, bin/python elsewhere."""
+    return venv / "Scripts" / "python.exe" if windows else venv / "bin" / "python"
+
+
 def requirements_for(wheel: Path, options: Options, env: dict[str, str]) -> list[Requirement]:
     reqs = runtime_requirements(wheel, env)
     try:
@@ -253,4 +259,4 @@ def requirements_for(wheel: Path, options: Options, env: dict[str, str]) -> list
 
 
 __all__ = ["FarmIndex", "Target", "VerifyOutcome", "dependency_wheels", "marker_environment",
-           "missing_requirements", "requirements_for", "verify", "verify_on_host"]
+           "missing_requirements", "requirements_for", "venv_python", "verify", "verify_on_host"]
