@@ -19,6 +19,7 @@ Measured:
                    devpi = the upload POST until their simple page lists the file
 
     .venv/bin/python bench/index.py --json /tmp/bench-index/results.json
+    .venv/bin/python bench/index.py --report /tmp/bench-index/results.json    # the Markdown tables
 """
 
 from __future__ import annotations
@@ -292,7 +293,11 @@ def main() -> int:
     p.add_argument("--work", type=Path, default=Path("/tmp/bench-index"))
     p.add_argument("--json", type=Path)
     p.add_argument("--no-devpi", action="store_true", help="leave devpi out (its 2,000 uploads take the longest)")
+    p.add_argument("--report", type=Path, metavar="JSON", help="print the Markdown tables of an earlier run's --json")
     args = p.parse_args()
+    if args.report:
+        print(report(json.loads(args.report.read_text())))
+        return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
     work = args.work.absolute()
     shutil.rmtree(work, ignore_errors=True)
@@ -363,6 +368,44 @@ def main() -> int:
             measure({"devpi": devpi.index_url})
     print(json.dumps(result, indent=1))
     return 0
+
+
+ORDER = ("farm", "nginx", "static", "pypiserver", "devpi")
+
+
+def report(result: dict[str, Any]) -> str:
+    """Markdown tables of a run: page latency, installs (median of the rounds), publish-to-visible."""
+    names = [n for n in ORDER if n in result["latency"] or n in result["publish"]]
+    lines = [f"Page of a project with {result['files']} files (median / p95 of {_n(result)} requests, ms):", "",
+             "| server | HTML | JSON | JSON content type | HTML bytes | JSON bytes |", "|---|---:|---:|---|---:|---:|"]
+    for n in names:
+        lat = result["latency"].get(n)
+        if lat:
+            h, j = lat["html"], lat["json"]
+            lines.append(f"| {n} | {h['median_ms']:.2f} / {h['p95_ms']:.2f} | {j['median_ms']:.2f} / {j['p95_ms']:.2f} "
+                         f"| {j['content_type']} | {h['bytes']:,} | {j['bytes']:,} |")
+    lines += ["", f"Install {result['set']} wheels into a fresh environment, no cache (median of the rounds, s; "
+              "every round in brackets):", "", "| server | pip install | uv pip install |", "|---|---:|---:|"]
+    for n in names:
+        inst = result["install"].get(n)
+        if inst:
+            cells = [f"{statistics.median(inst[t]):.2f} ({', '.join(f'{x:.2f}' for x in inst[t])})" for t in ("pip", "uv")]
+            lines.append(f"| {n} | {cells[0]} | {cells[1]} |")
+    points = result["checkpoints"]
+    pub = [n for n in names if n in result["publish"]]
+    lines += ["", "Publish-to-visible as the project grows (median of the 3 publishes after N files, ms):", "",
+              "| files already there | " + " | ".join(pub) + " |", "|---:|" + "---:|" * len(pub)]
+    for c in points:
+        row = []
+        for n in pub:
+            got = [v for k, v in result["publish"][n].items() if c <= int(k) < c + 3]
+            row.append(f"{statistics.median(got) * 1000:.1f}" if got else "-")
+        lines.append(f"| {c:,} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _n(result: dict[str, Any]) -> int:
+    return next(iter(result["latency"].values()))["html"]["n"]
 
 
 def _machine() -> dict[str, Any]:

@@ -8,6 +8,7 @@ and then fail; the loser takes the winner's row as "already published" and write
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import uuid
 from pathlib import Path
@@ -49,11 +50,12 @@ def publish(session: Session, job: Job, artifacts: list[ArtifactReport], setting
                 raise
             published.append(existing)
             continue
-        tmp_root = settings.home / "tmp"
-        tmp_root.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=tmp_root) as tmp:
+        with contextlib.ExitStack() as stack:
             wheel = storage.local_path(report.storage_key)
-            if wheel is None or not wheel.is_file():
+            if wheel is None or not wheel.is_file():  # remote storage: fetched into a temporary folder
+                tmp_root = settings.home / "tmp"
+                tmp_root.mkdir(parents=True, exist_ok=True)
+                tmp = stack.enter_context(tempfile.TemporaryDirectory(dir=tmp_root))
                 wheel = storage.get_file(report.storage_key, Path(tmp) / report.filename)
             # The provenance record sits beside the file before the page that lists the file appears.
             folder = settings.index / "files" / project
