@@ -101,6 +101,14 @@ class ContainerCommandFailed(FarmError):
         super().__init__(f"`{result.command_line}` (in container) {what}" + (f"\n{tail}" if tail else ""))
 
 
+def local_engine(docker_host: str) -> bool:
+    """Whether the engine runs on this host (a unix socket or named pipe), so that a host path can be
+    bind-mounted; an engine reached over TCP or SSH sees its own file system, not this one. An empty
+    `docker_host` means DOCKER_HOST, and without that the engine's local default socket."""
+    host = docker_host or os.environ.get("DOCKER_HOST", "")
+    return not host or host.startswith(("unix://", "npipe://", "/"))
+
+
 @dataclass
 class Container:
     """A running container kept alive by `sleep infinity`, for a series of `call`s; removed on exit.
@@ -117,6 +125,7 @@ class Container:
     user: str | None = None  # default user of every call (None: the image's)
     environment: Mapping[str, str] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)
+    read_only_files: Mapping[str, str] = field(default_factory=dict)  # host path -> path in the container
 
     def __post_init__(self) -> None:
         self._container = None
@@ -141,6 +150,8 @@ class Container:
             "security_opt": ["no-new-privileges"],
             "user": "0",
         }
+        if self.read_only_files:  # bind mounts: only for an engine on this host (see local_engine)
+            kwargs["volumes"] = {host: {"bind": inside, "mode": "ro"} for host, inside in self.read_only_files.items()}
         if self.limits.cpus:
             kwargs["nano_cpus"] = int(self.limits.cpus * 1e9)
         if self.limits.drop_capabilities:

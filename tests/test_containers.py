@@ -204,10 +204,13 @@ def test_cibuildwheel_builds_a_repaired_manylinux_wheel(built) -> None:  # type:
 @pytest.mark.slow
 def test_cibuildwheel_leaves_no_container(built, client) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     """No container of this job is left (other farms on the same engine may be building right now)."""
+    import re
+
     ctx = built[0]
-    mine = f"{ctx.spec.job_id}-{ctx.spec.attempt}-"
-    labelled = client.containers.list(all=True, filters={"label": "farm.cibuildwheel-job"})
-    assert not [c for c in labelled if c.labels.get("farm.cibuildwheel-job", "").startswith(mine)]
+    mine = re.findall(r"--label=farm\.cibuildwheel-job=(\S+)", ctx.log.getvalue())  # type: ignore[attr-defined]
+    assert mine and mine[0].startswith(f"{ctx.spec.job_id}-{ctx.spec.attempt}-")  # job, attempt, a random part
+    labelled = client.containers.list(all=True, filters={"label": f"farm.cibuildwheel-job={mine[0]}"})
+    assert not labelled
 
 
 @pytest.mark.docker
@@ -239,6 +242,9 @@ def test_repaired_wheel_passes_in_the_clean_image(built, verify_image_result, do
     assert "1: 2" in result.output and "setup.py" in result.output  # the test ran, with the project copied in
     assert any("--no-index --find-links /tmp/farm/wheels" in c for c in result.commands)
     assert "(as farm)" in log.getvalue()
+    # the worker's uv, mounted read-only (the engine is on this host), made the venv; one import call
+    assert result.commands[0].startswith("/tmp/farm-tools/uv venv"), result.commands
+    assert sum(" -c 'import " in c for c in result.commands) == 1, result.commands
 
 
 @pytest.mark.docker
@@ -311,6 +317,17 @@ def test_verification_falls_back_to_pip_where_uv_does_not_run(tmp_path: Path, bu
                                  log=io.StringIO(), timeout=300, docker_host=docker_host)
     assert result.passed, result.output
     assert result.install_command.endswith("-m pip install --no-index --find-links /tmp/farm/wheels")
+
+
+def test_bind_mounts_only_for_an_engine_on_this_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    from farm.containers import local_engine
+
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    assert local_engine("unix:///root/.cache/wheel-farm/docker/docker.sock") and local_engine("")
+    assert local_engine("npipe:////./pipe/docker_engine")
+    assert not local_engine("tcp://10.0.0.5:2376") and not local_engine("ssh://builder@host")
+    monkeypatch.setenv("DOCKER_HOST", "ssh://builder@host")
+    assert not local_engine("")
 
 
 # The container helper --------------------------------------------------------------------------
