@@ -201,3 +201,35 @@ def test_head_revision_is_alembics_head(tmp_path: Path) -> None:
     assert not is_current(engine)
     upgrade(engine)
     assert is_current(engine)
+
+
+# Build failure hints (farm/worker/hints.py) ------------------------------------------------------------
+
+BUILD_OUTPUTS = [
+    ("../cairo/meson.build:31:12: ERROR: Dependency \"cairo\" not found (tried pkg-config and cmake)", ["cairo (meson)"]),
+    ("src/yaml.c:3:10: fatal error: yaml.h: No such file or directory", ["yaml.h (header)"]),
+    ("c++ ... fatal error: boost/python.hpp: No such file or directory", ["boost/python.hpp (header)"]),
+    ("Package libffi was not found in the pkg-config search path.\nNo package 'libffi' found", ["libffi (pkg-config)"]),
+    ("Package 'glib-2.0', required by 'gobject-2.0', not found", ["glib-2.0 (pkg-config)"]),
+    ("CMake Error: Could NOT find ZLIB (missing: ZLIB_LIBRARY ZLIB_INCLUDE_DIR)", ["ZLIB (CMake)"]),
+    ("/usr/bin/ld: cannot find -lxslt: No such file or directory", ["xslt (linker)"]),
+    ("Error: pg_config executable not found.", ["pg_config (program)"]),
+    ("sh: 1: xml2-config: not found\n** make sure the development packages of libxml2 and libxslt are installed **",
+     ["xml2-config (program)"]),
+    ("error: expected ';' before '}' token\nerror: command '/usr/bin/gcc' failed with exit code 1", []),
+    ("-- Could NOT find OpenMP_C: Found unsuitable version", []),
+]
+
+
+@pytest.mark.parametrize(("output", "expected"), BUILD_OUTPUTS)
+def test_missing_system_dependencies_named_from_build_output(output: str, expected: list[str]) -> None:
+    from farm.worker.hints import build_failure, missing_system_dependencies
+
+    assert missing_system_dependencies(output) == expected
+    failure = build_failure("`uv build` exited with 1\n" + output, output)
+    first = str(failure).splitlines()[0]
+    assert first.startswith("build: ")
+    if expected:
+        assert all(e in first for e in expected) and "system-packages" in first
+    else:
+        assert first == "build: `uv build` exited with 1"

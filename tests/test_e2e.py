@@ -4,8 +4,9 @@ Real parts only: a real `farm up` (API/index, coordinator, worker processes on t
 broker), real sdists (a C-extension project made here, markupsafe and pyyaml from the upstream
 index), real auditwheel, real pip and uv in fresh environments that ignore the host's pip setup.
 
-Bad outcomes covered: a package that does not compile, a package whose recipe tests fail, and a
-runtime dependency that cannot be had: each ends `failed` with its reason and nothing is published.
+Bad outcomes covered: a package that does not compile, one that needs a system header the worker
+lacks (named first in the error), a package whose recipe tests fail, and a runtime dependency that
+cannot be had: each ends `failed` with its reason and nothing is published.
 """
 
 from __future__ import annotations
@@ -150,6 +151,21 @@ def test_package_that_does_not_compile_fails_and_publishes_nothing(farm: Farm, t
     assert "error" in log.lower() and "_native.c" in log
     assert httpx.get(farm.index_url + "farmtest-broken/").status_code == 404
     assert not (farm.home / "index/files/farmtest-broken").exists()
+
+
+def test_missing_system_header_is_named_first_in_the_error(farm: Farm, tmp_path: Path) -> None:
+    """A C extension that includes a header no package on the worker provides: the job's error leads
+    with that header and where a recipe fixes it, ahead of the compiler's output."""
+    proj = make_project(tmp_path, "farmtest-needs-lib")
+    native = proj / "farmtest_needs_lib" / "_native.c"
+    native.write_text("#include <farmtest_no_such_library.h>\n" + native.read_text())
+    res = submit_wait(farm, str(make_sdist(proj, tmp_path / "dist")))
+    assert res.returncode == 1
+    job = next(j for j in jobs(farm) if j["name"] == "farmtest-needs-lib")
+    first = job["error"].splitlines()[0]
+    assert job["state"] == "failed" and first.startswith("build: the build output reports missing:"), job["error"]
+    assert "farmtest_no_such_library.h (header)" in first and "system-packages" in first
+    assert httpx.get(farm.index_url + "farmtest-needs-lib/").status_code == 404
 
 
 def test_package_whose_tests_fail_is_not_published(farm: Farm, tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from farm.util.cmd import CommandFailed, Result, clean_env, run
 from farm.worker import build_requires
 from farm.worker.engines.base import BuildContext, BuildOutput
 from farm.worker.engines.native import source_date_epoch
+from farm.worker.hints import build_failure
 
 CA_IN_CONTAINER = "/farm/ca-bundle.crt"
 JOB_LABEL = "farm.cibuildwheel-job"
@@ -80,7 +81,7 @@ class CibuildwheelEngine:
                 if docker_client_fault(exc.result.output):
                     raise InfrastructureFault("build", str(exc)) from exc
                 if PURE_WHEEL_REFUSED not in exc.result.output:
-                    raise PackageFailure("build", str(exc)) from exc
+                    raise build_failure(str(exc), exc.result.output) from exc
                 pure = True
                 build_pure_wheel(ctx, client, image=image.image, env=env, src=ctx.sdist if from_sdist else ctx.source,
                                  out=out, job_label=job_label)
@@ -264,7 +265,7 @@ def build_pure_wheel(ctx: BuildContext, client, *, image: str, env: dict[str, st
         except ContainerCommandFailed as exc:
             if exc.timed_out:
                 raise CommandTimeout("build", str(exc)) from exc
-            raise PackageFailure("build", str(exc)) from exc
+            raise build_failure(str(exc), exc.result.output) from exc
         for path in box.copy_out("/tmp/farm/out", ctx.work / "pure-out"):
             for wheel in path.glob("*.whl"):
                 shutil.move(wheel, out / wheel.name)

@@ -11,6 +11,7 @@ from farm.errors import ConfigError, PackageFailure
 from farm.util.cmd import CommandFailed, clean_env, run
 from farm.worker import build_requires
 from farm.worker.engines.base import BuildContext, BuildOutput
+from farm.worker.hints import build_failure
 
 
 class NativeEngine:
@@ -53,7 +54,7 @@ class NativeEngine:
         try:
             ctx.record(run(argv, cwd=ctx.source, log=ctx.log, **kw))
         except CommandFailed as exc:
-            raise PackageFailure("build", str(exc)) from exc
+            raise build_failure(str(exc), exc.result.output) from exc
 
 
 def build_env(ctx: BuildContext) -> dict[str, str]:

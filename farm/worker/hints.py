@@ -1,0 +1,43 @@
+"""What a failed build's output says is missing from the system, put first in the job's error.
+
+Most sdists that do not build on a worker lack a C library or its headers, and the compiler's or
+the build system's message for that is buried in hundreds of lines. The lines matched here are the
+standard ones (gcc/clang, pkg-config, meson, CMake, the linker, `*-config` scripts); what they name
+is reported as the build output says it, with where a recipe fixes it (`system-packages`).
+"""
+
+from __future__ import annotations
+
+import re
+
+from farm.errors import PackageFailure
+
+_PATTERNS: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"fatal error: ([\w./+-]+\.h(?:h|pp|xx)?): No such file or directory"), "header"),
+    (re.compile(r"ERROR: Dependency \"?([\w.+-]+)\"? not found"), "meson"),
+    (re.compile(r"Package '?([\w.+-]+)'?,? required by .*?, not found"), "pkg-config"),
+    (re.compile(r"Package ([\w.+-]+) was not found in the pkg-config search path"), "pkg-config"),
+    (re.compile(r"No package '([\w.+-]+)' found"), "pkg-config"),
+    (re.compile(r"Could NOT find ([\w.+-]+) \(missing"), "CMake"),
+    (re.compile(r"cannot find -l([\w.+-]+)"), "linker"),
+    (re.compile(r"\b([\w-]+-config|pg_config)(?::| executable)? (?:command )?not found", re.I), "program"),
+]
+
+
+def missing_system_dependencies(output: str) -> list[str]:
+    """`name (kind)` for each missing library, header or tool the output reports, first seen first."""
+    found: dict[str, str] = {}
+    for line in output.splitlines():
+        for pattern, kind in _PATTERNS:
+            for name in pattern.findall(line):
+                found.setdefault(name, kind)
+    return [f"{name} ({kind})" for name, kind in found.items()]
+
+
+def build_failure(message: str, output: str) -> PackageFailure:
+    """The build step's PackageFailure, led by what the output says is missing, if anything."""
+    missing = missing_system_dependencies(output)
+    if missing:
+        message = (f"the build output reports missing: {', '.join(missing)}; a recipe's `system-packages` "
+                   f"installs system libraries (docs/recipes.md)\n{message}")
+    return PackageFailure("build", message)
