@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from farm.util.cmd import clean_env
+from tests.backends import C_SOURCE
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path.home() / ".cache" / "wheel-farm"
@@ -136,18 +137,7 @@ def make_project(root: Path, name: str, *, version: str = "0.1.0", c_extension: 
             from setuptools import Extension, setup
             setup(ext_modules=[Extension("{mod}._native", ["{mod}/_native.c"])])
             """))
-        (proj / mod / "_native.c").write_text(textwrap.dedent("""
-            #define PY_SSIZE_T_CLEAN
-            #include <Python.h>
-            static PyObject *add(PyObject *self, PyObject *args) {
-                long a, b;
-                if (!PyArg_ParseTuple(args, "ll", &a, &b)) return NULL;
-                return PyLong_FromLong(a + b);
-            }
-            static PyMethodDef methods[] = {{"add", add, METH_VARARGS, "add two integers"}, {NULL, NULL, 0, NULL}};
-            static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", NULL, -1, methods};
-            PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&module); }
-            """))
+        (proj / mod / "_native.c").write_text(C_SOURCE)
     return proj
 
 
