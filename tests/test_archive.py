@@ -496,3 +496,55 @@ def test_extract_twice_is_refused(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(SdistError, match="foo-1.0.tar.gz: no such file"):
         inspect_sdist(tmp_path / "foo-1.0.tar.gz", LIMITS)
+
+
+# The job's sdist, unpacked on first use (farm/worker/source.py) --------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["tar", "zip"])
+def test_sdist_source_reads_top_level_files_without_unpacking(tmp_path: Path, kind: str) -> None:
+    from farm.worker import build_requires
+    from farm.worker.source import SdistSource
+
+    if kind == "tar":
+        members = sdist_members()
+        for ti, _ in members:
+            ti.mtime = 1_700_000_000
+        sdist = write_tar(tmp_path / "foo-1.0.tar.gz", members)
+    else:
+        sdist = write_zip(tmp_path / "foo-1.0.zip", zip_members())
+    source = SdistSource(sdist, tmp_path / "src", LIMITS)
+    assert source.top_level("pyproject.toml") == PYPROJECT and source.top_level("nothing.txt") is None
+    assert source.top_level("foo.py") is None  # only the top folder's own files
+    assert source.timestamp == (1_700_000_000 if kind == "tar" else 1_704_067_200)  # zip 2024-01-01 00:00 as UTC
+    assert build_requires.declared(source) == ["setuptools"]
+    assert not source.is_unpacked and not (tmp_path / "src").exists()
+
+    tree = source.path  # unpacked now, once, with the archive checks
+    assert source.is_unpacked and tree == tmp_path / "src" / "foo-1.0" and (tree / "src" / "foo.py").is_file()
+    assert source.path is tree
+    (tree / "pyproject.toml").write_bytes(PYPROJECT.replace(b'"setuptools"', b'"setuptools>=70"'))
+    assert build_requires.declared(source) == ["setuptools>=70"]  # from the tree, as the build sees it
+    assert source.timestamp == (1_700_000_000 if kind == "tar" else 1_704_067_200)
+
+
+def test_build_requirement_changes_unpack_and_rewrite_the_tree(tmp_path: Path) -> None:
+    from farm.recipes.schema import BuildRequires
+    from farm.worker import build_requires
+    from farm.worker.source import SdistSource
+
+    source = SdistSource(write_tar(tmp_path / "foo-1.0.tar.gz", sdist_members()), tmp_path / "src", LIMITS)
+    assert build_requires.apply(source, BuildRequires()) is None and not source.is_unpacked
+    assert build_requires.apply(source, BuildRequires(add=["cython<3"])) == ["setuptools", "cython<3"]
+    assert source.is_unpacked and b'"cython<3"' in (source.path / "pyproject.toml").read_bytes()
+
+
+def test_hostile_sdist_is_still_refused_when_unpacked_late(tmp_path: Path) -> None:
+    from farm.worker.source import SdistSource
+
+    sdist = write_tar(tmp_path / "foo-1.0.tar.gz", [*sdist_members(), F("foo-1.0/../../escape.txt")])
+    source = SdistSource(sdist, tmp_path / "src", LIMITS)
+    assert source.top_level("PKG-INFO") is not None
+    with pytest.raises(SdistError):
+        source.path
+    assert not (tmp_path / "escape.txt").exists()

@@ -56,8 +56,10 @@ def make_ctx(tmp: Path, *, sdist: Path, options: Options | None = None, images: 
                                                                        pythons=["cp39"])]})
     work = tmp / "work"
     work.mkdir(parents=True, exist_ok=True)
+    from farm.worker.source import SdistSource
+
     return BuildContext(spec=spec, options=options or Options(), platform=plat, settings=settings, sdist=sdist,
-                        source=source, work=work, log=log or io.StringIO())
+                        src=SdistSource.unpacked(sdist, source), work=work, log=log or io.StringIO())
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ memory, spilling to an unnamed file inside `dest` past 64 MiB), so the archive i
 
 from __future__ import annotations
 
+import calendar
 import email.parser
 import gzip
 import io
@@ -35,7 +36,7 @@ from packaging.version import InvalidVersion, Version
 
 from farm.errors import SdistError
 
-__all__ = ["Limits", "SdistInfo", "extract_sdist", "inspect_sdist"]
+__all__ = ["Limits", "SdistInfo", "extract_sdist", "inspect_sdist", "read_top_level"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
@@ -565,3 +566,23 @@ def _extract_zip(fn: str, zf: zipfile.ZipFile, scan: _Scan, staging: Path) -> No
             raise SdistError(f"{fn}: cannot read member {info.filename!r}: {exc}") from None
     for link_target, where in links:  # last, so that no file is written through a link
         os.symlink(link_target, where)
+
+
+def read_top_level(path: Path, name: str, *, max_bytes: int = _MAX_PKG_INFO) -> tuple[bytes, float] | None:
+    """The bytes and mtime of `<top dir>/<name>` in an sdist (.tar.* or .zip), read without unpacking;
+    None when the archive has no such member. For an archive the farm has already checked."""
+    path = Path(path)
+    if path.name.endswith(".zip"):
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                parts = info.filename.split("/")
+                if len(parts) == 2 and parts[1] == name and not info.is_dir() and info.file_size <= max_bytes:
+                    return zf.read(info), float(calendar.timegm((*info.date_time, 0, 0, 0)))  # zip times: as UTC
+        return None
+    with tarfile.open(path, "r:*") as tf:
+        for member in tf:
+            parts = member.name.removeprefix("./").split("/")
+            if len(parts) == 2 and parts[1] == name and member.isfile() and member.size <= max_bytes:
+                fh = tf.extractfile(member)
+                return (fh.read() if fh else b""), float(member.mtime)
+    return None

@@ -8,7 +8,6 @@ requires` of the tree's pyproject.toml; a tree without one gets the legacy setup
 from __future__ import annotations
 
 import tomllib
-from pathlib import Path
 
 import tomli_w
 from packaging.requirements import Requirement
@@ -16,21 +15,23 @@ from packaging.utils import canonicalize_name
 
 from farm.errors import PackageFailure
 from farm.recipes.schema import BuildRequires
+from farm.worker.source import SdistSource
 
 LEGACY_REQUIRES = ["setuptools>=40.8.0"]
 LEGACY_BACKEND = "setuptools.build_meta:__legacy__"
 
 
-def declared(source: Path) -> list[str]:
-    data = _read(source)
+def declared(source: SdistSource) -> list[str]:
+    data = _parse(source.top_level("pyproject.toml"))
     return list(data.get("build-system", {}).get("requires", LEGACY_REQUIRES))
 
 
-def apply(source: Path, changes: BuildRequires) -> list[str] | None:
-    """Rewrite the tree's build requirements; return the new list, or None when nothing changed."""
+def apply(source: SdistSource, changes: BuildRequires) -> list[str] | None:
+    """Rewrite the tree's build requirements; return the new list, or None when nothing changed
+    (and then the sdist need not be unpacked for it)."""
     if not changes.override and not changes.add:
         return None
-    data = _read(source)
+    data = _parse(source.top_level("pyproject.toml"))
     system = data.setdefault("build-system", {})
     if "requires" not in system:
         system["requires"] = list(LEGACY_REQUIRES)
@@ -49,15 +50,14 @@ def apply(source: Path, changes: BuildRequires) -> list[str] | None:
     # An override for a requirement the sdist does not declare is added as well.
     result += [r for r in overrides.values() if r] + list(changes.add)
     system["requires"] = result
-    (source / "pyproject.toml").write_text(tomli_w.dumps(data))
+    (source.path / "pyproject.toml").write_text(tomli_w.dumps(data))
     return result
 
 
-def _read(source: Path) -> dict:
-    path = source / "pyproject.toml"
-    if not path.is_file():
+def _parse(text: bytes | None) -> dict:
+    if text is None:
         return {}
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(text.decode())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise PackageFailure("build", f"the sdist's pyproject.toml is not valid TOML: {exc}") from exc

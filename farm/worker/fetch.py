@@ -1,4 +1,4 @@
-"""Step fetch: bring the sdist from storage, check its digest, unpack it safely."""
+"""Step fetch: bring the sdist from storage and check its digest; it is unpacked (safely) when first needed."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ from farm.config import Settings
 from farm.errors import InfrastructureFault, NotFound
 from farm.messages import JobSpec
 from farm.storage import Storage
-from farm.util.archive import Limits, extract_sdist
+from farm.util.archive import Limits
 from farm.util.hashing import sha256_file
+from farm.worker.source import SdistSource
 
 
-def fetch(spec: JobSpec, *, work: Path, storage: Storage, settings: Settings) -> tuple[Path, Path]:
-    """Return (sdist file, unpacked source tree), both inside `work`."""
+def fetch(spec: JobSpec, *, work: Path, storage: Storage, settings: Settings) -> SdistSource:
+    """The sdist file inside `work`, its tree to be unpacked into `work/src` on first use."""
     dest = work / spec.sdist.filename
     try:
         storage.get_file(spec.sdist.storage_key, dest)
@@ -22,5 +23,4 @@ def fetch(spec: JobSpec, *, work: Path, storage: Storage, settings: Settings) ->
     digest = sha256_file(dest)
     if digest != spec.sdist.sha256:
         raise InfrastructureFault("fetch", f"{spec.sdist.filename}: sha256 {digest} != recorded {spec.sdist.sha256}")
-    source = extract_sdist(dest, work / "src", Limits.from_settings(settings))
-    return dest, source
+    return SdistSource(dest, work / "src", Limits.from_settings(settings))

@@ -119,11 +119,11 @@ def _pipeline(spec: JobSpec, *, settings: Settings, storage: Storage, steps: Ste
     carry: dict[str, Any] = dict(spec.carry)
 
     with steps.step(JobState.FETCHING):
-        sdist, source = fetch(spec, work=work, storage=storage, settings=settings)
+        source = fetch(spec, work=work, storage=storage, settings=settings)
 
     if spec.resume == "build":
-        ctx = BuildContext(spec=spec, options=options, platform=platform, settings=settings, sdist=sdist,
-                           source=source, work=work, log=log)
+        ctx = BuildContext(spec=spec, options=options, platform=platform, settings=settings, sdist=source.sdist,
+                           src=source, work=work, log=log)
         with steps.step(JobState.BUILDING):
             out = get_engine(spec.engine).build(ctx)
         with steps.step(JobState.REPAIRING):

@@ -36,6 +36,7 @@ from farm.util.cmd import CommandFailed, clean_env, run
 from farm.util.wheel import read_metadata, requires_dist, top_level_modules
 from farm.worker.engines.native import uv_bin
 from farm.worker.platforms.base import Interpreter, Platform
+from farm.worker.source import SdistSource
 
 _MARKER_ENV = (
     "import json, os, platform, sys\n"
@@ -153,13 +154,16 @@ def missing_requirements(requirements: Sequence[Requirement], *, index: FarmInde
     return missing
 
 
-def verify(*, wheel: Path, target: Target, settings: Settings, options: Options, project: Path, work: Path,
+def verify(*, wheel: Path, target: Target, settings: Settings, options: Options, project: SdistSource, work: Path,
            log: TextIO) -> VerifyOutcome:
-    """In the clean verification image when one is configured for the target, else on the host."""
+    """In the clean verification image when one is configured for the target, else on the host.
+    The sdist's tree is unpacked only for a test command that uses `{project}` (or `{package}`)."""
+    uses_tree = any(f"{{{k}}}" in (options.test_command or "") for k in ("project", "package"))
+    tree = project.path if uses_tree else None
     if target.image is None:
         assert target.interp is not None
         return verify_on_host(wheel=wheel, interp=target.interp, index_url=settings.verify_index_url,
-                              options=options, project=project, work=work, log=log, timeout=settings.test_timeout)
+                              options=options, project=tree, work=work, log=log, timeout=settings.test_timeout)
     from farm.worker.verify_container import verify_in_container
 
     deps = dependency_wheels(wheel, target=target, index_url=settings.verify_index_url,
@@ -167,7 +171,7 @@ def verify(*, wheel: Path, target: Target, settings: Settings, options: Options,
     imports = options.test_imports if options.test_imports is not None else top_level_modules(wheel)
     res = verify_in_container(wheel=wheel, dependency_wheels=deps, image=target.image,
                               requires=options.test_requires, imports=imports, test_command=options.test_command,
-                              project=project, log=log, timeout=settings.test_timeout,
+                              project=tree, log=log, timeout=settings.test_timeout,
                               docker_host=settings.docker_host)
     return VerifyOutcome(passed=res.passed, environment=f"container:{target.image}@{res.image_digest} network=none",
                          install_command=res.install_command, imports=imports,
@@ -202,7 +206,7 @@ def _can_unshare() -> bool:
     return bool(unshare) and run([unshare, "--net", "true"], check=False, timeout=10).returncode == 0
 
 
-def verify_on_host(*, wheel: Path, interp: Interpreter, index_url: str, options: Options, project: Path,
+def verify_on_host(*, wheel: Path, interp: Interpreter, index_url: str, options: Options, project: Path | None,
                    work: Path, log: TextIO, timeout: float) -> VerifyOutcome:
     """A fresh venv of the target interpreter; the wheel and its dependencies from the farm's index only."""
     start = time.monotonic()

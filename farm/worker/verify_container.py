@@ -97,7 +97,7 @@ def verify_in_container(*, wheel: Path, dependency_wheels: Sequence[Path], image
             for path in [wheel, *dependency_wheels]:
                 box.copy_into(path, WHEELS, owner=uid)
             # The unpacked sdist is copied in only for a test command that uses it (pyyaml's: 0.7-0.9 s).
-            uses_project = project is not None and "{project}" in (test_command or "")
+            uses_project = project is not None and ("{project}" in (test_command or "") or "{package}" in (test_command or ""))
             project_in = box.copy_into(project, PROJECT_DIR, owner=uid) if uses_project else None
             python, uv = _probe(box, wheel, f"{TOOLS_DIR}/uv" if mounted else None)
             if uv is None:
@@ -121,7 +121,8 @@ def verify_in_container(*, wheel: Path, dependency_wheels: Sequence[Path], image
                     call([venv_python, "-c", "; ".join(f"import {m}" for m in imports)])
                 if test_command:
                     line = test_command.replace("{python}", shlex.quote(venv_python))
-                    line = line.replace("{project}", shlex.quote(project_in or PROJECT_DIR))
+                    for key in ("{project}", "{package}"):
+                        line = line.replace(key, shlex.quote(project_in or PROJECT_DIR))
                     call(["sh", "-c", line])
                 passed = True
             except ContainerCommandFailed as exc:

@@ -1,4 +1,4 @@
-"""What a build engine provides: turn an unpacked sdist into wheel(s) for one build identifier."""
+"""What a build engine provides: turn an sdist into wheel(s) for one build identifier."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from farm.messages import JobSpec
 from farm.recipes.schema import Options
 from farm.util.cmd import Result
 from farm.worker.platforms.base import Platform
+from farm.worker.source import SdistSource
 
 
 @dataclass(kw_only=True)
@@ -20,10 +21,15 @@ class BuildContext:
     platform: Platform
     settings: Settings
     sdist: Path  # the verified sdist file
-    source: Path  # its unpacked tree
+    src: SdistSource  # the sdist and its tree (unpacked on first use of `source`)
     work: Path  # the job's private folder; nothing is written outside it
     log: TextIO
     commands: list[str] = field(default_factory=list)  # every command line run, for provenance
+
+    @property
+    def source(self) -> Path:
+        """The unpacked tree (unpacked now if it was not yet)."""
+        return self.src.path
 
     def record(self, result: Result) -> Result:
         self.commands.append(result.command_line)

@@ -31,7 +31,6 @@ from farm.errors import CommandTimeout, ConfigError, FarmError, InfrastructureFa
 from farm.util.cmd import CommandFailed, Result, clean_env, run
 from farm.worker import build_requires
 from farm.worker.engines.base import BuildContext, BuildOutput
-from farm.worker.engines.native import source_date_epoch
 from farm.worker.hints import build_failure
 
 CA_IN_CONTAINER = "/farm/ca-bundle.crt"
@@ -53,7 +52,7 @@ class CibuildwheelEngine:
             except FarmError as exc:
                 raise InfrastructureFault("build", str(exc)) from exc
             family, has_uv = image_facts(client, image.image, digest)
-            effective = build_requires.apply(ctx.source, ctx.options.build_requires)
+            effective = build_requires.apply(ctx.src, ctx.options.build_requires)
             # The build starts from the sdist file itself unless the tree had to be changed.
             from_sdist = effective is None and ctx.sdist.name.endswith(".tar.gz")
             out = ctx.work / "wheelhouse"
@@ -100,7 +99,7 @@ class CibuildwheelEngine:
                    "docker-engine": server, "image": image.image,
                    "build-frontend": "pip" if pure or not has_uv else "build[uv]"},
             image_digest=digest,
-            effective_build_requires=effective if effective is not None else build_requires.declared(ctx.source),
+            effective_build_requires=effective if effective is not None else build_requires.declared(ctx.src),
         )
 
 
@@ -135,7 +134,7 @@ def cibw_environment(ctx: BuildContext, *, image: str, family: str, has_uv: bool
         "CIBW_REPAIR_WHEEL_COMMAND": repair_command(ctx.options.repair_exclude),
         "CIBW_CONTAINER_ENGINE": engine_config(ctx, ca=ca, job_label=job_label),
         "CIBW_CACHE_PATH": str(ctx.work / "cibw-cache"),
-        "SOURCE_DATE_EPOCH": source_date_epoch(ctx.source),
+        "SOURCE_DATE_EPOCH": str(ctx.src.timestamp),
         "DOCKER_HOST": docker_host,
         "DOCKER_CONFIG": str(ctx.work / "docker-config"),
         "TMPDIR": str(tmp),

@@ -25,7 +25,7 @@ class NativeEngine:
         for command in [*ctx.options.before_all, *ctx.options.before_build]:
             line = command.format(project=ctx.source, package=ctx.source, python=interp.path)
             self._run(ctx, [line], shell=True, env=env, timeout=ctx.settings.build_timeout)
-        effective = build_requires.apply(ctx.source, ctx.options.build_requires)
+        effective = build_requires.apply(ctx.src, ctx.options.build_requires)
         out = ctx.work / "built"
         out.mkdir(parents=True, exist_ok=True)
         if ctx.settings.build_frontend == "uv":
@@ -47,7 +47,7 @@ class NativeEngine:
         return BuildOutput(
             wheels=wheels, repaired=False,
             tools={"python": ".".join(map(str, interp.version)), **tool_versions(ctx.settings.build_frontend)},
-            effective_build_requires=effective if effective is not None else build_requires.declared(ctx.source),
+            effective_build_requires=effective if effective is not None else build_requires.declared(ctx.src),
         )
 
     def _run(self, ctx: BuildContext, argv: list, **kw) -> None:
@@ -59,19 +59,13 @@ class NativeEngine:
 
 def build_env(ctx: BuildContext) -> dict[str, str]:
     """Host environment without installer configuration, plus the recipe's environment."""
-    env = clean_env({"SOURCE_DATE_EPOCH": source_date_epoch(ctx.source)},
+    env = clean_env({"SOURCE_DATE_EPOCH": str(ctx.src.timestamp)},
                     path_prepend=[Path(sys.executable).parent])
     env["UV_CACHE_DIR"] = os.environ.get("UV_CACHE_DIR", str(Path.home() / ".cache" / "uv"))
     env.update(ctx.platform.build_environment())
     for key, value in ctx.options.environment.items():
         env[key] = os.path.expandvars(value) if "$" in value else value
     return env
-
-
-def source_date_epoch(source: Path) -> str:
-    """The sdist's own timestamp (its PKG-INFO), so rebuilds of one sdist embed the same times."""
-    pkg_info = source / "PKG-INFO"
-    return str(int(pkg_info.stat().st_mtime)) if pkg_info.exists() else "315532800"
 
 
 def _settings_pairs(ctx: BuildContext) -> list[tuple[str, str]]:
