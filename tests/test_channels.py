@@ -205,3 +205,27 @@ def test_pip_installs_from_prod_only_what_is_stable(settings, tmp_path: Path) ->
                                env=clean_env({}), capture_output=True, text=True, timeout=300)
             assert r.returncode == 0, r.stderr
             assert [p.name for p in dest.iterdir()] == [f"chpip-{expected}-py3-none-any.whl"]
+
+
+def test_wheel_changed_in_storage_is_not_published(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The file in storage no longer has the digest the worker reported (and signed into the provenance):
+    publish refuses it as an infrastructure fault; no row, page, file or provenance is left."""
+    from sqlalchemy import func, select
+
+    from farm.db.models import Artifact
+    from farm.db.session import session_scope
+    from farm.errors import InfrastructureFault
+    from farm.storage import get_storage
+    from tests.index_helpers import prepare_job, publish_prepared
+
+    wheel = make_wheel(tmp_path / "src", "swapped", "1.0")
+    job_id, report = prepare_job(settings, wheel, version="1.0")
+    stored = get_storage().local_path(report.storage_key)
+    assert stored is not None
+    stored.write_bytes(make_wheel(tmp_path / "other", "swapped", "1.0", size_pad=10).read_bytes())
+    with pytest.raises(InfrastructureFault, match="the worker reported"):
+        publish_prepared(settings, job_id, report)
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(Artifact)) == 0
+    assert not (settings.index / "files" / "swapped").exists()
+    assert _listed(settings.index, "swapped") == [] and _listed(settings.index / "dev", "swapped") == []

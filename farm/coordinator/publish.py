@@ -20,10 +20,12 @@ from sqlalchemy.orm import Session
 
 from farm.config import Settings
 from farm.db.models import Artifact, Job, Provenance, utcnow
+from farm.db.session import begin_write
+from farm.errors import InfrastructureFault
 from farm.index import channels, simple
 from farm.messages import ArtifactReport
 from farm.storage import get_storage
-from farm.util.hashing import canonical_json, sha256_bytes
+from farm.util.hashing import canonical_json, sha256_bytes, sha256_file
 
 
 def publish(session: Session, job: Job, artifacts: list[ArtifactReport], settings: Settings) -> list[Artifact]:
@@ -39,6 +41,7 @@ def publish(session: Session, job: Job, artifacts: list[ArtifactReport], setting
         art = Artifact(job_id=job.id, filename=report.filename, sha256=report.sha256, size=report.size, name=project,
                        version=job.source.version, tags=report.tags, requires_python=report.requires_python,
                        requires_dist=report.requires_dist, storage_key=report.storage_key, verified=True)
+        begin_write(session)  # on SQLite the savepoint below must sit inside the session's transaction
         try:
             with session.begin_nested():  # a savepoint: losing the race must not undo the rest of the event
                 session.add(art)
@@ -57,6 +60,10 @@ def publish(session: Session, job: Job, artifacts: list[ArtifactReport], setting
                 tmp_root.mkdir(parents=True, exist_ok=True)
                 tmp = stack.enter_context(tempfile.TemporaryDirectory(dir=tmp_root))
                 wheel = storage.get_file(report.storage_key, Path(tmp) / report.filename)
+            digest = sha256_file(wheel)
+            if digest != report.sha256:  # the provenance's subject must be the file the index serves
+                raise InfrastructureFault("publish", f"{report.filename} in storage has sha256 {digest}, "
+                                          f"the worker reported {report.sha256}")
             # The provenance record sits beside the file before the page that lists the file appears.
             folder = settings.index / "files" / project
             folder.mkdir(parents=True, exist_ok=True)
@@ -65,11 +72,11 @@ def publish(session: Session, job: Job, artifacts: list[ArtifactReport], setting
             storage_tmp.replace(folder / f"{report.filename}.provenance.json")
             signed, keyid = channels.sign(settings, statement)  # here: workers do not hold the farm's key
             channels.write_provenance(folder / report.filename, signed)
-            entry = simple.publish(settings.index, project, wheel,
+            entry = simple.publish(settings.index, project, wheel, sha256=digest,
                                    provenance_url=channels.provenance_url(settings, project, report.filename))
             art.metadata_sha256 = entry.metadata_sha256
             art.provenance.envelope, art.provenance.keyid = signed, keyid
-            channels.on_publish(session, settings, art, wheel)  # first channel; virtual indexes over it
+            channels.on_publish(session, settings, art, wheel, sha256=digest)  # first channel; virtual indexes
         art.published_at = utcnow()
         published.append(art)
     return published

@@ -38,6 +38,20 @@ def engine_for(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+def begin_write(session: Session) -> None:
+    """Start the database transaction now, before a SAVEPOINT. pysqlite (Python < 3.12) begins a
+    transaction only at the first INSERT/UPDATE/DELETE, so a SAVEPOINT before any of them would be the
+    outermost transaction and its RELEASE would commit what follows it at once, out of the session's
+    control. On SQLite this takes the write lock (BEGIN IMMEDIATE) unless a transaction is open;
+    elsewhere it does nothing."""
+    conn = session.connection()
+    if conn.dialect.name != "sqlite":
+        return
+    dbapi = conn.connection.dbapi_connection
+    if dbapi is not None and not dbapi.in_transaction:
+        dbapi.execute("BEGIN IMMEDIATE")
+
+
 def get_engine() -> Engine:
     return engine_for(get_settings().db_url)
 

@@ -173,7 +173,7 @@ def provenance_bytes(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
-def on_publish(session: Session, settings: Settings, art: Artifact, wheel: Path) -> None:
+def on_publish(session: Session, settings: Settings, art: Artifact, wheel: Path, *, sha256: str | None = None) -> None:
     """`art` was just added to the top-level tree: record it in the first channel, add it to the
     virtual indexes that list that channel (unless an earlier channel of one shadows its name)."""
     lay = ensure_trees(settings)
@@ -190,7 +190,8 @@ def on_publish(session: Session, settings: Settings, art: Artifact, wheel: Path)
             continue
         tree = lay.tree(v)
         _link_sidecars(src, tree / "files" / art.name, art.filename)
-        simple.publish(tree, art.name, wheel, provenance_url=lay.provenance_url(v, art.name, art.filename))
+        simple.publish(tree, art.name, wheel, provenance_url=lay.provenance_url(v, art.name, art.filename),
+                       sha256=sha256)
 
 
 # Regeneration from the database --------------------------------------------------------------------

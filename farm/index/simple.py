@@ -99,12 +99,14 @@ class IndexFile:
 # Placing files ---------------------------------------------------------------------------------
 
 
-def add_file(root: Path, project: str, wheel: Path, *, provenance_url: str | None = None) -> IndexFile:
+def add_file(root: Path, project: str, wheel: Path, *, provenance_url: str | None = None,
+             sha256: str | None = None) -> IndexFile:
     """Put `wheel` into `root/files/<project>/` with its `.metadata` file; return its index entry.
 
     The file is hard-linked when `wheel` is on the same file system, else copied under a temporary
     name and renamed into place. The pages are not rewritten: call `write_project` (or `publish`).
     A wheel must belong to `project`; other files (sdists) are placed without a metadata file.
+    `sha256`, when the caller has just hashed this very file, is used instead of hashing it again.
     """
     name = canonicalize_name(project)
     wheel = Path(wheel)
@@ -122,7 +124,7 @@ def add_file(root: Path, project: str, wheel: Path, *, provenance_url: str | Non
     folder = Path(root) / "files" / name
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / filename
-    digest = sha256_file(wheel)
+    digest = sha256 or sha256_file(wheel)
     if not (target.exists() and _same_file(wheel, target)):
         _place(wheel, target)
     metadata_sha256 = None
@@ -264,7 +266,7 @@ def list_projects(root: Path) -> list[str]:
 
 
 def publish(root: Path, project: str, wheel: Path, *, replace: bool = True,
-            provenance_url: str | None = None) -> IndexFile:
+            provenance_url: str | None = None, sha256: str | None = None) -> IndexFile:
     """Add one file to the index: place it, rewrite its project's pages and the project list.
 
     Serialized per index by a lock file, so concurrent publishers do not lose each other's files.
@@ -275,7 +277,7 @@ def publish(root: Path, project: str, wheel: Path, *, replace: bool = True,
         current = read_project(root, name)
         if not replace and any(f.filename == Path(wheel).name for f in current):
             raise PublishError(f"{name}: {Path(wheel).name} is already published")
-        entry = add_file(root, name, wheel, provenance_url=provenance_url)
+        entry = add_file(root, name, wheel, provenance_url=provenance_url, sha256=sha256)
         write_project(root, name, [*(f for f in current if f.filename != entry.filename), entry])
         if name not in _listed_projects(root):
             write_root(root, list_projects(root))
