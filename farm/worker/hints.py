@@ -21,6 +21,8 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"Could NOT find ([\w.+-]+) \(missing"), "CMake"),
     (re.compile(r"cannot find -l([\w.+-]+)"), "linker"),
     (re.compile(r"\b([\w-]+-config|pg_config)(?::| executable)? (?:command )?not found", re.I), "program"),
+    # a build that downloads (Rust crates, meson wraps, CMake FetchContent) on a worker without that access
+    (re.compile(r"Could not resolve host(?:name)?\)?:? ([\w.-]+\.[a-z]{2,})"), "host the build downloads from"),
 ]
 
 
@@ -38,6 +40,8 @@ def build_failure(message: str, output: str) -> PackageFailure:
     """The build step's PackageFailure, led by what the output says is missing, if anything."""
     missing = missing_system_dependencies(output)
     if missing:
-        message = (f"the build output reports missing: {', '.join(missing)}; a recipe's `system-packages` "
-                   f"installs system libraries (docs/recipes.md)\n{message}")
+        hint = ("a recipe's `system-packages` installs system libraries (docs/recipes.md)"
+                if any(not m.endswith("(host the build downloads from)") for m in missing)
+                else "the build fetches from the network at build time; give the worker access or vendor the sources")
+        message = f"the build output reports missing: {', '.join(missing)}; {hint}\n{message}"
     return PackageFailure("build", message)
