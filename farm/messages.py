@@ -52,6 +52,8 @@ class JobSpec(_Msg):
     resume: Literal["build", "verify"] = "build"
     priority: int = 0  # the job's priority, higher first (farm.coordinator.dispatch maps it to the broker's)
     staged: list[StagedWheel] = Field(default_factory=list)
+    # Staged wheels of the jobs in a dependency cycle with this one: verified together (farm.coordinator.deps).
+    co_staged: list[StagedWheel] = Field(default_factory=list)
     # Data from the build needed again when only verification is re-run.
     carry: dict[str, Any] = Field(default_factory=dict)
 

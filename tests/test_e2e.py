@@ -140,6 +140,27 @@ def test_missing_dependency_is_built_first(farm: Farm, tmp_path: Path) -> None:
     assert out.stdout.strip() == "2", out.stderr
 
 
+def test_dependency_cycle_is_verified_together(farm: Farm, tmp_path: Path) -> None:
+    """A needs B and B needs A: neither can be verified from the index alone. Both are built, staged,
+    verified together (each with the other's wheel beside the index) and published."""
+    a = make_sdist(make_project(tmp_path, "farmtest-cyc-a", c_extension=False, dependencies=["farmtest-cyc-b>=0.1"]),
+                   tmp_path / "dist-a")
+    b = make_sdist(make_project(tmp_path, "farmtest-cyc-b", c_extension=False, dependencies=["farmtest-cyc-a>=0.1"]),
+                   tmp_path / "dist-b")
+    res = submit_wait(farm, str(a), str(b))
+    assert res.returncode == 0, res.stdout + res.stderr
+    by_name = {j["name"]: j for j in jobs(farm)}
+    assert by_name["farmtest-cyc-a"]["state"] == by_name["farmtest-cyc-b"]["state"] == "succeeded"
+    log = farm.farm("logs", str(by_name["farmtest-cyc-a"]["id"])).stdout
+    assert "in a dependency cycle: verified with farmtest_cyc_b-0.1.0-" in log, log[-3000:]
+    pip = pip_install_from(farm.index_url, tmp_path / "venv", "farmtest-cyc-a")
+    assert pip.returncode == 0, pip.stderr
+    out = subprocess.run([str(tmp_path / "venv/bin/python"), "-c",
+                          "import farmtest_cyc_a as a, farmtest_cyc_b as b; print(a.add(1, 2) + b.add(3, 4))"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.stdout.strip() == "10", out.stderr
+
+
 def test_package_that_does_not_compile_fails_and_publishes_nothing(farm: Farm, tmp_path: Path) -> None:
     proj = make_project(tmp_path, "farmtest-broken")
     (proj / "farmtest_broken" / "_native.c").write_text("this is not C;\n")

@@ -3,6 +3,11 @@
 A job whose wheel needs `requests` waits in `dep_wait` until a job that provides it (already
 running, or submitted here from the newest matching upstream sdist) has published; then its
 verification is sent again. A requirement no upstream sdist satisfies fails the job with that reason.
+
+Jobs that wait on each other (a dependency cycle: A needs B, B needs A) are all built by then and
+their wheels staged; none can be verified from the index alone, so they are released together, each
+verified with the others' staged wheels beside the farm's index (`JobSpec.co_staged`). Each is
+published on its own verification; one failing does not hold back the others.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from farm.db.models import Dependency, Job, Source
 from farm.db.session import session_scope
 from farm.db.states import JobState
 from farm.errors import FarmError
-from farm.messages import JobSpec
+from farm.messages import JobSpec, StagedWheel
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +106,42 @@ def wait_for(job_id: int, missing: list[str], settings: Settings) -> list[JobSpe
         if unavailable:
             return fail(session, job, "; ".join(f"dependency {d.requirement} cannot be had: {d.reason}"
                                                 for d in unavailable), "dependency")
-        return release_if_ready(session, job, settings)
+        return release_if_ready(session, job, settings) or release_cycle(session, job, settings)
+
+
+def cycle_with(session: Session, job: Job) -> list[Job]:
+    """The jobs `job` waits on, directly or through each other, when all of them are in dep_wait and
+    wait on nothing else (so they wait on each other: a cycle); [] otherwise."""
+    members: dict[int, Job] = {job.id: job}
+    stack = [job]
+    while stack:
+        current = stack.pop()
+        for dep in current.dependencies:
+            if dep.state == "met":
+                continue
+            provider = session.get(Job, dep.dep_job_id) if dep.state == "waiting" and dep.dep_job_id else None
+            if provider is None or provider.state != JobState.DEP_WAIT.value:
+                return []  # unavailable, or a provider still building: not a cycle (yet)
+            if provider.id not in members:
+                members[provider.id] = provider
+                stack.append(provider)
+    return list(members.values()) if len(members) > 1 else []
+
+
+def release_cycle(session: Session, job: Job, settings: Settings) -> list[JobSpec]:
+    """Release a dependency cycle through `job` for verification together."""
+    members = cycle_with(session, job) if job.state == JobState.DEP_WAIT.value else []
+    if not members:
+        return []
+    staged = {m.id: [StagedWheel.model_validate(w) for w in m.staged.get("wheels", [])] for m in members}
+    specs = []
+    for m in members:
+        m.move(JobState.QUEUED)
+        others = [w for o in members if o.id != m.id for w in staged[o.id]]
+        specs.append(dispatch.job_spec(m, settings, resume="verify", co_staged=others))
+    session.flush()
+    log.info("jobs %s wait on each other: verifying them together", ", ".join(str(m.id) for m in members))
+    return specs
 
 
 def release_if_ready(session: Session, job: Job, settings: Settings) -> list[JobSpec]:

@@ -9,7 +9,8 @@ from farm.db.models import Job
 from farm.messages import BUILD_TASK, JobSpec, SdistRef, StagedWheel
 
 
-def job_spec(job: Job, settings: Settings, *, resume: str = "build") -> JobSpec:
+def job_spec(job: Job, settings: Settings, *, resume: str = "build",
+             co_staged: list[StagedWheel] | None = None) -> JobSpec:
     src = job.source
     return JobSpec(
         job_id=job.id, attempt=job.attempt, name=src.name, version=src.version,
@@ -19,6 +20,7 @@ def job_spec(job: Job, settings: Settings, *, resume: str = "build") -> JobSpec:
         upstream_index=settings.upstream_index, resume=resume,  # type: ignore[arg-type]
         staged=[StagedWheel.model_validate(s) for s in job.staged.get("wheels", [])] if resume == "verify" else [],
         carry=job.staged.get("carry", {}) if resume == "verify" else {}, priority=job.priority or 0,
+        co_staged=list(co_staged or []),
     )
 
 

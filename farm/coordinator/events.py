@@ -109,7 +109,7 @@ def succeed(session: Session, job: Job, settings: Settings) -> list[JobSpec]:
                                                         Dependency.state == "waiting")):
         dep.state = "met"
         session.flush()
-        followups += deps.release_if_ready(session, dep.job, settings)
+        followups += deps.release_if_ready(session, dep.job, settings) or deps.release_cycle(session, dep.job, settings)
     return followups
 
 

@@ -107,6 +107,24 @@ def run_job(spec: JobSpec, *, settings: Settings, storage: Storage, report: Repo
                 shutil.rmtree(work, ignore_errors=True)
 
 
+def _cycle_wheels(spec: JobSpec, wheels: list[Path], *, work: Path, storage: Storage, log: TextIO) -> Path | None:
+    """For a job in a dependency cycle: a folder with the other members' staged wheels and its own,
+    offered beside the farm's index during verification. None otherwise."""
+    if not spec.co_staged:
+        return None
+    folder = work / "cycle"
+    folder.mkdir(parents=True, exist_ok=True)
+    for staged in spec.co_staged:
+        dest = folder / staged.filename
+        storage.get_file(staged.storage_key, dest)
+        if sha256_file(dest) != staged.sha256:
+            raise InfrastructureFault("verify", f"staged wheel {staged.filename} changed in storage")
+    for w in wheels:
+        shutil.copyfile(w, folder / w.name)
+    log.write("in a dependency cycle: verified with " + ", ".join(s.filename for s in spec.co_staged) + "\n")
+    return folder
+
+
 def _store_log(storage: Storage, key: str, path: Path) -> None:
     if storage.local_path(key) != path:
         storage.put_file(key, path)
@@ -146,10 +164,12 @@ def _pipeline(spec: JobSpec, *, settings: Settings, storage: Storage, steps: Ste
             wheels.append(dest)
 
     with steps.step(JobState.VERIFYING):
+        cycle = _cycle_wheels(spec, wheels, work=work, storage=storage, log=log)
         target = verify.Target.for_job(spec.python, platform, settings)
         index = verify.FarmIndex(settings.verify_index_url)
+        beside = sorted(cycle.glob("*.whl")) if cycle else []
         missing = sorted({m for w in wheels for m in verify.missing_requirements(
-            verify.requirements_for(w, options, target.env), index=index, target=target)})
+            verify.requirements_for(w, options, target.env), index=index, target=target, beside=beside)})
         if missing:
             log.write(f"the farm's index lacks: {', '.join(missing)}; waiting for them\n")
             staged = []
@@ -160,7 +180,7 @@ def _pipeline(spec: JobSpec, *, settings: Settings, storage: Storage, steps: Ste
             verification = None
         else:
             verification = [verify.verify(wheel=w, target=target, settings=settings, options=options,
-                                          project=source, work=work, log=log) for w in wheels]
+                                          project=source, work=work, log=log, find_links=cycle) for w in wheels]
             failed = [v for v in verification if not v.passed]
             if failed:
                 raise PackageFailure("verify", f"tests failed in a clean environment:\n{failed[0].detail}")

@@ -131,15 +131,22 @@ class Target:
                    tags=frozenset(platform.supported_tags(version)))
 
 
-def missing_requirements(requirements: Sequence[Requirement], *, index: FarmIndex, target: Target) -> list[str]:
-    """The requirements no wheel in the farm's index satisfies for this interpreter and platform."""
+def missing_requirements(requirements: Sequence[Requirement], *, index: FarmIndex, target: Target,
+                         beside: Sequence[Path] = ()) -> list[str]:
+    """The requirements no wheel in the farm's index (or `beside` it: the staged wheels of a dependency
+    cycle) satisfies for this interpreter and platform."""
     pyver = Version(f"{target.python[0]}.{target.python[1]}")
     missing = []
     for req in requirements:
         if req.marker is not None and not req.marker.evaluate({**target.env, "extra": ""}):
             continue
         ok = False
-        for f in index.files(req.name):
+        for w in beside:
+            name, version, _, wtags = parse_wheel_filename(w.name)
+            if name == canonicalize_name(req.name) and req.specifier.contains(version, prereleases=True) \
+                    and wtags & target.tags:
+                ok = True
+        for f in [] if ok else index.files(req.name):
             filename = f["filename"]
             if not filename.endswith(".whl") or f.get("yanked"):
                 continue
@@ -155,19 +162,21 @@ def missing_requirements(requirements: Sequence[Requirement], *, index: FarmInde
 
 
 def verify(*, wheel: Path, target: Target, settings: Settings, options: Options, project: SdistSource, work: Path,
-           log: TextIO) -> VerifyOutcome:
+           log: TextIO, find_links: Path | None = None) -> VerifyOutcome:
     """In the clean verification image when one is configured for the target, else on the host.
-    The sdist's tree is unpacked only for a test command that uses `{project}` (or `{package}`)."""
+    The sdist's tree is unpacked only for a test command that uses `{project}` (or `{package}`).
+    `find_links`: a folder of wheels offered beside the farm's index (a dependency cycle's staged wheels)."""
     uses_tree = any(f"{{{k}}}" in (options.test_command or "") for k in ("project", "package"))
     tree = project.path if uses_tree else None
     if target.image is None:
         assert target.interp is not None
         return verify_on_host(wheel=wheel, interp=target.interp, index_url=settings.verify_index_url,
-                              options=options, project=tree, work=work, log=log, timeout=settings.test_timeout)
+                              options=options, project=tree, work=work, log=log, timeout=settings.test_timeout,
+                              find_links=find_links)
     from farm.worker.verify_container import verify_in_container
 
     deps = dependency_wheels(wheel, target=target, index_url=settings.verify_index_url,
-                             requires=options.test_requires, dest=work / "verify-deps", log=log)
+                             requires=options.test_requires, dest=work / "verify-deps", log=log, find_links=find_links)
     imports = options.test_imports if options.test_imports is not None else top_level_modules(wheel)
     res = verify_in_container(wheel=wheel, dependency_wheels=deps, image=target.image,
                               requires=options.test_requires, imports=imports, test_command=options.test_command,
@@ -180,7 +189,7 @@ def verify(*, wheel: Path, target: Target, settings: Settings, options: Options,
 
 
 def dependency_wheels(wheel: Path, *, target: Target, index_url: str, requires: Sequence[str], dest: Path,
-                      log: TextIO) -> list[Path]:
+                      log: TextIO, find_links: Path | None = None) -> list[Path]:
     """The wheel's dependency closure, for the target's Python and platform, from the farm's index only."""
     reqs = [r for r in requirements_for(wheel, Options(test_requires=list(requires)), target.env)]
     if not reqs:
@@ -188,6 +197,7 @@ def dependency_wheels(wheel: Path, *, target: Target, index_url: str, requires: 
     dest.mkdir(parents=True, exist_ok=True)
     platforms = sorted({t.platform for t in target.tags if t.platform != "any"})
     argv = [sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(dest), "--index-url", index_url,
+            *(["--find-links", str(find_links)] if find_links else []),
             "--only-binary=:all:", "--python-version", f"{target.python[0]}.{target.python[1]}",
             "--implementation", "cp"]
     for plat in platforms:
@@ -207,7 +217,7 @@ def _can_unshare() -> bool:
 
 
 def verify_on_host(*, wheel: Path, interp: Interpreter, index_url: str, options: Options, project: Path | None,
-                   work: Path, log: TextIO, timeout: float) -> VerifyOutcome:
+                   work: Path, log: TextIO, timeout: float, find_links: Path | None = None) -> VerifyOutcome:
     """A fresh venv of the target interpreter; the wheel and its dependencies from the farm's index only."""
     start = time.monotonic()
     venv = work / "verify-venv"
@@ -230,7 +240,8 @@ def verify_on_host(*, wheel: Path, interp: Interpreter, index_url: str, options:
     try:
         step([uv_bin(), "venv", "--quiet", "--python", str(interp.path), str(venv)])
         install = [uv_bin(), "pip", "install", "--python", python, "--index-url", index_url,
-                   "--no-cache", str(wheel), *options.test_requires]
+                   *(["--find-links", str(find_links)] if find_links else []), "--no-cache", str(wheel),
+                   *options.test_requires]
         outcome.install_command = " ".join(install)
         step(install)
     except CommandFailed as exc:
