@@ -626,3 +626,39 @@ def test_installers_check_the_metadata_hash(tmp_path: Path) -> None:
     for result in (pip, uv):
         assert result.returncode != 0, result.output
         assert "hash" in result.output.lower() and entry.metadata_sha256 in result.output, result.output
+
+
+def test_cycle_wheels_beside_the_index_satisfy_requirements_and_downloads(tmp_path: Path) -> None:
+    """What a job in a dependency cycle gets: the other member's staged wheel (not on the index)
+    counts as present, and the dependency download for a clean container takes it from beside the
+    index, with the job's own wheel for the way back (A needs B, B needs A)."""
+    import io
+
+    from packaging.requirements import Requirement
+
+    from farm.config import Settings
+    from farm.worker import verify
+    from farm.worker.platforms import get_platform
+    from tests.index_helpers import make_wheel
+
+    index_root = tmp_path / "index"
+    simple.write_root(index_root, [])
+    index_url = (index_root / "simple").as_uri() + "/"
+    cycle = tmp_path / "cycle"
+    a = make_wheel(cycle, "cyc-a", "1.0", requires=("cyc-b>=1",))
+    make_wheel(cycle, "cyc-b", "1.0", requires=("cyc-a>=1",))
+    target = verify.Target.for_job("cp311", get_platform("linux-x86_64"), Settings(home=tmp_path / "home"))
+    index = verify.FarmIndex(index_url)
+    reqs = [Requirement("cyc-b>=1")]
+    assert verify.missing_requirements(reqs, index=index, target=target) == ["cyc-b>=1"]
+    assert verify.missing_requirements(reqs, index=index, target=target, beside=sorted(cycle.glob("*.whl"))) == []
+    assert verify.missing_requirements([Requirement("cyc-b>=2")], index=index, target=target,
+                                       beside=sorted(cycle.glob("*.whl"))) == ["cyc-b>=2"]
+    got = verify.dependency_wheels(a, target=target, index_url=index_url, requires=[], dest=tmp_path / "deps",
+                                   log=io.StringIO(), find_links=cycle)
+    assert sorted(p.name for p in got) == ["cyc_a-1.0-py3-none-any.whl", "cyc_b-1.0-py3-none-any.whl"]
+    from farm.errors import PackageFailure
+
+    with pytest.raises(PackageFailure, match="do not resolve from the farm's index"):
+        verify.dependency_wheels(a, target=target, index_url=index_url, requires=[], dest=tmp_path / "deps2",
+                                 log=io.StringIO())
