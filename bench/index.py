@@ -376,7 +376,7 @@ ORDER = ("farm", "nginx", "static", "pypiserver", "devpi")
 def report(result: dict[str, Any]) -> str:
     """Markdown tables of a run: page latency, installs (median of the rounds), publish-to-visible."""
     names = [n for n in ORDER if n in result["latency"] or n in result["publish"]]
-    lines = [f"Page of a project with {result['files']} files (median / p95 of {_n(result)} requests, ms):", "",
+    lines = [f"Page of a project with {result['files']:,} files (median / p95 of {_n(result)} requests, ms):", "",
              "| server | HTML | JSON | JSON content type | HTML bytes | JSON bytes |", "|---|---:|---:|---|---:|---:|"]
     for n in names:
         lat = result["latency"].get(n)
