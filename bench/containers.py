@@ -41,7 +41,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from embedded import Farm, _job_state, commands_in_log, fetch_sdist, median, say, unpack
+from embedded import Farm, _job_state, commands_in_log, fetch_sdist, median, say
 from packaging.utils import canonicalize_name, parse_sdist_filename
 
 UPSTREAM = "https://pypi.org/simple/"
@@ -86,9 +86,12 @@ def plain_environment(sdist: Path, work: Path, *, image: str, docker_host: str) 
     if recipe is None:
         raise SystemExit(f"{sdist.name}: no recipe in recipes/ (the plain run would not know its system packages)")
     options = recipe.options_for(build_id, str(version))
-    source = unpack(sdist, work / "src")  # only for SOURCE_DATE_EPOCH (the PKG-INFO time); not timed
+    from farm.util.archive import Limits
+    from farm.worker.source import SdistSource
+
+    src = SdistSource(sdist, work / "src", Limits.from_settings(get_settings()))  # SOURCE_DATE_EPOCH; not timed
     ctx = SimpleNamespace(spec=SimpleNamespace(build_id=build_id, upstream_index=UPSTREAM, python=PYTHON),
-                          options=options, platform=plat, settings=get_settings(), work=work, source=source)
+                          options=options, platform=plat, settings=get_settings(), work=work, src=src)
     return cibw_environment(ctx, image=image, family="apt", has_uv=True,  # type: ignore[arg-type]
                             job_label="bench-plain", docker_host=docker_host)
 
