@@ -10,9 +10,11 @@ from __future__ import annotations
 import io
 import sys
 import tarfile
+import time
 import zipfile
 from pathlib import Path
 
+import docker
 import pytest
 
 from farm.config import ImageConfig, Settings
@@ -247,6 +249,22 @@ def test_repaired_wheel_passes_in_the_clean_image(built, verify_image_result, do
     # the worker's uv, mounted read-only (the engine is on this host), made the venv; one import call
     assert result.commands[0].startswith("/tmp/farm-tools/uv venv"), result.commands
     assert sum(" -c 'import " in c for c in result.commands) == 1, result.commands
+    # the container was killed on the way out and the engine removes it (auto-remove)
+    import re
+
+    from docker.errors import NotFound as DockerNotFound
+
+    (box_id,) = re.findall(r"^container ([0-9a-f]{12}) ", log.getvalue(), re.M)
+    client = docker.DockerClient(base_url=docker_host)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            client.containers.get(box_id)
+        except DockerNotFound:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"verification container {box_id} still there 30 s later")
 
 
 @pytest.mark.docker

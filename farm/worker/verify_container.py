@@ -74,7 +74,8 @@ def verify_in_container(*, wheel: Path, dependency_wheels: Sequence[Path], image
         # took 0.4 s per job); copied in otherwise.
         mounted = {str(host_uv): f"{TOOLS_DIR}/uv"} if local_engine(docker_host) else {}
         with Container(client, image, network="none", limits=limits, user=user or "0",
-                       labels={"farm.role": "verify"}, read_only_files=mounted) as box:
+                       labels={"farm.role": "verify"}, read_only_files=mounted, lifetime=timeout + 60) as box:
+            log.write(f"container {box.id[:12]} (killed afterwards; the engine removes it)\n")
             def call(argv: list[str], **kw: object) -> None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
