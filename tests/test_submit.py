@@ -590,3 +590,29 @@ def test_gzip_helper_is_really_a_bomb(tmp_path: Path) -> None:
     assert len(gzip.decompress(path.read_bytes())) > 4 << 20
     with tarfile.open(path) as tf:
         assert all(m.size < 1000 for m in tf.getmembers())
+
+
+def test_resubmission_after_gc_removed_the_wheels_builds_again(env: Env) -> None:
+    """A succeeded build whose wheels `farm gc` removed (removed_at set) answers no resubmission: the
+    same sdist is built again; while one wheel of it is live, the cache still answers."""
+    import datetime as dt
+
+    from farm.db.models import Artifact
+
+    path = make_good(env.root / "good")
+    first = submit(str(path), settings=get_settings())
+    with session_scope() as s:
+        old = s.scalars(select(Job).where(Job.submission_id == first.submission_id).order_by(Job.id)).all()
+        for i, job in enumerate(old):
+            job.state = "succeeded"
+            s.add(Artifact(job=job, filename=f"good-1.0-{i}-py3-none-any.whl", sha256=f"{i:064x}", size=1, name="good",
+                           version="1.0", tags=["py3-none-any"], requires_dist=[], storage_key=f"k{i}", verified=True,
+                           removed_at=dt.datetime(2026, 1, 1) if i > 0 else None))
+        old_ids = [j.id for j in old]
+    sent = list(env.sent)
+    second = submit(str(path), settings=get_settings())
+    with session_scope() as s:
+        new = s.scalars(select(Job).where(Job.submission_id == second.submission_id).order_by(Job.id)).all()
+        assert new[0].cached_from_id == old_ids[0] and new[0].state == "succeeded"  # its wheel is live
+        assert all(j.cached_from_id is None and j.state == "queued" for j in new[1:])  # removed: built again
+    assert len(env.sent) == len(sent) + len(PLATFORMS) - 1

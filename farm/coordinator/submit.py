@@ -18,13 +18,13 @@ from pathlib import Path
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from farm.config import Settings
 from farm.coordinator import dispatch
 from farm.coordinator.plan import plan
-from farm.db.models import Job, Source, Submission, utcnow
+from farm.db.models import Artifact, Job, Source, Submission, utcnow
 from farm.db.session import session_scope
 from farm.db.states import JobState
 from farm.errors import FarmError, UpstreamError
@@ -106,7 +106,10 @@ def _plan_jobs(session: Session, submission: Submission, source: Source, setting
     for t in targets:
         earlier = session.scalar(
             select(Job).where(Job.cache_key == t.cache_key, Job.cached_from_id.is_(None),
-                              Job.state.notin_([JobState.FAILED.value, JobState.CANCELLED.value]))
+                              Job.state.notin_([JobState.FAILED.value, JobState.CANCELLED.value]),
+                              # a build whose wheels `farm gc` removed is no answer any more: build again
+                              or_(Job.state != JobState.SUCCEEDED.value,
+                                  Job.artifacts.any(Artifact.removed_at.is_(None))))
             .order_by(Job.id.desc()).limit(1))
         job = Job(submission=submission, source=source, platform=t.platform, python=t.python, build_id=t.build_id,
                   engine=t.engine, recipe_name=t.recipe_name, recipe_digest=t.recipe_digest, recipe=t.options,
