@@ -254,7 +254,7 @@ def test_repaired_wheel_passes_in_the_clean_image(built, verify_image_result, do
 
     from docker.errors import NotFound as DockerNotFound
 
-    (box_id,) = re.findall(r"^container ([0-9a-f]{12}) ", log.getvalue(), re.M)
+    (box_id,) = re.findall(r"container ([0-9a-f]{12}) \(killed afterwards", log.getvalue())
     client = docker.DockerClient(base_url=docker_host)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -291,6 +291,44 @@ def test_verification_installs_only_what_it_is_given(built, verify_image_result,
                                  log=io.StringIO(), timeout=300, docker_host=docker_host)
     assert not result.passed  # no network and no six wheel given: the install must fail
     assert "six" in result.output
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_verification_container_started_early_is_used_or_killed(built, verify_image_result, docker_host: str) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """A container started while the build runs (VerifyBox.start_early) is the one verification uses;
+    one that is never used is killed by close() and removed by the engine."""
+    from docker.errors import NotFound as DockerNotFound
+
+    from farm.worker.verify_container import VerifyBox
+
+    _ctx, output, _ = built
+    early = VerifyBox.start_early(image=verify_image_result.tag, docker_host=docker_host, timeout=300)
+    assert early.ready().box is not None
+    early_id = early.box.id
+    log = io.StringIO()
+    result = verify_in_container(wheel=output.wheels[0], dependency_wheels=[], image=verify_image_result.tag,
+                                 requires=[], imports=["yaml"], test_command=None, project=None, log=log,
+                                 timeout=300, docker_host=docker_host, early=early)
+    assert result.passed, result.output
+    assert f"container {early_id[:12]} " in log.getvalue()
+
+    unused = VerifyBox.start_early(image=verify_image_result.tag, docker_host=docker_host, timeout=300).ready()
+    assert unused.box is not None
+    box_id = unused.box.id
+    client = docker.DockerClient(base_url=docker_host)
+    assert client.containers.get(box_id).status == "running"
+    unused.close()
+    unused.close()  # twice is harmless
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            client.containers.get(box_id)
+        except DockerNotFound:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"unused early container {box_id} still there 30 s after close()")
 
 
 def make_pure_wheel(folder: Path, name: str = "farmdep", version: str = "1.0") -> Path:

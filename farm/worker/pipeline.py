@@ -131,6 +131,25 @@ def _store_log(storage: Storage, key: str, path: Path) -> None:
 
 
 def _pipeline(spec: JobSpec, *, settings: Settings, storage: Storage, steps: Steps, work: Path, started: float) -> None:
+    # A clean verification container, started while the build runs (its start is then off the job's
+    # critical path); killed at the end if verification did not use it.
+    image = settings.verify_image(spec.platform, spec.python) if spec.resume == "build" else None
+    early = None
+    if image is not None:
+        from farm.worker.verify_container import VerifyBox
+
+        early = VerifyBox.start_early(image=image, docker_host=settings.docker_host,
+                                      timeout=max(settings.build_timeout, settings.cibuildwheel_timeout)
+                                      + settings.test_timeout)
+    try:
+        _steps(spec, settings=settings, storage=storage, steps=steps, work=work, started=started, early=early)
+    finally:
+        if early is not None:
+            early.close()
+
+
+def _steps(spec: JobSpec, *, settings: Settings, storage: Storage, steps: Steps, work: Path, started: float,
+           early: Any = None) -> None:
     options = Options.model_validate(spec.options)
     platform = get_platform(spec.platform)
     log = steps.log
@@ -180,7 +199,8 @@ def _pipeline(spec: JobSpec, *, settings: Settings, storage: Storage, steps: Ste
             verification = None
         else:
             verification = [verify.verify(wheel=w, target=target, settings=settings, options=options,
-                                          project=source, work=work, log=log, find_links=cycle) for w in wheels]
+                                          project=source, work=work, log=log, find_links=cycle,
+                                          early=early if i == 0 else None) for i, w in enumerate(wheels)]
             failed = [v for v in verification if not v.passed]
             if failed:
                 raise PackageFailure("verify", f"tests failed in a clean environment:\n{failed[0].detail}")

@@ -162,10 +162,11 @@ def missing_requirements(requirements: Sequence[Requirement], *, index: FarmInde
 
 
 def verify(*, wheel: Path, target: Target, settings: Settings, options: Options, project: SdistSource, work: Path,
-           log: TextIO, find_links: Path | None = None) -> VerifyOutcome:
+           log: TextIO, find_links: Path | None = None, early: Any = None) -> VerifyOutcome:
     """In the clean verification image when one is configured for the target, else on the host.
     The sdist's tree is unpacked only for a test command that uses `{project}` (or `{package}`).
-    `find_links`: a folder of wheels offered beside the farm's index (a dependency cycle's staged wheels)."""
+    `find_links`: a folder of wheels offered beside the farm's index (a dependency cycle's staged wheels).
+    `early`: a verification container started while the build ran (farm.worker.verify_container.VerifyBox)."""
     uses_tree = any(f"{{{k}}}" in (options.test_command or "") for k in ("project", "package"))
     tree = project.path if uses_tree else None
     if target.image is None:
@@ -181,7 +182,7 @@ def verify(*, wheel: Path, target: Target, settings: Settings, options: Options,
     res = verify_in_container(wheel=wheel, dependency_wheels=deps, image=target.image,
                               requires=options.test_requires, imports=imports, test_command=options.test_command,
                               project=tree, log=log, timeout=settings.test_timeout,
-                              docker_host=settings.docker_host)
+                              docker_host=settings.docker_host, early=early)
     return VerifyOutcome(passed=res.passed, environment=f"container:{target.image}@{res.image_digest} network=none",
                          install_command=res.install_command, imports=imports,
                          test_command=options.test_command, commands=res.commands, seconds=res.seconds,

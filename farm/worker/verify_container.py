@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,101 +43,184 @@ class ContainerVerifyResult:
     install_command: str = ""
 
 
+class VerifyBox:
+    """A running verification container: the engine client, the image's digest and user, the
+    container (with the worker's uv mounted where the engine is on this host) and the user id inside.
+
+    Made by `start()` when verification begins, or ahead of time by `start_early()` while the build
+    runs, so that starting it is off the job's critical path. `close()` kills it; the engine removes
+    it (auto-remove), and it ends by itself after its lifetime if nobody closes it.
+    """
+
+    def __init__(self, *, image: str, docker_host: str, timeout: float, memory: str = "2g", pids: int = 1024) -> None:
+        self.image, self.docker_host, self.timeout = image, docker_host, timeout
+        self.memory, self.pids = memory, pids
+        self.client = None
+        self.digest = ""
+        self.user: str | None = None
+        self.box: Container | None = None
+        self.uid = 0
+        self.mounted_uv: str | None = None
+        self.host_uv = Path()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+
+    @classmethod
+    def start_early(cls, **kw: object) -> VerifyBox:
+        """Start in a background thread; `ready()` waits for it (and re-raises what it raised)."""
+        vb = cls(**kw)  # type: ignore[arg-type]
+
+        def run() -> None:
+            try:
+                vb.start()
+            except BaseException as exc:  # noqa: BLE001 - handed to ready()
+                vb._error = exc
+
+        vb._thread = threading.Thread(target=run, name="verify-box", daemon=True)
+        vb._thread.start()
+        return vb
+
+    def start(self) -> VerifyBox:
+        from farm.worker.engines.native import uv_bin
+
+        client = docker_client(self.docker_host, step="verify")
+        with self._lock:
+            self.client = client
+        try:
+            self.digest = image_digest(client, self.image)
+        except FarmError as exc:
+            raise InfrastructureFault("verify", str(exc)) from exc
+        self.user = _image_user(client, self.image)
+        limits = Limits(memory=self.memory, pids=self.pids, drop_capabilities=True)
+        self.host_uv = Path(uv_bin()).resolve()
+        # The worker's uv, mounted read-only where the engine shares this host (copying its 40 MB in
+        # took 0.4 s per job); copied in otherwise.
+        mounted = {str(self.host_uv): f"{TOOLS_DIR}/uv"} if local_engine(self.docker_host) else {}
+        self.mounted_uv = f"{TOOLS_DIR}/uv" if mounted else None
+        box = Container(client, self.image, network="none", limits=limits, user=self.user or "0",
+                        labels={"farm.role": "verify"}, read_only_files=mounted, lifetime=self.timeout + 60)
+        box.__enter__()
+        with self._lock:
+            self.box = box
+            if self._closed:  # closed while it was starting
+                box.remove()
+                raise InfrastructureFault("verify", "the verification container was closed while starting")
+        self.uid = int(box.call(["sh", "-c", f"mkdir -p {WHEELS} {RUN_DIR} {PROJECT_DIR} && id -u"],
+                                workdir="/").output.strip().splitlines()[-1] or 0)
+        return self
+
+    def ready(self) -> VerifyBox:
+        if self._thread is not None:
+            self._thread.join()
+            if self._error is not None:
+                raise self._error
+        return self
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            box, client = self.box, self.client
+        if box is not None:
+            box.remove()
+        if client is not None and (self._thread is None or not self._thread.is_alive()):
+            client.close()
+
+
 def verify_in_container(*, wheel: Path, dependency_wheels: Sequence[Path], image: str, requires: Sequence[str],
                         imports: Sequence[str], test_command: str | None, project: Path | None, log: TextIO,
-                        timeout: float, docker_host: str, memory: str = "2g", pids: int = 1024) -> ContainerVerifyResult:
+                        timeout: float, docker_host: str, memory: str = "2g", pids: int = 1024,
+                        early: VerifyBox | None = None) -> ContainerVerifyResult:
     """Install `wheel` (with `dependency_wheels` as the only index) in `image` and test it.
 
+    `early`: a container for `image` started while the build ran (`VerifyBox.start_early`), used
+    instead of starting one now; it is closed here either way.
     `passed` is False when the install, an import or the test command fails or the time runs out;
     InfrastructureFault when the engine or the image is not there.
     """
     bad = [m for m in imports if not _MODULE.fullmatch(m)]
     if bad:
+        if early is not None:
+            early.close()
         raise PackageFailure("verify", f"not module names: {', '.join(map(repr, bad))}")
     start = time.monotonic()
     deadline = start + timeout
-    client = docker_client(docker_host, step="verify")
     commands: list[str] = []
     output: list[str] = []
     install_command = ""
+    vb = early if early is not None and early.image == image else None
+    if early is not None and vb is None:
+        early.close()
+    if vb is None:
+        vb = VerifyBox(image=image, docker_host=docker_host, timeout=timeout, memory=memory, pids=pids)
     try:
-        try:
-            digest = image_digest(client, image)
-        except FarmError as exc:
-            raise InfrastructureFault("verify", str(exc)) from exc
-        user = _image_user(client, image)
-        limits = Limits(memory=memory, pids=pids, drop_capabilities=True)
-        log.write(f"verifying {wheel.name} in {image} ({digest}), network none, user {user or 'root'}\n")
-        from farm.worker.engines.native import uv_bin
+        vb.ready() if early is vb else vb.start()
+        box = vb.box
+        assert box is not None
+        log.write(f"verifying {wheel.name} in {image} ({vb.digest}), network none, user {vb.user or 'root'}, "
+                  f"container {box.id[:12]} (killed afterwards; the engine removes it)\n")
 
-        host_uv = Path(uv_bin()).resolve()
-        # The worker's uv, mounted read-only where the engine shares this host (copying its 40 MB in
-        # took 0.4 s per job); copied in otherwise.
-        mounted = {str(host_uv): f"{TOOLS_DIR}/uv"} if local_engine(docker_host) else {}
-        with Container(client, image, network="none", limits=limits, user=user or "0",
-                       labels={"farm.role": "verify"}, read_only_files=mounted, lifetime=timeout + 60) as box:
-            log.write(f"container {box.id[:12]} (killed afterwards; the engine removes it)\n")
-            def call(argv: list[str], **kw: object) -> None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise _OutOfTime()
-                commands.append(shlex.join(argv))
-                output.append(f"$ {shlex.join(argv)}\n")
-                try:
-                    result = box.call(argv, env=env, workdir=RUN_DIR, timeout=remaining, log=log, **kw)  # type: ignore[arg-type]
-                except ContainerCommandFailed as exc:
-                    output.append(exc.result.output)
-                    if exc.timed_out:
-                        raise _OutOfTime() from exc
-                    raise
-                output.append(result.output)
-
-            env = {"HOME": ROOT, "PIP_CONFIG_FILE": "/dev/null", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-                   "PIP_NO_CACHE_DIR": "1", "PYTHONDONTWRITEBYTECODE": "1", "PIP_NO_INPUT": "1"}
-            uid = int(box.call(["sh", "-c", f"mkdir -p {WHEELS} {RUN_DIR} {PROJECT_DIR} && id -u"], workdir="/",
-                               log=log).output.strip().splitlines()[-1] or 0)
-            for path in [wheel, *dependency_wheels]:
-                box.copy_into(path, WHEELS, owner=uid)
-            # The unpacked sdist is copied in only for a test command that uses it (pyyaml's: 0.7-0.9 s).
-            uses_project = project is not None and ("{project}" in (test_command or "") or "{package}" in (test_command or ""))
-            project_in = box.copy_into(project, PROJECT_DIR, owner=uid) if uses_project else None
-            python, uv = _probe(box, wheel, f"{TOOLS_DIR}/uv" if mounted else None)
-            if uv is None:
-                uv = _uv_into(box, uid, host_uv)
-            venv_python = f"{VENV}/bin/python"
-            env["VIRTUAL_ENV"] = VENV
-            env["PATH"] = f"{VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        def call(argv: list[str], **kw: object) -> None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _OutOfTime()
+            commands.append(shlex.join(argv))
+            output.append(f"$ {shlex.join(argv)}\n")
             try:
-                if uv:
-                    env.update({"UV_NO_CACHE": "1", "UV_NO_CONFIG": "1", "UV_OFFLINE": "1",
-                                "UV_PYTHON_DOWNLOADS": "never"})
-                    call([uv, "venv", "--quiet", "--python", python, VENV])
-                    install = [uv, "pip", "install", "--python", venv_python]
-                else:
-                    call([python, "-m", "venv", VENV])
-                    install = [venv_python, "-m", "pip", "install"]
-                install += ["--no-index", "--find-links", WHEELS]
-                install_command = shlex.join(install)
-                call([*install, f"{WHEELS}/{wheel.name}", *requires])
-                if imports:  # one interpreter start; a failing import's traceback names its module
-                    call([venv_python, "-c", "; ".join(f"import {m}" for m in imports)])
-                if test_command:
-                    line = test_command.replace("{python}", shlex.quote(venv_python))
-                    for key in ("{project}", "{package}"):
-                        line = line.replace(key, shlex.quote(project_in or PROJECT_DIR))
-                    call(["sh", "-c", line])
-                passed = True
+                result = box.call(argv, env=env, workdir=RUN_DIR, timeout=remaining, log=log, **kw)  # type: ignore[arg-type]
             except ContainerCommandFailed as exc:
-                log.write(f"verification failed: {exc.result.command_line} exited with {exc.result.exit_code}\n")
-                passed = False
-            except _OutOfTime:
-                message = f"verification timed out after {timeout:.0f} s\n"
-                log.write(message)
-                output.append(message)
-                passed = False
+                output.append(exc.result.output)
+                if exc.timed_out:
+                    raise _OutOfTime() from exc
+                raise
+            output.append(result.output)
+
+        env = {"HOME": ROOT, "PIP_CONFIG_FILE": "/dev/null", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+               "PIP_NO_CACHE_DIR": "1", "PYTHONDONTWRITEBYTECODE": "1", "PIP_NO_INPUT": "1"}
+        uid = vb.uid
+        for path in [wheel, *dependency_wheels]:
+            box.copy_into(path, WHEELS, owner=uid)
+        # The unpacked sdist is copied in only for a test command that uses it (pyyaml's: 0.7-0.9 s).
+        uses_project = project is not None and any(k in (test_command or "") for k in ("{project}", "{package}"))
+        project_in = box.copy_into(project, PROJECT_DIR, owner=uid) if uses_project else None  # type: ignore[arg-type]
+        python, uv = _probe(box, wheel, vb.mounted_uv)
+        if uv is None:
+            uv = _uv_into(box, uid, vb.host_uv)
+        venv_python = f"{VENV}/bin/python"
+        env["VIRTUAL_ENV"] = VENV
+        env["PATH"] = f"{VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        try:
+            if uv:
+                env.update({"UV_NO_CACHE": "1", "UV_NO_CONFIG": "1", "UV_OFFLINE": "1",
+                            "UV_PYTHON_DOWNLOADS": "never"})
+                call([uv, "venv", "--quiet", "--python", python, VENV])
+                install = [uv, "pip", "install", "--python", venv_python]
+            else:
+                call([python, "-m", "venv", VENV])
+                install = [venv_python, "-m", "pip", "install"]
+            install += ["--no-index", "--find-links", WHEELS]
+            install_command = shlex.join(install)
+            call([*install, f"{WHEELS}/{wheel.name}", *requires])
+            if imports:  # one interpreter start; a failing import's traceback names its module
+                call([venv_python, "-c", "; ".join(f"import {m}" for m in imports)])
+            if test_command:
+                line = test_command.replace("{python}", shlex.quote(venv_python))
+                for key in ("{project}", "{package}"):
+                    line = line.replace(key, shlex.quote(project_in or PROJECT_DIR))
+                call(["sh", "-c", line])
+            passed = True
+        except ContainerCommandFailed as exc:
+            log.write(f"verification failed: {exc.result.command_line} exited with {exc.result.exit_code}\n")
+            passed = False
+        except _OutOfTime:
+            message = f"verification timed out after {timeout:.0f} s\n"
+            log.write(message)
+            output.append(message)
+            passed = False
     finally:
-        client.close()
-    return ContainerVerifyResult(passed=passed, image_digest=digest, commands=commands, output="".join(output),
+        vb.close()
+    return ContainerVerifyResult(passed=passed, image_digest=vb.digest, commands=commands, output="".join(output),
                                  seconds=time.monotonic() - start, install_command=install_command)
 
 
