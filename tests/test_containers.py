@@ -252,19 +252,8 @@ def test_repaired_wheel_passes_in_the_clean_image(built, verify_image_result, do
     # the container was killed on the way out and the engine removes it (auto-remove)
     import re
 
-    from docker.errors import NotFound as DockerNotFound
-
     (box_id,) = re.findall(r"container ([0-9a-f]{12}) \(killed afterwards", log.getvalue())
-    client = docker.DockerClient(base_url=docker_host)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            client.containers.get(box_id)
-        except DockerNotFound:
-            break
-        time.sleep(0.2)
-    else:
-        pytest.fail(f"verification container {box_id} still there 30 s later")
+    wait_gone(docker.DockerClient(base_url=docker_host), box_id)
 
 
 @pytest.mark.docker
@@ -293,13 +282,25 @@ def test_verification_installs_only_what_it_is_given(built, verify_image_result,
     assert "six" in result.output
 
 
+def wait_gone(client, container_id: str, seconds: float = 30) -> None:  # type: ignore[no-untyped-def]
+    """The engine removes a killed auto-remove container shortly after; fail if it is still there."""
+    from docker.errors import NotFound as DockerNotFound
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            client.containers.get(container_id)
+        except DockerNotFound:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"container {container_id} still there {seconds:.0f} s after it was killed")
+
+
 @pytest.mark.docker
 @pytest.mark.slow
 def test_verification_container_started_early_is_used_or_killed(built, verify_image_result, docker_host: str) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     """A container started while the build runs (VerifyBox.start_early) is the one verification uses;
     one that is never used is killed by close() and removed by the engine."""
-    from docker.errors import NotFound as DockerNotFound
-
     from farm.worker.verify_container import VerifyBox
 
     _ctx, output, _ = built
@@ -320,15 +321,7 @@ def test_verification_container_started_early_is_used_or_killed(built, verify_im
     assert client.containers.get(box_id).status == "running"
     unused.close()
     unused.close()  # twice is harmless
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            client.containers.get(box_id)
-        except DockerNotFound:
-            break
-        time.sleep(0.2)
-    else:
-        pytest.fail(f"unused early container {box_id} still there 30 s after close()")
+    wait_gone(client, box_id)
 
 
 def make_pure_wheel(folder: Path, name: str = "farmdep", version: str = "1.0") -> Path:
