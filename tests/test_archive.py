@@ -514,8 +514,12 @@ def test_sdist_source_reads_top_level_files_without_unpacking(tmp_path: Path, ki
     else:
         sdist = write_zip(tmp_path / "foo-1.0.zip", zip_members())
     source = SdistSource(sdist, tmp_path / "src", LIMITS)
-    assert source.top_level("pyproject.toml") == PYPROJECT and source.top_level("nothing.txt") is None
-    assert source.top_level("foo.py") is None  # only the top folder's own files
+    assert source.top_level("pyproject.toml") == PYPROJECT
+    with pytest.raises(ValueError):
+        source.top_level("nothing.txt")
+    from farm.util.archive import read_top_level
+
+    assert read_top_level(sdist, "foo.py", "nothing.txt") == {}  # only the top folder's own files
     assert source.timestamp == (1_700_000_000 if kind == "tar" else 1_704_067_200)  # zip 2024-01-01 00:00 as UTC
     assert build_requires.declared(source) == ["setuptools"]
     assert not source.is_unpacked and not (tmp_path / "src").exists()

@@ -568,21 +568,23 @@ def _extract_zip(fn: str, zf: zipfile.ZipFile, scan: _Scan, staging: Path) -> No
         os.symlink(link_target, where)
 
 
-def read_top_level(path: Path, name: str, *, max_bytes: int = _MAX_PKG_INFO) -> tuple[bytes, float] | None:
-    """The bytes and mtime of `<top dir>/<name>` in an sdist (.tar.* or .zip), read without unpacking;
-    None when the archive has no such member. For an archive the farm has already checked."""
-    path = Path(path)
+def read_top_level(path: Path, *names: str, max_bytes: int = _MAX_PKG_INFO) -> dict[str, tuple[bytes, float]]:
+    """The bytes and mtime of each `<top dir>/<name>` the sdist (.tar.* or .zip) has, read in one pass
+    without unpacking (stopping once all are found). For an archive the farm has already checked."""
+    path, wanted, found = Path(path), set(names), {}
     if path.name.endswith(".zip"):
         with zipfile.ZipFile(path) as zf:
             for info in zf.infolist():
                 parts = info.filename.split("/")
-                if len(parts) == 2 and parts[1] == name and not info.is_dir() and info.file_size <= max_bytes:
-                    return zf.read(info), float(calendar.timegm((*info.date_time, 0, 0, 0)))  # zip times: as UTC
-        return None
+                if len(parts) == 2 and parts[1] in wanted and not info.is_dir() and info.file_size <= max_bytes:
+                    found[parts[1]] = zf.read(info), float(calendar.timegm((*info.date_time, 0, 0, 0)))  # as UTC
+        return found
     with tarfile.open(path, "r:*") as tf:
         for member in tf:
             parts = member.name.removeprefix("./").split("/")
-            if len(parts) == 2 and parts[1] == name and member.isfile() and member.size <= max_bytes:
+            if len(parts) == 2 and parts[1] in wanted and member.isfile() and member.size <= max_bytes:
                 fh = tf.extractfile(member)
-                return (fh.read() if fh else b""), float(member.mtime)
-    return None
+                found[parts[1]] = (fh.read() if fh else b""), float(member.mtime)
+                if len(found) == len(wanted):
+                    break
+    return found

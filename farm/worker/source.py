@@ -14,6 +14,8 @@ from pathlib import Path
 
 from farm.util.archive import Limits, extract_sdist, read_top_level
 
+TOP_LEVEL = ("PKG-INFO", "pyproject.toml")  # the files read from the archive (one pass for both)
+
 
 class SdistSource:
     def __init__(self, sdist: Path, dest: Path, limits: Limits) -> None:
@@ -35,17 +37,23 @@ class SdistSource:
     def is_unpacked(self) -> bool:
         return "path" in self.__dict__
 
+    @cached_property
+    def _archived(self) -> dict[str, tuple[bytes, float]]:
+        return read_top_level(self.sdist, *TOP_LEVEL)
+
     def top_level(self, name: str) -> bytes | None:
-        """The top-level file `name`: from the tree if unpacked (as the build sees it), else from the archive."""
+        """PKG-INFO or pyproject.toml: from the tree if unpacked (as the build sees it), else from the archive."""
+        if name not in TOP_LEVEL:
+            raise ValueError(f"only {', '.join(TOP_LEVEL)} are read from the archive")
         if self.is_unpacked:
             file = self.path / name
             return file.read_bytes() if file.is_file() else None
-        found = read_top_level(self.sdist, name)
+        found = self._archived.get(name)
         return found[0] if found else None
 
     @cached_property
     def timestamp(self) -> int:
         """SOURCE_DATE_EPOCH: the archive's own time for PKG-INFO, so rebuilds of one sdist embed the same
         times (1980-01-01 without one, the earliest a wheel's zip can hold)."""
-        found = read_top_level(self.sdist, "PKG-INFO")
+        found = self._archived.get("PKG-INFO")
         return int(found[1]) if found and found[1] >= 315532800 else 315532800
