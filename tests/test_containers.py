@@ -60,7 +60,7 @@ def make_ctx(tmp: Path, *, sdist: Path, options: Options | None = None, images: 
     work.mkdir(parents=True, exist_ok=True)
     from farm.worker.source import SdistSource
 
-    return BuildContext(spec=spec, options=options or Options(), platform=plat, settings=settings, sdist=sdist,
+    return BuildContext(spec=spec, options=options or Options(), platform=plat, settings=settings,
                         src=SdistSource.unpacked(sdist, source), work=work, log=log or io.StringIO())
 
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from farm.config import Settings
 from farm.db.states import JobState
@@ -28,6 +28,9 @@ from farm.worker.engines import BuildContext, get_engine
 from farm.worker.fetch import fetch
 from farm.worker.platforms import get_platform
 from farm.worker.platforms._common import wheel_tags
+
+if TYPE_CHECKING:
+    from farm.worker.verify_container import VerifyBox
 
 Report = Callable[[JobEvent], None]
 
@@ -114,15 +117,23 @@ def _cycle_wheels(spec: JobSpec, wheels: list[Path], *, work: Path, storage: Sto
         return None
     folder = work / "cycle"
     folder.mkdir(parents=True, exist_ok=True)
-    for staged in spec.co_staged:
-        dest = folder / staged.filename
-        storage.get_file(staged.storage_key, dest)
-        if sha256_file(dest) != staged.sha256:
-            raise InfrastructureFault("verify", f"staged wheel {staged.filename} changed in storage")
+    _fetch_staged(spec.co_staged, folder, storage)
     for w in wheels:
         shutil.copyfile(w, folder / w.name)
     log.write("in a dependency cycle: verified with " + ", ".join(s.filename for s in spec.co_staged) + "\n")
     return folder
+
+
+def _fetch_staged(staged: list[StagedWheel], folder: Path, storage: Storage) -> list[Path]:
+    """Wheels a job staged while it waited for dependencies, from storage, their digests checked."""
+    paths = []
+    for wheel in staged:
+        dest = folder / wheel.filename
+        storage.get_file(wheel.storage_key, dest)
+        if sha256_file(dest) != wheel.sha256:
+            raise InfrastructureFault("verify", f"staged wheel {wheel.filename} changed in storage")
+        paths.append(dest)
+    return paths
 
 
 def _store_log(storage: Storage, key: str, path: Path) -> None:
@@ -149,7 +160,7 @@ def _pipeline(spec: JobSpec, *, settings: Settings, storage: Storage, steps: Ste
 
 
 def _steps(spec: JobSpec, *, settings: Settings, storage: Storage, steps: Steps, work: Path, started: float,
-           early: Any = None) -> None:
+           early: VerifyBox | None = None) -> None:
     options = Options.model_validate(spec.options)
     platform = get_platform(spec.platform)
     log = steps.log
@@ -159,8 +170,8 @@ def _steps(spec: JobSpec, *, settings: Settings, storage: Storage, steps: Steps,
         source = fetch(spec, work=work, storage=storage, settings=settings)
 
     if spec.resume == "build":
-        ctx = BuildContext(spec=spec, options=options, platform=platform, settings=settings, sdist=source.sdist,
-                           src=source, work=work, log=log)
+        ctx = BuildContext(spec=spec, options=options, platform=platform, settings=settings, src=source, work=work,
+                           log=log)
         with steps.step(JobState.BUILDING):
             out = get_engine(spec.engine).build(ctx)
         with steps.step(JobState.REPAIRING):
@@ -174,13 +185,7 @@ def _steps(spec: JobSpec, *, settings: Settings, storage: Storage, steps: Steps,
                  "build_requires": out.effective_build_requires,
                  "timings": dict(steps.timings), "started": started}
     else:
-        wheels = []
-        for staged in spec.staged:
-            dest = work / "staged" / staged.filename
-            storage.get_file(staged.storage_key, dest)
-            if sha256_file(dest) != staged.sha256:
-                raise InfrastructureFault("verify", f"staged wheel {staged.filename} changed in storage")
-            wheels.append(dest)
+        wheels = _fetch_staged(spec.staged, work / "staged", storage)
 
     with steps.step(JobState.VERIFYING):
         cycle = _cycle_wheels(spec, wheels, work=work, storage=storage, log=log)

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import httpx
 from packaging.requirements import Requirement
@@ -37,6 +37,9 @@ from farm.util.wheel import read_metadata, requires_dist, top_level_modules
 from farm.worker.engines.native import uv_bin
 from farm.worker.platforms.base import Interpreter, Platform
 from farm.worker.source import SdistSource
+
+if TYPE_CHECKING:
+    from farm.worker.verify_container import VerifyBox
 
 _MARKER_ENV = (
     "import json, os, platform, sys\n"
@@ -162,7 +165,7 @@ def missing_requirements(requirements: Sequence[Requirement], *, index: FarmInde
 
 
 def verify(*, wheel: Path, target: Target, settings: Settings, options: Options, project: SdistSource, work: Path,
-           log: TextIO, find_links: Path | None = None, early: Any = None) -> VerifyOutcome:
+           log: TextIO, find_links: Path | None = None, early: VerifyBox | None = None) -> VerifyOutcome:
     """In the clean verification image when one is configured for the target, else on the host.
     The sdist's tree is unpacked only for a test command that uses `{project}` (or `{package}`).
     `find_links`: a folder of wheels offered beside the farm's index (a dependency cycle's staged wheels).

@@ -20,11 +20,14 @@ class BuildContext:
     options: Options
     platform: Platform
     settings: Settings
-    sdist: Path  # the verified sdist file
-    src: SdistSource  # the sdist and its tree (unpacked on first use of `source`)
+    src: SdistSource  # the verified sdist file and its tree (unpacked on first use of `source`)
     work: Path  # the job's private folder; nothing is written outside it
     log: TextIO
     commands: list[str] = field(default_factory=list)  # every command line run, for provenance
+
+    @property
+    def sdist(self) -> Path:
+        return self.src.sdist
 
     @property
     def source(self) -> Path:
