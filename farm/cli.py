@@ -118,16 +118,18 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     if _remote():
-        from farm import cli_remote
+        from farm.cli_remote import client_from_settings
 
-        return cli_remote.cmd_cancel(args)
-    from farm.coordinator.reconcile import cancel
+        cancel_one = client_from_settings().cancel
+    else:
+        from farm.coordinator.reconcile import cancel
 
-    ensure_db()
+        ensure_db()
+        cancel_one = lambda job_id: cancel(job_id, _settings())  # noqa: E731
     code = 0
     for job_id in args.jobs:
         try:
-            print(cancel(job_id, _settings()))
+            print(cancel_one(job_id))
         except FarmError as exc:
             print(f"farm: error: {exc}", file=sys.stderr)
             code = exc.exit_code

@@ -98,6 +98,8 @@ class _Null:
 
 
 def cmd_yank(args: argparse.Namespace) -> int:
+    from farm.cli import _remote
+
     if _remote():
         return _lines(_api().yank(args.pin, reason=args.reason, undo=args.undo))
     from farm.index.promote import yank_and_rewrite
@@ -107,6 +109,8 @@ def cmd_yank(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
+    from farm.cli import _remote
+
     if _remote():
         return _lines(_api().promote(args.pin, to=args.to, upload=not args.no_upload))
     from farm.index.promote import promote_and_publish
@@ -114,10 +118,6 @@ def cmd_promote(args: argparse.Namespace) -> int:
     _db()
     return _lines(promote_and_publish(_settings(), args.pin, args.to, by=f"farm promote ({_who()})",
                                       upload=not args.no_upload))
-
-
-def _remote() -> bool:
-    return bool(_settings().server_url)
 
 
 def _api():  # type: ignore[no-untyped-def]

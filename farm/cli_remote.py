@@ -1,4 +1,4 @@
-"""`farm submit/status/logs/cancel/yank/promote` against a farm's HTTP API (`--server URL`, `server_url`, FARM_SERVER_URL).
+"""`farm submit/status/logs` (and the client behind cancel/yank/promote) against a farm's HTTP API (`--server URL`, `server_url`, FARM_SERVER_URL).
 
 The same output as the local commands, read from the API instead of the database; nothing here
 imports the database modules. The token comes from `--token`, `token` or FARM_TOKEN.
@@ -153,18 +153,6 @@ def cmd_status(args: argparse.Namespace) -> int:
         if v["error"] and v["state"] == "failed":
             print(f"      {v['error'].splitlines()[0][:200]}")
     return 0
-
-
-def cmd_cancel(args: argparse.Namespace) -> int:
-    api = client_from_settings()
-    code = 0
-    for job_id in args.jobs:
-        try:
-            print(api.cancel(job_id))
-        except FarmError as exc:
-            print(f"farm: error: {exc}", file=sys.stderr)
-            code = exc.exit_code
-    return code
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

@@ -319,7 +319,8 @@ def test_cancel_over_the_api(api: Api, tmp_path: Path) -> None:
     assert api.client.post("/api/jobs/999999/cancel", headers=api.h("submit")).status_code == 404
 
 
-def test_remote_cli_client_submits_with_priority_and_cancels(api: Api, tmp_path: Path) -> None:
+def test_remote_cli_client_submits_with_priority_and_cancels(api: Api, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """The remote CLI's client against the app: priority and cancel travel; errors keep their kind."""
     from farm.cli_remote import ApiClient
     from farm.errors import StateError
@@ -333,6 +334,19 @@ def test_remote_cli_client_submits_with_priority_and_cancels(api: Api, tmp_path:
         client.cancel(job_id)
     with pytest.raises(NotFound):
         client.cancel(999999)
+
+    # `farm --server URL cancel`: the CLI through that client; an ended job is exit 6 (StateError)
+    other = client.submit_file(make_good(tmp_path / "in2", "remotecancel", "1.0"))["jobs"][0]["id"]
+    monkeypatch.setattr("farm.cli_remote.client_from_settings", lambda: client)
+    monkeypatch.setenv("FARM_SERVER_URL", "http://testserver")
+    reset_settings()
+    try:
+        assert farm.cli.main(["cancel", str(other)]) == 0
+        assert farm.cli.main(["cancel", str(other)]) == StateError.exit_code
+    finally:
+        monkeypatch.delenv("FARM_SERVER_URL")
+        reset_settings()
+    assert api.client.get(f"/api/jobs/{other}", headers=api.h("submit")).json()["state"] == "cancelled"
 
 
 @pytest.mark.parametrize(("kwargs", "status", "words"), [

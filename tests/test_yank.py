@@ -147,7 +147,7 @@ def test_pip_and_uv_skip_a_yanked_file_unless_pinned(two_versions, tmp_path: Pat
         assert r.returncode == 0 and [p.name for p in (tmp_path / "c").iterdir()] == ["yankdemo-1.1-py3-none-any.whl"]
 
 
-def test_yank_and_promote_over_the_api(two_versions) -> None:  # type: ignore[no-untyped-def]
+def test_yank_and_promote_over_the_api(two_versions, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     """The API's release routes (what `farm --server URL yank|promote` calls): the same lines as the
     local commands, pages rewritten; bad input (no ==, an unknown field, an unknown channel, an
     unknown release) is refused with its reason, and a submit token may not yank."""
@@ -184,4 +184,14 @@ def test_yank_and_promote_over_the_api(two_versions) -> None:  # type: ignore[no
         denied = http.post("/api/releases/yank", json={"pin": "yankdemo==1.0"},
                            headers={"Authorization": f"Bearer {submit}"})
         assert denied.status_code == 403
+        # the CLI with a server URL goes through the same client
+        monkeypatch.setattr("farm.cli_remote.client_from_settings", lambda: api)
+        monkeypatch.setenv("FARM_SERVER_URL", "http://testserver")
+        reset_settings()
+        assert _farm("yank", "yankother==3.0") == (0, "yanked: yankother-3.0-py3-none-any.whl\n")
+        assert _farm("yank", "yankother==3.0", "--undo") == (0, "unyanked: yankother-3.0-py3-none-any.whl\n")
+        assert _farm("promote", "yankother==3.0", "--to", "stable") == (
+            0, "promoted to stable: yankother-3.0-py3-none-any.whl\n")
+        monkeypatch.delenv("FARM_SERVER_URL")
+        reset_settings()
     assert not any(f.is_yanked for f in _pages(settings.index, "yankdemo")[1].packages)
