@@ -104,6 +104,16 @@ def pip_install_from(index_url: str, venv: Path, *packages: str) -> subprocess.C
                           env=installer_env(), capture_output=True, text=True, timeout=300)
 
 
+def installed_and_run(index_url: str, tmp_path: Path, requirement: str, code: str) -> str:
+    """pip-install `requirement` from `index_url` into a fresh venv, run `code` there; its stdout."""
+    pip = pip_install_from(index_url, tmp_path / "venv", requirement)
+    assert pip.returncode == 0, pip.stdout + pip.stderr
+    out = subprocess.run([str(tmp_path / "venv" / "bin" / "python"), "-c", code], capture_output=True, text=True,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
 def uv_bin() -> str:
     from uv import find_uv_bin
 

@@ -12,7 +12,6 @@ which backend they use.
 from __future__ import annotations
 
 import json
-import subprocess
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests import backends
-from tests.conftest import Farm, cached_sdist, free_port, make_sdist, pip_install_from
+from tests.conftest import Farm, cached_sdist, free_port, installed_and_run, make_sdist
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 
@@ -41,14 +40,6 @@ def _submit(farm: Farm, request: str) -> dict:
     return jobs[0]
 
 
-def _installed(farm: Farm, tmp_path: Path, requirement: str, code: str) -> str:
-    pip = pip_install_from(farm.index_url, tmp_path / "venv", requirement)
-    assert pip.returncode == 0, pip.stdout + pip.stderr
-    out = subprocess.run([str(tmp_path / "venv/bin/python"), "-c", code], capture_output=True, text=True, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
-
-
 def _wheels(farm: Farm, project: str) -> list[Path]:
     return sorted((farm.home / "index/files" / project).glob("*.whl"))
 
@@ -63,7 +54,7 @@ def test_compiled_project_from_each_backend(farm: Farm, tmp_path: Path, backend:
     assert "-cp311-cp311-manylinux" in wheel.name, wheel.name
     assert any(n.startswith(f"{mod}/_native.") and n.endswith(".so") for n in zipfile.ZipFile(wheel).namelist())
     code = f"import {mod}, {mod}._native as n; assert n.__file__.endswith('.so'); print({mod}.add(40, 2))"
-    assert _installed(farm, tmp_path, name, code) == "42"
+    assert installed_and_run(farm.index_url, tmp_path, name, code) == "42"
 
 
 @pytest.mark.parametrize("backend", sorted(backends.PURE))
@@ -73,7 +64,7 @@ def test_pure_project_from_each_backend(farm: Farm, tmp_path: Path, backend: str
     _submit(farm, str(make_sdist(backends.PURE[backend](tmp_path, name), tmp_path / "dist")))
     (wheel,) = _wheels(farm, name)
     assert wheel.name.endswith("-py3-none-any.whl"), wheel.name
-    assert _installed(farm, tmp_path, name, f"import {mod}; print({mod}.add(1, 2))") == "3"
+    assert installed_and_run(farm.index_url, tmp_path, name, f"import {mod}; print({mod}.add(1, 2))") == "3"
 
 
 # Real sdists from the upstream index: (requirement, what their build uses, code run after pip install from the farm)
@@ -102,5 +93,5 @@ def test_real_sdist_with_its_own_backend(farm: Farm, tmp_path: Path, requirement
     assert job["name"] == name and job["state"] == "succeeded"
     wheels = _wheels(farm, name)
     assert wheels and all("manylinux" in w.name for w in wheels), wheels
-    out = _installed(farm, tmp_path, requirement, code)
+    out = installed_and_run(farm.index_url, tmp_path, requirement, code)
     assert out == EXPECTED[requirement]

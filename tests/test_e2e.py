@@ -21,7 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Farm, cached_sdist, free_port, installer_env, make_project, make_sdist, pip_install_from, uv_bin
+from tests.conftest import (Farm, cached_sdist, free_port, installed_and_run, installer_env, make_project, make_sdist,
+                            pip_install_from, uv_bin)
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 
@@ -102,12 +103,8 @@ def test_real_sdist_by_requirement(farm: Farm, tmp_path: Path) -> None:
     """markupsafe from the upstream index by NAME==VERSION, its sha256 checked, its C speedups built."""
     res = submit_wait(farm, "markupsafe==3.0.2")
     assert res.returncode == 0, res.stdout + res.stderr
-    pip = pip_install_from(farm.index_url, tmp_path / "venv", "markupsafe==3.0.2")
-    assert pip.returncode == 0, pip.stderr
-    out = subprocess.run([str(tmp_path / "venv/bin/python"), "-c",
-                          "import markupsafe._speedups as s, markupsafe; print(markupsafe.escape('<a>'))"],
-                         capture_output=True, text=True, cwd=tmp_path)
-    assert out.stdout.strip() == "&lt;a&gt;", out.stderr
+    assert installed_and_run(farm.index_url, tmp_path, "markupsafe==3.0.2",
+                             "import markupsafe._speedups as s, markupsafe; print(markupsafe.escape('<a>'))") == "&lt;a&gt;"
 
 
 def test_system_library_is_grafted(farm: Farm, tmp_path: Path) -> None:
@@ -153,12 +150,8 @@ def test_dependency_cycle_is_verified_together(farm: Farm, tmp_path: Path) -> No
     assert by_name["farmtest-cyc-a"]["state"] == by_name["farmtest-cyc-b"]["state"] == "succeeded"
     log = farm.farm("logs", str(by_name["farmtest-cyc-a"]["id"])).stdout
     assert "in a dependency cycle: verified with farmtest_cyc_b-0.1.0-" in log, log[-3000:]
-    pip = pip_install_from(farm.index_url, tmp_path / "venv", "farmtest-cyc-a")
-    assert pip.returncode == 0, pip.stderr
-    out = subprocess.run([str(tmp_path / "venv/bin/python"), "-c",
-                          "import farmtest_cyc_a as a, farmtest_cyc_b as b; print(a.add(1, 2) + b.add(3, 4))"],
-                         capture_output=True, text=True, cwd=tmp_path)
-    assert out.stdout.strip() == "10", out.stderr
+    assert installed_and_run(farm.index_url, tmp_path, "farmtest-cyc-a",
+                             "import farmtest_cyc_a as a, farmtest_cyc_b as b; print(a.add(1, 2) + b.add(3, 4))") == "10"
 
 
 def test_package_that_does_not_compile_fails_and_publishes_nothing(farm: Farm, tmp_path: Path) -> None:
