@@ -149,6 +149,7 @@ def missing_requirements(requirements: Sequence[Requirement], *, index: FarmInde
             if name == canonicalize_name(req.name) and req.specifier.contains(version, prereleases=True) \
                     and wtags & target.tags:
                 ok = True
+                break
         for f in [] if ok else index.files(req.name):
             filename = f["filename"]
             if not filename.endswith(".whl") or f.get("yanked"):
