@@ -43,7 +43,9 @@ def begin_write(session: Session) -> None:
     transaction only at the first INSERT/UPDATE/DELETE, so a SAVEPOINT before any of them would be the
     outermost transaction and its RELEASE would commit what follows it at once, out of the session's
     control. On SQLite this takes the write lock (BEGIN IMMEDIATE) unless a transaction is open;
-    elsewhere it does nothing."""
+    elsewhere it does nothing. (Not done for every session: a deferred BEGIN before each transaction
+    would make read-then-write transactions fail at once with SQLITE_BUSY whenever another process
+    wrote in between, where pysqlite's late BEGIN waits on the busy timeout.)"""
     conn = session.connection()
     if conn.dialect.name != "sqlite":
         return
