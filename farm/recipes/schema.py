@@ -67,6 +67,25 @@ class BuildRequires(_Model):
     add: list[RequirementStr] = Field(default_factory=list, description="Requirements added to the build environment")
 
 
+def _size(value: str) -> str:
+    from farm.worker.sandbox import parse_size
+
+    parse_size(value)
+    return value
+
+
+Size = Annotated[str, AfterValidator(_size)]
+
+
+class Limits(_Model):
+    """Resource limits of the sandbox that package code runs in; unset: the farm's defaults (docs/security.md)."""
+
+    memory: Size | None = Field(None, description="Address space per process, e.g. `16g`")
+    processes: int | None = Field(None, ge=16, description="Processes and threads at once")
+    file_size: Size | None = Field(None, description="Largest file a build or test may write, e.g. `8g`")
+    cpu_time: int | None = Field(None, ge=1, description="CPU seconds per process")
+
+
 class Options(_Model):
     """Build and test options: the part of a recipe that an override may change."""
 
@@ -80,6 +99,9 @@ class Options(_Model):
     test_requires: list[RequirementStr] = Field(default_factory=list, description="Requirements installed (from the farm's index) for the tests")
     test_command: str | None = Field(None, description="Shell command run in the clean environment; {python} is its interpreter, {project} the unpacked sdist")
     test_imports: list[str] | None = Field(None, description="Modules to import as a test; default: the wheel's top-level modules")
+    network: bool = Field(False, description="Give the build (recipe commands and the PEP 517 hooks) network access; "
+                          "recorded in the provenance. Tests never have network")
+    limits: Limits = Field(default_factory=Limits, description="Sandbox resource limits for this package's builds and tests")
 
 
 class Override(Options):

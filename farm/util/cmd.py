@@ -52,11 +52,13 @@ def run(
     log: TextIO | None = None,
     check: bool = True,
     shell: bool = False,
+    pass_fds: Sequence[int] = (),
 ) -> Result:
     """Run `argv` (or a shell command line when `shell`), stream its output into `log`.
 
     `env` replaces the environment entirely when given (callers build it from `clean_env`).
-    On timeout the whole process group is killed.
+    On timeout the whole process group is killed. `pass_fds` stay open in the child (the sandbox
+    binds folders from descriptors opened before it drops root).
     """
     args = [os.fspath(a) for a in argv]
     shown = args[0] if shell else shlex.join(args)
@@ -72,6 +74,7 @@ def run(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
+        pass_fds=tuple(pass_fds),
         **_NEW_GROUP,
         text=True,
         errors="replace",

@@ -28,6 +28,7 @@ from farm.worker.engines import BuildContext, get_engine
 from farm.worker.fetch import fetch
 from farm.worker.platforms import get_platform
 from farm.worker.platforms._common import wheel_tags
+from farm.worker.sandbox import job_limits
 
 if TYPE_CHECKING:
     from farm.worker.verify_container import VerifyBox
@@ -171,7 +172,7 @@ def _steps(spec: JobSpec, *, settings: Settings, storage: Storage, steps: Steps,
 
     if spec.resume == "build":
         ctx = BuildContext(spec=spec, options=options, platform=platform, settings=settings, src=source, work=work,
-                           log=log)
+                           log=log, sandbox=platform.sandbox(settings), limits=job_limits(settings, options))
         with steps.step(JobState.BUILDING):
             out = get_engine(spec.engine).build(ctx)
         with steps.step(JobState.REPAIRING):
@@ -205,6 +206,7 @@ def _steps(spec: JobSpec, *, settings: Settings, storage: Storage, steps: Steps,
         else:
             verification = [verify.verify(wheel=w, target=target, settings=settings, options=options,
                                           project=source, work=work, log=log, find_links=cycle,
+                                          sandbox=platform.sandbox(settings), limits=job_limits(settings, options),
                                           early=early if i == 0 else None) for i, w in enumerate(wheels)]
             failed = [v for v in verification if not v.passed]
             if failed:

@@ -34,8 +34,9 @@ from farm.errors import InfrastructureFault, PackageFailure
 from farm.recipes.schema import Options
 from farm.util.cmd import CommandFailed, clean_env, run
 from farm.util.wheel import read_metadata, requires_dist, top_level_modules
-from farm.worker.engines.native import uv_bin
+from farm.worker.engines.native import uv_bin, venv_python
 from farm.worker.platforms.base import Interpreter, Platform
+from farm.worker.sandbox import Limits, Policy, Sandbox, interpreter_roots, package_env, run_sandboxed
 from farm.worker.source import SdistSource
 
 if TYPE_CHECKING:
@@ -166,7 +167,8 @@ def missing_requirements(requirements: Sequence[Requirement], *, index: FarmInde
 
 
 def verify(*, wheel: Path, target: Target, settings: Settings, options: Options, project: SdistSource, work: Path,
-           log: TextIO, find_links: Path | None = None, early: VerifyBox | None = None) -> VerifyOutcome:
+           log: TextIO, sandbox: Sandbox, limits: Limits, find_links: Path | None = None,
+           early: VerifyBox | None = None) -> VerifyOutcome:
     """In the clean verification image when one is configured for the target, else on the host.
     The sdist's tree is unpacked only for a test command that uses `{project}` (or `{package}`).
     `find_links`: a folder of wheels offered beside the farm's index (a dependency cycle's staged wheels).
@@ -177,7 +179,7 @@ def verify(*, wheel: Path, target: Target, settings: Settings, options: Options,
         assert target.interp is not None
         return verify_on_host(wheel=wheel, interp=target.interp, index_url=settings.verify_index_url,
                               options=options, project=tree, work=work, log=log, timeout=settings.test_timeout,
-                              find_links=find_links)
+                              sandbox=sandbox, limits=limits, find_links=find_links)
     from farm.worker.verify_container import verify_in_container
 
     deps = dependency_wheels(wheel, target=target, index_url=settings.verify_index_url,
@@ -215,58 +217,53 @@ def dependency_wheels(wheel: Path, *, target: Target, index_url: str, requires: 
     return sorted(dest.glob("*.whl"))
 
 
-@lru_cache(maxsize=1)
-def _can_unshare() -> bool:
-    unshare = shutil.which("unshare")
-    return bool(unshare) and run([unshare, "--net", "true"], check=False, timeout=10).returncode == 0
-
-
 def verify_on_host(*, wheel: Path, interp: Interpreter, index_url: str, options: Options, project: Path | None,
-                   work: Path, log: TextIO, timeout: float, find_links: Path | None = None) -> VerifyOutcome:
-    """A fresh venv of the target interpreter; the wheel and its dependencies from the farm's index only."""
+                   work: Path, log: TextIO, timeout: float, sandbox: Sandbox, limits: Limits,
+                   find_links: Path | None = None) -> VerifyOutcome:
+    """A fresh venv of the target interpreter; the wheel and its dependencies from the farm's index only
+    (installed by the farm: wheels only, so installing runs no package code). The imports and the
+    test command are package code: they run in the sandbox, without network, seeing the venv
+    (read-only), an empty working folder, and the sdist's tree only for a test command that names it."""
     start = time.monotonic()
     venv = work / "verify-venv"
     cwd = work / "verify-cwd"
     shutil.rmtree(venv, ignore_errors=True)
-    cwd.mkdir(parents=True, exist_ok=True)
     python = str(venv_python(venv))
-    env = clean_env({"VIRTUAL_ENV": str(venv)}, path_prepend=[Path(python).parent])
-    env.pop("PYTHONPATH", None)
     imports = options.test_imports if options.test_imports is not None else top_level_modules(wheel)
-    outcome = VerifyOutcome(passed=False, environment="host-venv" + ("+netns" if _can_unshare() else ""),
+    outcome = VerifyOutcome(passed=False, environment=f"host-venv sandbox={sandbox.name} network=none",
                             install_command="", imports=imports, test_command=options.test_command)
+    policy = Policy(cwd=cwd, writable=(cwd, *([project] if project else [])),
+                    readable=(venv, *interpreter_roots(interp.path)), network=False, tmp=work / "verify-tmp",
+                    env=package_env(home=cwd, path=[Path(python).parent], extra={"VIRTUAL_ENV": str(venv)}),
+                    limits=limits)
 
-    def step(argv: list[str], *, shell: bool = False, offline: bool = False) -> None:
-        if offline and _can_unshare():
-            argv = ["unshare", "--net", *argv] if not shell else [f"unshare --net sh -c {shlex.quote(argv[0])}"]
-        res = run(argv, cwd=cwd, env=env, log=log, timeout=timeout, shell=shell)
-        outcome.commands.append(res.command_line)
+    def install(argv: list[str]) -> None:
+        outcome.commands.append(run(argv, env=clean_env(), log=log, timeout=timeout).command_line)
+
+    def package_code(argv: list[str]) -> None:
+        outcome.commands.append(run_sandboxed(sandbox, argv, policy, log=log, timeout=timeout).command_line)
 
     try:
-        step([uv_bin(), "venv", "--quiet", "--python", str(interp.path), str(venv)])
-        install = [uv_bin(), "pip", "install", "--python", python, "--index-url", index_url,
-                   *(["--find-links", str(find_links)] if find_links else []), "--no-cache", str(wheel),
-                   *options.test_requires]
-        outcome.install_command = " ".join(install)
-        step(install)
+        install([uv_bin(), "venv", "--quiet", "--no-config", "--python", str(interp.path), str(venv)])
+        argv = [uv_bin(), "pip", "install", "--no-config", "--python", python, "--index-url", index_url,
+                *(["--find-links", str(find_links)] if find_links else []), "--no-cache", "--no-build", str(wheel),
+                *options.test_requires]
+        outcome.install_command = " ".join(argv)
+        install(argv)
     except CommandFailed as exc:
         raise PackageFailure("verify", f"the wheel does not install from the farm's index:\n{exc}") from exc
     try:
         if imports:
-            step([python, "-c", "; ".join(f"import {m}" for m in imports)], offline=True)
+            package_code([python, "-c", "; ".join(f"import {m}" for m in imports)])
         if options.test_command:
             line = options.test_command.format(python=python, project=project, package=project)
-            step([line], shell=True, offline=True)
+            package_code(["sh", "-c", line])
         outcome.passed = True
     except CommandFailed as exc:
-        outcome.detail = str(exc)
+        limit = getattr(exc, "limit", None)
+        outcome.detail = f"{limit}; a recipe's `limits` raises it\n{exc}" if limit else str(exc)
     outcome.seconds = time.monotonic() - start
     return outcome
-
-
-def venv_python(venv: Path, *, windows: bool = os.name == "nt") -> Path:
-    """The interpreter of a virtual environment: Scripts\\python.exe on Windows, bin/python elsewhere."""
-    return venv / "Scripts" / "python.exe" if windows else venv / "bin" / "python"
 
 
 def requirements_for(wheel: Path, options: Options, env: dict[str, str]) -> list[Requirement]:

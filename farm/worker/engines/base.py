@@ -11,6 +11,7 @@ from farm.messages import JobSpec
 from farm.recipes.schema import Options
 from farm.util.cmd import Result
 from farm.worker.platforms.base import Platform
+from farm.worker.sandbox import Limits, Sandbox
 from farm.worker.source import SdistSource
 
 
@@ -23,6 +24,8 @@ class BuildContext:
     src: SdistSource  # the verified sdist file and its tree (unpacked on first use of `source`)
     work: Path  # the job's private folder; nothing is written outside it
     log: TextIO
+    sandbox: Sandbox  # where package code runs (Platform.sandbox)
+    limits: Limits  # its resource limits (settings, raised or lowered by the recipe)
     commands: list[str] = field(default_factory=list)  # every command line run, for provenance
 
     @property

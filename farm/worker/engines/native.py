@@ -1,17 +1,31 @@
-"""The native engine: a PEP 517 isolated build with the host's interpreters (uv or pypa/build)."""
+"""The native engine: a PEP 517 isolated build with the host's interpreters, package code sandboxed.
+
+The farm drives the PEP 517 hooks itself (pypa/build's `ProjectBuilder` with the sandbox as its
+runner), so that only the hooks run package code, and only inside the sandbox:
+
+1. a fresh build environment (`uv venv`) for the target interpreter;
+2. the declared build requirements installed into it by the farm, from the configured index,
+   wheels only (`--no-build`: installing runs no package code);
+3. `get_requires_for_build_wheel` in the sandbox, without network; what it adds is installed as in 2;
+4. `build_wheel` in the sandbox, without network (unless the recipe grants `network`).
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
+
+from build import BuildBackendException, BuildException, ProjectBuilder
 
 from farm.errors import ConfigError, PackageFailure
 from farm.util.cmd import CommandFailed, clean_env, run
 from farm.worker import build_requires
 from farm.worker.engines.base import BuildContext, BuildOutput
 from farm.worker.hints import build_failure
+from farm.worker.sandbox import Policy, interpreter_roots, package_env, run_sandboxed
 
 
 class NativeEngine:
@@ -21,59 +35,98 @@ class NativeEngine:
         interp = _interpreter(ctx)
         family, packages = ctx.platform.system_packages(ctx.options.system_packages)
         ctx.platform.install_system_packages(packages, mode=ctx.settings.system_packages, log=ctx.log)
-        env = build_env(ctx)
+        benv = ctx.work / "build-env"
+        python = str(venv_python(benv))
+        policy = self._policy(ctx, interp.path, benv)
         for command in [*ctx.options.before_all, *ctx.options.before_build]:
             line = command.format(project=ctx.source, package=ctx.source, python=interp.path)
-            self._run(ctx, [line], shell=True, env=env, timeout=ctx.settings.build_timeout)
+            self._package_code(ctx, ["sh", "-c", line], policy)
         effective = build_requires.apply(ctx.src, ctx.options.build_requires)
         out = ctx.work / "built"
         out.mkdir(parents=True, exist_ok=True)
-        if ctx.settings.build_frontend == "uv":
-            argv = [uv_bin(), "build", "--wheel", "--no-config", "--out-dir", out, "--python", interp.path,
-                    "--default-index", ctx.spec.upstream_index]
-            for key, value in _settings_pairs(ctx):
-                argv.append(f"--config-setting={key}={value}")
-            argv.append(ctx.source)
-        else:
-            argv = [interp.path, "-m", "build", "--wheel", "--outdir", out]
-            for key, value in _settings_pairs(ctx):
-                argv.append(f"--config-setting={key}={value}")
-            argv.append(ctx.source)
-            env.setdefault("PIP_INDEX_URL", ctx.spec.upstream_index)
-        self._run(ctx, argv, env=env, timeout=ctx.settings.build_timeout)
-        wheels = sorted(out.glob("*.whl"))
-        if not wheels:
-            raise PackageFailure("build", "the build finished without producing a wheel")
+        ctx.record(run([uv_bin(), "venv", "--quiet", "--no-config", "--python", interp.path, benv],
+                       env=clean_env(), log=ctx.log, timeout=300))
+
+        def hook_runner(cmd: Sequence[str], cwd: str | None = None, extra_environ: Mapping[str, str] | None = None) -> None:
+            # pyproject_hooks' command: [python, its _in_process.py, hook name, control folder]
+            paths = [Path(a) for a in cmd[1:] if os.path.isabs(a) and os.path.exists(a)]
+            hook = policy.adding(writable=[p for p in paths if p.is_dir()], readable=[p for p in paths if p.is_file()],
+                                 env=extra_environ)
+            self._package_code(ctx, cmd, hook)
+
+        settings = _config_settings(ctx)
+        try:
+            builder = ProjectBuilder(ctx.source, python_executable=python, runner=hook_runner)
+            declared = sorted(builder.build_system_requires)
+            self._install(ctx, python, declared)
+            dynamic = sorted(set(builder.get_requires_for_build("wheel", settings)) - set(declared))
+            self._install(ctx, python, dynamic)
+            wheel = Path(builder.build("wheel", out, settings))
+        except BuildBackendException as exc:
+            cause = exc.exception
+            if isinstance(cause, CommandFailed):
+                limit = getattr(cause, "limit", None)
+                message = f"{limit}; a recipe's `limits` raises it\n{cause}" if limit else str(cause)
+                raise build_failure(message, cause.result.output) from exc
+            raise PackageFailure("build", f"the build backend failed: {exc}") from exc
+        except BuildException as exc:  # pyproject.toml's [build-system] is unusable
+            raise PackageFailure("build", str(exc)) from exc
         return BuildOutput(
-            wheels=wheels, repaired=False,
-            tools={"python": ".".join(map(str, interp.version)), **tool_versions(ctx.settings.build_frontend)},
-            effective_build_requires=effective if effective is not None else build_requires.declared(ctx.src),
+            wheels=[wheel], repaired=False,
+            tools={"python": ".".join(map(str, interp.version)), **tool_versions()},
+            effective_build_requires=[*declared, *dynamic] if effective is None else [*effective, *dynamic],
         )
 
-    def _run(self, ctx: BuildContext, argv: list, **kw) -> None:
+    def _policy(self, ctx: BuildContext, interpreter: Path, benv: Path) -> Policy:
+        """Package code of this build sees: the source tree and the output folder (writable), the build
+        environment and the interpreter (read-only), its own HOME and /tmp; network if granted."""
+        network = ctx.options.network
+        return Policy(
+            cwd=ctx.source, writable=(ctx.work / "src", ctx.work / "built", ctx.work / "home"),
+            readable=(benv, *interpreter_roots(interpreter)), network=network, tmp=ctx.work / "tmp",
+            env=package_env(home=ctx.work / "home", path=[benv / "bin"], network=network,
+                            extra=build_env(ctx)),
+            limits=ctx.limits)
+
+    def _package_code(self, ctx: BuildContext, argv: Sequence[str], policy: Policy) -> None:
         try:
-            ctx.record(run(argv, cwd=ctx.source, log=ctx.log, **kw))
+            ctx.record(run_sandboxed(ctx.sandbox, argv, policy, log=ctx.log, timeout=ctx.settings.build_timeout))
         except CommandFailed as exc:
-            raise build_failure(str(exc), exc.result.output) from exc
+            limit = getattr(exc, "limit", None)
+            if isinstance(argv, list) and argv[:2] == ["sh", "-c"] or limit:
+                message = f"{limit}; a recipe's `limits` raises it\n{exc}" if limit else str(exc)
+                raise build_failure(message, exc.result.output) from exc
+            raise
+
+    def _install(self, ctx: BuildContext, python: str, requirements: Iterable[str]) -> None:
+        """Build requirements into the build environment, by the farm: wheels only, from the configured index."""
+        reqs = list(requirements)
+        if not reqs:
+            return
+        argv = [uv_bin(), "pip", "install", "--quiet", "--no-config", "--python", python, "--no-build",
+                "--index-url", ctx.spec.upstream_index, *reqs]
+        try:
+            ctx.record(run(argv, env=clean_env(_uv_cache()), log=ctx.log, timeout=ctx.settings.build_timeout))
+        except CommandFailed as exc:
+            raise PackageFailure("build", "the build requirements cannot be installed from the index as wheels "
+                                 f"(the farm runs no package code outside the sandbox):\n{exc}") from exc
 
 
 def build_env(ctx: BuildContext) -> dict[str, str]:
-    """Host environment without installer configuration, plus the recipe's environment."""
-    env = clean_env({"SOURCE_DATE_EPOCH": str(ctx.src.timestamp)},
-                    path_prepend=[Path(sys.executable).parent])
-    env["UV_CACHE_DIR"] = os.environ.get("UV_CACHE_DIR", str(Path.home() / ".cache" / "uv"))
+    """The build's own variables: SOURCE_DATE_EPOCH, the platform's, then the recipe's."""
+    env = {"SOURCE_DATE_EPOCH": str(ctx.src.timestamp)}
     env.update(ctx.platform.build_environment())
     for key, value in ctx.options.environment.items():
         env[key] = os.path.expandvars(value) if "$" in value else value
     return env
 
 
-def _settings_pairs(ctx: BuildContext) -> list[tuple[str, str]]:
-    pairs = []
-    for key, value in ctx.options.config_settings.items():
-        for item in value if isinstance(value, list) else [value]:
-            pairs.append((key, item))
-    return pairs
+def _uv_cache() -> dict[str, str]:
+    return {"UV_CACHE_DIR": os.environ.get("UV_CACHE_DIR", str(Path.home() / ".cache" / "uv"))}
+
+
+def _config_settings(ctx: BuildContext) -> dict[str, str | list[str]]:
+    return {key: list(value) if isinstance(value, list) else value for key, value in ctx.options.config_settings.items()}
 
 
 def _interpreter(ctx: BuildContext):  # type: ignore[no-untyped-def]
@@ -83,19 +136,20 @@ def _interpreter(ctx: BuildContext):  # type: ignore[no-untyped-def]
     raise ConfigError(f"this worker has no {ctx.spec.python} interpreter (configured: {ctx.settings.interpreters})")
 
 
+def venv_python(venv: Path, *, windows: bool = os.name == "nt") -> Path:
+    """The interpreter of a virtual environment: Scripts\\python.exe on Windows, bin/python elsewhere."""
+    return venv / "Scripts" / "python.exe" if windows else venv / "bin" / "python"
+
+
 def uv_bin() -> str:
     from uv import find_uv_bin
 
     return find_uv_bin()
 
 
-@lru_cache(maxsize=2)
-def tool_versions(frontend: str) -> dict[str, str]:
+@lru_cache(maxsize=1)
+def tool_versions() -> dict[str, str]:
     from importlib.metadata import version
 
-    versions = {"wheel-farm": version("wheel-farm"), "auditwheel": version("auditwheel")}
-    if frontend == "uv":
-        versions["uv"] = run([uv_bin(), "--version"], check=False).output.split()[1]
-    else:
-        versions["build"] = version("build")
-    return versions
+    return {"wheel-farm": version("wheel-farm"), "auditwheel": version("auditwheel"), "build": version("build"),
+            "uv": run([uv_bin(), "--version"], check=False).output.split()[1]}

@@ -5,11 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import TYPE_CHECKING, Protocol, TextIO
 
 from packaging.tags import Tag
 
 from farm.recipes.schema import SystemPackages
+
+if TYPE_CHECKING:
+    from farm.config import Settings
+    from farm.worker.sandbox import Sandbox
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,3 +55,6 @@ class Platform(Protocol):
 
     def build_environment(self) -> dict[str, str]:
         """Variables every native build on this platform needs (deployment target, architecture flags)."""
+
+    def sandbox(self, settings: Settings) -> Sandbox:
+        """Where package code runs on this platform (farm/worker/sandbox/); Unsandboxed when `settings.sandbox` is off."""

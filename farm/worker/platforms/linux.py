@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from packaging.tags import Tag, platform_tags
 
@@ -17,6 +17,11 @@ from farm.recipes.schema import SystemPackages
 from farm.util.cmd import CommandFailed, clean_env, run
 from farm.worker.platforms._common import copy_pure, find_interpreters, repair_with, tags_for
 from farm.worker.platforms.base import Interpreter
+from farm.worker.sandbox import Unsandboxed
+
+if TYPE_CHECKING:
+    from farm.config import Settings
+    from farm.worker.sandbox import Sandbox
 
 _MANAGERS = (("apt", "apt-get"), ("yum", "dnf"), ("yum", "yum"), ("apk", "apk"))
 
@@ -48,6 +53,11 @@ class LinuxPlatform:
 
     def build_environment(self) -> dict[str, str]:
         return {}
+
+    def sandbox(self, settings: Settings) -> Sandbox:
+        from farm.worker.sandbox.linux import Bubblewrap
+
+        return Bubblewrap(uid=settings.sandbox_uid) if settings.sandbox else Unsandboxed()
 
     def repair(self, wheel: Path, dest: Path, *, exclude: Sequence[str], log: TextIO) -> Path:
         if (copied := copy_pure(wheel, dest, log)) is not None:

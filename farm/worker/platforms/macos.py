@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from packaging.tags import Tag, mac_platforms
 
@@ -25,6 +25,10 @@ from farm.recipes.schema import SystemPackages
 from farm.util.cmd import CommandFailed, clean_env, run
 from farm.worker.platforms._common import copy_pure, find_interpreters, repair_with, tags_for
 from farm.worker.platforms.base import Interpreter
+
+if TYPE_CHECKING:
+    from farm.config import Settings
+    from farm.worker.sandbox import Sandbox
 
 ARCHS = ("x86_64", "arm64", "universal2")
 DEFAULT_DEPLOYMENT_TARGET = {"x86_64": "10.13", "arm64": "11.0", "universal2": "10.13"}
@@ -83,6 +87,12 @@ class MacOSPlatform:
             "ARCHFLAGS": _ARCHFLAGS[self.arch],
             "_PYTHON_HOST_PLATFORM": f"macosx-{self.target_dotted}-{self.arch}",
         }
+
+    def sandbox(self, settings: Settings) -> Sandbox:
+        from farm.worker.sandbox import Unsandboxed
+        from farm.worker.sandbox.macos import SandboxExec
+
+        return SandboxExec(hidden=[Path.home(), settings.home]) if settings.sandbox else Unsandboxed()
 
     def interpreters(self, configured: Sequence[str]) -> list[Interpreter]:
         # python.org's framework builds first: they are universal2 and target old macOS releases,

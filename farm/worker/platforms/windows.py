@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from packaging.tags import Tag
 
@@ -22,6 +22,10 @@ from farm.recipes.schema import SystemPackages
 from farm.util.cmd import CommandFailed, clean_env, run
 from farm.worker.platforms._common import copy_pure, find_interpreters, repair_with, tags_for
 from farm.worker.platforms.base import Interpreter
+
+if TYPE_CHECKING:
+    from farm.config import Settings
+    from farm.worker.sandbox import Sandbox
 
 # Queue architecture -> wheel platform tag (also cibuildwheel's identifier suffix).
 PLATFORM_TAGS = {"amd64": "win_amd64", "arm64": "win_arm64", "x86": "win32"}
@@ -108,6 +112,12 @@ class WindowsPlatform:
 
     def build_environment(self) -> dict[str, str]:
         return {}
+
+    def sandbox(self, settings: Settings) -> Sandbox:
+        from farm.worker.sandbox import Unsandboxed
+        from farm.worker.sandbox.windows import JobObject
+
+        return JobObject() if settings.sandbox else Unsandboxed()
 
     def repair_command(self, wheel: Path, dest: Path, exclude: Sequence[str]) -> list[str]:
         argv = [_tool("delvewheel"), "repair", "-w", str(dest)]
