@@ -93,13 +93,19 @@ class Settings(BaseSettings):
     platform: str = Field("", description="this worker's platform queue; default: the host's")
     platforms: list[str] = Field(default_factory=list, description="platforms the coordinator plans builds for; default: the host's")
     pythons: list[str] = Field(default_factory=list, description="native engine interpreters (paths or versions); default: this interpreter")
-    build_frontend: Literal["uv", "build"] = "uv"
     system_packages: Literal["install", "check", "ignore"] = Field(
         "install", description="native engine: what to do with a recipe's system packages on the host")
     max_sdist_bytes: int = 200 * 1024 * 1024
     max_unpacked_bytes: int = 2 * 1024 * 1024 * 1024
     max_members: int = 100_000
     build_timeout: float = 3600.0
+    # The sandbox package code runs in (farm/worker/sandbox/, docs/security.md) -------------------
+    sandbox: bool = Field(True, description="run package code (builds, imports, tests) in the platform's sandbox")
+    sandbox_uid: int = Field(65534, description="the unprivileged uid package code runs as when the worker is root (nobody)")
+    sandbox_memory: str = Field("8g", description="default address-space limit per sandboxed process")
+    sandbox_processes: int = Field(2048, description="default limit of the sandbox user's processes")
+    sandbox_file_size: str = Field("8g", description="default limit of a file package code writes")
+    sandbox_cpu_time: int = Field(0, description="default CPU seconds per process; 0: the build timeout")
     test_timeout: float = 900.0
     recipes_dirs: list[Path] = Field(default_factory=list, description="extra recipe folders, searched first")
     api_host: str = "127.0.0.1"
