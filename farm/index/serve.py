@@ -7,8 +7,10 @@
     /<tree>/simple/ ...       channels and virtual indexes (farm/index/channels.py)
 
 `/simple` and `/simple/<project>` redirect to the slash form, and non-normalized project names to
-the normalized one. Pages are read whole before the response starts, so a page that is replaced
-while it is being sent is still sent as one consistent version.
+the normalized one. A name that cannot be a project (farm/util/names.py) is 404 before any file is
+looked up, and so is a file in a tree whose folder does not exist yet (a channel before its first
+promotion, keys before `farm init`). Pages are read whole before the response starts, so a page
+that is replaced while it is being sent is still sent as one consistent version.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from starlette.staticfiles import StaticFiles
 
 from farm.index.serve_trees import tree_dispatcher
 from farm.index.simple import HTML_TYPE, JSON_TYPE
+from farm.util.names import project_name_problem
 
 TEXT_HTML = "text/html"
 
@@ -110,7 +113,7 @@ def index_app(root: Path, *, trees: bool = True) -> Starlette:
                 st = os.fstat(fh.fileno())
                 body = fh.read()
         except (FileNotFoundError, NotADirectoryError):
-            return PlainTextResponse("404 Not Found\n", status_code=404)
+            return _not_found("no such page")
         etag = f'"{st.st_mtime_ns:x}-{st.st_size:x}-{_FILE_OF[media_type][6:]}"'
         headers = {"Vary": "Accept", "ETag": etag, "Cache-Control": "max-age=60, public"}
         if etag in _etags(request.headers.get("if-none-match")):
@@ -122,6 +125,8 @@ def index_app(root: Path, *, trees: bool = True) -> Starlette:
 
     async def project_page(request: Request) -> Response:
         given = request.path_params["project"]
+        if problem := project_name_problem(given):
+            return _not_found(problem)
         name = canonicalize_name(given)
         if given != name:
             return _redirect(request, given, f"{name}/")
@@ -131,6 +136,8 @@ def index_app(root: Path, *, trees: bool = True) -> Starlette:
         given = request.path_params.get("project")
         if given is None:
             return _redirect(request, "simple", "simple/")
+        if problem := project_name_problem(given):
+            return _not_found(problem)
         return _redirect(request, given, f"{canonicalize_name(given)}/")
 
     async def home(request: Request) -> Response:
@@ -144,12 +151,24 @@ def index_app(root: Path, *, trees: bool = True) -> Starlette:
             Route("/simple/", root_page, methods=methods),
             Route("/simple/{project}", add_slash, methods=methods),
             Route("/simple/{project}/", project_page, methods=methods),
-            Mount("/files", app=StaticFiles(directory=root / "files", check_dir=False), name="files"),
-            Mount("/keys", app=StaticFiles(directory=root / "keys", check_dir=False), name="keys"),
+            Mount("/files", app=Files(directory=root / "files", check_dir=False), name="files"),
+            Mount("/keys", app=Files(directory=root / "keys", check_dir=False), name="keys"),
             *([Mount("/{tree}", app=tree_dispatcher(root, lambda folder: index_app(folder, trees=False)))]
               if trees else []),
         ]
     )
+
+
+class Files(StaticFiles):
+    """StaticFiles whose folder may not exist yet: 404 until it does (Starlette's answer is a 500)."""
+
+    async def check_config(self) -> None:
+        if self.directory is not None and os.path.isdir(self.directory):
+            await super().check_config()
+
+
+def _not_found(reason: str) -> Response:
+    return PlainTextResponse(f"404 Not Found: {reason}\n", status_code=404)
 
 
 def _etags(header: str | None) -> set[str]:

@@ -5,6 +5,8 @@ so /staging/simple/ and /simple/ are the same pages), the name itself for the ot
 looked up when first asked for and the app for each is kept; a tree made later (a new virtual
 index) is found without a restart. A static web server needs one alias for the first channel
 (nginx: `location /staging/ { alias /srv/farm/index/; }`) and serves the rest as they are.
+Only a tree name (farm/util/names.py) listed there is served, so no request, and no edited
+`trees.json`, reaches a folder outside the index.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any
 
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from farm.util.names import is_tree_name
 
 TREES_JSON = "trees.json"
 
@@ -34,15 +38,18 @@ def tree_dispatcher(root: Path, make_app: Callable[[Path], ASGIApp]) -> ASGIApp:
             mtime = None
         if mtime != manifest["mtime"]:
             try:
-                manifest["trees"] = json.loads(path.read_bytes()).get("trees", {})
-            except (FileNotFoundError, ValueError):
-                manifest["trees"] = {}
+                trees = json.loads(path.read_bytes()).get("trees", {})
+            except (FileNotFoundError, ValueError, AttributeError):
+                trees = {}
+            manifest["trees"] = trees if isinstance(trees, dict) else {}
             manifest["mtime"] = mtime
             apps.clear()
 
     def folder_of(name: str) -> Path | None:
+        if not is_tree_name(name):
+            return None
         rel = manifest["trees"].get(name)
-        if rel is None or "/" in rel or rel not in (".", name):
+        if not isinstance(rel, str) or rel not in (".", name):
             return None
         folder = root if rel == "." else root / rel
         return folder if (folder / "simple").is_dir() else None
@@ -54,7 +61,8 @@ def tree_dispatcher(root: Path, make_app: Callable[[Path], ASGIApp]) -> ASGIApp:
         if app is None:
             folder = folder_of(name)
             if folder is None:
-                await PlainTextResponse("404 Not Found\n", status_code=404)(scope, receive, send)
+                missing = PlainTextResponse("404 Not Found: no such channel or index\n", status_code=404)
+                await missing(scope, receive, send)
                 return
             app = apps[name] = make_app(folder)
         await app(scope, receive, send)
