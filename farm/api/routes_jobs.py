@@ -1,13 +1,17 @@
-"""Submissions and jobs (role `submit`): submit an sdist upload or a requirement, list jobs, read logs, cancel."""
+"""Submissions and jobs (role `submit`): submit an sdist upload or a requirement, list jobs, read logs, cancel.
+
+Ids in paths and queries are bounded to the database's integer columns (`ROW_ID_MAX`), so an id no row
+can have is a 422, never a database error; bodies that are not what they say are 400, 413 or 422.
+"""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path as PathParam, Query, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -23,6 +27,9 @@ from farm.status import job_log, jobs_done, list_jobs
 router = APIRouter(prefix="/api", tags=["jobs"])
 submitter = Depends(require("submit"))
 _FORM_SLACK = 64 * 1024  # multipart framing around the file
+_JSON_LIMIT = 64 * 1024  # a requirement and a priority
+ROW_ID_MAX = 2**31 - 1  # ids are INTEGER columns (PostgreSQL: 32 bits)
+JobId = Annotated[int, PathParam(ge=1, le=ROW_ID_MAX, description="a job id")]
 
 
 class RequirementRequest(BaseModel):
@@ -61,9 +68,10 @@ async def create_submission(request: Request, who: Principal = submitter) -> Sub
         return await _submit_upload(request, settings)
     if ctype.startswith("application/json"):
         try:
-            body = RequirementRequest.model_validate_json(await request.body())
-        except ValidationError as exc:
-            raise HTTPException(422, exc.errors(include_url=False, include_context=False)) from None
+            body = RequirementRequest.model_validate_json(await _small_body(request, _JSON_LIMIT))
+        except ValidationError as exc:  # without the input: it may be bytes that are not text
+            errors = exc.errors(include_url=False, include_context=False, include_input=False)
+            raise HTTPException(422, errors) from None
         req = body.requirement.strip()
         # A requirement, never a path on the server (and no answer that tells whether one exists).
         if req.startswith(("/", ".", "~")) or req.endswith(SDIST_SUFFIXES):
@@ -78,7 +86,9 @@ async def _submit_upload(request: Request, settings: Settings) -> SubmissionOut:
     length = request.headers.get("content-length")
     if length is None:
         raise HTTPException(411, "an upload needs a Content-Length")
-    if not length.isdigit() or int(length) > limit + _FORM_SLACK:
+    if not length.isdigit():
+        raise HTTPException(400, f"Content-Length {length[:50]!r} is not a number")
+    if int(length) > limit + _FORM_SLACK:
         raise HTTPException(413, f"the sdist is larger than max_sdist_bytes ({limit})")
     form = await request.form(max_files=1, max_fields=4)
     try:
@@ -87,7 +97,8 @@ async def _submit_upload(request: Request, settings: Settings) -> SubmissionOut:
             raise HTTPException(422, "the multipart body needs one file field named `file`")
         priority = _priority(form.get("priority", "0"))
         filename = PurePosixPath(upload.filename.replace("\\", "/")).name
-        if not filename.endswith(SDIST_SUFFIXES) or filename.startswith(".") or len(filename) > 200:
+        if (not filename.endswith(SDIST_SUFFIXES) or filename.startswith(".") or len(filename) > 200
+                or not filename.isprintable()):
             raise HTTPException(422, f"{upload.filename!r} is not an sdist file name (.tar.gz or .zip)")
         tmp_root = settings.home / "tmp"
         tmp_root.mkdir(parents=True, exist_ok=True)
@@ -109,6 +120,15 @@ async def _submit_upload(request: Request, settings: Settings) -> SubmissionOut:
     return _out(result)
 
 
+async def _small_body(request: Request, limit: int) -> bytes:
+    data = bytearray()
+    async for block in request.stream():
+        data += block
+        if len(data) > limit:
+            raise HTTPException(413, f"a JSON request has at most {limit} bytes")
+    return bytes(data)
+
+
 def _priority(value: Any) -> int:
     if isinstance(value, str) and value.strip().isdigit() and 0 <= int(value) <= 9:
         return int(value)
@@ -121,14 +141,14 @@ def _out(result: Any) -> SubmissionOut:
 
 
 @router.get("/jobs", summary="Jobs, newest first, with state and step durations")
-def jobs(submission: int | None = None, limit: int = Query(50, ge=1, le=1000), active: bool = False,
-         who: Principal = submitter) -> list[dict[str, Any]]:
+def jobs(submission: int | None = Query(None, ge=1, le=ROW_ID_MAX), limit: int = Query(50, ge=1, le=1000),
+         active: bool = False, who: Principal = submitter) -> list[dict[str, Any]]:
     with session_scope() as session:
         return [v.as_dict() for v in list_jobs(session, submission=submission, limit=limit, active_only=active)]
 
 
 @router.get("/jobs/{job_id}", summary="One job")
-def job(job_id: int, who: Principal = submitter) -> dict[str, Any]:
+def job(job_id: JobId, who: Principal = submitter) -> dict[str, Any]:
     with session_scope() as session:
         _, views = jobs_done(session, [job_id])
     if not views:
@@ -137,7 +157,7 @@ def job(job_id: int, who: Principal = submitter) -> dict[str, Any]:
 
 
 @router.get("/jobs/{job_id}/log", response_class=PlainTextResponse, summary="A job's log, every attempt")
-def log(job_id: int, who: Principal = submitter) -> str:
+def log(job_id: JobId, who: Principal = submitter) -> str:
     with session_scope() as session:
         try:
             return job_log(session, job_id)
@@ -146,7 +166,7 @@ def log(job_id: int, who: Principal = submitter) -> str:
 
 
 @router.post("/jobs/{job_id}/cancel", summary="Cancel a job that has not ended (nothing of it is published)")
-def cancel_job(job_id: int, request: Request, who: Principal = submitter) -> dict[str, str]:
+def cancel_job(job_id: JobId, request: Request, who: Principal = submitter) -> dict[str, str]:
     from farm.coordinator.reconcile import cancel
 
     return {"detail": cancel(job_id, app_settings(request))}
