@@ -1,32 +1,37 @@
 """Releases (role `admin`): yank or unyank NAME==VERSION, promote it to a higher channel.
 
 The same work as `farm yank` and `farm promote` (farm/index/promote.py); the answer is the lines
-those commands print. A refused promotion (the gate) is 422 with every reason.
+those commands print. A refused promotion (the gate) is 422 with every reason; so is a pin whose
+name or version cannot be one (farm/util/names.py) or a reason with control characters.
 """
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from farm.api.auth import Principal, app_settings, require
 from farm.index.promote import promote_and_publish, yank_and_rewrite
+from farm.util.names import check_pin, check_text
 
 router = APIRouter(prefix="/api/releases", tags=["releases"])
 admin = Depends(require("admin"))
+Pin = Annotated[str, Field(min_length=3, max_length=300, examples=["pyyaml==6.0.2"]), AfterValidator(check_pin)]
 
 
 class YankRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    pin: str = Field(min_length=3, max_length=300, examples=["pyyaml==6.0.2"])
-    reason: str | None = Field(None, max_length=500)
+    pin: Pin
+    reason: Annotated[str, AfterValidator(check_text)] | None = Field(None, max_length=500)
     undo: bool = False
 
 
 class PromoteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    pin: str = Field(min_length=3, max_length=300, examples=["pyyaml==6.0.2"])
+    pin: Pin
     to: str = Field(min_length=1, max_length=100, examples=["stable"])
     upload: bool = Field(True, description="upload to the targets bound to the channel")
 
