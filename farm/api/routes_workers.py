@@ -30,10 +30,11 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def check_key(key: str, *, write: bool = False) -> str:
-    """The key if it is a clean relative path in an allowed area; else 400 (malformed) or 403 (area)."""
+    """The key if it is a clean relative path in an allowed area; else 400 (malformed: also control
+    characters and parts longer than a file name may be) or 403 (area)."""
     rel = PurePosixPath(key)
-    if (not key or len(key) > 1024 or "\x00" in key or "\\" in key or rel.is_absolute()
-            or str(rel) != key or any(p in ("..", ".") or p.startswith(".") for p in rel.parts)):
+    if (not key or len(key) > 1024 or not key.isprintable() or "\\" in key or rel.is_absolute() or str(rel) != key
+            or any(p in ("..", ".") or p.startswith(".") or len(p.encode()) > 255 for p in rel.parts)):
         raise HTTPException(400, f"bad storage key {key!r}")
     if write and not WRITABLE.match(key):
         raise HTTPException(403, f"storage key {key!r} is not a worker's result (a job's log, wheel, provenance "
@@ -83,7 +84,9 @@ async def put_object(key: str, request: Request, who: Principal = worker) -> dic
         raise HTTPException(400, f"an upload needs the header {SHA256_HEADER}: the hex sha256 of the body")
     limit = settings.max_unpacked_bytes
     length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > limit):
+    if length is not None and not length.isdigit():
+        raise HTTPException(400, f"Content-Length {length[:50]!r} is not a number")
+    if length is not None and int(length) > limit:
         raise HTTPException(413, f"larger than {limit} bytes")
     storage = _storage(request)
     try:
