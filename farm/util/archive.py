@@ -4,8 +4,13 @@
 not unpack: the wrong format (by name and by content), a file name that is not
 `NAME-VERSION.tar.gz`/`.zip`, members that would land outside one top-level directory (absolute
 paths, `..`, links leading out), device or fifo members, too many members, too many unpacked
-bytes (declared sizes, and for gzip the decompressed stream itself), and a `PKG-INFO` whose name
-or version disagree with the file name (PEP 625) or with what was asked for.
+bytes (declared sizes, and for gzip the decompressed stream itself), a `PKG-INFO` whose name
+or version disagree with the file name (PEP 625) or with what was asked for, and a top-level
+directory that is not `NAME-VERSION` of the same project and version.
+
+Project names are ASCII (PEP 508: letters, digits, `.`, `_`, `-`; `is_project_name`). A pattern
+with `re.IGNORECASE` alone also matches the long s `ſ` and the Kelvin sign `K`, which lowercase or
+casefold to `s` and `k`: `Kiwi` would normalize to `kiwi` and publish as another project.
 
 `extract_sdist` runs the same checks and then unpacks into a staging folder inside `dest`, moving
 the source tree into place only once everything is written: `dest` never holds a half-unpacked
@@ -36,11 +41,13 @@ from packaging.version import InvalidVersion, Version
 
 from farm.errors import SdistError
 
-__all__ = ["Limits", "SdistInfo", "extract_sdist", "inspect_sdist", "read_top_level"]
+__all__ = ["PROJECT_NAME", "Limits", "SdistInfo", "check_project_name", "extract_sdist", "inspect_sdist",
+           "is_project_name", "read_top_level"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
-_PROJECT_NAME = re.compile(r"^[A-Z0-9]([A-Z0-9._-]*[A-Z0-9])?$", re.IGNORECASE)
+# PEP 508 names; re.ASCII: without it IGNORECASE lets "ſ" (long s) match s and "K" (Kelvin) match k.
+PROJECT_NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORECASE | re.ASCII)
 _WHEEL_MARKER = re.compile(r"^[^/]+\.dist-info/WHEEL$")
 _WINDOWS_ABS = re.compile(r"^[A-Za-z]:")
 _CHUNK = 1 << 20
@@ -77,6 +84,21 @@ class Limits:
 
 
 # Public API ------------------------------------------------------------------------------------
+
+
+def is_project_name(name: str) -> bool:
+    """Whether `name` is a valid project name (PEP 508), ASCII only: `ſix` and `Kiwi` (Kelvin sign) are not."""
+    return isinstance(name, str) and PROJECT_NAME.fullmatch(name) is not None
+
+
+def check_project_name(name: str, what: str) -> str:
+    """`name` if it is a valid ASCII project name, else `SdistError` saying which input (`what`) carried it."""
+    if not is_project_name(name):
+        odd = sorted({c for c in name if not (c.isascii() and (c.isalnum() or c in "._-"))})
+        detail = f" (it contains {', '.join(f'{c!r} U+{ord(c):04X}' for c in odd)})" if odd else ""
+        raise SdistError(f"{what}: {name!r} is not a valid project name{detail}: a name is ASCII letters, digits, "
+                         "'.', '_' and '-', starting and ending with a letter or digit (PEP 508)")
+    return name
 
 
 def inspect_sdist(
@@ -158,7 +180,7 @@ def _check_file(path: Path, limits: Limits) -> tuple[str, NormalizedName, Versio
         raise SdistError(f"{fn}: not a valid sdist file name (expected NAME-VERSION{'.tar.gz' if kind == 'tar' else '.zip'}"
                          f" with a PEP 440 version): {exc}") from None
     raw_name = fn[: -len(".tar.gz" if kind == "tar" else ".zip")].rpartition("-")[0]
-    if not _PROJECT_NAME.match(raw_name):
+    if not is_project_name(raw_name):
         raise SdistError(f"{fn}: not a valid sdist file name: {raw_name!r} is not a valid project name")
     return kind, name, version
 
@@ -484,6 +506,7 @@ def _finish(fn: str, scan: _Scan, fname_name: NormalizedName, fname_version: Ver
     if not raw_version or not raw_version.strip():
         raise SdistError(f"{fn}: {where} has no Version")
     display, raw_version = display.strip(), raw_version.strip()
+    check_project_name(display, f"{fn}: {where} Name")
     try:
         version = Version(raw_version)
     except InvalidVersion:
@@ -502,6 +525,7 @@ def _finish(fn: str, scan: _Scan, fname_name: NormalizedName, fname_version: Ver
             raise SdistError(f"{fn}: asked-for version {expect_version!r} is not a PEP 440 version") from None
         if wanted != version:
             raise SdistError(f"{fn}: this is {display} {version}, but version {expect_version} was asked for")
+    _check_top_dir(fn, scan.top, fname_name, fname_version)
     rp = msg.get("Requires-Python")
     return SdistInfo(
         name=name,
@@ -513,6 +537,23 @@ def _finish(fn: str, scan: _Scan, fname_name: NormalizedName, fname_version: Ver
         members=scan.members,
         unpacked_bytes=scan.unpacked,
     )
+
+
+def _check_top_dir(fn: str, top: str, fname_name: NormalizedName, fname_version: Version) -> None:
+    """The top-level directory is `NAME-VERSION` of the file name's project and version (both normalized)."""
+    raw_name, sep, raw_version = top.rpartition("-")
+    expected = f"{fname_name}-{fname_version}"
+    if not sep or not is_project_name(raw_name):
+        raise SdistError(f"{fn}: the top-level directory {top!r} is not NAME-VERSION "
+                         f"(expected {expected!r}, as the file name says)")
+    try:
+        version = Version(raw_version)
+    except InvalidVersion:
+        raise SdistError(f"{fn}: the top-level directory {top!r} has no PEP 440 version "
+                         f"(expected {expected!r}, as the file name says)") from None
+    if canonicalize_name(raw_name) != fname_name or version != fname_version:
+        raise SdistError(f"{fn}: the top-level directory {top!r} is {canonicalize_name(raw_name)} {version}, but the "
+                         f"file name says {fname_name} {fname_version} (expected {expected!r})")
 
 
 # Extraction --------------------------------------------------------------------------------------
