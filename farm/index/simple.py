@@ -21,6 +21,12 @@ file can be added without a database::
     write_root(root, list_projects(root))
 
 (`publish` does exactly that, under a per-project lock.)
+
+A published file name is immutable (as on PyPI: "File already exists"): `publish` and `add_file`
+never put different bytes under a name a tree already lists or holds, nor under a name that
+normalizes to the same file (`file_key`: `Foo_Bar-1.0-py3-none-any.whl` is `foo_bar-1.0-...`);
+the same bytes again are idempotent. `identity_problem` says why a wheel is not the project and
+version it claims to be (file name and METADATA, names compared normalized, ASCII only).
 """
 
 from __future__ import annotations
@@ -43,10 +49,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+from packaging.utils import InvalidWheelFilename, canonicalize_name, canonicalize_version, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
 from farm.errors import FarmError
+from farm.util.archive import is_project_name
 from farm.util.hashing import sha256_bytes, sha256_file
 
 REPOSITORY_VERSION = "1.1"
@@ -58,6 +65,88 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 class PublishError(FarmError):
     """A file cannot be published (not a wheel we can read, wrong project, bad name)."""
+
+
+class FileExists(PublishError):
+    """Another file is already published under this file name (or one that normalizes to it)."""
+
+
+# File identity -----------------------------------------------------------------------------------
+
+
+def file_key(filename: str) -> str:
+    """The normalized identity of a distribution file name: two names with one key are one file.
+
+    Wheels: normalized project name (`-` as `_`), PEP 440 version (1.0 = 1.0.0), build tag, and the three tag
+    fields lowercased with their dotted parts sorted; sdists: normalized name, version and extension.
+    Anything unparsable is its own key.
+    """
+    try:
+        if filename.endswith(".whl"):
+            name, version, build, _tags = parse_wheel_filename(filename)
+            fields = filename[:-4].split("-")[-3:]
+            tags = "-".join(".".join(sorted(f.lower().split("."))) for f in fields)
+            tag = f"-{build[0]}{build[1]}" if build else ""
+            return f"{name.replace('-', '_')}-{canonicalize_version(version)}{tag}-{tags}.whl"
+        for ext in (".tar.gz", ".zip"):
+            if filename.endswith(ext):
+                raw_name, _, raw_version = filename[: -len(ext)].rpartition("-")
+                return f"{canonicalize_name(raw_name).replace('-', '_')}-{canonicalize_version(Version(raw_version))}{ext}"
+    except (InvalidWheelFilename, InvalidVersion, ValueError):
+        pass
+    return filename
+
+
+def identity_problem(filename: str, name: str, version: str, metadata: bytes | None = None) -> str | None:
+    """Why the wheel `filename` (and its METADATA, when given) is not a wheel of project `name`,
+    version `version`, or None when it is. Names compare normalized (PEP 503) and must be ASCII
+    (PEP 508), versions as PEP 440 versions. An sdist builds wheels of its own project and version
+    only: a build that names its distribution after another project must not publish as that one.
+    """
+    want_name, want_version = canonicalize_name(name), Version(version)
+    want = f"{want_name} {want_version}"
+    if not filename.endswith(".whl"):
+        return f"{filename!r} is not a wheel file name"
+    try:
+        got_name, got_version, _build, _tags = parse_wheel_filename(filename)
+    except InvalidWheelFilename as exc:
+        return f"{filename!r} is not a valid wheel file name: {exc}"
+    raw = filename[:-4].split("-")[0]
+    if not is_project_name(raw):
+        return f"{filename}: {raw!r} is not a valid (ASCII, PEP 508) project name"
+    if got_name != want_name or got_version != want_version:
+        return (f"{filename} is a wheel of {got_name} {got_version}, but it was built from the sdist of {want}: "
+                "a build publishes only its own project and version")
+    if metadata is None:
+        return None
+    msg = email.parser.BytesHeaderParser().parsebytes(metadata)
+    meta_name, meta_version = (str(msg.get("Name") or "").strip(), str(msg.get("Version") or "").strip())
+    if not is_project_name(meta_name):
+        return f"{filename}: its METADATA Name {meta_name!r} is not a valid (ASCII, PEP 508) project name"
+    try:
+        parsed = Version(meta_version)
+    except InvalidVersion:
+        return f"{filename}: its METADATA Version {meta_version!r} is not a PEP 440 version"
+    if canonicalize_name(meta_name) != want_name or parsed != want_version:
+        return (f"{filename}: its METADATA says {meta_name} {meta_version}, but it was built from the sdist of "
+                f"{want}: a build publishes only its own project and version")
+    return None
+
+
+def conflict(files: Iterable[IndexFile], filename: str, sha256: str) -> IndexFile | None:
+    """The listed file that `filename` with `sha256` may not join: another file under the same
+    (normalized) name. None when nothing clashes or the very same file is listed."""
+    key = file_key(filename)
+    for f in files:
+        if file_key(f.filename) == key and (f.sha256 != sha256 or f.filename != filename):
+            return f
+    return None
+
+
+def already_exists(filename: str, existing: str, sha256: str, where: str) -> FileExists:
+    return FileExists(f"File already exists: {existing} ({where}) has sha256 {sha256[:16]}..., and a published "
+                      f"file name is never replaced: this {filename} is different bytes. A rebuild of the same "
+                      "version needs its own file name (a wheel build tag).")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,6 +196,7 @@ def add_file(root: Path, project: str, wheel: Path, *, provenance_url: str | Non
     name and renamed into place. The pages are not rewritten: call `write_project` (or `publish`).
     A wheel must belong to `project`; other files (sdists) are placed without a metadata file.
     `sha256`, when the caller has just hashed this very file, is used instead of hashing it again.
+    A file already at the target with other bytes is never replaced: `FileExists`.
     """
     name = canonicalize_name(project)
     wheel = Path(wheel)
@@ -126,6 +216,10 @@ def add_file(root: Path, project: str, wheel: Path, *, provenance_url: str | Non
     target = folder / filename
     digest = sha256 or sha256_file(wheel)
     if not (target.exists() and _same_file(wheel, target)):
+        if target.exists():
+            held = sha256_file(target)
+            if held != digest:
+                raise already_exists(filename, filename, held, f"the file in {folder}")
         _place(wheel, target)
     metadata_sha256 = None
     requires_python = None
@@ -265,19 +359,26 @@ def list_projects(root: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if (p / "index.json").is_file())
 
 
-def publish(root: Path, project: str, wheel: Path, *, replace: bool = True,
+def publish(root: Path, project: str, wheel: Path, *, replace: bool | None = None,
             provenance_url: str | None = None, sha256: str | None = None) -> IndexFile:
     """Add one file to the index: place it, rewrite its project's pages and the project list.
 
     Serialized per index by a lock file, so concurrent publishers do not lose each other's files.
-    An existing entry with the same file name is replaced when `replace`, else it is an error.
+    A published file name is immutable: the same bytes under the same name again are idempotent
+    (the entry is rewritten); other bytes under that name, or under a name that normalizes to it,
+    are refused (`FileExists`), whatever `replace` says. `replace=False` refuses the same bytes too.
     """
     name = canonicalize_name(project)
+    filename = Path(wheel).name
     with _lock(Path(root)):
         current = read_project(root, name)
-        if not replace and any(f.filename == Path(wheel).name for f in current):
-            raise PublishError(f"{name}: {Path(wheel).name} is already published")
-        entry = add_file(root, name, wheel, provenance_url=provenance_url, sha256=sha256)
+        if replace is False and any(f.filename == filename for f in current):
+            raise PublishError(f"{name}: {filename} is already published")
+        digest = sha256 or sha256_file(wheel)
+        clash = conflict(current, filename, digest)
+        if clash is not None:
+            raise already_exists(filename, clash.filename, clash.sha256, f"listed in {Path(root) / 'simple' / name}")
+        entry = add_file(root, name, wheel, provenance_url=provenance_url, sha256=digest)
         write_project(root, name, [*(f for f in current if f.filename != entry.filename), entry])
         if name not in _listed_projects(root):
             write_root(root, list_projects(root))
