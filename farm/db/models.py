@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from farm.db.states import JobState, check_transition
@@ -108,13 +108,26 @@ class Step(Base):
     job: Mapped[Job] = relationship(back_populates="steps")
 
 
+LIVE = text("removed_at IS NULL")
+
+
 class Artifact(Base):
-    """A wheel the farm built, verified and published."""
+    """A wheel the farm built, verified and published.
+
+    A published file name is immutable: no two live artifacts share `filename_key` (the normalized
+    file name, `farm.index.simple.file_key`), so no other bytes can take a published name, nor a
+    name that normalizes to it (`Foo_Bar-1.0-...` / `foo_bar-1.0-...`). Once `farm gc` removed an
+    artifact's files (`removed_at`), its name may be built again. NULL only for rows that migration
+    0004 found sharing a name with a newer live artifact (published before names were immutable).
+    """
 
     __tablename__ = "artifact"
+    __table_args__ = (Index("uq_artifact_live_filename_key", "filename_key", unique=True,
+                            sqlite_where=LIVE, postgresql_where=LIVE),)
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("job.id"), index=True)
     filename: Mapped[str] = mapped_column(String(300))
+    filename_key: Mapped[str | None] = mapped_column(String(300))
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
     size: Mapped[int]
     name: Mapped[str] = mapped_column(String(200), index=True)  # normalized project name
