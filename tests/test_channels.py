@@ -117,27 +117,31 @@ def test_promote_needs_verification_on_every_required_platform(settings, tmp_pat
     assert code == 8 and "every wheel of it is yanked" in err
 
 
-def test_virtual_index_first_channel_wins_per_file_name(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """A rebuild under the same file name in staging shadows stable's file in dev, not in prod."""
-    publish_wheel(settings, make_wheel(tmp_path / "a", "chshadow", "1.0"), version="1.0")
+def test_virtual_index_a_rebuild_under_a_promoted_name_shadows_nothing(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Attack: a rebuild under the same file name (other bytes) published to staging, to shadow stable's
+    file in dev (virtual indexes take the first channel listing a name). Refused: every tree keeps the
+    promoted file, also after the pages are regenerated from the database."""
+    import hashlib
+
+    from farm.coordinator.publish import PublishRefused
+
+    first = make_wheel(tmp_path / "a", "chshadow", "1.0")
+    publish_wheel(settings, first, version="1.0")
     assert _farm("promote", "chshadow==1.0", "--to", "stable")[0] == 0
     rebuilt = make_wheel(tmp_path / "b", "chshadow", "1.0", size_pad=10)  # same name, other bytes
-    publish_wheel(settings, rebuilt, version="1.0", sdist_sha256="e" * 64)
+    with pytest.raises(PublishRefused, match="File already exists"):
+        publish_wheel(settings, rebuilt, version="1.0", sdist_sha256="e" * 64)
     index = settings.index
 
     def sha(tree: Path) -> str:
         return json.loads((tree / "simple" / "chshadow" / "index.json").read_bytes())["files"][0]["hashes"]["sha256"]
 
-    import hashlib
-
-    new = hashlib.sha256(rebuilt.read_bytes()).hexdigest()
-    assert sha(index) == sha(index / "dev") == new
-    assert sha(index / "stable") == sha(index / "prod") != new
-    assert (index / "dev" / "files" / "chshadow" / rebuilt.name).read_bytes() == rebuilt.read_bytes()
-    assert (index / "prod" / "files" / "chshadow" / rebuilt.name).read_bytes() != rebuilt.read_bytes()
-    # Regenerating from the database gives the same answer.
+    old = hashlib.sha256(first.read_bytes()).hexdigest()
+    for tree in (index, index / "dev", index / "stable", index / "prod"):
+        assert sha(tree) == old
+        assert (tree / "files" / "chshadow" / first.name).read_bytes() == first.read_bytes()
     assert _farm("reindex")[0] == 0
-    assert sha(index) == sha(index / "dev") == new and sha(index / "prod") != new
+    assert all(sha(t) == old for t in (index, index / "dev", index / "stable", index / "prod"))
 
 
 def test_channel_layout_is_checked(farm_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:

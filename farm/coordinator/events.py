@@ -2,8 +2,9 @@
 
 The database is the truth. An event from an older attempt, or one that would make an illegal
 move, is logged and dropped. Work that follows from an event (publishing, releasing jobs that
-waited for this one, resolving missing dependencies) happens here too; build messages are sent
-only after the transaction commits.
+waited for this one, resolving missing dependencies) happens here too; a publish the coordinator
+refuses (farm/coordinator/publish.py: a wheel of another project, a file name already taken)
+fails the job with that reason. Build messages are sent only after the transaction commits.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from farm.config import Settings
 from farm.coordinator import deps, dispatch
-from farm.coordinator.publish import publish
+from farm.coordinator.publish import PublishRefused, publish
 from farm.db.models import Dependency, Job, Step, utcnow
 from farm.db.session import session_scope
 from farm.db.states import RUNNING, TERMINAL, JobState, forward_path
@@ -71,8 +72,12 @@ def apply_event(event: JobEvent, settings: Settings) -> None:
             else:
                 waiting = (job.id, list(event.missing))
         elif target == JobState.PUBLISHING:
-            publish(session, job, list(event.artifacts), settings)
-            followups += succeed(session, job, settings)
+            try:
+                publish(session, job, list(event.artifacts), settings)
+            except PublishRefused as exc:  # another project's name, a taken file name: nothing was published
+                followups += fail(session, job, f"publishing refused: {exc}", "package")
+            else:
+                followups += succeed(session, job, settings)
     if waiting is not None:
         followups += deps.wait_for(waiting[0], waiting[1], settings)
     dispatch.send(followups)

@@ -1,5 +1,20 @@
 """Publish: record a verified wheel and put it on the farm's index, one project page at a time.
 
+The worker is not trusted, so every wheel is checked here before anything is recorded or written:
+
+- it is a wheel of the job's own sdist: the file name's and the METADATA's project and version
+  equal the sdist's (names normalized and ASCII, versions as PEP 440); an sdist whose build names
+  its distribution after another project does not publish as that project;
+- its bytes in storage have the sha256 the worker reported;
+- its file name is free: a published file name is immutable, as on PyPI ("File already exists").
+  No live artifact and no page of the first channel holds another file under that name or under a
+  name that normalizes to it (`farm.index.simple.file_key`: `Foo_Bar-1.0-...` is `foo_bar-1.0-...`).
+  The database enforces it too: `filename_key` is unique among live artifacts (migration 0004).
+
+A refusal raises `PublishRefused`: the job fails with that reason and nothing is recorded or written.
+An intentional rebuild of a published version needs its own file name (a wheel build tag); the
+farm has no way to ask for one yet, so a rebuild with other bytes is refused like any other.
+
 Idempotent by wheel hash: the same wheel published twice is one artifact and one index entry.
 Two coordinator processes publishing the same wheel at once: the artifact row is inserted before
 any file is written, and the unique sha256 makes the second insert wait for the first transaction
@@ -11,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from packaging.utils import canonicalize_name, parse_wheel_filename
@@ -21,62 +37,136 @@ from sqlalchemy.orm import Session
 from farm.config import Settings
 from farm.db.models import Artifact, Job, Provenance, utcnow
 from farm.db.session import begin_write
-from farm.errors import InfrastructureFault
+from farm.errors import FarmError, InfrastructureFault
 from farm.index import channels, simple
 from farm.messages import ArtifactReport
 from farm.storage import get_storage
 from farm.util.hashing import canonical_json, sha256_bytes, sha256_file
 
 
+class PublishRefused(FarmError):
+    """The job's wheels may not be published (another project's name or version, a file name that
+    other bytes already hold). The job fails with this reason; nothing is recorded or written."""
+
+
+@dataclass
+class _Checked:
+    report: ArtifactReport
+    project: str
+    key: str
+    wheel: Path | None = None  # None: the same bytes are published already (`existing`)
+    existing: Artifact | None = None
+
+
 def publish(session: Session, job: Job, artifacts: list[ArtifactReport], settings: Settings) -> list[Artifact]:
+    """Check, record and publish the job's wheels; `PublishRefused` (nothing done) when one may not be."""
+    with contextlib.ExitStack() as stack:
+        checked = [_check(session, job, report, settings, stack) for report in artifacts]
+        begin_write(session)  # on SQLite the savepoints below must sit inside the session's transaction
+        published: list[Artifact] = []
+        with session.begin_nested():  # a refusal found below undoes every row of this job's publish
+            recorded = [(c, *_record(session, job, c)) if c.existing is None else (c, c.existing, False)
+                        for c in checked]
+            for c, art, is_new in recorded:
+                if is_new:
+                    _write(session, settings, art, c)
+                published.append(art)
+    return published
+
+
+def _check(session: Session, job: Job, report: ArtifactReport, settings: Settings,
+           stack: contextlib.ExitStack) -> _Checked:
+    """Everything that may refuse `report`, before any row or file is written."""
+    source = job.source
+    problem = simple.identity_problem(report.filename, source.name, source.version)
+    if problem is not None:
+        raise PublishRefused(problem)
+    project = canonicalize_name(parse_wheel_filename(report.filename)[0])
+    key = simple.file_key(report.filename)
+    existing = session.scalar(select(Artifact).where(Artifact.sha256 == report.sha256))
+    if existing is not None:  # the same bytes: already published (a duplicate delivery, an identical build)
+        return _Checked(report, project, key, existing=existing)
+    _refuse_taken(session, report.filename, report.sha256, key)
     storage = get_storage()
-    published: list[Artifact] = []
-    for report in artifacts:
+    wheel = storage.local_path(report.storage_key)
+    if wheel is None or not wheel.is_file():  # remote storage: fetched into a temporary folder
+        tmp_root = settings.home / "tmp"
+        tmp_root.mkdir(parents=True, exist_ok=True)
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(dir=tmp_root))
+        wheel = storage.get_file(report.storage_key, Path(tmp) / report.filename)
+    digest = sha256_file(wheel)
+    if digest != report.sha256:  # the provenance's subject must be the file the index serves
+        raise InfrastructureFault("publish", f"{report.filename} in storage has sha256 {digest}, "
+                                  f"the worker reported {report.sha256}")
+    try:
+        metadata = simple.wheel_metadata(wheel)
+    except simple.PublishError as exc:
+        raise PublishRefused(str(exc)) from None
+    problem = simple.identity_problem(report.filename, source.name, source.version, metadata)
+    if problem is not None:
+        raise PublishRefused(problem)
+    clash = simple.conflict(simple.read_project(settings.index, project), report.filename, digest)
+    if clash is not None:  # a page lists it although no live artifact does (published before 0004)
+        raise PublishRefused(str(simple.already_exists(report.filename, clash.filename, clash.sha256,
+                                                       f"listed on the index page of {project}")))
+    target = settings.index / "files" / project / report.filename
+    if target.is_file() and (held := sha256_file(target)) != digest:  # not listed, but served by name
+        raise PublishRefused(str(simple.already_exists(report.filename, report.filename, held, f"the file {target}")))
+    return _Checked(report, project, key, wheel=wheel)
+
+
+def _refuse_taken(session: Session, filename: str, sha256: str, key: str) -> None:
+    taken = session.scalar(select(Artifact).where(Artifact.filename_key == key, Artifact.removed_at.is_(None),
+                                                  Artifact.sha256 != sha256).limit(1))
+    if taken is not None:
+        raise PublishRefused(str(simple.already_exists(
+            filename, taken.filename, taken.sha256, f"artifact #{taken.id}, built by job {taken.job_id}")))
+
+
+def _record(session: Session, job: Job, c: _Checked) -> tuple[Artifact, bool]:
+    """Insert the artifact and provenance rows (in a savepoint); (the row, whether it is new). A lost
+    race for the same bytes gives the winner's row, a lost race for the file name is a refusal."""
+    report = c.report
+    statement = canonical_json(report.provenance)
+    assert c.wheel is not None
+    art = Artifact(job_id=job.id, filename=report.filename, filename_key=c.key, sha256=report.sha256,
+                   size=c.wheel.stat().st_size, name=c.project, version=job.source.version, tags=report.tags,
+                   requires_python=report.requires_python, requires_dist=report.requires_dist,
+                   storage_key=report.storage_key, verified=True)
+    try:
+        with session.begin_nested():  # losing a race must not undo the rest of the event
+            session.add(art)
+            session.add(Provenance(artifact=art, statement=report.provenance, digest=sha256_bytes(statement),
+                                   storage_key=report.provenance_key))
+    except IntegrityError:
         existing = session.scalar(select(Artifact).where(Artifact.sha256 == report.sha256))
         if existing is not None:
-            published.append(existing)
-            continue
-        project = canonicalize_name(parse_wheel_filename(report.filename)[0])
-        statement = canonical_json(report.provenance)
-        art = Artifact(job_id=job.id, filename=report.filename, sha256=report.sha256, size=report.size, name=project,
-                       version=job.source.version, tags=report.tags, requires_python=report.requires_python,
-                       requires_dist=report.requires_dist, storage_key=report.storage_key, verified=True)
-        begin_write(session)  # on SQLite the savepoint below must sit inside the session's transaction
-        try:
-            with session.begin_nested():  # a savepoint: losing the race must not undo the rest of the event
-                session.add(art)
-                session.add(Provenance(artifact=art, statement=report.provenance, digest=sha256_bytes(statement),
-                                       storage_key=report.provenance_key))
-        except IntegrityError:
-            existing = session.scalar(select(Artifact).where(Artifact.sha256 == report.sha256))
-            if existing is None:
-                raise
-            published.append(existing)
-            continue
-        with contextlib.ExitStack() as stack:
-            wheel = storage.local_path(report.storage_key)
-            if wheel is None or not wheel.is_file():  # remote storage: fetched into a temporary folder
-                tmp_root = settings.home / "tmp"
-                tmp_root.mkdir(parents=True, exist_ok=True)
-                tmp = stack.enter_context(tempfile.TemporaryDirectory(dir=tmp_root))
-                wheel = storage.get_file(report.storage_key, Path(tmp) / report.filename)
-            digest = sha256_file(wheel)
-            if digest != report.sha256:  # the provenance's subject must be the file the index serves
-                raise InfrastructureFault("publish", f"{report.filename} in storage has sha256 {digest}, "
-                                          f"the worker reported {report.sha256}")
-            # The provenance record sits beside the file before the page that lists the file appears.
-            folder = settings.index / "files" / project
-            folder.mkdir(parents=True, exist_ok=True)
-            storage_tmp = folder / f".{report.filename}.provenance.json.{uuid.uuid4().hex}.tmp"
-            storage_tmp.write_bytes(statement)
-            storage_tmp.replace(folder / f"{report.filename}.provenance.json")
-            signed, keyid = channels.sign(settings, statement)  # here: workers do not hold the farm's key
-            channels.write_provenance(folder / report.filename, signed)
-            entry = simple.publish(settings.index, project, wheel, sha256=digest,
-                                   provenance_url=channels.provenance_url(settings, project, report.filename))
-            art.metadata_sha256 = entry.metadata_sha256
-            art.provenance.envelope, art.provenance.keyid = signed, keyid
-            channels.on_publish(session, settings, art, wheel, sha256=digest)  # first channel; virtual indexes
-        art.published_at = utcnow()
-        published.append(art)
-    return published
+            return existing, False
+        _refuse_taken(session, report.filename, report.sha256, c.key)
+        raise
+    return art, True
+
+
+def _write(session: Session, settings: Settings, art: Artifact, c: _Checked) -> None:
+    """The files of a newly recorded artifact: provenance beside the wheel, then the wheel and its page."""
+    report, project, wheel = c.report, c.project, c.wheel
+    assert wheel is not None
+    statement = canonical_json(report.provenance)
+    # The provenance record sits beside the file before the page that lists the file appears.
+    folder = settings.index / "files" / project
+    folder.mkdir(parents=True, exist_ok=True)
+    storage_tmp = folder / f".{report.filename}.provenance.json.{uuid.uuid4().hex}.tmp"
+    storage_tmp.write_bytes(statement)
+    storage_tmp.replace(folder / f"{report.filename}.provenance.json")
+    signed, keyid = channels.sign(settings, statement)  # here: workers do not hold the farm's key
+    channels.write_provenance(folder / report.filename, signed)
+    try:
+        entry = simple.publish(settings.index, project, wheel, sha256=report.sha256,
+                               provenance_url=channels.provenance_url(settings, project, report.filename))
+    except simple.FileExists as exc:  # a writer outside the database got there first
+        raise PublishRefused(str(exc)) from None
+    art.metadata_sha256 = entry.metadata_sha256
+    assert art.provenance is not None
+    art.provenance.envelope, art.provenance.keyid = signed, keyid
+    channels.on_publish(session, settings, art, wheel, sha256=report.sha256)  # first channel; virtual indexes
+    art.published_at = utcnow()

@@ -17,6 +17,10 @@ The database is the truth: a `ChannelEntry(artifact, channel)` row puts a wheel 
 to the first channel incrementally (`on_publish`). Page entries whose file name the database does
 not know yet (a publish whose transaction is still open) are kept, so a regeneration racing a
 publish never drops the new file; files are never deleted here, only by `farm gc`.
+
+Every copy into a tree is checked first: the file copied (the stored wheel, else a copy in another
+tree) must have the sha256 the database records for it, or the copy is refused (`DigestMismatch`):
+promotion, page regeneration and upload targets never spread bytes the farm did not publish.
 """
 
 from __future__ import annotations
@@ -38,10 +42,14 @@ from sqlalchemy.orm import Session
 
 from farm.config import Settings
 from farm.db.models import Artifact, ChannelEntry, Provenance, utcnow
-from farm.errors import ConfigError
+from farm.errors import ConfigError, FarmError
 from farm.index import simple
 from farm.index.simple import IndexFile
-from farm.util.hashing import sha256_bytes
+from farm.util.hashing import sha256_bytes, sha256_file
+
+class DigestMismatch(FarmError):
+    """A copy of a published file whose bytes are not the ones the database records: never copied on."""
+
 
 TREES_JSON = "trees.json"
 SIDECARS = ("", ".metadata", ".provenance", ".provenance.json")
@@ -177,9 +185,7 @@ def on_publish(session: Session, settings: Settings, art: Artifact, wheel: Path,
     """`art` was just added to the top-level tree: record it in the first channel, add it to the
     virtual indexes that list that channel (unless an earlier channel of one shadows its name)."""
     lay = ensure_trees(settings)
-    for other in session.scalars(select(ChannelEntry).join(Artifact).where(
-            ChannelEntry.channel == lay.first, Artifact.filename == art.filename, Artifact.id != art.id)):
-        session.delete(other)  # the page now lists the new file under this name
+    # No other live artifact holds this file name (farm/coordinator/publish.py, the unique filename_key).
     session.add(ChannelEntry(artifact=art, channel=lay.first, added_by="publish"))
     session.flush()
     src = lay.tree(lay.first) / "files" / art.name
@@ -285,6 +291,22 @@ def _source_wheel(lay: Layout, art: Artifact) -> Path | None:
     return None
 
 
+def checked_source(lay: Layout, art: Artifact, purpose: str) -> Path | None:
+    """The copy of `art` to copy from (the stored wheel, else one in a tree), None if none is left;
+    `DigestMismatch` when its sha256 is not the recorded one: a changed file is never copied on."""
+    src = _source_wheel(lay, art)
+    if src is not None:
+        check_digest(src, art, purpose)
+    return src
+
+
+def check_digest(path: Path, art: Artifact, purpose: str) -> None:
+    digest = sha256_file(path)
+    if digest != art.sha256:
+        raise DigestMismatch(f"{art.filename}: refusing to {purpose}: {path} has sha256 {digest}, but the farm "
+                             f"recorded {art.sha256} when it published it: the file was changed after publishing")
+
+
 def _place(session: Session, lay: Layout, tree: Path, row: _Row) -> None:
     """Make sure the wheel and its sidecar files are in `tree/files/<project>/`."""
     art = row.artifact
@@ -294,11 +316,11 @@ def _place(session: Session, lay: Layout, tree: Path, row: _Row) -> None:
             and (not row.signed or (folder / f"{art.filename}.provenance").is_file()):
         return
     folder.mkdir(parents=True, exist_ok=True)
-    src = _source_wheel(lay, art)
+    src = checked_source(lay, art, f"copy it into {tree}")
     if src is None:
         raise FileNotFoundError(f"{art.filename}: no copy in storage or any index tree")
     if not (target.is_file() and _same(src, target)):
-        simple._place(src, target)
+        simple._place(src, target)  # new, or restoring the recorded bytes over a changed copy
     meta = _metadata_bytes(session, lay, art)
     if meta is not None:
         simple._atomic_write(folder / f"{art.filename}.metadata", meta)
