@@ -9,7 +9,9 @@ that version that sits in a lower channel. It is refused, with every reason, whe
 - the version was not verified on each platform `channel_requirements[channel]` lists, or
 - a wheel's Requires-Dist (markers evaluated for the wheel's own Python and platform, extras
   ignored) cannot be satisfied from the target channel: a wheel may not rise above the level of
-  its dependencies. The refusal says where a matching dependency waits ("staging has 1.17.0").
+  its dependencies. The refusal says where a matching dependency waits ("staging has 1.17.0"), or
+- the file that would be copied into the channel (the stored wheel, else a tree's copy) does not
+  have the sha256 the farm recorded when it published it (changed in storage or in a tree).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from sqlalchemy.orm import Session, selectinload
 from farm.config import Settings
 from farm.db.models import Artifact, ChannelEntry, Job
 from farm.errors import FarmError, NotFound
-from farm.index.channels import add_entries, layout
+from farm.index.channels import DigestMismatch, add_entries, checked_source, layout
+from farm.util.archive import is_project_name
 
 
 class PromotionRefused(FarmError):
@@ -44,6 +47,8 @@ def parse_pin(text: str) -> tuple[str, str]:
     name, sep, version = text.partition("==")
     if not sep or not name.strip() or not version.strip() or any(c in version for c in "<>=!~*,; "):
         raise FarmError(f"{text!r}: expected NAME==VERSION")
+    if not is_project_name(name.strip()):  # ASCII only: "ſix" or a Kelvin-sign "K" name no project
+        raise FarmError(f"{text!r}: {name.strip()!r} is not a valid project name (PEP 508, ASCII)")
     return canonicalize_name(name.strip()), version.strip()
 
 
@@ -130,6 +135,12 @@ def promote(session: Session, settings: Settings, pin: str, to: str, *, by: str 
         raise PromotionRefused(f"{name} {version}", to, [
             "every wheel of it is yanked" if result.skipped_yanked else f"none of its wheels is in {', '.join(sorted(below))}"])
     reasons = gate(session, settings, to, candidates + result.already)
+    for a in candidates:  # what regenerate will copy into `to`'s trees must be the published bytes
+        try:
+            if checked_source(lay, a, f"promote it to {to}") is None:
+                reasons.append(f"{a.filename}: no copy of the file is left (removed by gc?)")
+        except DigestMismatch as exc:
+            reasons.append(str(exc))
     if reasons:
         raise PromotionRefused(f"{name} {version}", to, reasons)
     result.added = add_entries(session, candidates, to, by)

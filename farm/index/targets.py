@@ -10,6 +10,9 @@ target lists the same sha256 under that file name.
 With `index_url` configured, an upload is only reported done once the target's simple index lists
 the file with the right sha256 (polled; pypi-simple parses the page).
 
+Before a file is uploaded its sha256 is compared with the one the farm recorded when it published
+it; a changed file (in storage or in a tree) is refused (`DigestMismatch`) and nothing is sent.
+
 Configuration (farm.toml)::
 
     [upload_targets.internal]
@@ -187,6 +190,8 @@ def publish_to(session: Session, settings: Settings, name: str, pin: str) -> lis
         where = f" in channel {target.channel}" if target.channel else ""
         raise NotFound(f"no unyanked wheel of {project}=={version}{where} to upload to {name}")
     lay = layout(settings)
+    for a in arts:  # every file checked before the first is sent
+        _checked_copy(lay, name, a)
     return [_upload_artifact(session, lay, name, target, a) for a in arts]
 
 
@@ -195,12 +200,16 @@ def on_promote(session: Session, settings: Settings, channel: str, arts: list[Ar
     from farm.index.channels import layout
 
     lay = layout(settings)
-    return [_upload_artifact(session, lay, name, target, a)
-            for name, target in sorted(settings.upload_targets.items()) if target.channel == channel
-            for a in arts]
+    bound = [(name, target) for name, target in sorted(settings.upload_targets.items()) if target.channel == channel]
+    for name, _target in bound:  # every file checked before the first is sent
+        for a in arts:
+            _checked_copy(lay, name, a)
+    return [_upload_artifact(session, lay, name, target, a) for name, target in bound for a in arts]
 
 
-def _upload_artifact(session: Session, lay: Layout, name: str, target: UploadTarget, art: Artifact) -> UploadResult:
+def _checked_copy(lay: Layout, name: str, art: Artifact) -> Path:
+    """The copy of `art` to upload to target `name`, its sha256 checked against the record."""
+    from farm.index.channels import check_digest
     from farm.storage import get_storage
 
     paths = [lay.tree(t) / "files" / art.name / art.filename for t in lay.trees()]
@@ -208,6 +217,12 @@ def _upload_artifact(session: Session, lay: Layout, name: str, target: UploadTar
     wheel = next((p for p in [*paths, stored] if p is not None and p.is_file()), None)
     if wheel is None:
         raise NotFound(f"{art.filename}: no copy of the file is left (removed by gc?)")
+    check_digest(wheel, art, f"upload it to {name}")
+    return wheel
+
+
+def _upload_artifact(session: Session, lay: Layout, name: str, target: UploadTarget, art: Artifact) -> UploadResult:
+    wheel = _checked_copy(lay, name, art)
     result = upload_file(name, target, wheel)
     row = session.scalar(select(Upload).where(Upload.artifact_id == art.id, Upload.target == name))
     if row is None:
