@@ -55,7 +55,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from farm.db.session import session_scope
     from farm.index.promote import parse_pin
-    from farm.provenance import load_keys, verify_wheel, wheels_of
+    from farm.provenance import load_keys, served_copies, verify_copy, verify_wheel
 
     settings = _settings()
     keys = load_keys(settings, Path(args.key) if args.key else None)
@@ -67,16 +67,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
     with session_cm if session_cm is not None else _Null() as session:
         target = args.target
         if target.endswith(".whl") or Path(target).exists():
-            wheels = [Path(target)]
+            reports.append(verify_wheel(Path(target), settings=settings, session=session, keys=keys,
+                                        provenance=Path(args.provenance) if args.provenance else None,
+                                        offline=args.offline))
         else:
             if session is None:
                 print("farm: error: NAME==VERSION needs the database", file=sys.stderr)
                 return 2
-            wheels = wheels_of(settings, session, *parse_pin(target))
-        for wheel in wheels:
-            reports.append(verify_wheel(wheel, settings=settings, session=session, keys=keys,
-                                        provenance=Path(args.provenance) if args.provenance else None,
-                                        offline=args.offline))
+            # Every served copy (each tree listing the file), against the record and the signature.
+            for copy in served_copies(settings, session, *parse_pin(target)):
+                reports.append(verify_copy(copy, settings=settings, session=session, keys=keys,
+                                           provenance=Path(args.provenance) if args.provenance else None,
+                                           offline=args.offline))
     if args.json:
         print(json.dumps([r.as_dict() for r in reports], indent=1))
     else:
@@ -205,7 +207,8 @@ def add_commands(sub: Any) -> None:
     s = sub.add_parser("init", help="create the farm's state, database, signing key and index trees")
     s.set_defaults(func=cmd_init)
 
-    s = sub.add_parser("verify", help="check a wheel's signed provenance (signature, digest, sdist, verification)")
+    s = sub.add_parser("verify", help="check a wheel's signed provenance (signature, digest, sdist, verification); "
+                                      "NAME==VERSION: every served copy, also against the farm's record")
     s.add_argument("target", metavar="WHEEL|NAME==VERSION")
     s.add_argument("--key", help="public key (PEM) to verify with; default the farm's")
     s.add_argument("--provenance", help="the .provenance document; default beside the wheel, the index, the database")

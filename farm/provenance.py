@@ -11,6 +11,13 @@ sdist         the sdist the statement names is one the farm recorded (Source, by
 verification  the statement records that the wheel passed the farm's verification (install + tests)
 
 When the signature fails nothing in the statement is trusted, so the other checks are not run.
+
+`farm verify NAME==VERSION` checks every served copy: each index tree (channel or virtual index)
+that lists the file or that the database says lists it, each copy with its own tree's `.provenance`
+document, and adds a fifth check:
+
+record        the file's sha256 and the sha256 its tree's page lists are the ones the farm recorded
+              when it published the wheel, and the page lists the file wherever the database puts it
 """
 
 from __future__ import annotations
@@ -188,6 +195,80 @@ def _check_verification(statement: dict[str, Any]) -> Check:
     platform = (statement["predicate"]["buildDefinition"].get("externalParameters", {}).get("target") or {}).get("platform")
     what = ", ".join(f"{k} {v}" for k, v in record.items() if k in ("imports", "testCommand") and v)
     return Check("verification", True, f"passed on {platform or '?'}" + (f" ({what})" if what else ""))
+
+
+@dataclass
+class ServedCopy:
+    """One copy of a published wheel: in an index tree (listed there, or expected there by the
+    database), or, for a wheel in no tree, the stored copy (`tree` None)."""
+
+    artifact: Artifact
+    tree: str | None
+    path: Path
+    listed_sha256: str | None = None  # what the tree's page lists for the file; None: not listed
+    expected: bool = True  # the database puts the file in this tree
+
+
+def served_copies(settings: Settings, session: Session, name: str, version: str) -> list[ServedCopy]:
+    """Every served copy of every live wheel of NAME==VERSION (versions compared as PEP 440)."""
+    from farm.index import channels, simple
+    from farm.index.promote import live_artifacts
+    from farm.storage import get_storage
+
+    project = canonicalize_name(name)
+    arts = sorted(live_artifacts(session, project, version), key=lambda a: a.filename)
+    if not arts:
+        raise NotFound(f"the farm has no published wheel of {name}=={version}")
+    lay = channels.layout(settings)
+    by_channel, _known = channels._rows(session, project)
+    copies: list[ServedCopy] = []
+    for art in arts:
+        found = []
+        for t in lay.trees():
+            row = channels.tree_rows(lay, t, by_channel).get(art.filename)
+            expected = row is not None and row.artifact.id == art.id
+            listed = next((f.sha256 for f in simple.read_project(lay.tree(t), project) if f.filename == art.filename),
+                          None)
+            if expected or listed is not None:
+                found.append(ServedCopy(art, t, lay.tree(t) / "files" / project / art.filename, listed, expected))
+        if not found:  # in no tree (left every channel, not removed yet): the stored copy
+            stored = get_storage().local_path(art.storage_key)
+            found.append(ServedCopy(art, None, stored if stored is not None else Path(art.filename)))
+        copies += found
+    return copies
+
+
+def check_record(copy: ServedCopy) -> Check:
+    """The copy's bytes and its page entry against the farm's record of the artifact."""
+    art, where = copy.artifact, f"in {copy.tree}" if copy.tree else "in storage"
+    problems = []
+    if copy.tree is not None and copy.listed_sha256 is None:
+        problems.append(f"the database puts it in {copy.tree}, but {copy.tree}'s page does not list it")
+    elif copy.listed_sha256 is not None and copy.listed_sha256 != art.sha256:
+        problems.append(f"{copy.tree}'s page lists sha256 {copy.listed_sha256}, the farm recorded {art.sha256}")
+    if copy.tree is not None and not copy.expected:
+        problems.append(f"{copy.tree}'s page lists it, but the database does not put it in {copy.tree}")
+    if not copy.path.is_file():
+        problems.append(f"the file {copy.path} is missing")
+    else:
+        actual = sha256_file(copy.path)
+        if actual != art.sha256:
+            problems.append(f"the served file {copy.path} has sha256 {actual}, but the farm recorded {art.sha256} "
+                            "when it published it: the file was changed after publishing")
+    if problems:
+        return Check("record", False, "; ".join(problems))
+    return Check("record", True, f"sha256 {art.sha256[:16]} {where} is the farm's record (artifact #{art.id})")
+
+
+def verify_copy(copy: ServedCopy, *, settings: Settings, session: Session, keys: dict[str, Ed25519PublicKey],
+                provenance: Path | None = None, offline: bool = False) -> Report:
+    """`verify_wheel` on one served copy (with its own tree's provenance document unless `provenance`
+    names one), plus `check_record`."""
+    report = verify_wheel(copy.path, settings=settings, session=session, keys=keys, provenance=provenance,
+                          offline=offline)
+    report.wheel = f"{copy.artifact.filename} ({copy.tree or 'stored copy'}: {copy.path})"
+    report.checks.append(check_record(copy))
+    return report
 
 
 def wheels_of(settings: Settings, session: Session, name: str, version: str) -> list[Path]:
