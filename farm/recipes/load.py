@@ -5,7 +5,10 @@ each as (file, key path, message) with the key path spelled the way the TOML fil
 (`overrides[0].environment.CFLAGS`), so one run of the check shows everything to fix.
 
 `find_recipe` sits on the submit path: parsed files are cached by (path, mtime, size), so a
-repeated lookup costs one `stat` per recipe folder.
+repeated lookup costs one `stat` per recipe folder (and one per recipe file found). A recipe file
+whose name is not the normalized project name (`PyYAML.toml`, `foo_bar.toml`) would never be used:
+when its name normalizes to the project submitted, that is a `RecipeError` (exit 3) rather than a
+build without the recipe; each folder's listing is cached by the folder's mtime.
 """
 
 from __future__ import annotations
@@ -385,6 +388,7 @@ _cache: dict[Path, tuple[tuple[int, int], LoadedRecipe | RecipeError]] = {}
 def clear_cache() -> None:
     """Forget every parsed recipe (the cache also notices changed files by itself)."""
     _cache.clear()
+    _misnamed_cache.clear()
 
 
 def _load_stat(path: Path, st: os.stat_result) -> LoadedRecipe:
@@ -425,19 +429,59 @@ def _default_dirs() -> tuple[Path, ...]:
     return _settings_dirs[1]
 
 
+# folder -> (its mtime, normalized project name -> recipe files named for it but not normalized)
+_misnamed_cache: dict[Path, tuple[int, dict[str, list[Path]]]] = {}
+
+
+def _misnamed(folder: Path) -> dict[str, list[Path]]:
+    """The `*.toml` files of `folder` whose stem is a project name but not a normalized one, by that name."""
+    try:
+        mtime = os.stat(folder).st_mtime_ns
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    hit = _misnamed_cache.get(folder)
+    if hit is not None and hit[0] == mtime:
+        return hit[1]
+    found: dict[str, list[Path]] = {}
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        entries = []
+    for entry in entries:
+        stem = entry.name[: -len(".toml")] if entry.name.endswith(".toml") else None
+        if not stem or not _ASCII_NAME.fullmatch(stem):
+            continue
+        canonical = canonicalize_name(stem)
+        if canonical != stem:
+            found.setdefault(canonical, []).append(Path(folder, entry.name))
+    _misnamed_cache[folder] = (mtime, found)
+    return found
+
+
+# PEP 508 names, ASCII only (IGNORECASE alone would let "ſ" and the Kelvin sign "K" through)
+_ASCII_NAME = re.compile(r"([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])", re.IGNORECASE | re.ASCII)
+
+
 def find_recipe(name: str, version: str, dirs: Sequence[Path] | None = None) -> LoadedRecipe | None:
     """The recipe for this project version, or None.
 
     The first folder holding `<normalized-name>.toml` wins (extra folders come before the
     built-in one); if that recipe's `versions` does not contain `version`, there is no recipe
-    for this version: later folders are not consulted. An invalid recipe raises `RecipeError`.
+    for this version: later folders are not consulted. An invalid recipe raises `RecipeError`,
+    and so does a file in any folder named for this project but not normalized (`PyYAML.toml`).
     """
-    try:
-        filename = f"{canonicalize_name(name, validate=True)}.toml"
-    except InvalidName:
+    if not _ASCII_NAME.fullmatch(name):
         return None  # no file can be named after it (and "/etc/x" must not become a path)
+    try:
+        canonical = canonicalize_name(name, validate=True)
+    except InvalidName:
+        return None
+    filename = f"{canonical}.toml"
     if dirs is None:
         dirs = _default_dirs()
+    misnamed = [p for folder in dirs for p in _misnamed(Path(folder)).get(canonical, [])]
+    if misnamed:
+        raise RecipeError([problem for p in misnamed for problem in _name_problems(p)])
     for folder in dirs:
         path = Path(folder, filename)
         try:
