@@ -1,9 +1,14 @@
 """Submit: an sdist file or a requirement becomes a Source, planned Jobs, and build messages.
 
 Everything is checked before anything is recorded: the archive is inspected without being
-unpacked (hostile members, size, PEP 625 name and version), a download is checked against the
-upstream index's sha256. Identical inputs (the cache key) are never built twice: the new job
+unpacked (hostile members, size, PEP 625 name and version, ASCII project names, the top-level
+directory), a download is checked against the upstream index's sha256, a requirement's name must
+be an ASCII project name. Identical inputs (the cache key) are never built twice: the new job
 points at the existing one and, when that one succeeded, is answered at once.
+
+Two submissions of the same new sdist at once (several CLIs, API requests) record one `source` row:
+it is inserted with INSERT ... ON CONFLICT (sha256) DO NOTHING and then read back, so the second
+waits for the first's transaction and reuses its row instead of failing on the unique sha256.
 """
 
 from __future__ import annotations
@@ -16,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import canonicalize_name
+from packaging.utils import InvalidSdistFilename, canonicalize_name, parse_sdist_filename
 from packaging.version import InvalidVersion, Version
-from sqlalchemy import or_, select
+from sqlalchemy import insert, or_, select
 from sqlalchemy.orm import Session
 
 from farm.config import Settings
@@ -27,9 +32,9 @@ from farm.coordinator.plan import plan
 from farm.db.models import Artifact, Job, Source, Submission, utcnow
 from farm.db.session import session_scope
 from farm.db.states import JobState
-from farm.errors import FarmError, UpstreamError
+from farm.errors import FarmError, SdistError, UpstreamError
 from farm.storage import get_storage, sdist_key
-from farm.util.archive import Limits, inspect_sdist
+from farm.util.archive import Limits, check_project_name, inspect_sdist
 from farm.util.hashing import sha256_file
 
 SDIST_SUFFIXES = (".tar.gz", ".zip", ".tgz", ".tar.bz2")
@@ -68,11 +73,11 @@ def submit(request: str, *, settings: Settings, kind: str | None = None, parent_
             if digest is not None:
                 source = session.scalar(select(Source).where(Source.sha256 == digest))
                 pending = None
-                if source is None:  # a known sdist was inspected when it was first accepted
-                    source = Source(**_inspect_file(Path(request), digest, settings))
-                    session.add(source)
-                    session.flush()
+                if source is None:
+                    source = _add_source(session, _inspect_file(Path(request), digest, settings))
                     pending = Path(request)
+                else:  # a known sdist was inspected when it was first accepted; its name must still fit
+                    _check_known_name(Path(request).name, source)
             else:
                 tmp_root = settings.home / "tmp"
                 tmp_root.mkdir(parents=True, exist_ok=True)
@@ -126,6 +131,38 @@ def _plan_jobs(session: Session, submission: Submission, source: Source, setting
     return to_send
 
 
+def _add_source(session: Session, values: dict) -> Source:
+    """The Source row with `values["sha256"]`: inserted, or the row a concurrent submission of the
+    same sdist committed meanwhile (the insert waits for that transaction; no unique violation)."""
+    table = Source.__table__
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    else:  # pragma: no cover - the farm runs on SQLite or PostgreSQL
+        dialect_insert = None
+    if dialect_insert is not None:
+        session.execute(dialect_insert(table).values(**values).on_conflict_do_nothing(index_elements=["sha256"]))
+    else:  # pragma: no cover
+        session.execute(insert(table).values(**values))
+    source = session.scalar(select(Source).where(Source.sha256 == values["sha256"]))
+    assert source is not None
+    return source
+
+
+def _check_known_name(filename: str, source: Source) -> None:
+    """A known sdist's bytes under another file name must still name the same project and version."""
+    try:
+        name, version = parse_sdist_filename(filename)
+    except InvalidSdistFilename as exc:
+        raise SdistError(f"{filename}: not a valid sdist file name: {exc}") from None
+    check_project_name(filename.rpartition("-")[0], f"{filename}: the file name")
+    if name != source.name or version != Version(source.version):
+        raise SdistError(f"{filename} has the bytes (sha256 {source.sha256[:16]}) of {source.filename}, which is "
+                         f"{source.name} {source.version}, not {name} {version}")
+
+
 def _file_digest(path: Path) -> str:
     if path.is_dir():
         raise FarmError(f"{path} is a directory, not an sdist file")
@@ -138,7 +175,7 @@ def _inspect_file(path: Path, digest: str, settings: Settings) -> dict:
     info = inspect_sdist(path, Limits.from_settings(settings))
     return {"sha256": digest, "name": info.name, "version": info.version, "filename": path.name,
             "size": path.stat().st_size, "storage_key": sdist_key(digest, path.name),
-            "requires_python": info.requires_python}
+            "requires_python": info.requires_python, "created_at": utcnow()}
 
 
 def _from_requirement(request: str, session: Session, settings: Settings, tmp: Path) -> tuple[Source, Path | None]:
@@ -147,6 +184,7 @@ def _from_requirement(request: str, session: Session, settings: Settings, tmp: P
         req = Requirement(request)
     except InvalidRequirement as exc:
         raise FarmError(f"{request!r} is neither an sdist file nor a requirement like NAME==VERSION: {exc}") from None
+    check_project_name(req.name, f"{request!r}")  # ASCII only: "ſix" and a Kelvin-sign "K" name no project
     name = canonicalize_name(req.name)
     pins = [s.version for s in req.specifier if s.operator in ("==", "===") and "*" not in s.version]
     version: Version | None = None
@@ -179,11 +217,10 @@ def _from_requirement(request: str, session: Session, settings: Settings, tmp: P
             return known, None
         path = upstream.download(file, tmp)
     info = inspect_sdist(path, Limits.from_settings(settings), expect_name=name, expect_version=file.version)
-    source = Source(sha256=file.sha256, name=info.name, version=info.version, filename=path.name,
-                    size=path.stat().st_size, storage_key=sdist_key(file.sha256, path.name), upstream_url=file.url,
-                    requires_python=info.requires_python or file.requires_python)
-    session.add(source)
-    session.flush()
+    source = _add_source(session, dict(
+        sha256=file.sha256, name=info.name, version=info.version, filename=path.name, size=path.stat().st_size,
+        storage_key=sdist_key(file.sha256, path.name), upstream_url=file.url,
+        requires_python=info.requires_python or file.requires_python, created_at=utcnow()))
     return source, path
 
 
