@@ -337,14 +337,16 @@ def test_two_publishers_racing_for_one_wheel_publish_it_once(cluster: Cluster, t
     (sd,) = sdists(tmp_path, ["farmtest-race"])
     (first,) = submit(cluster, sd)
     assert cluster.wait_done([first], 120)[first]["state"] == "succeeded"
-    filename = "farmtest_race-0.2.0-py3-none-any.whl"  # a wheel not published yet, made by hand
+    # A wheel of the job's own sdist (farmtest-race 0.1.0) not published yet, made by hand: build tag 1.
+    filename = "farmtest_race-0.1.0-1-py3-none-any.whl"
     wheel = tmp_path / filename
     with zipfile.ZipFile(wheel, "w") as zf:
         zf.writestr("farmtest_race/__init__.py", "VALUE = 2\n")
-        zf.writestr("farmtest_race-0.2.0.dist-info/METADATA",
-                    "Metadata-Version: 2.1\nName: farmtest-race\nVersion: 0.2.0\n")
-        zf.writestr("farmtest_race-0.2.0.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
-        zf.writestr("farmtest_race-0.2.0.dist-info/RECORD", "")
+        zf.writestr("farmtest_race-0.1.0.dist-info/METADATA",
+                    "Metadata-Version: 2.1\nName: farmtest-race\nVersion: 0.1.0\n")
+        zf.writestr("farmtest_race-0.1.0.dist-info/WHEEL",
+                    "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\nBuild: 1\n")
+        zf.writestr("farmtest_race-0.1.0.dist-info/RECORD", "")
     key = f"jobs/{first}/wheels/{filename}"
     get_storage().put_file(key, wheel)
     report = ArtifactReport(filename=filename, sha256=sha256_file(wheel), size=wheel.stat().st_size, storage_key=key,
