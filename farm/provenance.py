@@ -269,22 +269,3 @@ def verify_copy(copy: ServedCopy, *, settings: Settings, session: Session, keys:
     report.wheel = f"{copy.artifact.filename} ({copy.tree or 'stored copy'}: {copy.path})"
     report.checks.append(check_record(copy))
     return report
-
-
-def wheels_of(settings: Settings, session: Session, name: str, version: str) -> list[Path]:
-    """The files of every live artifact of NAME==VERSION (from the index trees, else storage)."""
-    from farm.index.channels import layout
-    from farm.storage import get_storage
-
-    arts = list(session.scalars(select(Artifact).where(Artifact.name == canonicalize_name(name),
-                                                       Artifact.version == version, Artifact.removed_at.is_(None))))
-    if not arts:
-        raise NotFound(f"the farm has no published wheel of {name}=={version}")
-    lay = layout(settings)
-    out = []
-    for art in arts:
-        served = [lay.tree(t) / "files" / art.name / art.filename for t in lay.trees()]
-        stored = get_storage().local_path(art.storage_key)
-        found = [p for p in [*served, stored] if p is not None and p.is_file()]
-        out.append(found[0] if found else Path(art.filename))
-    return out

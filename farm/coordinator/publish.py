@@ -105,13 +105,17 @@ def _check(session: Session, job: Job, report: ArtifactReport, settings: Setting
     problem = simple.identity_problem(report.filename, source.name, source.version, metadata)
     if problem is not None:
         raise PublishRefused(problem)
-    clash = simple.conflict(simple.read_project(settings.index, project), report.filename, digest)
-    if clash is not None:  # a page lists it although no live artifact does (published before 0004)
-        raise PublishRefused(str(simple.already_exists(report.filename, clash.filename, clash.sha256,
-                                                       f"listed on the index page of {project}")))
-    target = settings.index / "files" / project / report.filename
-    if target.is_file() and (held := sha256_file(target)) != digest:  # not listed, but served by name
-        raise PublishRefused(str(simple.already_exists(report.filename, report.filename, held, f"the file {target}")))
+    lay = channels.layout(settings)
+    for t in lay.containing(lay.first):  # the trees this publish writes to
+        tree = lay.tree(t)
+        clash = simple.conflict(simple.read_project(tree, project), report.filename, digest)
+        if clash is not None:  # a page lists it although no live artifact does (published before 0004)
+            raise PublishRefused(str(simple.already_exists(report.filename, clash.filename, clash.sha256,
+                                                           f"listed on {t}'s page of {project}")))
+        target = tree / "files" / project / report.filename
+        if target.is_file() and (held := sha256_file(target)) != digest:  # not listed, but served by name
+            raise PublishRefused(str(simple.already_exists(report.filename, report.filename, held,
+                                                           f"the file {target}")))
     return _Checked(report, project, key, wheel=wheel)
 
 
@@ -163,10 +167,10 @@ def _write(session: Session, settings: Settings, art: Artifact, c: _Checked) -> 
     try:
         entry = simple.publish(settings.index, project, wheel, sha256=report.sha256,
                                provenance_url=channels.provenance_url(settings, project, report.filename))
-    except simple.FileExists as exc:  # a writer outside the database got there first
+        art.metadata_sha256 = entry.metadata_sha256
+        assert art.provenance is not None
+        art.provenance.envelope, art.provenance.keyid = signed, keyid
+        channels.on_publish(session, settings, art, wheel, sha256=report.sha256)  # first channel; virtual indexes
+    except simple.FileExists as exc:  # a writer outside the database got there first (checked in _check)
         raise PublishRefused(str(exc)) from None
-    art.metadata_sha256 = entry.metadata_sha256
-    assert art.provenance is not None
-    art.provenance.envelope, art.provenance.keyid = signed, keyid
-    channels.on_publish(session, settings, art, wheel, sha256=report.sha256)  # first channel; virtual indexes
     art.published_at = utcnow()

@@ -103,7 +103,10 @@ def identity_problem(filename: str, name: str, version: str, metadata: bytes | N
     (PEP 508), versions as PEP 440 versions. An sdist builds wheels of its own project and version
     only: a build that names its distribution after another project must not publish as that one.
     """
-    want_name, want_version = canonicalize_name(name), Version(version)
+    try:
+        want_name, want_version = canonicalize_name(name), Version(version)
+    except InvalidVersion:
+        return f"its sdist's version {version!r} is not a PEP 440 version"
     want = f"{want_name} {want_version}"
     if not filename.endswith(".whl"):
         return f"{filename!r} is not a wheel file name"
