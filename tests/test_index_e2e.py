@@ -42,13 +42,19 @@ def test_signed_promoted_installed(farm: Farm, tmp_path: Path) -> None:
     assert doc["attestation_bundles"][0]["attestations"][0]["dsse_envelope"]["payloadType"] == "application/vnd.in-toto+json"
     verify = farm.farm("verify", "farmtest-signed==0.1.0", "--json")
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    (report,) = json.loads(verify.stdout)
-    assert [c["name"] for c in report["checks"]] == ["signature", "subject", "sdist", "verification"]
+    reports = json.loads(verify.stdout)  # one per served copy: staging and dev
+    assert [r["wheel"].split("(")[1].split(":")[0] for r in reports] == ["staging", "dev"]
+    assert all([c["name"] for c in r["checks"]] == ["signature", "subject", "sdist", "verification", "record"]
+               for r in reports)
     # staging and dev have it; stable and prod do not, until it is promoted.
     assert httpx.get(f"{farm.url}/dev/simple/farmtest-signed/").status_code == 200
     assert httpx.get(f"{farm.url}/prod/simple/farmtest-signed/").status_code == 404
     promote = farm.farm("promote", "farmtest-signed==0.1.0", "--to", "stable")
     assert promote.returncode == 0, promote.stdout + promote.stderr
+    verify = farm.farm("verify", "farmtest-signed==0.1.0", "--json")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert [r["wheel"].split("(")[1].split(":")[0] for r in json.loads(verify.stdout)] == \
+        ["staging", "stable", "prod", "dev"]
     for tree in ("stable/", "prod/", "dev/"):
         pip = pip_install_from(f"{farm.url}/{tree}simple/", tmp_path / f"venv-{tree.strip('/')}", "farmtest-signed")
         assert pip.returncode == 0, pip.stdout + pip.stderr
