@@ -194,11 +194,21 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    """API/index, coordinator and one local worker, each its own process, stopped together."""
+    """API/index, coordinator and one local worker, each its own process, stopped together.
+
+    On first start it makes the local admin token ($FARM_HOME/admin.token, mode 0600): the API
+    trusts no client without a token, loopback included, and the CLI on this host sends that one.
+    """
     import httpx
+
+    from farm.tokens import ensure_local_admin_token, local_admin_path
 
     ensure_db()
     settings = _settings()
+    _, created = ensure_local_admin_token(settings.home)
+    if created:
+        print(f"farm up: made the local admin token {local_admin_path(settings.home)} (mode 0600); "
+              "`farm --server URL ...` on this host sends it", flush=True)
     port = args.port or settings.api_port
     logs = settings.home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -313,7 +323,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="farm", description="Wheel Farm: sdists in; repaired, tested wheels out.")
     p.add_argument("--home", help="where the farm keeps its state (FARM_HOME; default ./.farm)")
     p.add_argument("--server", help="a farm's API URL: submit/status/logs/cancel/yank/promote go there (FARM_SERVER_URL)")
-    p.add_argument("--token", help="API token for --server (FARM_TOKEN)")
+    p.add_argument("--token", help="API token for --server (FARM_TOKEN); default for a loopback --server: "
+                   "the local admin token `farm up` made ($FARM_HOME/admin.token)")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("submit", help="submit sdist files or NAME==VERSION requirements")

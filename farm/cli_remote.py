@@ -1,12 +1,15 @@
 """`farm submit/status/logs` (and the client behind cancel/yank/promote) against a farm's HTTP API (`--server URL`, `server_url`, FARM_SERVER_URL).
 
 The same output as the local commands, read from the API instead of the database; nothing here
-imports the database modules. The token comes from `--token`, `token` or FARM_TOKEN.
+imports the database modules. The token comes from `--token`, `token` or FARM_TOKEN; without one,
+a server on a loopback address gets the local admin token `farm up` made ($FARM_HOME/admin.token),
+and no other server ever does.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import sys
 import time
@@ -46,6 +49,9 @@ class ApiClient:
                 raise NotFound(detail)
             if resp.status_code == 409:
                 raise StateError(detail)
+            if resp.status_code == 401 and not self._headers:
+                detail += (" (no token was sent: give --token or FARM_TOKEN; for a farm on this host, run the CLI "
+                           "with its FARM_HOME, where `farm up` keeps admin.token)")
             raise FarmError(f"{method} {path}: HTTP {resp.status_code}: {detail}")
         return resp
 
@@ -87,7 +93,26 @@ def client_from_settings() -> ApiClient:
     from farm.config import get_settings
 
     settings = get_settings()
-    return ApiClient(settings.server_url, settings.token)
+    return ApiClient(settings.server_url, settings.token or local_token(settings.server_url, settings.home))
+
+
+def is_loopback_url(url: str) -> bool:
+    host = (httpx.URL(url).host or "").strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def local_token(server_url: str, home: Path) -> str:
+    """The local admin token for a farm on this host (a loopback URL), or "" (never sent elsewhere)."""
+    from farm.tokens import read_local_admin_token
+
+    if not is_loopback_url(server_url):
+        return ""
+    return read_local_admin_token(home) or ""
 
 
 def _is_file(request: str) -> bool:

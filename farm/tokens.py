@@ -1,6 +1,10 @@
 """API tokens: made once, shown once, kept only as their sha256 in `$FARM_HOME/farm.toml`.
 
 Roles: `submit` (submit and read jobs), `worker` (storage for remote workers), `admin` (all).
+
+The local admin token: `farm up` makes one on first start, `$FARM_HOME/admin.token` (mode 0600,
+the token itself, for the CLI on this host). The API trusts it by its sha256 (`api_tokens`), like
+any configured token; the local CLI sends it to a loopback `--server` when no token is given.
 """
 
 from __future__ import annotations
@@ -13,11 +17,12 @@ import secrets
 import tempfile
 import tomllib
 from collections.abc import Iterable
+from functools import lru_cache
 from pathlib import Path
 
 import tomli_w
 
-from farm.config import TokenConfig
+from farm.config import Settings, TokenConfig
 from farm.errors import ConfigError
 
 ROLES = ("submit", "worker", "admin")
@@ -93,3 +98,101 @@ def _write(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# The local admin token (`farm up`) -------------------------------------------------------------------
+
+LOCAL_ADMIN_FILE = "admin.token"
+LOCAL_ADMIN_NAME = "local-admin"
+
+
+def local_admin_path(home: Path) -> Path:
+    return Path(home) / LOCAL_ADMIN_FILE
+
+
+def ensure_local_admin_token(home: Path) -> tuple[str, bool]:
+    """The local admin token, made now (mode 0600) if there is none; (token, created).
+
+    Written under a temporary name and linked into place, so two `farm up` racing here end up with
+    the same token (the loser reads the winner's).
+    """
+    existing = read_local_admin_token(home)
+    if existing is not None:
+        return existing, False
+    token = "farm_" + secrets.token_urlsafe(32)
+    if _create_exclusive(local_admin_path(home), (token + "\n").encode()):
+        return token, True
+    winner = read_local_admin_token(home)
+    if winner is None:  # pragma: no cover - made and removed again between two lines
+        raise ConfigError(f"{local_admin_path(home)} vanished while it was made")
+    return winner, False
+
+
+def read_local_admin_token(home: Path) -> str | None:
+    """The token in `$FARM_HOME/admin.token`, or None when there is none.
+
+    A file others may read or write (any group/other mode bit), or one owned by another user, is
+    refused (ConfigError): whoever can read it is admin, whoever can write it chooses the admin.
+    """
+    path = local_admin_path(home)
+    data = _read_private(path, "the local admin token")
+    if data is None:
+        return None
+    token = data.decode(errors="replace").strip()
+    if not token.startswith("farm_") or len(token) < 20 or not token.isprintable():
+        raise ConfigError(f"{path}: not a farm token; remove it and run `farm up` again")
+    return token
+
+
+def local_admin_config(home: Path) -> TokenConfig | None:
+    """The local admin token as the API checks it: its sha256, role admin."""
+    token = read_local_admin_token(home)
+    if token is None:
+        return None
+    return TokenConfig(name=LOCAL_ADMIN_NAME, role="admin", sha256=hash_token(token))
+
+
+def api_tokens(settings: Settings) -> list[TokenConfig]:
+    """Every token the API accepts: the configured ones and the local admin token, when there is one."""
+    local = local_admin_config(settings.home)
+    return [*settings.tokens, *([local] if local is not None else [])]
+
+
+# Private files ------------------------------------------------------------------------------------------
+
+
+def _read_private(path: Path, what: str) -> bytes | None:
+    """The bytes of a file only its owner (this user) may read and write; None when it does not exist."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    if os.name == "posix":
+        if st.st_mode & 0o077:
+            raise ConfigError(f"{path}: {what} may be read or written by others (mode {st.st_mode & 0o777:o}); "
+                              "chmod 600 it, or remove it to make a new one")
+        if st.st_uid != os.getuid():
+            raise ConfigError(f"{path}: {what} belongs to another user (uid {st.st_uid})")
+    return _cached_read(path, st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+@lru_cache(maxsize=16)
+def _cached_read(path: Path, _mtime: int, _size: int, _ino: int) -> bytes:
+    return path.read_bytes()
+
+
+def _create_exclusive(path: Path, data: bytes) -> bool:
+    """Write `data` to `path` (mode 0600) unless it exists; True when this call made it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o600)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        Path(tmp).unlink(missing_ok=True)

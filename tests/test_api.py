@@ -1,7 +1,7 @@
 """The HTTP API in-process (FastAPI TestClient) on a real PostgreSQL database made for this module.
 
-Tokens: missing or unknown -> 401, a role used beyond its rights -> 403, admin everywhere, open
-(no tokens configured) only to loopback clients. Submissions: an sdist upload and a requirement
+Tokens: missing or unknown -> 401, a role used beyond its rights -> 403, admin everywhere (with
+no tokens at all nobody, loopback included: tests/test_farm_boundary.py). Submissions: an sdist upload and a requirement
 (from a static upstream index on 127.0.0.1), a server path sent as a requirement refused, a
 priority outside 0-9 refused with nothing stored, cancel (409 once a job has ended, 404 unknown).
 Worker storage: traversal and absolute keys refused, writes only below jobs/, a sha256 mismatch
@@ -477,23 +477,6 @@ def test_get_storage_chooses_http_only_for_remote_workers(api: Api, monkeypatch:
     finally:
         monkeypatch.delenv("FARM_SERVER_URL")
         reset_settings()
-
-
-# Open mode (no tokens configured) ----------------------------------------------------------------------
-
-
-def test_no_tokens_open_to_loopback_only(api: Api) -> None:
-    open_settings = api.settings.model_copy(update={"tokens": []})
-    for host in ("127.0.0.1", "::1"):
-        with TestClient(create_app(open_settings), client=(host, 40000)) as local:
-            assert local.get("/api/jobs").status_code == 200
-            assert local.get("/api/storage/sdists/none/x.tar.gz").status_code == 404
-    for host in ("10.0.0.7", "192.168.1.2", "testclient"):
-        with TestClient(create_app(open_settings), client=(host, 40000)) as remote:
-            resp = remote.get("/api/jobs", headers=api.h("admin"))
-            assert resp.status_code == 401 and "loopback" in resp.json()["detail"]
-            assert remote.get("/health").status_code == 200
-            assert remote.get("/simple/").status_code in (200, 404)
 
 
 # farm token create ----------------------------------------------------------------------------------------
