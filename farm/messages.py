@@ -56,6 +56,8 @@ class JobSpec(_Msg):
     co_staged: list[StagedWheel] = Field(default_factory=list)
     # Data from the build needed again when only verification is re-run.
     carry: dict[str, Any] = Field(default_factory=dict)
+    # Shown with every upload to the API's storage: writes only this attempt's keys (farm.tokens).
+    storage_capability: str = ""
 
 
 class StepReport(_Msg):

@@ -1,18 +1,50 @@
 """Where sdists, wheels, logs and provenance records live, behind one small interface.
 
 `LocalStorage` is a folder (the embedded default, or a shared mount). Keys are relative POSIX
-paths; writes are atomic (temp file + rename), so a reader never sees half a file.
+paths; writes are atomic (temp file, then linked into place), so a reader never sees half a file.
+
+Objects are write-once: a key that exists is never replaced by `put_file`/`put_bytes`. Writing
+the same bytes again is a no-op (a retried upload); other bytes raise `StorageConflict`. The only
+objects rewritten are the coordinator's stop markers (`jobs/<id>/stop.json`, farm/liveness.py),
+and a live attempt's own log, which the API replaces on purpose (`replace=True`, see
+farm/api/routes_workers.py). A job's log on local storage grows by appending (`local_path`).
+
+What a worker writes for one attempt of a job (`attempt_keys`): `jobs/<id>/attempt-<n>.log`,
+`jobs/<id>/wheels/<file>.whl` with `<file>.whl.provenance.json`, `jobs/<id>/staged/<file>.whl`.
 """
 
 from __future__ import annotations
 
+import filecmp
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
-from farm.errors import NotFound
+from farm.errors import InfrastructureFault, NotFound
+
+_RESULT = re.compile(r"^jobs/([0-9]+)/(?:attempt-([0-9]+)\.log|staged/[^/]+\.whl|wheels/[^/]+\.whl(?:\.provenance\.json)?)$")
+_REWRITABLE = re.compile(r"^jobs/[0-9]+/stop\.json$")
+
+
+class StorageConflict(InfrastructureFault):
+    """A write-once object exists already with other bytes."""
+
+    def __init__(self, key: str, detail: str = "") -> None:
+        self.key = key
+        super().__init__("storage", detail or f"{key} is stored already with other content; stored objects are "
+                         "write-once")
+
+
+def attempt_keys(key: str) -> tuple[int, int | None] | None:
+    """Whose result `key` is: (job id, attempt) for an attempt's log, (job id, None) for a wheel, its
+    provenance or a staged wheel (any attempt of that job writes those names), None for any other key."""
+    m = _RESULT.match(key)
+    if m is None:
+        return None
+    return int(m.group(1)), (int(m.group(2)) if m.group(2) is not None else None)
 
 
 class Storage(Protocol):
@@ -35,26 +67,30 @@ class LocalStorage:
             raise ValueError(f"bad storage key {key!r}")
         return self.root / rel
 
-    def put_file(self, key: str, path: Path) -> None:
+    def put_file(self, key: str, path: Path, *, replace: bool = False) -> None:
+        # A copy, never a link to the caller's file: it may change later, the stored one must not.
+        self._store(key, lambda tmp: shutil.copyfile(path, tmp), replace=replace)
+
+    def put_bytes(self, key: str, data: bytes, *, replace: bool = False) -> None:
+        self._store(key, lambda tmp: Path(tmp).write_bytes(data), replace=replace)
+
+    def _store(self, key: str, fill, *, replace: bool) -> None:  # type: ignore[no-untyped-def]
         dest = self._path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
         os.close(fd)
         try:
-            # A copy, never a link: the caller's file may change later, the stored one must not.
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, dest)
-        except BaseException:
+            fill(tmp)
+            if replace or _REWRITABLE.match(key):
+                os.replace(tmp, dest)
+                return
+            try:
+                os.link(tmp, dest)  # never replaces: fails when the key exists
+            except FileExistsError:
+                if not filecmp.cmp(tmp, dest, shallow=False):
+                    raise StorageConflict(key) from None
+        finally:
             Path(tmp).unlink(missing_ok=True)
-            raise
-
-    def put_bytes(self, key: str, data: bytes) -> None:
-        dest = self._path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, dest)
 
     def get_file(self, key: str, dest: Path) -> Path:
         src = self._path(key)
@@ -88,15 +124,20 @@ def own_storage() -> None:
     _owner = True
 
 
-def get_storage() -> Storage:
-    """Local storage; over the farm's API (`HttpStorage`) when `server_url` is set and `storage_root` is not."""
+def get_storage(*, capability: str = "") -> Storage:
+    """Local storage; over the farm's API (`HttpStorage`) when `server_url` is set and `storage_root` is not.
+
+    `capability`: a job attempt's storage capability (`JobSpec.storage_capability`), shown with every
+    upload to the API; local storage needs none.
+    """
     from farm.config import get_settings
 
     settings = get_settings()
     if settings.server_url and settings.storage_root is None and not _owner:
         from farm.storage_http import HttpStorage
 
-        return HttpStorage.shared(settings.server_url, settings.token)
+        shared = HttpStorage.shared(settings.server_url, settings.token)
+        return shared.with_capability(capability) if capability else shared
     return LocalStorage(settings.storage)
 
 

@@ -3,8 +3,10 @@
 A remote worker has the broker URL, the server URL and a worker token, and nothing else: it reads
 sdists and staged wheels with `GET /api/storage/{key}` and uploads wheels, logs and provenance
 with `PUT /api/storage/{key}`, every upload carrying its sha256 (`X-Content-SHA256`) so the server
-stores nothing that arrived damaged. Transport and server errors are infrastructure faults
-(retried); a missing key is `NotFound`.
+stores nothing that arrived damaged, and the storage capability of the job attempt it runs
+(`X-Farm-Capability`, from the job's `JobSpec`; `with_capability`): the token alone writes nothing.
+Transport and server errors are infrastructure faults (retried); a missing key is `NotFound`; an
+object stored already with other bytes is `StorageConflict` (objects are write-once).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from urllib.parse import quote
 import httpx
 
 from farm.errors import InfrastructureFault, NotFound
+from farm.storage import StorageConflict
+from farm.tokens import CAPABILITY_HEADER
 from farm.util.hashing import sha256_file
 
 SHA256_HEADER = "X-Content-SHA256"
@@ -28,11 +32,17 @@ _CHUNK = 1024 * 1024
 
 class HttpStorage:
     def __init__(self, base_url: str, token: str = "", *, client: httpx.Client | None = None,
-                 timeout: float = 300.0) -> None:
+                 timeout: float = 300.0, capability: str = "") -> None:
         self.base_url = base_url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._client = client or httpx.Client(timeout=timeout)
         self._headers = headers
+        self._token = token
+        self.capability = capability
+
+    def with_capability(self, capability: str) -> HttpStorage:
+        """The same storage (and connection pool), uploading with one job attempt's storage capability."""
+        return HttpStorage(self.base_url, self._token, client=self._client, capability=capability)
 
     def _url(self, key: str) -> str:
         return f"{self.base_url}/api/storage/{quote(key, safe='/')}"
@@ -46,9 +56,17 @@ class HttpStorage:
             raise InfrastructureFault("storage", f"{method} {key}: {type(exc).__name__}: {exc}") from exc
         if resp.status_code == 404:
             raise NotFound(f"not in storage: {key}")
+        if resp.status_code == 409 and method == "PUT":
+            raise StorageConflict(key, f"{method} {key}: HTTP 409: {resp.text[:500]}")
         if resp.status_code >= 400:
             raise InfrastructureFault("storage", f"{method} {key}: HTTP {resp.status_code}: {resp.text[:500]}")
         return resp
+
+    def _upload_headers(self, digest: str) -> dict[str, str]:
+        headers = {SHA256_HEADER: digest, "Content-Type": "application/octet-stream"}
+        if self.capability:
+            headers[CAPABILITY_HEADER] = self.capability
+        return headers
 
     def put_file(self, key: str, path: Path) -> None:
         digest = sha256_file(path)
@@ -59,13 +77,10 @@ class HttpStorage:
                 while block := f.read(_CHUNK):
                     yield block
 
-        self._request("PUT", key, content=chunks(),
-                      headers={SHA256_HEADER: digest, "Content-Length": str(size),
-                               "Content-Type": "application/octet-stream"})
+        self._request("PUT", key, content=chunks(), headers={**self._upload_headers(digest), "Content-Length": str(size)})
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        self._request("PUT", key, content=data, headers={SHA256_HEADER: hashlib.sha256(data).hexdigest(),
-                                                          "Content-Type": "application/octet-stream"})
+        self._request("PUT", key, content=data, headers=self._upload_headers(hashlib.sha256(data).hexdigest()))
 
     def get_file(self, key: str, dest: Path) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)

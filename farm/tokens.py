@@ -5,6 +5,11 @@ Roles: `submit` (submit and read jobs), `worker` (storage for remote workers), `
 The local admin token: `farm up` makes one on first start, `$FARM_HOME/admin.token` (mode 0600,
 the token itself, for the CLI on this host). The API trusts it by its sha256 (`api_tokens`), like
 any configured token; the local CLI sends it to a loopback `--server` when no token is given.
+
+Storage capabilities: the coordinator gives every attempt of a job a capability, an HMAC of
+(job id, attempt) under a secret only the server's processes read (`$FARM_HOME/storage-capability.key`,
+mode 0600). It travels in the job's `JobSpec`; a worker shows it with every upload, and the API's
+storage accepts a write only for the keys of that job and attempt (farm/api/routes_workers.py).
 """
 
 from __future__ import annotations
@@ -156,6 +161,48 @@ def api_tokens(settings: Settings) -> list[TokenConfig]:
     """Every token the API accepts: the configured ones and the local admin token, when there is one."""
     local = local_admin_config(settings.home)
     return [*settings.tokens, *([local] if local is not None else [])]
+
+
+# Storage capabilities -------------------------------------------------------------------------------
+
+CAPABILITY_FILE = "storage-capability.key"
+CAPABILITY_HEADER = "X-Farm-Capability"
+_CAPABILITY = re.compile(r"^fc1\.([0-9]{1,12})\.([0-9]{1,6})\.([0-9a-f]{64})$")
+
+
+def capability_secret(home: Path) -> bytes:
+    """The secret storage capabilities are made with (made now if missing; mode 0600)."""
+    path = Path(home) / CAPABILITY_FILE
+    data = _read_private(path, "the storage capability secret")
+    if data is None:
+        _create_exclusive(path, secrets.token_hex(32).encode() + b"\n")
+        data = _read_private(path, "the storage capability secret")
+    secret = (data or b"").strip()
+    if len(secret) < 32:
+        raise ConfigError(f"{path}: too short to be the storage capability secret; remove it (every queued "
+                          "job's capability changes)")
+    return secret
+
+
+def _mac(secret: bytes, job_id: int, attempt: int) -> str:
+    return hmac.new(secret, f"wheel-farm storage capability v1: job {job_id} attempt {attempt}".encode(),
+                    hashlib.sha256).hexdigest()
+
+
+def storage_capability(home: Path, job_id: int, attempt: int) -> str:
+    """What a worker shows to write the storage keys of `attempt` of `job_id` (and nothing else)."""
+    return f"fc1.{int(job_id)}.{int(attempt)}.{_mac(capability_secret(home), job_id, attempt)}"
+
+
+def check_capability(home: Path, capability: str) -> tuple[int, int] | None:
+    """(job id, attempt) the capability was made for, or None if it is not one of ours."""
+    m = _CAPABILITY.match(capability or "")
+    if m is None:
+        return None
+    job_id, attempt = int(m.group(1)), int(m.group(2))
+    if not hmac.compare_digest(m.group(3), _mac(capability_secret(home), job_id, attempt)):
+        return None
+    return job_id, attempt
 
 
 # Private files ------------------------------------------------------------------------------------------

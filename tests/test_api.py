@@ -1,11 +1,12 @@
 """The HTTP API in-process (FastAPI TestClient) on a real PostgreSQL database made for this module.
 
 Tokens: missing or unknown -> 401, a role used beyond its rights -> 403, admin everywhere (with
-no tokens at all nobody, loopback included: tests/test_farm_boundary.py). Submissions: an sdist upload and a requirement
-(from a static upstream index on 127.0.0.1), a server path sent as a requirement refused, a
-priority outside 0-9 refused with nothing stored, cancel (409 once a job has ended, 404 unknown).
-Worker storage: traversal and absolute keys refused, writes only below jobs/, a sha256 mismatch
-refused with nothing stored; HttpStorage against the app. Tokens made by `farm token create`.
+no tokens at all nobody, loopback included: tests/test_farm_boundary.py). Submissions: an sdist
+upload and a requirement (from a static upstream index on 127.0.0.1), a server path sent as a
+requirement refused, a priority outside 0-9 refused with nothing stored, cancel (409 once a job has
+ended, 404 unknown). Worker storage: traversal and absolute keys refused, writes only of a live job
+attempt's results with its capability, a sha256 mismatch refused with nothing stored; HttpStorage
+against the app. Tokens made by `farm token create`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from farm.coordinator.app import reset_app
 from farm.errors import ConfigError, InfrastructureFault, NotFound
 from farm.storage import LocalStorage, get_storage
 from farm.storage_http import SHA256_HEADER, HttpStorage
-from farm.tokens import create_token, hash_token
+from farm.tokens import CAPABILITY_HEADER, create_token, hash_token
 from tests.test_submit import StaticIndex, make_good, populate
 
 PG = "postgresql://postgres@127.0.0.1:5432/test"
@@ -121,8 +122,27 @@ def upload(api: Api, path: Path, role: str | None = "submit", name: str | None =
                                files={"file": (name or path.name, f, "application/octet-stream")})
 
 
-def put(api: Api, key: str, data: bytes, role: str | None = "worker", digest: str | None = "auto"):  # type: ignore[no-untyped-def]
-    headers = api.h(role)
+def capability(job_id: int) -> str:
+    """The storage capability the coordinator sends with the job's current attempt (its JobSpec)."""
+    from farm.coordinator.dispatch import job_spec
+    from farm.db.models import Job
+    from farm.db.session import session_scope
+
+    with session_scope() as s:
+        return job_spec(s.get(Job, job_id), get_settings()).storage_capability
+
+
+def live_job(api: Api, tmp_path: Path, name: str) -> tuple[int, dict[str, str]]:
+    """A job just submitted (queued, attempt 1) and the header with its storage capability."""
+    resp = upload(api, make_good(tmp_path / f"in-{name}", name, "1.0"))
+    assert resp.status_code == 201, resp.text
+    job_id = resp.json()["jobs"][0]["id"]
+    return job_id, {CAPABILITY_HEADER: capability(job_id)}
+
+
+def put(api: Api, key: str, data: bytes, role: str | None = "worker", digest: str | None = "auto",  # type: ignore[no-untyped-def]
+        cap: dict[str, str] | None = None):
+    headers = {**api.h(role), **(cap or {})}
     if digest is not None:
         headers[SHA256_HEADER] = hashlib.sha256(data).hexdigest() if digest == "auto" else digest
     return api.client.put(f"/api/storage/{key}", content=data, headers=headers)
@@ -209,7 +229,8 @@ def test_admin_allowed_everywhere(api: Api, tmp_path: Path) -> None:
     assert api.client.get(f"/api/jobs/{job_id}/log", headers=api.h("admin")).status_code == 200
     key = f"sdists/{hashlib.sha256(sdist.read_bytes()).hexdigest()[:2]}/{hashlib.sha256(sdist.read_bytes()).hexdigest()}/{sdist.name}"
     assert api.client.get(f"/api/storage/{key}", headers=api.h("admin")).content == sdist.read_bytes()
-    assert put(api, f"jobs/{job_id}/attempt-1.log", b"hello", role="admin").status_code == 201
+    cap = {CAPABILITY_HEADER: capability(job_id)}
+    assert put(api, f"jobs/{job_id}/attempt-1.log", b"hello", role="admin", cap=cap).status_code == 201
 
 
 # Submissions and jobs -----------------------------------------------------------------------------------
@@ -401,61 +422,67 @@ def test_storage_key_traversal_refused(api: Api, key: str, method: str) -> None:
     assert sorted(p.name for p in api.home.iterdir()) == home_before
 
 
-def test_storage_areas(api: Api) -> None:
+def test_storage_areas(api: Api, tmp_path: Path) -> None:
     """Reads below sdists/ and jobs/ only; writes only of a worker's results (not an sdist, not a stop marker)."""
-    for key in ("sdists/ab/abc/x-1.0.tar.gz", "index/simple/x/index.html", "jobs", "jobs/1/stop.json",
-                "jobs/1/wheels/x.tar.gz", "jobs/x/attempt-1.log", "jobs/1/wheels/sub/x.whl", "tmp/x.whl"):
-        assert put(api, key, b"x").status_code == 403, key
-    for key in ("jobs/3/attempt-2.log", "jobs/3/staged/s-1.0-py3-none-any.whl", "jobs/3/wheels/s-1.0-py3-none-any.whl",
-                "jobs/3/wheels/s-1.0-py3-none-any.whl.provenance.json"):
-        assert put(api, key, b"x").status_code == 201, key
+    job, cap = live_job(api, tmp_path, "areas")
+    for key in ("sdists/ab/abc/x-1.0.tar.gz", "index/simple/x/index.html", "jobs", f"jobs/{job}/stop.json",
+                f"jobs/{job}/wheels/x.tar.gz", "jobs/x/attempt-1.log", f"jobs/{job}/wheels/sub/x.whl", "tmp/x.whl"):
+        assert put(api, key, b"x", cap=cap).status_code == 403, key
+    for key in (f"jobs/{job}/attempt-1.log", f"jobs/{job}/staged/s-1.0-py3-none-any.whl",
+                f"jobs/{job}/wheels/s-1.0-py3-none-any.whl", f"jobs/{job}/wheels/s-1.0-py3-none-any.whl.provenance.json"):
+        assert put(api, key, b"x", cap=cap).status_code == 201, key
     assert api.client.get("/api/storage/tmp/x", headers=api.h("worker")).status_code == 403
     assert api.client.get("/api/storage/sdists/none/x.tar.gz", headers=api.h("worker")).status_code == 404
 
 
-def test_upload_sha256_checked_nothing_stored_on_mismatch(api: Api) -> None:
-    key = "jobs/7/wheels/demo-1.0-cp312-cp312-manylinux_2_17_x86_64.whl"
+def test_upload_sha256_checked_nothing_stored_on_mismatch(api: Api, tmp_path: Path) -> None:
+    job, cap = live_job(api, tmp_path, "digests")
+    key = f"jobs/{job}/wheels/demo-1.0-cp312-cp312-manylinux_2_17_x86_64.whl"
     data = os.urandom(4096)
     before = storage_files(api)
-    wrong = put(api, key, data, digest=hashlib.sha256(b"something else").hexdigest())
+    wrong = put(api, key, data, digest=hashlib.sha256(b"something else").hexdigest(), cap=cap)
     assert wrong.status_code == 422 and "mismatch" in wrong.json()["detail"]
-    assert put(api, key, data, digest=None).status_code == 400
-    assert put(api, key, data, digest="not-hex").status_code == 400
+    assert put(api, key, data, digest=None, cap=cap).status_code == 400
+    assert put(api, key, data, digest="not-hex", cap=cap).status_code == 400
     assert storage_files(api) == before
     assert api.client.head(f"/api/storage/{key}", headers=api.h("worker")).status_code == 404
     assert not [p for p in (api.home / "tmp").iterdir() if p.name.startswith("upload-")]
 
-    ok = put(api, key, data)
+    ok = put(api, key, data, cap=cap)
     assert ok.status_code == 201 and ok.json() == {"key": key, "sha256": hashlib.sha256(data).hexdigest(), "size": 4096}
     assert (api.settings.storage / key).read_bytes() == data
     assert api.client.get(f"/api/storage/{key}", headers=api.h("worker")).content == data
     # A damaged re-upload does not replace the good file.
-    assert put(api, key, b"damaged", digest=hashlib.sha256(data).hexdigest()).status_code == 422
+    assert put(api, key, b"damaged", digest=hashlib.sha256(data).hexdigest(), cap=cap).status_code == 422
     assert (api.settings.storage / key).read_bytes() == data
 
 
 def test_http_storage_over_the_api(api: Api, tmp_path: Path) -> None:
-    store = HttpStorage("http://testserver", api.tokens["worker"], client=api.client)
+    job, _ = live_job(api, tmp_path, "httpstore")
+    store = HttpStorage("http://testserver", api.tokens["worker"], client=api.client).with_capability(capability(job))
     wheel = tmp_path / "w-1.0-py3-none-any.whl"
     wheel.write_bytes(os.urandom(3 * 1024 * 1024 + 17))
-    store.put_file("jobs/9/wheels/" + wheel.name, wheel)
-    store.put_bytes("jobs/9/wheels/w.whl.provenance.json", b'{"a": 1}')
-    assert (api.settings.storage / "jobs/9/wheels" / wheel.name).read_bytes() == wheel.read_bytes()
-    assert store.exists("jobs/9/wheels/" + wheel.name) and not store.exists("jobs/9/wheels/nope.whl")
-    assert store.read_bytes("jobs/9/wheels/w.whl.provenance.json") == b'{"a": 1}'
-    got = store.get_file("jobs/9/wheels/" + wheel.name, tmp_path / "down" / "copy.whl")
+    store.put_file(f"jobs/{job}/wheels/" + wheel.name, wheel)
+    store.put_bytes(f"jobs/{job}/wheels/w.whl.provenance.json", b'{"a": 1}')
+    assert (api.settings.storage / f"jobs/{job}/wheels" / wheel.name).read_bytes() == wheel.read_bytes()
+    assert store.exists(f"jobs/{job}/wheels/" + wheel.name) and not store.exists(f"jobs/{job}/wheels/nope.whl")
+    assert store.read_bytes(f"jobs/{job}/wheels/w.whl.provenance.json") == b'{"a": 1}'
+    got = store.get_file(f"jobs/{job}/wheels/" + wheel.name, tmp_path / "down" / "copy.whl")
     assert got.read_bytes() == wheel.read_bytes()
-    assert store.local_path("jobs/9/x.log") is None
+    assert store.local_path(f"jobs/{job}/x.log") is None
     with pytest.raises(NotFound):
-        store.get_file("jobs/9/none.whl", tmp_path / "down" / "none.whl")
+        store.get_file(f"jobs/{job}/none.whl", tmp_path / "down" / "none.whl")
     assert not (tmp_path / "down" / "none.whl").exists()
     with pytest.raises(NotFound):
-        store.read_bytes("jobs/9/none")
+        store.read_bytes(f"jobs/{job}/none")
     with pytest.raises(InfrastructureFault):
-        HttpStorage("http://testserver", "farm_wrong", client=api.client).put_bytes("jobs/9/attempt-1.log", b"x")
+        HttpStorage("http://testserver", "farm_wrong", client=api.client).put_bytes(f"jobs/{job}/attempt-1.log", b"x")
+    with pytest.raises(InfrastructureFault):  # the worker token without the job's capability writes nothing
+        HttpStorage("http://testserver", api.tokens["worker"], client=api.client).put_bytes(f"jobs/{job}/attempt-1.log",
+                                                                                            b"x")
     with pytest.raises(InfrastructureFault):
         HttpStorage("http://testserver", api.tokens["submit"], client=api.client).get_file(
-            "jobs/9/wheels/" + wheel.name, tmp_path / "down" / "denied.whl")
+            f"jobs/{job}/wheels/" + wheel.name, tmp_path / "down" / "denied.whl")
     with pytest.raises(InfrastructureFault):
         HttpStorage("http://127.0.0.1:9", "x").read_bytes("jobs/1/x")  # nothing listens on port 9
 

@@ -5,6 +5,16 @@ components. Reads are limited to `sdists/` and `jobs/`; writes to what a worker 
 (`jobs/N/attempt-K.log`, `jobs/N/wheels/*.whl` and their `.provenance.json`, `jobs/N/staged/*.whl`),
 so a worker token can neither replace an sdist nor write the coordinator's stop markers. Every upload carries `X-Content-SHA256`; it is written to a temporary file,
 hashed, and stored only if the digest matches, so a damaged upload leaves nothing behind.
+
+A token alone writes nothing. Every upload also shows the storage capability of the job attempt it
+belongs to (`X-Farm-Capability`: the coordinator makes one per attempt and sends it in the job's
+`JobSpec`, farm/tokens.py), and is accepted only
+- for that job's keys, and of the attempt logs only that attempt's (else 403),
+- while that attempt is the job's current one and the job runs (queued or a worker's step; else
+  409: a finished, cancelled, replaced or published attempt's objects are final),
+- if the object does not exist yet: objects are write-once. The same bytes again are answered 200
+  (an upload retried), other bytes 409. The one exception is the attempt's own log, which a retry of
+  the same attempt uploads again while the attempt runs: it is replaced, until the attempt ends.
 """
 
 from __future__ import annotations
@@ -16,17 +26,22 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from farm.api.auth import Principal, app_settings, require
-from farm.storage import LocalStorage
+from farm.db.states import RUNNING, JobState
+from farm.storage import LocalStorage, StorageConflict, attempt_keys
 from farm.storage_http import SHA256_HEADER
+from farm.tokens import CAPABILITY_HEADER, check_capability
+from farm.util.hashing import sha256_file
 
 router = APIRouter(prefix="/api/storage", tags=["worker storage"])
 worker = Depends(require("worker"))
 READABLE = ("sdists", "jobs")
 WRITABLE = re.compile(r"^jobs/[0-9]+/(attempt-[0-9]+\.log|staged/[^/]+\.whl|wheels/[^/]+\.whl(\.provenance\.json)?)$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_LIVE = frozenset({JobState.QUEUED.value, *(s.value for s in RUNNING)})  # states in which a worker uploads
 
 
 def check_key(key: str, *, write: bool = False) -> str:
@@ -59,6 +74,30 @@ def _file(request: Request, key: str) -> Path:
     return path
 
 
+def check_writer(settings_home: Path, key: str, capability: str) -> tuple[int, int]:
+    """(job id, attempt) whose capability allows writing `key` now; else 403 (not this key's) or 409 (over)."""
+    if not capability:
+        raise HTTPException(403, f"an upload needs the storage capability of its job attempt ({CAPABILITY_HEADER}, "
+                            "sent with the job)")
+    held = check_capability(settings_home, capability)
+    if held is None:
+        raise HTTPException(403, f"{CAPABILITY_HEADER} is not a storage capability of this farm")
+    job_id, attempt = held
+    owner = attempt_keys(key)
+    if owner is None or owner[0] != job_id or owner[1] not in (None, attempt):
+        raise HTTPException(403, f"the storage capability of job {job_id} attempt {attempt} does not cover {key}")
+    from farm.db.models import Job
+    from farm.db.session import session_scope
+
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        state, current = (job.state, job.attempt) if job is not None else ("unknown", None)
+    if current != attempt or state not in _LIVE:
+        raise HTTPException(409, f"attempt {attempt} of job {job_id} is over (the job is {state}, attempt {current}); "
+                            "its storage objects are final")
+    return job_id, attempt
+
+
 @router.get("/{key:path}", summary="Download a stored object (sdist, staged wheel)",
             response_class=FileResponse)
 def get_object(key: str, request: Request, who: Principal = worker) -> FileResponse:
@@ -71,14 +110,22 @@ def head_object(key: str, request: Request, who: Principal = worker) -> Response
     return Response(headers={"Content-Length": str(path.stat().st_size)}, media_type="application/octet-stream")
 
 
-@router.put("/{key:path}", status_code=201, summary="Upload a wheel, log or provenance record (needs X-Content-SHA256)",
+@router.put("/{key:path}", status_code=201,
+            summary="Upload a wheel, log or provenance record of a job attempt (needs X-Content-SHA256 and "
+                    "X-Farm-Capability); write-once",
+            responses={200: {"description": "the same bytes were stored already"},
+                       409: {"description": "stored already with other bytes, or the attempt is over"}},
             openapi_extra={"requestBody": {"required": True, "content": {
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
                 "parameters": [{"name": SHA256_HEADER, "in": "header", "required": True,
-                                "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}]})
-async def put_object(key: str, request: Request, who: Principal = worker) -> dict[str, object]:
+                                "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}},
+                               {"name": CAPABILITY_HEADER, "in": "header", "required": True,
+                                "schema": {"type": "string"}}]})
+async def put_object(key: str, request: Request, who: Principal = worker) -> JSONResponse:
     check_key(key, write=True)
     settings = app_settings(request)
+    await run_in_threadpool(check_writer, settings.home, key, request.headers.get(CAPABILITY_HEADER, ""))
+    replace = attempt_keys(key)[1] is not None  # type: ignore[index]  # the live attempt's own log
     expected = (request.headers.get(SHA256_HEADER) or "").lower()
     if not _HEX64.match(expected):
         raise HTTPException(400, f"an upload needs the header {SHA256_HEADER}: the hex sha256 of the body")
@@ -90,9 +137,12 @@ async def put_object(key: str, request: Request, who: Principal = worker) -> dic
         raise HTTPException(413, f"larger than {limit} bytes")
     storage = _storage(request)
     try:
-        storage._path(key)
+        path = storage._path(key)
     except ValueError:
         raise HTTPException(400, f"bad storage key {key!r}") from None
+    existed = not replace and path.is_file()
+    if existed and await run_in_threadpool(sha256_file, path) != expected:  # refused before the body is read
+        raise HTTPException(409, f"{key} is stored already with other content; stored objects are write-once")
     tmp_root = settings.home / "tmp"
     tmp_root.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=tmp_root, prefix="upload-")
@@ -108,7 +158,10 @@ async def put_object(key: str, request: Request, who: Principal = worker) -> dic
         if digest.hexdigest() != expected:
             raise HTTPException(422, f"sha256 mismatch: the body has {digest.hexdigest()}, the header says {expected}; "
                                 "nothing stored")
-        storage.put_file(key, Path(tmp))
+        try:
+            storage.put_file(key, Path(tmp), replace=replace)
+        except StorageConflict as exc:  # another upload of the key won the race with other bytes
+            raise HTTPException(409, str(exc)) from None
     finally:
         Path(tmp).unlink(missing_ok=True)
-    return {"key": key, "sha256": expected, "size": size}
+    return JSONResponse({"key": key, "sha256": expected, "size": size}, status_code=200 if existed else 201)

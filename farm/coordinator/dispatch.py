@@ -7,10 +7,12 @@ from collections.abc import Iterable
 from farm.config import Settings
 from farm.db.models import Job
 from farm.messages import BUILD_TASK, JobSpec, SdistRef, StagedWheel
+from farm.tokens import storage_capability
 
 
 def job_spec(job: Job, settings: Settings, *, resume: str = "build",
              co_staged: list[StagedWheel] | None = None) -> JobSpec:
+    """The build message for the job's current attempt, with that attempt's storage capability."""
     src = job.source
     return JobSpec(
         job_id=job.id, attempt=job.attempt, name=src.name, version=src.version,
@@ -20,7 +22,7 @@ def job_spec(job: Job, settings: Settings, *, resume: str = "build",
         upstream_index=settings.upstream_index, resume=resume,  # type: ignore[arg-type]
         staged=[StagedWheel.model_validate(s) for s in job.staged.get("wheels", [])] if resume == "verify" else [],
         carry=job.staged.get("carry", {}) if resume == "verify" else {}, priority=job.priority or 0,
-        co_staged=list(co_staged or []),
+        co_staged=list(co_staged or []), storage_capability=storage_capability(settings.home, job.id, job.attempt),
     )
 
 

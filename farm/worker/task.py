@@ -37,7 +37,7 @@ def send_event(event: JobEvent) -> None:
 def build(self: Any, payload: dict[str, Any]) -> None:
     spec = JobSpec.model_validate(payload)
     worker = self.request.hostname or socket.gethostname()
-    settings, storage = get_settings(), get_storage()
+    settings, storage = get_settings(), get_storage(capability=spec.storage_capability)
     voided = stop_reason(storage, spec.job_id, spec.attempt)
     if voided:  # e.g. a message that came back after its attempt was replaced or cancelled
         log.info("job %s attempt %s skipped: %s", spec.job_id, spec.attempt, voided)
