@@ -60,8 +60,12 @@ def make_ctx(tmp: Path, *, sdist: Path, options: Options | None = None, images: 
     work.mkdir(parents=True, exist_ok=True)
     from farm.worker.source import SdistSource
 
-    return BuildContext(spec=spec, options=options or Options(), platform=plat, settings=settings,
-                        src=SdistSource.unpacked(sdist, source), work=work, log=log or io.StringIO())
+    from farm.worker.sandbox import job_limits
+
+    options = options or Options()
+    return BuildContext(spec=spec, options=options, platform=plat, settings=settings,
+                        src=SdistSource.unpacked(sdist, source), work=work, log=log or io.StringIO(),
+                        sandbox=plat.sandbox(settings), limits=job_limits(settings, options))
 
 
 @pytest.fixture(scope="module")

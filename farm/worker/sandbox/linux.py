@@ -90,7 +90,7 @@ class Bubblewrap:
         limits = policy.limits
         rl = [f"--as={limits.memory}" if limits.memory else "", f"--nproc={limits.processes}" if limits.processes else "",
               f"--fsize={limits.file_size}" if limits.file_size else "",
-              f"--cpu={limits.cpu_seconds}" if limits.cpu_seconds else ""]
+              f"--cpu={limits.cpu_seconds}:{limits.cpu_seconds + 5}" if limits.cpu_seconds else ""]  # SIGXCPU, then SIGKILL
         if any(rl):
             inner += [prlimit, *filter(None, rl), "--"]
         return Wrapped(argv=[*box, *inner, *argv])
