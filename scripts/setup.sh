@@ -3,6 +3,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
+# Package code runs only inside bubblewrap (farm/worker/sandbox/linux.py), dropped to an unprivileged
+# uid with setpriv and limited with prlimit (util-linux).
+if [ "$(uname -s)" = Linux ] && ! { command -v bwrap && command -v setpriv && command -v prlimit; } >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing bubblewrap" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >&2
+        apt-get install -y -qq --no-install-recommends bubblewrap util-linux >&2
+    else
+        echo "setup: bubblewrap (bwrap), setpriv and prlimit are needed for the sandbox: install them as root" >&2
+    fi
+fi
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
