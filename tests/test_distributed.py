@@ -160,8 +160,11 @@ def test_remote_worker_without_database_builds_and_publishes(cluster: Cluster, t
     prov = httpx.get(f"{cluster.url}/files/distpkg/{wheels[0].name}.provenance.json")
     assert prov.status_code == 200 and prov.json()["subject"][0]["name"] == wheels[0].name
 
-    # The worker never had a database: no file, no module, still running.
+    # The worker never had a database: no file, no module, still running. Nor the server's secrets:
+    # it uploaded with the job attempt's storage capability, not a key of its own.
     assert not list(cluster.worker_home.rglob("farm.db*"))
+    for secret in ("farm.key", "admin.token", "storage-capability.key"):
+        assert not list(cluster.worker_home.rglob(secret)), secret
     assert not list(cluster.client_home.rglob("farm.db*"))
     assert cluster.procs["worker"].poll() is None, cluster.log("worker")
     worker_log = cluster.log("worker")
