@@ -242,6 +242,7 @@ def _timed(fn: Any, runs: int) -> list[float]:
 def status(root: Path, n: int, runs: int = 50) -> dict[str, Any]:
     from farm.db.session import session_scope
     from farm.status import list_jobs
+    from farm.tokens import ensure_local_admin_token
 
     root.mkdir(parents=True, exist_ok=True)
     name, url = pg_database("farmbench_status")
@@ -264,10 +265,12 @@ def status(root: Path, n: int, runs: int = 50) -> dict[str, Any]:
         out["list_ms"] = _timed(listing, runs)
         out["list_active_ms"] = _timed(lambda: listing(True), runs)
         port = free_port()
+        token, _ = ensure_local_admin_token(cluster.home)  # the API trusts no client without a token
         with open(root / "api.log", "ab") as log:
             api = subprocess.Popen([sys.executable, "-m", "farm.cli", "api", "--port", str(port)], env=cluster.env,
                                    stdout=log, stderr=subprocess.STDOUT)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10,
+                          headers={"Authorization": f"Bearer {token}"}) as http:
             deadline = time.monotonic() + 60
             while True:
                 try:

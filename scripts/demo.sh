@@ -22,6 +22,11 @@ done
 cat "$FARM_HOME/up.log"
 .venv/bin/farm submit "$REQ" --wait
 .venv/bin/farm status --limit 5
+# The API trusts no client without a token, loopback included; the CLI on this host sends the admin
+# token `farm up` made ($FARM_HOME/admin.token, mode 0600).
+.venv/bin/python -c 'import httpx, sys; sys.exit(httpx.post(sys.argv[1] + "/api/releases/yank", json={"pin": sys.argv[2]}).status_code != 401)' \
+    "http://127.0.0.1:$PORT" "$REQ"
+.venv/bin/farm --server "http://127.0.0.1:$PORT" status --limit 1 > /dev/null
 NAME="${REQ%%[=<>!~ ]*}"
 VENV="$(mktemp -d)/venv"
 python3 -m venv "$VENV"
