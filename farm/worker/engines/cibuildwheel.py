@@ -36,6 +36,9 @@ from farm.worker.hints import build_failure
 CA_IN_CONTAINER = "/farm/ca-bundle.crt"
 JOB_LABEL = "farm.cibuildwheel-job"
 PURE_WHEEL_REFUSED = "Build failed because a pure Python wheel was generated"
+# What apt/dnf/apk in before-all need (file ownership, dropping to their own users); none of
+# NET_RAW, SYS_CHROOT, MKNOD, KILL, AUDIT_WRITE, SETPCAP, SETFCAP, NET_BIND_SERVICE.
+BUILD_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "SETUID", "SETGID")
 
 
 class CibuildwheelEngine:
@@ -179,7 +182,9 @@ def repair_command(exclude: list[str]) -> str:
 def engine_config(ctx: BuildContext, *, ca: Path, job_label: str) -> str:
     args = ["--network=host", f"--memory={ctx.settings.build_memory}", f"--memory-swap={ctx.settings.build_memory}",
             f"--pids-limit={ctx.settings.build_pids}", f"--volume={ca}:{CA_IN_CONTAINER}:ro",
-            f"--label={JOB_LABEL}={job_label}", "--security-opt=no-new-privileges"]
+            f"--label={JOB_LABEL}={job_label}", "--security-opt=no-new-privileges",
+            # root in the container only as far as installing the recipe's system packages needs
+            "--cap-drop=ALL", *[f"--cap-add={cap}" for cap in BUILD_CAPABILITIES]]
     return f"docker; create_args: {shlex.join(args)}; disable_host_mount: true"
 
 

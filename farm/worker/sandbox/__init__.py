@@ -109,10 +109,18 @@ class Unsandboxed:
         return Wrapped(argv=list(argv))
 
     def prepare(self, policy: Policy) -> None:
-        return None
+        make_folders(policy)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.name}
+
+
+def make_folders(policy: Policy) -> list[Path]:
+    """Create the policy's writable folders (and its /tmp); return them."""
+    folders = [Path(p) for p in (*policy.writable, *([policy.tmp] if policy.tmp else []))]
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+    return folders
 
 
 def run_sandboxed(sandbox: Sandbox, argv: Sequence[str | os.PathLike[str]], policy: Policy, *, log: TextIO | None,
@@ -212,5 +220,5 @@ def job_limits(settings: Settings, options: Options) -> Limits:
                   cpu_seconds=wanted.cpu_time or settings.sandbox_cpu_time or int(settings.build_timeout))
 
 
-__all__ = ["Limits", "Policy", "Sandbox", "Unsandboxed", "Wrapped", "interpreter_roots", "job_limits", "limit_hit", "package_env",
-           "parse_size", "run_sandboxed"]
+__all__ = ["Limits", "Policy", "Sandbox", "Unsandboxed", "Wrapped", "interpreter_roots", "job_limits", "limit_hit",
+           "make_folders", "package_env", "parse_size", "run_sandboxed"]

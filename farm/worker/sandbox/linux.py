@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from farm.errors import InfrastructureFault
-from farm.worker.sandbox import Policy, Wrapped
+from farm.worker.sandbox import Policy, Wrapped, make_folders
 
 # System folders shown read-only. /usr carries the compilers, headers and pkg-config files;
 # /etc the CA bundle, passwd (nobody), the alternatives (cc), resolv.conf for granted network.
@@ -97,8 +97,7 @@ class Bubblewrap:
 
     def prepare(self, policy: Policy) -> None:
         """The writable folders (and /tmp's) belong to the sandbox's uid: chown them, recursively."""
-        for root in [*policy.writable, *([policy.tmp] if policy.tmp else [])]:
-            root.mkdir(parents=True, exist_ok=True)
+        for root in make_folders(policy):
             if self._root:
                 _chown_tree(root, self.uid)
 

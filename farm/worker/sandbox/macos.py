@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from farm.worker.sandbox import Policy, Wrapped
+from farm.worker.sandbox import Policy, Wrapped, make_folders
 
 
 def _quote(path: Path | str) -> str:
@@ -60,8 +60,7 @@ class SandboxExec:
                              "/bin/sh", "-c", script, "sandboxed", *argv])
 
     def prepare(self, policy: Policy) -> None:
-        for root in [*policy.writable, *([policy.tmp] if policy.tmp else [])]:
-            root.mkdir(parents=True, exist_ok=True)
+        make_folders(policy)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.name, "hidden": [str(p) for p in self.hidden]}

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from farm.worker.sandbox import Policy, Wrapped
+from farm.worker.sandbox import Policy, Wrapped, make_folders
 
 
 class JobObject:
@@ -34,8 +34,7 @@ class JobObject:
         return Wrapped(argv=[self.python, "-m", "farm.worker.sandbox.windows", *opts, "--", *argv])
 
     def prepare(self, policy: Policy) -> None:
-        for root in [*policy.writable, *([policy.tmp] if policy.tmp else [])]:
-            root.mkdir(parents=True, exist_ok=True)
+        make_folders(policy)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.name, "restricted_token": False, "network": "not isolated"}
