@@ -91,6 +91,10 @@ def test_c_extension_project_built_verified_and_installable(farm: Farm, tmp_path
     verification = next(b for b in statement["predicate"]["runDetails"]["byproducts"] if b["name"] == "verification")
     assert verification["annotations"]["passed"] is True
     assert verification["annotations"]["imports"] == ["farmtest_cext"]
+    assert "sandbox=bubblewrap network=none" in verification["annotations"]["environment"]
+    isolation = statement["predicate"]["buildDefinition"]["internalParameters"]["isolation"]
+    assert isolation["sandbox"]["kind"] == "bubblewrap" and isolation["network"] is False
+    assert isolation["limits"]["processes"] and isolation["limits"]["memory"]
 
     # same inputs again: answered from the cache, nothing rebuilt
     again = farm.farm("submit", str(sdist))

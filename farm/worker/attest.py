@@ -27,7 +27,7 @@ def _iso(ts: float) -> str:
 def statement(*, spec: JobSpec, wheel: Path, wheel_sha256: str | None = None, tools: dict[str, str],
               commands: list[str], timings: dict[str, float], started: float, finished: float,
               verification: dict[str, Any], image_digest: str | None, build_requires: list[str] | None,
-              worker: str | None = None) -> dict[str, Any]:
+              isolation: dict[str, Any] | None = None, worker: str | None = None) -> dict[str, Any]:
     dependencies: list[dict[str, Any]] = [
         {"name": spec.sdist.filename, "uri": f"farm-storage:{spec.sdist.storage_key}",
          "digest": {"sha256": spec.sdist.sha256}},
@@ -50,7 +50,9 @@ def statement(*, spec: JobSpec, wheel: Path, wheel_sha256: str | None = None, to
                                "engine": spec.engine},
                 },
                 "internalParameters": {"options": spec.options, "buildRequires": build_requires,
-                                       "upstreamIndex": spec.upstream_index},
+                                       "upstreamIndex": spec.upstream_index,
+                                       # the sandbox package code ran in, and whether a recipe granted it network
+                                       "isolation": isolation or {}},
                 "resolvedDependencies": dependencies,
             },
             "runDetails": {

@@ -183,7 +183,7 @@ def _steps(spec: JobSpec, *, settings: Settings, storage: Storage, steps: Steps,
                 if not platform.platform_tag_ok(wheel_tags(w)):
                     raise PackageFailure("repair", f"{w.name} does not carry a {platform.name} platform tag")
         carry = {"tools": out.tools, "commands": ctx.commands, "image_digest": out.image_digest,
-                 "build_requires": out.effective_build_requires,
+                 "build_requires": out.effective_build_requires, "isolation": out.isolation,
                  "timings": dict(steps.timings), "started": started}
     else:
         wheels = _fetch_staged(spec.staged, work / "staged", storage)
@@ -223,7 +223,7 @@ def _steps(spec: JobSpec, *, settings: Settings, storage: Storage, steps: Steps,
                 spec=spec, wheel=w, tools=carry.get("tools", {}), commands=[*carry.get("commands", []), *v.commands],
                 timings={**carry.get("timings", {}), **steps.timings}, started=carry.get("started", started),
                 finished=finished, verification=v.record(), image_digest=carry.get("image_digest"),
-                build_requires=carry.get("build_requires"), worker=steps.worker))
+                build_requires=carry.get("build_requires"), isolation=carry.get("isolation"), worker=steps.worker))
 
     with steps.step(JobState.UPLOADING):
         artifacts = []

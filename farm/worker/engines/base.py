@@ -49,6 +49,7 @@ class BuildOutput:
     tools: dict[str, str] = field(default_factory=dict)  # tool -> version, for provenance
     image_digest: str | None = None
     effective_build_requires: list[str] | None = None
+    isolation: dict[str, object] = field(default_factory=dict)  # what package code ran in, for provenance
 
 
 class Engine(Protocol):

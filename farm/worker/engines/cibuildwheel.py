@@ -103,6 +103,10 @@ class CibuildwheelEngine:
                    "build-frontend": "pip" if pure or not has_uv else "build[uv]"},
             image_digest=digest,
             effective_build_requires=effective if effective is not None else build_requires.declared(ctx.src),
+            isolation={"sandbox": {"kind": "container", "image": image.image, "user": "root",
+                                   "capabilities": list(BUILD_CAPABILITIES)},
+                       "network": "host", "limits": {"memory": ctx.settings.build_memory,
+                                                     "processes": ctx.settings.build_pids}},
         )
 
 

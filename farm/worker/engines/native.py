@@ -75,6 +75,8 @@ class NativeEngine:
             wheels=[wheel], repaired=False,
             tools={"python": ".".join(map(str, interp.version)), **tool_versions()},
             effective_build_requires=[*declared, *dynamic] if effective is None else [*effective, *dynamic],
+            isolation={"sandbox": ctx.sandbox.describe(), "network": ctx.options.network,
+                       "limits": ctx.limits.describe()},
         )
 
     def _policy(self, ctx: BuildContext, interpreter: Path, benv: Path) -> Policy:
