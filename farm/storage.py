@@ -9,8 +9,10 @@ objects rewritten are the coordinator's stop markers (`jobs/<id>/stop.json`, far
 and a live attempt's own log, which the API replaces on purpose (`replace=True`, see
 farm/api/routes_workers.py). A job's log on local storage grows by appending (`local_path`).
 
-What a worker writes for one attempt of a job (`attempt_keys`): `jobs/<id>/attempt-<n>.log`,
-`jobs/<id>/wheels/<file>.whl` with `<file>.whl.provenance.json`, `jobs/<id>/staged/<file>.whl`.
+What a worker writes for one attempt of a job (`result_key`): `jobs/<id>/attempt-<n>.log`,
+`jobs/<id>/wheels/<file>.whl` with `<file>.whl.provenance.json`, `jobs/<id>/staged/<file>.whl`;
+the wheels and staged wheels also below `jobs/<id>/attempt-<n>/` (`wheel_key`/`staged_key` with
+`attempt`), where no other attempt of the job can have written them first.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ import re
 import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from farm.errors import InfrastructureFault, NotFound
 
-_RESULT = re.compile(r"^jobs/([0-9]+)/(?:attempt-([0-9]+)\.log|staged/[^/]+\.whl|wheels/[^/]+\.whl(?:\.provenance\.json)?)$")
+_RESULT = re.compile(r"^jobs/(?P<job>[0-9]+)/(?:attempt-(?P<log>[0-9]+)\.log|(?:attempt-(?P<attempt>[0-9]+)/)?"
+                     r"(?:staged/[^/]+\.whl|wheels/[^/]+\.whl(?:\.provenance\.json)?))$")
 _REWRITABLE = re.compile(r"^jobs/[0-9]+/stop\.json$")
 
 
@@ -38,13 +41,21 @@ class StorageConflict(InfrastructureFault):
                          "write-once")
 
 
-def attempt_keys(key: str) -> tuple[int, int | None] | None:
-    """Whose result `key` is: (job id, attempt) for an attempt's log, (job id, None) for a wheel, its
-    provenance or a staged wheel (any attempt of that job writes those names), None for any other key."""
+class ResultKey(NamedTuple):
+    """Whose result a storage key is."""
+
+    job_id: int
+    attempt: int | None  # None: a name every attempt of the job writes (jobs/<id>/wheels/..., .../staged/...)
+    log: bool  # the attempt's log
+
+
+def result_key(key: str) -> ResultKey | None:
+    """The job (and attempt) whose result `key` is; None for any key that is not a worker's result."""
     m = _RESULT.match(key)
     if m is None:
         return None
-    return int(m.group(1)), (int(m.group(2)) if m.group(2) is not None else None)
+    attempt = m.group("log") or m.group("attempt")
+    return ResultKey(int(m.group("job")), int(attempt) if attempt else None, m.group("log") is not None)
 
 
 class Storage(Protocol):
@@ -145,8 +156,12 @@ def sdist_key(sha256: str, filename: str) -> str:
     return f"sdists/{sha256[:2]}/{sha256}/{filename}"
 
 
-def wheel_key(job_id: int, filename: str) -> str:
-    return f"jobs/{job_id}/wheels/{filename}"
+def wheel_key(job_id: int, filename: str, *, attempt: int | None = None) -> str:
+    return f"jobs/{job_id}/{f'attempt-{attempt}/' if attempt is not None else ''}wheels/{filename}"
+
+
+def staged_key(job_id: int, filename: str, *, attempt: int | None = None) -> str:
+    return f"jobs/{job_id}/{f'attempt-{attempt}/' if attempt is not None else ''}staged/{filename}"
 
 
 def log_key(job_id: int, attempt: int) -> str:

@@ -28,7 +28,7 @@ from farm.api.app import create_app
 from farm.config import get_settings, reset_settings
 from farm.errors import ConfigError
 from farm.messages import StepReport
-from farm.storage import LocalStorage, StorageConflict
+from farm.storage import LocalStorage, StorageConflict, staged_key, wheel_key
 from farm.storage_http import SHA256_HEADER, HttpStorage
 from farm.tokens import (CAPABILITY_HEADER, ensure_local_admin_token, hash_token, local_admin_path,
                          read_local_admin_token)
@@ -202,6 +202,11 @@ def test_attempt_n_cannot_write_attempt_n_minus_1_and_n_minus_1_is_over(api: Api
     assert second != first and second.startswith(f"fc1.{job}.2.")
 
     assert _put(api, f"jobs/{job}/attempt-1.log", b"rewritten by attempt 2\n", second).status_code == 403
+    wheel = "attempts-1.0-py3-none-any.whl"
+    for key in (wheel_key(job, wheel, attempt=1), staged_key(job, wheel, attempt=1)):  # attempt 1's own folder
+        assert _put(api, key, b"attempt 2's bytes", second).status_code == 403, key
+    assert _put(api, wheel_key(job, wheel, attempt=2), b"attempt 2's wheel", second).status_code == 201
+    assert _put(api, wheel_key(job, wheel, attempt=3), b"a future attempt", second).status_code == 403
     stale = _put(api, f"jobs/{job}/wheels/late-1.0-py3-none-any.whl", b"late", first)
     assert stale.status_code == 409 and "is over" in stale.json()["detail"]
     assert _put(api, f"jobs/{job}/attempt-1.log", b"rewritten by attempt 1\n", first).status_code == 409

@@ -2,7 +2,8 @@
 
 Keys are relative POSIX paths below the farm's storage: no absolute paths, no `..`, no hidden
 components. Reads are limited to `sdists/` and `jobs/`; writes to what a worker produces
-(`jobs/N/attempt-K.log`, `jobs/N/wheels/*.whl` and their `.provenance.json`, `jobs/N/staged/*.whl`),
+(`jobs/N/attempt-K.log`, `jobs/N/wheels/*.whl` and their `.provenance.json`, `jobs/N/staged/*.whl`,
+the wheels also below `jobs/N/attempt-K/`: farm.storage.result_key),
 so a worker token can neither replace an sdist nor write the coordinator's stop markers. Every upload carries `X-Content-SHA256`; it is written to a temporary file,
 hashed, and stored only if the digest matches, so a damaged upload leaves nothing behind.
 
@@ -31,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 
 from farm.api.auth import Principal, app_settings, require
 from farm.db.states import RUNNING, JobState
-from farm.storage import LocalStorage, StorageConflict, attempt_keys
+from farm.storage import LocalStorage, StorageConflict, result_key
 from farm.storage_http import SHA256_HEADER
 from farm.tokens import CAPABILITY_HEADER, check_capability
 from farm.util.hashing import sha256_file
@@ -39,7 +40,6 @@ from farm.util.hashing import sha256_file
 router = APIRouter(prefix="/api/storage", tags=["worker storage"])
 worker = Depends(require("worker"))
 READABLE = ("sdists", "jobs")
-WRITABLE = re.compile(r"^jobs/[0-9]+/(attempt-[0-9]+\.log|staged/[^/]+\.whl|wheels/[^/]+\.whl(\.provenance\.json)?)$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _LIVE = frozenset({JobState.QUEUED.value, *(s.value for s in RUNNING)})  # states in which a worker uploads
 
@@ -51,7 +51,7 @@ def check_key(key: str, *, write: bool = False) -> str:
     if (not key or len(key) > 1024 or not key.isprintable() or "\\" in key or rel.is_absolute() or str(rel) != key
             or any(p in ("..", ".") or p.startswith(".") or len(p.encode()) > 255 for p in rel.parts)):
         raise HTTPException(400, f"bad storage key {key!r}")
-    if write and not WRITABLE.match(key):
+    if write and result_key(key) is None:
         raise HTTPException(403, f"storage key {key!r} is not a worker's result (a job's log, wheel, provenance "
                             "or staged wheel)")
     if rel.parts[0] not in READABLE or len(rel.parts) < 2:
@@ -83,8 +83,8 @@ def check_writer(settings_home: Path, key: str, capability: str) -> tuple[int, i
     if held is None:
         raise HTTPException(403, f"{CAPABILITY_HEADER} is not a storage capability of this farm")
     job_id, attempt = held
-    owner = attempt_keys(key)
-    if owner is None or owner[0] != job_id or owner[1] not in (None, attempt):
+    owner = result_key(key)
+    if owner is None or owner.job_id != job_id or owner.attempt not in (None, attempt):
         raise HTTPException(403, f"the storage capability of job {job_id} attempt {attempt} does not cover {key}")
     from farm.db.models import Job
     from farm.db.session import session_scope
@@ -125,7 +125,7 @@ async def put_object(key: str, request: Request, who: Principal = worker) -> JSO
     check_key(key, write=True)
     settings = app_settings(request)
     await run_in_threadpool(check_writer, settings.home, key, request.headers.get(CAPABILITY_HEADER, ""))
-    replace = attempt_keys(key)[1] is not None  # type: ignore[index]  # the live attempt's own log
+    replace = result_key(key).log  # type: ignore[union-attr]  # the live attempt's own log
     expected = (request.headers.get(SHA256_HEADER) or "").lower()
     if not _HEX64.match(expected):
         raise HTTPException(400, f"an upload needs the header {SHA256_HEADER}: the hex sha256 of the body")
