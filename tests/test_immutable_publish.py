@@ -12,8 +12,8 @@ embedded farm). In-process: the coordinator's real event handling and publish pa
   than its sdist is refused
 - `ſix` (long s) and a Kelvin-sign `K` are refused as project names at submit; an sdist's top
   folder must be the file name's project and version
-- promote and publish-to refuse a file whose sha256 is not the recorded one; `farm verify` fails
-  a served copy whose bytes changed
+- promote, publish-to and page rewrites refuse a file whose sha256 is not the recorded one;
+  `farm verify` fails a served copy whose bytes changed
 - a recipe file named for the project but not normalized is an error at submit (exit 3, no job)
 - concurrent submissions of one new sdist give one source row and no error
 """
@@ -358,6 +358,26 @@ def test_promote_refuses_a_stored_file_changed_after_publishing(settings, tmp_pa
     replace_file(stored, good)
     assert _farm("promote", "improm==1.0", "--to", "stable")[0] == 0
     assert sha256_of(settings.index / "stable" / "files" / "improm" / wheel.name) == art.sha256
+
+
+def test_a_page_rewrite_never_copies_a_changed_file_into_a_tree(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Attack: the stored wheel is replaced by other bytes and a tree's copy goes missing; the next page
+    rewrite (`farm reindex`, also run by yank and promote) used to copy the stored file into the tree as
+    it was. Refused with the reason; the tree gets no changed copy."""
+    from farm.storage import get_storage
+
+    wheel = make_wheel(tmp_path / "src", "imregen", "1.0")
+    art = artifact(publish_wheel(settings, wheel, version="1.0"))
+    stored = get_storage().local_path(art.storage_key)
+    assert stored is not None
+    replace_file(stored, stored.read_bytes() + b"\0")
+    dev_copy = settings.index / "dev" / "files" / "imregen" / wheel.name
+    dev_copy.unlink()
+    code, out, err = _farm("reindex", "imregen")
+    assert code != 0, out + err
+    assert f"refusing to copy it into {settings.index / 'dev'}" in err and "changed after publishing" in err
+    assert not dev_copy.exists()
+    assert sha256_of(settings.index / "files" / "imregen" / wheel.name) == art.sha256  # staging's copy untouched
 
 
 def test_publish_to_refuses_a_served_file_changed_after_publishing(settings, tmp_path: Path,  # type: ignore[no-untyped-def]
