@@ -7,6 +7,11 @@ unprivileged uid, limits) and once with `sandbox = false`, the order alternating
 round. One warm-up round (not counted) fills the uv cache. Medians are reported, with the ratio
 sandboxed / unsandboxed of the build and of build + verification.
 
+Whole builds vary by a few percent from run to run on a shared machine, more than the sandbox
+costs, so the script also measures the sandbox's fixed cost directly: the same `python -c pass`
+run 30 times through `run_sandboxed` with and without bubblewrap (a build runs two such hook
+commands, verification one), and the chown of a real unpacked source tree.
+
     .venv/bin/python bench/sandbox.py [--sdist REQ ...] [--rounds 5] [--json results.json]
 """
 
@@ -76,6 +81,33 @@ def one(sdist: Path, *, sandbox: bool, root: Path) -> tuple[float, float]:
     return built, checked
 
 
+def fixed_cost(sdist: Path, root: Path, n: int = 30) -> dict[str, float]:
+    """Milliseconds per sandboxed command (over an unsandboxed one), and for preparing a source tree."""
+    from farm.worker.sandbox import Policy, Unsandboxed, interpreter_roots, package_env, run_sandboxed
+
+    plat = get_platform(host_platform_name())
+    box = plat.sandbox(Settings(home=root / "home"))
+    work = root / "fixed"
+    src = SdistSource(sdist, work / "src", ArchiveLimits.from_settings(Settings(home=root / "home")))
+    tree = src.path
+    policy = Policy(cwd=tree, writable=(work / "src",), readable=interpreter_roots(sys.executable), tmp=work / "tmp",
+                    env=package_env(home=work / "src"), limits=job_limits(Settings(home=root / "home"), Options()))
+    per: dict[str, float] = {}
+    for name, sandbox in (("open", Unsandboxed()), ("box", box)):
+        start = time.perf_counter()
+        for _ in range(n):
+            run_sandboxed(sandbox, [str(Path(sys.executable).resolve()), "-c", "pass"], policy, log=None, timeout=60)
+        per[name] = (time.perf_counter() - start) / n * 1000
+    shutil.rmtree(work, ignore_errors=True)
+    src = SdistSource(sdist, work / "src", ArchiveLimits.from_settings(Settings(home=root / "home")))
+    src.path
+    start = time.perf_counter()
+    box.prepare(policy)
+    chown = (time.perf_counter() - start) * 1000
+    return {"command_open_ms": per["open"], "command_sandboxed_ms": per["box"],
+            "per_command_ms": per["box"] - per["open"], "prepare_tree_ms": chown}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sdist", action="append", help="NAME==VERSION (default: pyyaml, msgpack, markupsafe)")
@@ -85,7 +117,10 @@ def main() -> int:
     sdists = [cached_sdist(r) for r in args.sdist or DEFAULT_SDISTS]
     root = Path(tempfile.mkdtemp(prefix="farm-bench-sandbox-"))
     times: dict[str, dict[str, list[tuple[float, float]]]] = {s.name: {"on": [], "off": []} for s in sdists}
+    fixed: dict[str, dict[str, float]] = {}
     try:
+        for sdist in sdists:
+            fixed[sdist.name] = fixed_cost(sdist, root)
         for rnd in range(args.rounds + 1):
             for sdist in sdists:
                 order = [True, False] if rnd % 2 == 0 else [False, True]
@@ -97,7 +132,7 @@ def main() -> int:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     report: dict[str, Any] = {"machine": f"{host.node()} {host.machine()} python {host.python_version()}",
-                              "rounds": args.rounds, "sdists": {}}
+                              "rounds": args.rounds, "sdists": {}, "fixed": fixed}
     print("| sdist | build, no sandbox | build, sandbox | ratio | build+verify, no sandbox | build+verify, sandbox | ratio |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, t in times.items():
@@ -109,6 +144,16 @@ def main() -> int:
                                   "raw": t}
         print(f"| {name} | {b_off:.2f} s | {b_on:.2f} s | {b_on / b_off:.3f} | {a_off:.2f} s | {a_on:.2f} s | "
               f"{a_on / a_off:.3f} |")
+    print()
+    print("| sdist | a command, no sandbox | a command, sandboxed | sandbox per command | chown of the tree | "
+          "fixed cost of one build (3 commands + chown) / build time |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, f in fixed.items():
+        cost = 3 * f["per_command_ms"] + f["prepare_tree_ms"]
+        build = report["sdists"][name]["build_off"] * 1000
+        print(f"| {name} | {f['command_open_ms']:.1f} ms | {f['command_sandboxed_ms']:.1f} ms | "
+              f"{f['per_command_ms']:.1f} ms | {f['prepare_tree_ms']:.1f} ms | {cost:.0f} ms / {build:.0f} ms = "
+              f"{cost / build:.1%} |")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0
