@@ -134,3 +134,28 @@ def test_resource_exhaustion_fails_with_the_limit_named(farm: Farm, tmp_path: Pa
     job = job_of(farm, name)
     assert job["state"] == "failed" and said in job["error"], job["error"]
     assert httpx.get(farm.index_url + name + "/").status_code == 404
+
+
+def test_impostor_build_cannot_publish_as_another_project(farm: Farm, victim: Path, tmp_path: Path) -> None:
+    """Attack: the sdist farmtest-impostor-0.1.0.tar.gz whose pyproject names the distribution
+    farmtest-victim, so that its build makes farmtest_victim-0.1.0-*.whl. The worker fails the job
+    before verification (the coordinator would refuse it too); the victim's wheel is unchanged."""
+    before = sha256(victim)
+    proj = tmp_path / "farmtest-impostor"
+    (proj / "farmtest_victim").mkdir(parents=True)
+    (proj / "farmtest_victim" / "__init__.py").write_text("def add(a, b):\n    return 'impostor'\n")
+    (proj / "pyproject.toml").write_text(textwrap.dedent("""
+        [build-system]
+        requires = ["setuptools>=61"]
+        build-backend = "setuptools.build_meta"
+
+        [project]
+        name = "farmtest-victim"
+        version = "0.1.0"
+        """))
+    res = submit(farm, sdist(proj, tmp_path / "dist"))
+    assert res.returncode == 1, res.stdout + res.stderr
+    job = job_of(farm, "farmtest-impostor")
+    assert job["state"] == "failed" and "a build publishes only its own project and version" in job["error"], job
+    assert sha256(victim) == before
+    assert httpx.get(farm.index_url + "farmtest-impostor/").status_code == 404

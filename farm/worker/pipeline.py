@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from farm.config import Settings
 from farm.db.states import JobState
 from farm.errors import InfrastructureFault, PackageFailure
+from farm.index.simple import identity_problem
 from farm.liveness import JobStopped
 from farm.messages import ArtifactReport, JobEvent, JobSpec, StagedWheel, StepReport
 from farm.recipes.schema import Options
@@ -179,6 +180,10 @@ def _steps(spec: JobSpec, *, settings: Settings, storage: Storage, steps: Steps,
             wheels = out.wheels if out.repaired else [
                 platform.repair(w, work / "repaired", exclude=options.repair_exclude, log=log) for w in out.wheels]
             for w in wheels:
+                # the coordinator checks again before publishing (it does not trust the worker); this
+                # only fails an impostor build before it is verified and uploaded
+                if (problem := identity_problem(w.name, spec.name, spec.version)) is not None:
+                    raise PackageFailure("repair", problem)
                 log.write(f"repaired: {w.name} tags={','.join(wheel_tags(w))}\n")
                 if not platform.platform_tag_ok(wheel_tags(w)):
                     raise PackageFailure("repair", f"{w.name} does not carry a {platform.name} platform tag")
