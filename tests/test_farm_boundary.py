@@ -18,6 +18,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -34,6 +35,7 @@ from farm.tokens import (CAPABILITY_HEADER, ensure_local_admin_token, hash_token
                          read_local_admin_token)
 from tests.conftest import Farm, free_port, make_project, make_sdist
 from tests.test_api import Api, api, capability, live_job, submission_count  # noqa: F401
+from tests.test_distributed import base_env
 from tests.test_reconcile import _age, _event, _sizes
 
 
@@ -340,6 +342,21 @@ def test_no_worker_module_loads_the_private_key() -> None:
             assert needle not in text, f"{module} ({path}) mentions {needle}"
 
 
+def embedded(home: Path) -> Farm:
+    """A `farm up` of the embedded default: none of this process's FARM_* settings (the `api` fixture's)."""
+    farm = Farm(home, free_port())
+    farm.env = base_env(FARM_HOME=str(home))
+    return farm
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
+    farm = embedded(tmp_path_factory.mktemp("farm-up") / "home")
+    farm.start()
+    yield farm
+    farm.stop()
+
+
 SITE_AUDIT = '''
 import os, sys
 
@@ -379,7 +396,7 @@ def test_the_worker_never_opens_the_signing_key_or_the_farms_secrets(tmp_path: P
     audit = tmp_path / "audit.log"
     audit.touch()
     os.chmod(audit, 0o666)
-    farm = Farm(tmp_path / "home", free_port())
+    farm = embedded(tmp_path / "home")
     farm.env.update(PYTHONPATH=str(site), FARM_TEST_AUDIT_LOG=str(audit))
     farm.home.mkdir(parents=True)
     init = farm.farm("init")
@@ -403,25 +420,25 @@ def test_the_worker_never_opens_the_signing_key_or_the_farms_secrets(tmp_path: P
 
 
 @pytest.mark.slow
-def test_farm_up_makes_a_private_admin_token_and_the_local_cli_uses_it(running_farm: Farm) -> None:
+def test_farm_up_makes_a_private_admin_token_and_the_local_cli_uses_it(up: Farm) -> None:
     """Attack: package code on the host of `farm up` calling its API on 127.0.0.1 with no token (to yank,
     promote, submit or cancel), or finding the local admin token in a file it can read. `farm up`
     made $FARM_HOME/admin.token (0600, in no other file of FARM_HOME); the API answers 401 without it,
     the index stays open, and the local CLI's remote calls pick the token up without --token."""
-    path = running_farm.home / "admin.token"
+    path = up.home / "admin.token"
     assert path.is_file() and stat.S_IMODE(path.stat().st_mode) == 0o600
     token = path.read_text().strip()
-    for other in running_farm.home.rglob("*"):
+    for other in up.home.rglob("*"):
         if other.is_file() and other != path and other.stat().st_size < 50 * 1024 * 1024:
             assert token.encode() not in other.read_bytes(), other
-    url = running_farm.url
+    url = up.url
     for method, route, kw in ROLE_ROUTES:
         resp = httpx.request(method, url + route.format(job=1), timeout=30, **kw)
         assert resp.status_code == 401, (method, route, resp.status_code, resp.text)
     assert httpx.get(url + "/simple/", timeout=30).status_code == 200
     assert httpx.get(url + "/api/jobs", headers={"Authorization": f"Bearer {token}"}, timeout=30).status_code == 200
 
-    env = {k: v for k, v in running_farm.env.items() if k != "FARM_TOKEN"}
+    env = dict(up.env)  # no FARM_TOKEN: base_env keeps no FARM_* variable but FARM_HOME
     cli = [sys.executable, "-m", "farm.cli", "--server", url]
     status = subprocess.run([*cli, "status"], env=env, capture_output=True, text=True, timeout=120)
     assert status.returncode == 0, status.stderr
@@ -430,6 +447,6 @@ def test_farm_up_makes_a_private_admin_token_and_the_local_cli_uses_it(running_f
     assert yank.returncode != 0 and "401" not in yank.stderr and "nothing-here" in yank.stderr, yank.stderr
     cancel = subprocess.run([*cli, "cancel", "999999"], env=env, capture_output=True, text=True, timeout=120)
     assert cancel.returncode == 7 and "401" not in cancel.stderr, cancel.stderr
-    elsewhere = {**env, "FARM_HOME": str(running_farm.home.parent / "elsewhere")}
+    elsewhere = {**env, "FARM_HOME": str(up.home.parent / "elsewhere")}
     denied = subprocess.run([*cli, "status"], env=elsewhere, capture_output=True, text=True, timeout=120)
     assert denied.returncode == 1 and "401" in denied.stderr and "admin.token" in denied.stderr, denied.stderr
