@@ -22,7 +22,6 @@ import json
 import os
 import re
 import subprocess
-import textwrap
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +30,8 @@ import httpx
 import pytest
 
 from tests.conftest import Farm, free_port, make_project, make_sdist
-from tests.hostile import allocating_project, forking_project, hostile_project, sdist, writing_project
+from tests.hostile import (allocating_project, forking_project, hostile_project, impostor_project, sdist,
+                           writing_project)
 
 pytestmark = [pytest.mark.slow]
 
@@ -141,18 +141,7 @@ def test_impostor_build_cannot_publish_as_another_project(farm: Farm, victim: Pa
     farmtest-victim, so that its build makes farmtest_victim-0.1.0-*.whl. The worker fails the job
     before verification (the coordinator would refuse it too); the victim's wheel is unchanged."""
     before = sha256(victim)
-    proj = tmp_path / "farmtest-impostor"
-    (proj / "farmtest_victim").mkdir(parents=True)
-    (proj / "farmtest_victim" / "__init__.py").write_text("def add(a, b):\n    return 'impostor'\n")
-    (proj / "pyproject.toml").write_text(textwrap.dedent("""
-        [build-system]
-        requires = ["setuptools>=61"]
-        build-backend = "setuptools.build_meta"
-
-        [project]
-        name = "farmtest-victim"
-        version = "0.1.0"
-        """))
+    proj = impostor_project(tmp_path, "farmtest-impostor", victim="farmtest-victim")
     res = submit(farm, sdist(proj, tmp_path / "dist"))
     assert res.returncode == 1, res.stdout + res.stderr
     job = job_of(farm, "farmtest-impostor")

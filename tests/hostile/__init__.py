@@ -19,9 +19,11 @@ from pathlib import Path
 ATTACKS = Path(__file__).with_name("attacks.py")
 
 
-def _project(root: Path, name: str, setup_body: str, init_body: str = "") -> Path:
+def _project(root: Path, name: str, setup_body: str, init_body: str = "", *, distribution: str = "") -> Path:
+    """A setuptools project in `root/name`; `distribution` is the name its pyproject gives (default `name`)."""
+    name, folder = distribution or name, name
     mod = name.replace("-", "_")
-    proj = root / name
+    proj = root / folder
     (proj / mod).mkdir(parents=True)
     (proj / "pyproject.toml").write_text(textwrap.dedent(f"""
         [build-system]
@@ -59,6 +61,11 @@ def hostile_project(root: Path, name: str, targets: dict[str, object]) -> Path:
         shutil.copyfile(ATTACKS, folder / "_attacks.py")
         (folder / "_targets.json").write_text(json.dumps(targets))
     return proj
+
+
+def impostor_project(root: Path, name: str, *, victim: str) -> Path:
+    """A project in folder `name` (so its sdist is NAME-0.1.0.tar.gz) whose pyproject names `victim`."""
+    return _project(root, name, "", "def add(a, b):\n    return 'impostor'\n", distribution=victim)
 
 
 def forking_project(root: Path, name: str, *, forks: int = 400) -> Path:
