@@ -21,7 +21,7 @@ from farm.index.simple import identity_problem
 from farm.liveness import JobStopped
 from farm.messages import ArtifactReport, JobEvent, JobSpec, StagedWheel, StepReport
 from farm.recipes.schema import Options
-from farm.storage import Storage, log_key, wheel_key
+from farm.storage import Storage, log_key, staged_key, wheel_key
 from farm.util.hashing import canonical_json, sha256_file
 from farm.util.wheel import read_metadata
 from farm.worker import attest, verify
@@ -204,7 +204,7 @@ def _steps(spec: JobSpec, *, settings: Settings, storage: Storage, steps: Steps,
             log.write(f"the farm's index lacks: {', '.join(missing)}; waiting for them\n")
             staged = []
             for w in wheels:
-                k = f"jobs/{spec.job_id}/staged/{w.name}"
+                k = staged_key(spec.job_id, w.name, attempt=spec.attempt)
                 storage.put_file(k, w)
                 staged.append(StagedWheel(filename=w.name, sha256=sha256_file(w), storage_key=k))
             verification = None
@@ -234,7 +234,7 @@ def _steps(spec: JobSpec, *, settings: Settings, storage: Storage, steps: Steps,
         artifacts = []
         for w, stmt in zip(wheels, statements, strict=True):
             meta = read_metadata(w)
-            wkey = wheel_key(spec.job_id, w.name)
+            wkey = wheel_key(spec.job_id, w.name, attempt=spec.attempt)
             pkey = wkey + ".provenance.json"
             storage.put_file(wkey, w)
             storage.put_bytes(pkey, canonical_json(stmt))
