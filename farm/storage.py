@@ -9,10 +9,9 @@ objects rewritten are the coordinator's stop markers (`jobs/<id>/stop.json`, far
 and a live attempt's own log, which the API replaces on purpose (`replace=True`, see
 farm/api/routes_workers.py). A job's log on local storage grows by appending (`local_path`).
 
-What a worker writes for one attempt of a job (`result_key`): `jobs/<id>/attempt-<n>.log`,
-`jobs/<id>/wheels/<file>.whl` with `<file>.whl.provenance.json`, `jobs/<id>/staged/<file>.whl`;
-the wheels and staged wheels also below `jobs/<id>/attempt-<n>/` (`wheel_key`/`staged_key` with
-`attempt`), where no other attempt of the job can have written them first.
+What a worker writes for one attempt of a job (`result_key`): `jobs/<id>/attempt-<n>.log`, and
+below `jobs/<id>/attempt-<n>/`: `wheels/<file>.whl` with `<file>.whl.provenance.json` and
+`staged/<file>.whl` (`wheel_key`/`staged_key`), where no other attempt of the job can write.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from typing import NamedTuple, Protocol
 
 from farm.errors import InfrastructureFault, NotFound
 
-_RESULT = re.compile(r"^jobs/(?P<job>[0-9]+)/(?:attempt-(?P<log>[0-9]+)\.log|(?:attempt-(?P<attempt>[0-9]+)/)?"
+_RESULT = re.compile(r"^jobs/(?P<job>[0-9]+)/(?:attempt-(?P<log>[0-9]+)\.log|attempt-(?P<attempt>[0-9]+)/"
                      r"(?:staged/[^/]+\.whl|wheels/[^/]+\.whl(?:\.provenance\.json)?))$")
 _REWRITABLE = re.compile(r"^jobs/[0-9]+/stop\.json$")
 
@@ -45,7 +44,7 @@ class ResultKey(NamedTuple):
     """Whose result a storage key is."""
 
     job_id: int
-    attempt: int | None  # None: a name every attempt of the job writes (jobs/<id>/wheels/..., .../staged/...)
+    attempt: int
     log: bool  # the attempt's log
 
 
@@ -54,8 +53,7 @@ def result_key(key: str) -> ResultKey | None:
     m = _RESULT.match(key)
     if m is None:
         return None
-    attempt = m.group("log") or m.group("attempt")
-    return ResultKey(int(m.group("job")), int(attempt) if attempt else None, m.group("log") is not None)
+    return ResultKey(int(m.group("job")), int(m.group("log") or m.group("attempt")), m.group("log") is not None)
 
 
 class Storage(Protocol):
@@ -156,12 +154,12 @@ def sdist_key(sha256: str, filename: str) -> str:
     return f"sdists/{sha256[:2]}/{sha256}/{filename}"
 
 
-def wheel_key(job_id: int, filename: str, *, attempt: int | None = None) -> str:
-    return f"jobs/{job_id}/{f'attempt-{attempt}/' if attempt is not None else ''}wheels/{filename}"
+def wheel_key(job_id: int, filename: str, *, attempt: int) -> str:
+    return f"jobs/{job_id}/attempt-{attempt}/wheels/{filename}"
 
 
-def staged_key(job_id: int, filename: str, *, attempt: int | None = None) -> str:
-    return f"jobs/{job_id}/{f'attempt-{attempt}/' if attempt is not None else ''}staged/{filename}"
+def staged_key(job_id: int, filename: str, *, attempt: int) -> str:
+    return f"jobs/{job_id}/attempt-{attempt}/staged/{filename}"
 
 
 def log_key(job_id: int, attempt: int) -> str:

@@ -73,7 +73,7 @@ def prepare_job(settings: Settings, wheel: Path, *, version: str, platform: str 
                   engine="native", recipe_digest="0" * 64, cache_key=os.urandom(32).hex(), state="publishing")
         session.add_all([sub, job])
         session.flush()
-        key = wheel_key(job.id, wheel.name)
+        key = wheel_key(job.id, wheel.name, attempt=1)
         get_storage().put_file(key, wheel)
         spec = JobSpec(job_id=job.id, attempt=1, name=name, version=version,
                        sdist=SdistRef(filename=sdist_name, sha256=sdist_sha, size=100, storage_key=source.storage_key),

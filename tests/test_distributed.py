@@ -155,8 +155,8 @@ def test_remote_worker_without_database_builds_and_publishes(cluster: Cluster, t
     # The log, the wheel and its provenance came to the server's storage over the API.
     stored = cluster.server_home / "storage" / "jobs" / str(job_id)
     assert (stored / "attempt-1.log").is_file()
-    wheels = list((stored / "wheels").glob("distpkg-0.3.0-*.whl"))
-    assert wheels and (stored / "wheels" / (wheels[0].name + ".provenance.json")).is_file()
+    wheels = list((stored / "attempt-1" / "wheels").glob("distpkg-0.3.0-*.whl"))
+    assert wheels and (stored / "attempt-1" / "wheels" / (wheels[0].name + ".provenance.json")).is_file()
     prov = httpx.get(f"{cluster.url}/files/distpkg/{wheels[0].name}.provenance.json")
     assert prov.status_code == 200 and prov.json()["subject"][0]["name"] == wheels[0].name
 

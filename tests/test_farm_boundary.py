@@ -165,8 +165,8 @@ def test_capability_covers_only_its_own_jobs_keys(api: Api, tmp_path: Path) -> N
     other, other_cap = live_job(api, tmp_path, "capother")
     mine_cap, other_cap = cap[CAPABILITY_HEADER], other_cap[CAPABILITY_HEADER]
     wheel = "victim-1.0-py3-none-any.whl"
-    for key in (f"jobs/{other}/wheels/{wheel}", f"jobs/{other}/wheels/{wheel}.provenance.json",
-                f"jobs/{other}/staged/{wheel}", f"jobs/{other}/attempt-1.log"):
+    for key in (f"jobs/{other}/attempt-1/wheels/{wheel}", f"jobs/{other}/attempt-1/wheels/{wheel}.provenance.json",
+                f"jobs/{other}/attempt-1/staged/{wheel}", f"jobs/{other}/attempt-1.log"):
         assert _put(api, key, b"evil", mine_cap).status_code == 403, key
         assert _put(api, key, b"evil", None).status_code == 403, key
     for key in (f"jobs/{mine}/stop.json", f"sdists/ab/{'ab' * 32}/victim-1.0.tar.gz", f"jobs/{mine}/attempt-1.txt"):
@@ -174,14 +174,14 @@ def test_capability_covers_only_its_own_jobs_keys(api: Api, tmp_path: Path) -> N
     forged = mine_cap[:-4] + ("0000" if not mine_cap.endswith("0000") else "1111")
     relabelled = mine_cap.replace(f"fc1.{mine}.", f"fc1.{other}.", 1)  # the other job's id, this job's MAC
     for bad in (forged, relabelled, other_cap.replace("fc1.", "fc2.", 1), "x" * 80, hash_token(api.tokens["worker"])):
-        resp = _put(api, f"jobs/{mine}/wheels/{wheel}", b"evil", bad)
+        resp = _put(api, f"jobs/{mine}/attempt-1/wheels/{wheel}", b"evil", bad)
         assert resp.status_code == 403, (bad, resp.text)
-    assert _put(api, f"jobs/{other}/wheels/{wheel}", b"evil", relabelled).status_code == 403
+    assert _put(api, f"jobs/{other}/attempt-1/wheels/{wheel}", b"evil", relabelled).status_code == 403
     assert not (api.settings.storage / "jobs" / str(other)).exists()
-    assert _stored(api, f"jobs/{mine}/wheels/{wheel}") is None
+    assert _stored(api, f"jobs/{mine}/attempt-1/wheels/{wheel}") is None
     # Reading stays with the worker token: workers need sdists and staged wheels.
-    assert _put(api, f"jobs/{mine}/wheels/{wheel}", b"mine", mine_cap).status_code == 201
-    assert api.client.get(f"/api/storage/jobs/{mine}/wheels/{wheel}", headers=api.h("worker")).content == b"mine"
+    assert _put(api, f"jobs/{mine}/attempt-1/wheels/{wheel}", b"mine", mine_cap).status_code == 201
+    assert api.client.get(f"/api/storage/jobs/{mine}/attempt-1/wheels/{wheel}", headers=api.h("worker")).content == b"mine"
 
 
 def test_attempt_n_cannot_write_attempt_n_minus_1_and_n_minus_1_is_over(api: Api, tmp_path: Path) -> None:
@@ -209,12 +209,12 @@ def test_attempt_n_cannot_write_attempt_n_minus_1_and_n_minus_1_is_over(api: Api
         assert _put(api, key, b"attempt 2's bytes", second).status_code == 403, key
     assert _put(api, wheel_key(job, wheel, attempt=2), b"attempt 2's wheel", second).status_code == 201
     assert _put(api, wheel_key(job, wheel, attempt=3), b"a future attempt", second).status_code == 403
-    stale = _put(api, f"jobs/{job}/wheels/late-1.0-py3-none-any.whl", b"late", first)
+    stale = _put(api, f"jobs/{job}/attempt-1/wheels/late-1.0-py3-none-any.whl", b"late", first)
     assert stale.status_code == 409 and "is over" in stale.json()["detail"]
     assert _put(api, f"jobs/{job}/attempt-1.log", b"rewritten by attempt 1\n", first).status_code == 409
     assert _put(api, f"jobs/{job}/attempt-2.log", b"attempt 2 log\n", first).status_code == 403
     assert _stored(api, f"jobs/{job}/attempt-1.log") == b"attempt 1 log\n"
-    assert _stored(api, f"jobs/{job}/wheels/late-1.0-py3-none-any.whl") is None
+    assert _stored(api, f"jobs/{job}/attempt-1/wheels/late-1.0-py3-none-any.whl") is None
     assert _put(api, f"jobs/{job}/attempt-2.log", b"attempt 2 log\n", second).status_code == 201
 
 
@@ -224,7 +224,7 @@ def test_stored_objects_are_write_once_identical_reupload_is_fine(api: Api, tmp_
     with other bytes is 409 and the stored object stays; the same bytes again (an upload retried)
     are answered 200. The worker's client (HttpStorage) reports the refusal as StorageConflict."""
     job, cap = live_job(api, tmp_path, "writeonce")
-    key = f"jobs/{job}/wheels/writeonce-1.0-py3-none-any.whl"
+    key = f"jobs/{job}/attempt-1/wheels/writeonce-1.0-py3-none-any.whl"
     good, evil = os.urandom(2048), os.urandom(2048)
     assert _put(api, key, good, cap[CAPABILITY_HEADER]).status_code == 201
     again = _put(api, key, good, cap[CAPABILITY_HEADER])
@@ -262,7 +262,7 @@ def test_a_finished_jobs_objects_are_final_even_its_log(api: Api, tmp_path: Path
         cancel(job, get_settings())
     assert _job_state(api, job)[0] == end
     for key, data in ((log, b"nothing happened here\n"), (log, b"first try\nsecond try\n"),
-                      (f"jobs/{job}/wheels/late-1.0-py3-none-any.whl", b"late")):
+                      (f"jobs/{job}/attempt-1/wheels/late-1.0-py3-none-any.whl", b"late")):
         resp = _put(api, key, data, held)
         assert resp.status_code == 409 and "is over" in resp.json()["detail"], (key, resp.text)
     assert _stored(api, log) == b"first try\nsecond try\n"

@@ -2,8 +2,8 @@
 
 Keys are relative POSIX paths below the farm's storage: no absolute paths, no `..`, no hidden
 components. Reads are limited to `sdists/` and `jobs/`; writes to what a worker produces
-(`jobs/N/attempt-K.log`, `jobs/N/wheels/*.whl` and their `.provenance.json`, `jobs/N/staged/*.whl`,
-the wheels also below `jobs/N/attempt-K/`: farm.storage.result_key),
+(`jobs/N/attempt-K.log`, and below `jobs/N/attempt-K/`: `wheels/*.whl` with their `.provenance.json`
+and `staged/*.whl`: farm.storage.result_key),
 so a worker token can neither replace an sdist nor write the coordinator's stop markers. Every upload carries `X-Content-SHA256`; it is written to a temporary file,
 hashed, and stored only if the digest matches, so a damaged upload leaves nothing behind.
 
@@ -84,7 +84,7 @@ def check_writer(settings_home: Path, key: str, capability: str) -> tuple[int, i
         raise HTTPException(403, f"{CAPABILITY_HEADER} is not a storage capability of this farm")
     job_id, attempt = held
     owner = result_key(key)
-    if owner is None or owner.job_id != job_id or owner.attempt not in (None, attempt):
+    if owner is None or owner.job_id != job_id or owner.attempt != attempt:
         raise HTTPException(403, f"the storage capability of job {job_id} attempt {attempt} does not cover {key}")
     from farm.db.models import Job
     from farm.db.session import session_scope
