@@ -426,10 +426,12 @@ def test_storage_areas(api: Api, tmp_path: Path) -> None:
     """Reads below sdists/ and jobs/ only; writes only of a worker's results (not an sdist, not a stop marker)."""
     job, cap = live_job(api, tmp_path, "areas")
     for key in ("sdists/ab/abc/x-1.0.tar.gz", "index/simple/x/index.html", "jobs", f"jobs/{job}/stop.json",
-                f"jobs/{job}/wheels/x.tar.gz", "jobs/x/attempt-1.log", f"jobs/{job}/wheels/sub/x.whl", "tmp/x.whl"):
+                f"jobs/{job}/attempt-1/wheels/x.tar.gz", "jobs/x/attempt-1.log", f"jobs/{job}/attempt-1/wheels/sub/x.whl",
+                f"jobs/{job}/wheels/s-1.0-py3-none-any.whl", "tmp/x.whl"):
         assert put(api, key, b"x", cap=cap).status_code == 403, key
-    for key in (f"jobs/{job}/attempt-1.log", f"jobs/{job}/staged/s-1.0-py3-none-any.whl",
-                f"jobs/{job}/wheels/s-1.0-py3-none-any.whl", f"jobs/{job}/wheels/s-1.0-py3-none-any.whl.provenance.json"):
+    for key in (f"jobs/{job}/attempt-1.log", f"jobs/{job}/attempt-1/staged/s-1.0-py3-none-any.whl",
+                f"jobs/{job}/attempt-1/wheels/s-1.0-py3-none-any.whl",
+                f"jobs/{job}/attempt-1/wheels/s-1.0-py3-none-any.whl.provenance.json"):
         assert put(api, key, b"x", cap=cap).status_code == 201, key
     assert api.client.get("/api/storage/tmp/x", headers=api.h("worker")).status_code == 403
     assert api.client.get("/api/storage/sdists/none/x.tar.gz", headers=api.h("worker")).status_code == 404
@@ -437,7 +439,7 @@ def test_storage_areas(api: Api, tmp_path: Path) -> None:
 
 def test_upload_sha256_checked_nothing_stored_on_mismatch(api: Api, tmp_path: Path) -> None:
     job, cap = live_job(api, tmp_path, "digests")
-    key = f"jobs/{job}/wheels/demo-1.0-cp312-cp312-manylinux_2_17_x86_64.whl"
+    key = f"jobs/{job}/attempt-1/wheels/demo-1.0-cp312-cp312-manylinux_2_17_x86_64.whl"
     data = os.urandom(4096)
     before = storage_files(api)
     wrong = put(api, key, data, digest=hashlib.sha256(b"something else").hexdigest(), cap=cap)
@@ -462,12 +464,12 @@ def test_http_storage_over_the_api(api: Api, tmp_path: Path) -> None:
     store = HttpStorage("http://testserver", api.tokens["worker"], client=api.client).with_capability(capability(job))
     wheel = tmp_path / "w-1.0-py3-none-any.whl"
     wheel.write_bytes(os.urandom(3 * 1024 * 1024 + 17))
-    store.put_file(f"jobs/{job}/wheels/" + wheel.name, wheel)
-    store.put_bytes(f"jobs/{job}/wheels/w.whl.provenance.json", b'{"a": 1}')
-    assert (api.settings.storage / f"jobs/{job}/wheels" / wheel.name).read_bytes() == wheel.read_bytes()
-    assert store.exists(f"jobs/{job}/wheels/" + wheel.name) and not store.exists(f"jobs/{job}/wheels/nope.whl")
-    assert store.read_bytes(f"jobs/{job}/wheels/w.whl.provenance.json") == b'{"a": 1}'
-    got = store.get_file(f"jobs/{job}/wheels/" + wheel.name, tmp_path / "down" / "copy.whl")
+    store.put_file(f"jobs/{job}/attempt-1/wheels/" + wheel.name, wheel)
+    store.put_bytes(f"jobs/{job}/attempt-1/wheels/w.whl.provenance.json", b'{"a": 1}')
+    assert (api.settings.storage / f"jobs/{job}/attempt-1/wheels" / wheel.name).read_bytes() == wheel.read_bytes()
+    assert store.exists(f"jobs/{job}/attempt-1/wheels/" + wheel.name) and not store.exists(f"jobs/{job}/attempt-1/wheels/nope.whl")
+    assert store.read_bytes(f"jobs/{job}/attempt-1/wheels/w.whl.provenance.json") == b'{"a": 1}'
+    got = store.get_file(f"jobs/{job}/attempt-1/wheels/" + wheel.name, tmp_path / "down" / "copy.whl")
     assert got.read_bytes() == wheel.read_bytes()
     assert store.local_path(f"jobs/{job}/x.log") is None
     with pytest.raises(NotFound):
@@ -482,7 +484,7 @@ def test_http_storage_over_the_api(api: Api, tmp_path: Path) -> None:
                                                                                             b"x")
     with pytest.raises(InfrastructureFault):
         HttpStorage("http://testserver", api.tokens["submit"], client=api.client).get_file(
-            f"jobs/{job}/wheels/" + wheel.name, tmp_path / "down" / "denied.whl")
+            f"jobs/{job}/attempt-1/wheels/" + wheel.name, tmp_path / "down" / "denied.whl")
     with pytest.raises(InfrastructureFault):
         HttpStorage("http://127.0.0.1:9", "x").read_bytes("jobs/1/x")  # nothing listens on port 9
 
