@@ -276,8 +276,7 @@ def cmd_recipe_check(args: argparse.Namespace) -> int:
 def cmd_recipe_docs(args: argparse.Namespace) -> int:
     from farm.recipes.docs import main
 
-    main()
-    return 0
+    return main([])
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
