@@ -62,12 +62,9 @@ class NativeEngine:
             dynamic = sorted(set(builder.get_requires_for_build("wheel", settings)) - set(declared))
             self._install(ctx, python, dynamic)
             wheel = Path(builder.build("wheel", out, settings))
-        except BuildBackendException as exc:
-            cause = exc.exception
-            if isinstance(cause, CommandFailed):
-                limit = getattr(cause, "limit", None)
-                message = f"{limit}; a recipe's `limits` raises it\n{cause}" if limit else str(cause)
-                raise build_failure(message, cause.result.output) from exc
+        except BuildBackendException as exc:  # the hook runner's failure, or the backend's own
+            if isinstance(exc.exception, PackageFailure):
+                raise exc.exception from exc
             raise PackageFailure("build", f"the build backend failed: {exc}") from exc
         except BuildException as exc:  # pyproject.toml's [build-system] is unusable
             raise PackageFailure("build", str(exc)) from exc
@@ -91,14 +88,13 @@ class NativeEngine:
             limits=ctx.limits)
 
     def _package_code(self, ctx: BuildContext, argv: Sequence[str], policy: Policy) -> None:
+        """Run package code in the sandbox; its failure is the package's, led by what it lacked."""
         try:
             ctx.record(run_sandboxed(ctx.sandbox, argv, policy, log=ctx.log, timeout=ctx.settings.build_timeout))
         except CommandFailed as exc:
             limit = getattr(exc, "limit", None)
-            if isinstance(argv, list) and argv[:2] == ["sh", "-c"] or limit:
-                message = f"{limit}; a recipe's `limits` raises it\n{exc}" if limit else str(exc)
-                raise build_failure(message, exc.result.output) from exc
-            raise
+            message = f"{limit}; a recipe's `limits` raises it\n{exc}" if limit else str(exc)
+            raise build_failure(message, exc.result.output) from exc
 
     def _install(self, ctx: BuildContext, python: str, requirements: Iterable[str]) -> None:
         """Build requirements into the build environment, by the farm: wheels only, from the configured index."""
