@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal, TextIO
 
-from farm.errors import FarmError, InfrastructureFault
+from farm.errors import ContainerCommandFailed, FarmError, InfrastructureFault
 
 Network = Literal["none", "host"]
 
@@ -91,15 +91,6 @@ class ExecResult:
     @property
     def command_line(self) -> str:
         return shlex.join(self.argv)
-
-
-class ContainerCommandFailed(FarmError):
-    def __init__(self, result: ExecResult, *, timed_out: bool = False) -> None:
-        self.result = result
-        self.timed_out = timed_out
-        what = f"timed out after {result.seconds:.0f} s" if timed_out else f"exited with {result.exit_code}"
-        tail = result.output[-4000:].rstrip()
-        super().__init__(f"`{result.command_line}` (in container) {what}" + (f"\n{tail}" if tail else ""))
 
 
 def local_engine(docker_host: str) -> bool:

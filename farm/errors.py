@@ -1,11 +1,53 @@
-"""One base class for every error the farm reports to a person, one subclass per concept.
+"""Every error class of the farm, its exit code, and which failure of a job each one is.
 
-`FarmError` messages are meant to be printed as they are: they say what was wrong and where.
-`PackageFailure` is the package's fault (it does not build, its tests fail) and is never retried;
-`InfrastructureFault` is ours (a worker died, the network, the disk) and is retried.
+`FarmError` messages are meant to be printed as they are: they say what was wrong and where. The
+CLI prints `farm: error: MESSAGE` and exits with the error's `exit_code`:
+
+| exit | class | raised for |
+|---|---|---|
+| 1 | `FarmError` | the base class, and every subclass below without a code of its own |
+| 1 | `PackageFailure`, `CommandTimeout` | the package failed: it does not build, its tests fail, a step ran out of time |
+| 1 | `InfrastructureFault`, `StorageConflict` | something of the farm's failed (tool missing, disk, network); a write-once storage object with other bytes |
+| 1 | `JobStopped` | the coordinator voided the attempt a worker runs (cancelled, or sent again) |
+| 1 | `CommandFailed`, `ContainerCommandFailed` | a command on the host / in a container exited non-zero or timed out |
+| 1 | `PublishError`, `FileExists`, `PublishRefused`, `DigestMismatch` | a wheel that may not be published; a stored copy whose bytes are not the recorded ones |
+| 1 | `SigningError`, `SignatureInvalid` | the signing key or a provenance object; a signature that does not verify |
+| 2 | `ConfigError` | settings, a worker's configuration (interpreters, images, engines) |
+| 3 | `RecipeError` | invalid recipe files |
+| 4 | `SdistError` | a file that is not an acceptable sdist |
+| 5 | `UpstreamError` | the upstream index lacks what was asked for, or its file does not match its record |
+| 6 | `StateError` | an illegal job state transition |
+| 7 | `NotFound` | no such job, storage object, ... |
+| 8 | `PromotionRefused` | a release that may not enter a channel |
+| 9 | `UploadError` | an upload to another index failed |
+
+Other exits of the CLI: 0 success, 1 a `--wait` whose jobs did not all succeed, 2 a usage error
+(argparse), 3 `farm recipe check` found problems, 130 interrupted (Ctrl-C).
+
+A job attempt that ends in an exception is one of three kinds (`classify`, used by the worker's
+pipeline and its task; the kind is the job's `failure_kind`):
+
+- `package`: a `PackageFailure`. Recorded with the step and the log, never retried.
+- `infrastructure`: an `InfrastructureFault`, an `OSError` (the disk, the network, a tool that
+  cannot start), or any other `FarmError` (a deliberate error with a message, e.g. a worker without
+  the job's interpreter or image). Retried by the task with backoff, then failed.
+- `internal`: anything else (a `KeyError`, a `TypeError`, ...) is a bug in the farm. The job fails at
+  once, not retried, with the error `internal error: TYPE: MESSAGE` and the full traceback in its log.
+
+`JobStopped` is no failure (the attempt was voided): the pipeline and the task handle it first.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from farm.containers import ExecResult
+    from farm.util.cmd import Result
+
+FailureKind = Literal["package", "infrastructure", "internal"]
+
+_TAIL = 4000  # the end of a failed command's output kept in its error message
 
 
 class FarmError(Exception):
@@ -51,12 +93,31 @@ class NotFound(FarmError):
     exit_code = 7
 
 
+class PromotionRefused(FarmError):
+    exit_code = 8
+
+    def __init__(self, what: str, channel: str, reasons: list[str]) -> None:
+        self.reasons = reasons
+        super().__init__(f"{what} may not enter {channel}:\n  " + "\n  ".join(reasons))
+
+
+class UploadError(FarmError):
+    exit_code = 9
+
+
+# A job's failures (see `classify`) -----------------------------------------------------------------
+
+
 class PackageFailure(FarmError):
     """The package failed (build error, repair impossible, tests failed). Recorded, not retried."""
 
     def __init__(self, step: str, message: str) -> None:
         self.step = step
         super().__init__(f"{step}: {message}")
+
+
+class CommandTimeout(PackageFailure):
+    pass
 
 
 class InfrastructureFault(FarmError):
@@ -67,5 +128,83 @@ class InfrastructureFault(FarmError):
         super().__init__(f"{step}: {message}")
 
 
-class CommandTimeout(PackageFailure):
-    pass
+class StorageConflict(InfrastructureFault):
+    """A write-once object exists already with other bytes."""
+
+    def __init__(self, key: str, detail: str = "") -> None:
+        self.key = key
+        super().__init__("storage", detail or f"{key} is stored already with other content; stored objects are "
+                         "write-once")
+
+
+class JobStopped(FarmError):
+    """The coordinator voided the attempt a worker is running (cancelled, or sent again)."""
+
+
+def classify(exc: BaseException) -> FailureKind:
+    """What an exception that ended a job attempt is: the package's failure, an infrastructure fault
+    (retried), or a bug in the farm (failed at once, its traceback in the job's log). Not for
+    `JobStopped`, which is no failure."""
+    if isinstance(exc, PackageFailure):
+        return "package"
+    if isinstance(exc, (InfrastructureFault, OSError, FarmError)):
+        return "infrastructure"
+    return "internal"
+
+
+def internal_error(exc: BaseException) -> str:
+    """The job's error for a bug in the farm."""
+    return f"internal error: {type(exc).__name__}: {exc}"
+
+
+# Commands --------------------------------------------------------------------------------------------
+
+
+class CommandFailed(FarmError):
+    """A command run on the host (`farm.util.cmd.run`) exited non-zero or timed out."""
+
+    def __init__(self, result: Result, *, timed_out: bool = False) -> None:
+        self.result = result
+        self.timed_out = timed_out
+        what = f"timed out after {result.seconds:.0f} s" if timed_out else f"exited with {result.returncode}"
+        tail = result.output[-_TAIL:].rstrip()
+        super().__init__(f"`{result.command_line}` {what}" + (f"\n{tail}" if tail else ""))
+
+
+class ContainerCommandFailed(FarmError):
+    """A command run in a container (`farm.containers.Container.call`) exited non-zero or timed out."""
+
+    def __init__(self, result: ExecResult, *, timed_out: bool = False) -> None:
+        self.result = result
+        self.timed_out = timed_out
+        what = f"timed out after {result.seconds:.0f} s" if timed_out else f"exited with {result.exit_code}"
+        tail = result.output[-_TAIL:].rstrip()
+        super().__init__(f"`{result.command_line}` (in container) {what}" + (f"\n{tail}" if tail else ""))
+
+
+# Publishing and signing ------------------------------------------------------------------------------
+
+
+class PublishError(FarmError):
+    """A file cannot be published (not a wheel we can read, wrong project, bad name)."""
+
+
+class FileExists(PublishError):
+    """Another file is already published under this file name (or one that normalizes to it)."""
+
+
+class PublishRefused(FarmError):
+    """The job's wheels may not be published (another project's name or version, a file name that
+    other bytes already hold). The job fails with this reason; nothing is recorded or written."""
+
+
+class DigestMismatch(FarmError):
+    """A copy of a published file whose bytes are not the ones the database records: never copied on."""
+
+
+class SigningError(FarmError):
+    """No key, an unreadable key, or a provenance object that is not what the farm writes."""
+
+
+class SignatureInvalid(FarmError):
+    """A signature that does not verify, or one made by another key."""

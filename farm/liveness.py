@@ -18,14 +18,10 @@ from __future__ import annotations
 import json
 import logging
 
-from farm.errors import FarmError, NotFound
+from farm.errors import JobStopped, NotFound  # noqa: F401 - JobStopped lives in farm.errors, imported from here too
 from farm.storage import Storage
 
 log = logging.getLogger(__name__)
-
-
-class JobStopped(FarmError):
-    """The coordinator voided the attempt a worker is running (cancelled, or sent again)."""
 
 
 def stop_key(job_id: int) -> str:

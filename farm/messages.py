@@ -89,7 +89,7 @@ class JobEvent(_Msg):
     state: str
     step: StepReport | None = None
     error: str | None = None
-    failure_kind: Literal["package", "infrastructure", "dependency"] | None = None
+    failure_kind: Literal["package", "infrastructure", "internal", "dependency"] | None = None
     missing: list[str] = Field(default_factory=list)  # requirements the farm's index lacks (dep_wait)
     staged: list[StagedWheel] = Field(default_factory=list)
     carry: dict[str, Any] = Field(default_factory=dict)

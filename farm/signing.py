@@ -52,21 +52,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from farm.errors import FarmError
+from farm.errors import SignatureInvalid, SigningError
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 PUBLISHER_KIND = "wheel-farm"
 KEY_FILE = "farm.key"
 PUB_FILE = "farm.pub"
 KEYS_JSON = "farm.json"
-
-
-class SigningError(FarmError):
-    """No key, an unreadable key, or a provenance object that is not what the farm writes."""
-
-
-class SignatureInvalid(FarmError):
-    """A signature that does not verify, or one made by another key."""
 
 
 # DSSE --------------------------------------------------------------------------------------------

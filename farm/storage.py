@@ -24,20 +24,11 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple, Protocol
 
-from farm.errors import InfrastructureFault, NotFound
+from farm.errors import NotFound, StorageConflict
 
 _RESULT = re.compile(r"^jobs/(?P<job>[0-9]+)/(?:attempt-(?P<log>[0-9]+)\.log|attempt-(?P<attempt>[0-9]+)/"
                      r"(?:staged/[^/]+\.whl|wheels/[^/]+\.whl(?:\.provenance\.json)?))$")
 _REWRITABLE = re.compile(r"^jobs/[0-9]+/stop\.json$")
-
-
-class StorageConflict(InfrastructureFault):
-    """A write-once object exists already with other bytes."""
-
-    def __init__(self, key: str, detail: str = "") -> None:
-        self.key = key
-        super().__init__("storage", detail or f"{key} is stored already with other content; stored objects are "
-                         "write-once")
 
 
 class ResultKey(NamedTuple):

@@ -37,16 +37,11 @@ from sqlalchemy.orm import Session
 from farm.config import Settings
 from farm.db.models import Artifact, Job, Provenance, utcnow
 from farm.db.session import begin_write
-from farm.errors import FarmError, InfrastructureFault
+from farm.errors import InfrastructureFault, PublishRefused
 from farm.index import channels, simple
 from farm.messages import ArtifactReport
 from farm.storage import get_storage
 from farm.util.hashing import canonical_json, sha256_bytes, sha256_file
-
-
-class PublishRefused(FarmError):
-    """The job's wheels may not be published (another project's name or version, a file name that
-    other bytes already hold). The job fails with this reason; nothing is recorded or written."""
 
 
 @dataclass

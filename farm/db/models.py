@@ -70,7 +70,7 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(200))
     cached_from_id: Mapped[int | None] = mapped_column(ForeignKey("job.id"))
     error: Mapped[str | None] = mapped_column(Text)
-    failure_kind: Mapped[str | None] = mapped_column(String(16))  # package | infrastructure | dependency
+    failure_kind: Mapped[str | None] = mapped_column(String(16))  # package | infrastructure | internal | dependency
     log_key: Mapped[str | None] = mapped_column(Text)
     staged: Mapped[dict[str, Any]] = mapped_column(default=dict)  # wheel staged while in dep_wait
     priority: Mapped[int] = mapped_column(default=0, server_default="0")  # higher goes first where the broker supports it

@@ -42,14 +42,10 @@ from sqlalchemy.orm import Session
 
 from farm.config import Settings
 from farm.db.models import Artifact, ChannelEntry, Provenance, utcnow
-from farm.errors import ConfigError, FarmError
+from farm.errors import ConfigError, DigestMismatch
 from farm.index import simple
 from farm.index.simple import IndexFile
 from farm.util.hashing import sha256_bytes, sha256_file
-
-class DigestMismatch(FarmError):
-    """A copy of a published file whose bytes are not the ones the database records: never copied on."""
-
 
 TREES_JSON = "trees.json"
 SIDECARS = ("", ".metadata", ".provenance", ".provenance.json")

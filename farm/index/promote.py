@@ -29,17 +29,9 @@ from sqlalchemy.orm import Session, selectinload
 
 from farm.config import Settings
 from farm.db.models import Artifact, ChannelEntry, Job
-from farm.errors import FarmError, NotFound
+from farm.errors import FarmError, NotFound, PromotionRefused
 from farm.index.channels import DigestMismatch, add_entries, checked_source, layout
 from farm.util.archive import is_project_name
-
-
-class PromotionRefused(FarmError):
-    exit_code = 8
-
-    def __init__(self, what: str, channel: str, reasons: list[str]) -> None:
-        self.reasons = reasons
-        super().__init__(f"{what} may not enter {channel}:\n  " + "\n  ".join(reasons))
 
 
 def parse_pin(text: str) -> tuple[str, str]:

@@ -52,7 +52,7 @@ from urllib.parse import quote
 from packaging.utils import InvalidWheelFilename, canonicalize_name, canonicalize_version, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
-from farm.errors import FarmError
+from farm.errors import FileExists, PublishError
 from farm.util.archive import is_project_name
 from farm.util.hashing import sha256_bytes, sha256_file
 
@@ -61,14 +61,6 @@ JSON_TYPE = "application/vnd.pypi.simple.v1+json"
 HTML_TYPE = "application/vnd.pypi.simple.v1+html"
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-class PublishError(FarmError):
-    """A file cannot be published (not a wheel we can read, wrong project, bad name)."""
-
-
-class FileExists(PublishError):
-    """Another file is already published under this file name (or one that normalizes to it)."""
 
 
 # File identity -----------------------------------------------------------------------------------

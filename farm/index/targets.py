@@ -41,7 +41,7 @@ from sqlalchemy.orm import Session
 
 from farm.config import Settings, UploadTarget
 from farm.db.models import Artifact, Upload, utcnow
-from farm.errors import ConfigError, FarmError, NotFound
+from farm.errors import ConfigError, NotFound, UploadError
 from farm.index.simple import wheel_metadata
 
 if TYPE_CHECKING:
@@ -54,10 +54,6 @@ _SINGLE = {"Metadata-Version": "metadata_version", "Name": "name", "Version": "v
            "Home-page": "home_page", "Author": "author", "Author-email": "author_email", "License": "license",
            "Requires-Python": "requires_python", "Keywords": "keywords", "Platform": "platform",
            "Description-Content-Type": "description_content_type", "License-Expression": "license_expression"}
-
-
-class UploadError(FarmError):
-    exit_code = 9
 
 
 @dataclass

@@ -17,9 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from farm.errors import FarmError
-
-_TAIL = 4000
+from farm.errors import CommandFailed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,15 +30,6 @@ class Result:
     @property
     def command_line(self) -> str:
         return shlex.join(self.argv)
-
-
-class CommandFailed(FarmError):
-    def __init__(self, result: Result, *, timed_out: bool = False) -> None:
-        self.result = result
-        self.timed_out = timed_out
-        what = f"timed out after {result.seconds:.0f} s" if timed_out else f"exited with {result.returncode}"
-        tail = result.output[-_TAIL:].rstrip()
-        super().__init__(f"`{result.command_line}` {what}" + (f"\n{tail}" if tail else ""))
 
 
 def run(

@@ -2,13 +2,20 @@
 
 Each step is a function in its own module; this file only sequences them, times them, and tells
 the coordinator (through `report`) what happened. The worker never touches the database.
+
+An exception that ends the attempt is classified by `farm.errors.classify`: a package failure is
+reported (failed, not retried); an infrastructure fault is raised as `InfrastructureFault` for the
+task to retry; anything else is a bug in the farm: the job fails at once as `internal`, and the
+traceback goes into the job's log.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 import socket
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,9 +23,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from farm.config import Settings
 from farm.db.states import JobState
-from farm.errors import InfrastructureFault, PackageFailure
+from farm.errors import InfrastructureFault, JobStopped, PackageFailure, classify, internal_error
 from farm.index.simple import identity_problem
-from farm.liveness import JobStopped
 from farm.messages import ArtifactReport, JobEvent, JobSpec, StagedWheel, StepReport
 from farm.recipes.schema import Options
 from farm.storage import Storage, log_key, staged_key, wheel_key
@@ -35,6 +41,7 @@ if TYPE_CHECKING:
     from farm.worker.verify_container import VerifyBox
 
 Report = Callable[[JobEvent], None]
+logger = logging.getLogger(__name__)
 
 
 class Steps:
@@ -92,21 +99,30 @@ def run_job(spec: JobSpec, *, settings: Settings, storage: Storage, report: Repo
                   f"engine={spec.engine} recipe={spec.recipe_name or '(defaults)'} on {worker}\n")
         try:
             _pipeline(spec, settings=settings, storage=storage, steps=steps, work=work, started=started)
-        except PackageFailure as exc:
-            log.write(f"\nFAILED ({exc.step}): {exc}\n")
-            log.flush()
-            _store_log(storage, key, log_path)
-            steps.event(JobState.FAILED, error=str(exc), failure_kind="package", log_key=key)
         except JobStopped as exc:  # the coordinator voided this attempt: no fault, nothing to report
             log.write(f"\nSTOPPED: {exc}\n")
             log.flush()
             _store_log(storage, key, log_path)
             raise
         except Exception as exc:
-            log.write(f"\nINFRASTRUCTURE FAULT: {type(exc).__name__}: {exc}\n")
-            log.flush()
-            _store_log(storage, key, log_path)
-            raise InfrastructureFault(getattr(exc, "step", "worker"), str(exc)) from exc
+            kind = classify(exc)
+            if kind == "package":
+                log.write(f"\nFAILED ({getattr(exc, 'step', '?')}): {exc}\n")
+                log.flush()
+                _store_log(storage, key, log_path)
+                steps.event(JobState.FAILED, error=str(exc), failure_kind="package", log_key=key)
+            elif kind == "infrastructure":
+                log.write(f"\nINFRASTRUCTURE FAULT: {type(exc).__name__}: {exc}\n")
+                log.flush()
+                _store_log(storage, key, log_path)
+                raise InfrastructureFault(getattr(exc, "step", "worker"), str(exc)) from exc
+            else:  # a bug in the farm: retrying would only hide it
+                logger.error("job %s attempt %s: %s", spec.job_id, spec.attempt, internal_error(exc), exc_info=exc)
+                log.write(f"\nINTERNAL ERROR (a bug in the farm; not retried): {type(exc).__name__}: {exc}\n")
+                log.write("".join(traceback.format_exception(exc)))
+                log.flush()
+                _store_log(storage, key, log_path)
+                steps.event(JobState.FAILED, error=internal_error(exc), failure_kind="internal", log_key=key)
         finally:
             if not settings.home.joinpath("keep-work").exists():
                 shutil.rmtree(work, ignore_errors=True)

@@ -1,9 +1,11 @@
 """The build task a platform worker consumes. Plain function in, events out; no database here.
 
 Infrastructure faults are retried with backoff (the job goes back to `queued`); a package that
-fails to build or test is reported once and never retried. While the job runs, a background thread
-sends heartbeats (farm.worker.heartbeat); an attempt the coordinator voided (cancelled, or sent
-again after this worker was thought lost) is skipped, or stopped at the next step boundary.
+fails to build or test is reported once and never retried, and so is a bug in the farm (`internal`,
+its traceback in the job's log; `farm.errors.classify` tells them apart). While the job runs, a
+background thread sends heartbeats (farm.worker.heartbeat); an attempt the coordinator voided
+(cancelled, or sent again after this worker was thought lost) is skipped, or stopped at the next
+step boundary.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ import socket
 from typing import Any
 
 from celery import shared_task
+from kombu.exceptions import OperationalError
 
 from farm.config import get_settings
 from farm.db.states import JobState
-from farm.errors import InfrastructureFault
-from farm.liveness import JobStopped, stop_reason
+from farm.errors import InfrastructureFault, JobStopped, classify, internal_error
+from farm.liveness import stop_reason
 from farm.messages import BUILD_TASK, COORDINATOR_QUEUE, EVENT_TASK, JobEvent, JobSpec
 from farm.storage import get_storage
 from farm.worker.heartbeat import HeartbeatThread
@@ -30,7 +33,10 @@ MAX_RETRIES = 3
 def send_event(event: JobEvent) -> None:
     from farm.coordinator.app import get_app
 
-    get_app().send_task(EVENT_TASK, args=[event.model_dump(mode="json")], queue=COORDINATOR_QUEUE)
+    try:
+        get_app().send_task(EVENT_TASK, args=[event.model_dump(mode="json")], queue=COORDINATOR_QUEUE)
+    except OperationalError as exc:  # the broker stayed away through the send's retries
+        raise InfrastructureFault("report", f"cannot send the job's event: {exc}") from exc
 
 
 @shared_task(name=BUILD_TASK, bind=True, acks_late=True, max_retries=MAX_RETRIES)
@@ -48,7 +54,14 @@ def build(self: Any, payload: dict[str, Any]) -> None:
             run_job(spec, settings=settings, storage=storage, report=beat.guard(send_event), worker=worker)
     except JobStopped as exc:
         log.info("job %s attempt %s stopped: %s", spec.job_id, spec.attempt, exc)
-    except InfrastructureFault as exc:
+    except Exception as exc:
+        kind = classify(exc)
+        if kind != "infrastructure":  # run_job reports these itself: this one came from outside its steps
+            error = str(exc) if kind == "package" else internal_error(exc)
+            log.error("job %s: %s", spec.job_id, error, exc_info=exc)
+            send_event(JobEvent(job_id=spec.job_id, attempt=spec.attempt, worker=worker, state=JobState.FAILED.value,
+                                error=error, failure_kind=kind))
+            return
         log.warning("job %s: infrastructure fault: %s", spec.job_id, exc)
         if beat.stop_reason:
             return

@@ -91,10 +91,13 @@ class FarmIndex:
                 return json.loads(path.read_text())["files"]
             except FileNotFoundError:
                 return []
-        resp = self._http.get(self.url + name + "/", headers={"Accept": "application/vnd.pypi.simple.v1+json"})
-        if resp.status_code == 404:
-            return []
-        resp.raise_for_status()
+        try:
+            resp = self._http.get(self.url + name + "/", headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+            if resp.status_code == 404:
+                return []
+            resp.raise_for_status()
+        except httpx.HTTPError as exc:  # the farm's own index is away: ours, retried
+            raise InfrastructureFault("verify", f"the farm's index {self.url}: {type(exc).__name__}: {exc}") from exc
         return resp.json()["files"]
 
 

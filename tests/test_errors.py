@@ -1,0 +1,250 @@
+"""Errors: one module holds every error class and exit code, and a job attempt that ends in an
+exception is told apart as the package's failure, an infrastructure fault (retried) or a bug in the
+farm (failed at once, as `internal`, with its traceback in the stored log).
+
+The jobs run in this process through the real worker task (`farm.worker.build`, Celery's eager
+`apply`, whose retries run at once) on an embedded farm's database and storage; the worker's events
+go straight to the coordinator's `apply_event` instead of through a broker. The only thing injected
+is the failure: one helper of the fetch step raises.
+"""
+
+from __future__ import annotations
+
+import ast
+import errno
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+import farm.errors
+from farm.errors import (
+    CommandFailed,
+    ConfigError,
+    FarmError,
+    InfrastructureFault,
+    JobStopped,
+    NotFound,
+    PackageFailure,
+    StorageConflict,
+    classify,
+)
+from farm.messages import JobEvent, JobSpec
+
+ROOT = Path(__file__).resolve().parent.parent
+_ERROR_NAME = re.compile(r"(Error|Fault|Failure|Exception|Stopped|Refused|Invalid|Exists|Mismatch|Conflict|Timeout|"
+                         r"NotFound|Failed)$")
+_PRIVATE_SIGNALS = {("farm/worker/verify_container.py", "_OutOfTime")}  # control flow inside one function
+
+
+# Classification ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("exc", "kind"), [
+    (PackageFailure("build", "does not compile"), "package"),
+    (farm.errors.CommandTimeout("build", "timed out"), "package"),
+    (InfrastructureFault("fetch", "not in storage"), "infrastructure"),
+    (StorageConflict("jobs/1/attempt-1.log"), "infrastructure"),
+    (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), "infrastructure"),
+    (FileNotFoundError(errno.ENOENT, "No such file or directory", "auditwheel"), "infrastructure"),
+    (ConnectionResetError(), "infrastructure"),
+    (ConfigError("this worker has no cp399 interpreter"), "infrastructure"),  # a deliberate error: as before
+    (NotFound("not in storage: jobs/1/attempt-1/staged/x.whl"), "infrastructure"),
+    (KeyError("sha256"), "internal"),
+    (TypeError("unsupported operand"), "internal"),
+    (AttributeError("'NoneType' object has no attribute 'name'"), "internal"),
+    (ValueError("expected one .dist-info folder"), "internal"),
+    (AssertionError(), "internal"),
+])
+def test_classify(exc: BaseException, kind: str) -> None:
+    assert classify(exc) == kind
+
+
+def test_internal_error_message() -> None:
+    assert farm.errors.internal_error(KeyError("sha256")) == "internal error: KeyError: 'sha256'"
+
+
+def _error_classes_defined(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            bases = [b.id if isinstance(b, ast.Name) else b.attr if isinstance(b, ast.Attribute) else "" for b in node.bases]
+            if any(_ERROR_NAME.search(b) or b == "BaseException" for b in bases):
+                found.append(node.name)
+    return found
+
+
+def test_every_error_class_lives_in_farm_errors() -> None:
+    elsewhere = [(str(p.relative_to(ROOT)), name) for p in sorted((ROOT / "farm").rglob("*.py"))
+                 if p.name != "errors.py" or p.parent.name != "farm" for name in _error_classes_defined(p)]
+    assert set(elsewhere) <= _PRIVATE_SIGNALS, elsewhere
+
+
+@pytest.mark.parametrize(("module", "name"), [
+    ("farm.util.cmd", "CommandFailed"), ("farm.containers", "ContainerCommandFailed"),
+    ("farm.storage", "StorageConflict"), ("farm.liveness", "JobStopped"), ("farm.signing", "SigningError"),
+    ("farm.signing", "SignatureInvalid"), ("farm.index.targets", "UploadError"), ("farm.index.simple", "PublishError"),
+    ("farm.index.simple", "FileExists"), ("farm.index.channels", "DigestMismatch"),
+    ("farm.index.promote", "PromotionRefused"), ("farm.coordinator.publish", "PublishRefused"),
+])
+def test_moved_classes_are_still_importable_where_they_were(module: str, name: str) -> None:
+    import importlib
+
+    assert getattr(importlib.import_module(module), name) is getattr(farm.errors, name)
+
+
+def test_the_exit_code_table_is_the_classes_exit_codes() -> None:
+    rows = re.findall(r"^\| (\d+) \| (.+?) \|", farm.errors.__doc__ or "", re.MULTILINE)
+    documented: dict[str, int] = {}
+    for code, names in rows:
+        for name in re.findall(r"`(\w+)`", names):
+            documented[name] = int(code)
+    classes = {n: c for n, c in vars(farm.errors).items() if isinstance(c, type) and issubclass(c, FarmError)}
+    assert set(documented) == set(classes)
+    assert {n: c.exit_code for n, c in classes.items()} == documented
+
+
+def test_command_failed_message_keeps_its_shape() -> None:
+    from farm.util.cmd import run
+
+    with pytest.raises(CommandFailed, match=r"^`sh -c 'echo oops; exit 3'` exited with 3\noops$"):
+        run(["sh", "-c", "echo oops; exit 3"])
+
+
+def test_the_farms_index_away_is_an_infrastructure_fault() -> None:
+    from farm.worker.verify import FarmIndex
+    from tests.conftest import free_port
+
+    with pytest.raises(InfrastructureFault, match="the farm's index"):
+        FarmIndex(f"http://127.0.0.1:{free_port()}/simple/").files("six")
+
+
+# Jobs through the worker task ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def job(farm_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[JobSpec, list[JobEvent]]:
+    """A submitted job's spec (its build message captured) and the list its worker events go to; each
+    event is applied by the coordinator as it is sent."""
+    from farm.cli import ensure_db
+    from farm.config import get_settings
+    from farm.coordinator import dispatch
+    from farm.coordinator.events import apply_event
+    from farm.coordinator.submit import submit
+    from farm.worker import task
+    from tests.test_archive import sdist_members, write_tar
+
+    monkeypatch.setenv("FARM_HEARTBEAT_INTERVAL", "600")
+    sent: list[JobSpec] = []
+    monkeypatch.setattr(dispatch, "send", sent.extend)
+    ensure_db()
+    settings = get_settings()
+    sdist = write_tar(tmp_path / "foo-1.0.tar.gz", sdist_members())
+    submit(str(sdist), settings=settings)
+    events: list[JobEvent] = []
+
+    def deliver(event: JobEvent) -> None:
+        events.append(event)
+        apply_event(event, settings)
+
+    monkeypatch.setattr(task, "send_event", deliver)
+    (spec,) = sent
+    return spec, events
+
+
+def _run(spec: JobSpec) -> None:
+    from farm.worker.task import build
+
+    result = build.apply(args=[spec.model_dump(mode="json")], throw=False)  # a retry runs again at once
+    assert result.successful(), result.traceback
+
+
+def _stored_log(spec: JobSpec) -> str:
+    from farm.storage import get_storage, log_key
+
+    return get_storage().read_bytes(log_key(spec.job_id, spec.attempt)).decode()
+
+
+def _job(job_id: int):  # type: ignore[no-untyped-def]
+    from farm.db.models import Job
+    from farm.db.session import session_scope
+
+    with session_scope() as s:
+        j = s.get(Job, job_id)
+        return j.state, j.failure_kind, j.error, j.attempt, [(st.name, st.outcome) for st in j.steps]
+
+
+def _fetch_raises(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> list[int]:
+    """The fetch step's digest check raises `exc` (after the sdist came from storage); the calls made."""
+    from farm.worker import fetch
+
+    calls: list[int] = []
+
+    def digest(path: Path) -> str:
+        calls.append(1)
+        raise exc
+
+    monkeypatch.setattr(fetch, "sha256_file", digest)
+    return calls
+
+
+def test_a_bug_in_the_farm_fails_the_job_once_as_internal_with_its_traceback(
+        job: tuple[JobSpec, list[JobEvent]], monkeypatch: pytest.MonkeyPatch) -> None:
+    spec, events = job
+    calls = _fetch_raises(monkeypatch, KeyError("sdist-digest"))
+    _run(spec)
+    assert len(calls) == 1  # not retried
+    assert [(e.state, e.failure_kind) for e in events if e.step is None] == [("failed", "internal")]
+    assert events[-1].error == "internal error: KeyError: 'sdist-digest'"
+    state, kind, error, attempt, steps = _job(spec.job_id)
+    assert (state, kind, error, attempt) == ("failed", "internal", "internal error: KeyError: 'sdist-digest'", 1)
+    assert steps == [("fetching", "failed")]
+    log = _stored_log(spec)
+    assert log.count(f"job {spec.job_id} attempt 1:") == 1
+    assert "INTERNAL ERROR (a bug in the farm; not retried): KeyError: 'sdist-digest'" in log
+    assert "INFRASTRUCTURE FAULT" not in log
+    trace = log[log.index("Traceback (most recent call last):"):]
+    for frame in ("in run_job", "in _steps", "in fetch", "in digest"):  # the whole way down to the raise
+        assert frame in trace, trace
+    assert trace.rstrip().endswith("KeyError: 'sdist-digest'")
+
+
+def test_a_full_disk_is_an_infrastructure_fault_retried_then_failed(
+        job: tuple[JobSpec, list[JobEvent]], monkeypatch: pytest.MonkeyPatch) -> None:
+    from farm.worker.task import MAX_RETRIES
+
+    spec, events = job
+    calls = _fetch_raises(monkeypatch, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    _run(spec)
+    assert len(calls) == 1 + MAX_RETRIES
+    ends = [(e.state, e.failure_kind) for e in events if e.step is None]
+    assert ends == [("queued", "infrastructure")] * MAX_RETRIES + [("failed", "infrastructure")]
+    state, kind, error, attempt, _ = _job(spec.job_id)
+    assert (state, kind, attempt) == ("failed", "infrastructure", 1)
+    assert error.startswith(f"gave up after {MAX_RETRIES} retries:") and "No space left on device" in error
+    log = _stored_log(spec)
+    assert log.count(f"job {spec.job_id} attempt 1:") == 1 + MAX_RETRIES
+    assert log.count("INFRASTRUCTURE FAULT: OSError: [Errno 28] No space left on device") == 1 + MAX_RETRIES
+    assert "Traceback" not in log and "INTERNAL ERROR" not in log
+
+
+def test_a_package_failure_is_not_retried(job: tuple[JobSpec, list[JobEvent]],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    spec, events = job
+    calls = _fetch_raises(monkeypatch, PackageFailure("fetch", "the sdist is not what it says"))
+    _run(spec)
+    assert len(calls) == 1
+    assert [(e.state, e.failure_kind, e.error) for e in events if e.step is None] == [
+        ("failed", "package", "fetch: the sdist is not what it says")]
+    assert _job(spec.job_id)[:2] == ("failed", "package")
+    assert "FAILED (fetch): fetch: the sdist is not what it says" in _stored_log(spec)
+
+
+def test_a_stopped_attempt_is_no_failure(job: tuple[JobSpec, list[JobEvent]], monkeypatch: pytest.MonkeyPatch) -> None:
+    spec, events = job
+    _fetch_raises(monkeypatch, JobStopped("the job was cancelled"))
+    _run(spec)
+    assert [e for e in events if e.step is None] == []
+    assert "STOPPED: the job was cancelled" in _stored_log(spec)
