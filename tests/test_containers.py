@@ -1,13 +1,18 @@
 """Linux container builds: the cibuildwheel engine, verification in a clean container, the container helper.
 
 The Docker tests build the real pyyaml 6.0.2 sdist with cibuildwheel in the bullseye build image
-(libyaml-dev from apt in before-all), check that libyaml was grafted, verify the wheel in the
-clean bullseye image without network, and show that an unrepaired wheel fails there.
+without network (its build requirements from a wheelhouse the farm downloads, libyaml-dev from
+package files the farm downloads and before-all installs), check that libyaml was grafted, verify
+the wheel in the clean bullseye image without network, and show that an unrepaired wheel fails
+there. Small generated sdists show that a build cannot reach the host's loopback, that a
+backend's dynamic requirement is found and built offline, that a build requirement without a
+wheel fails with that reason, and that one asked for only inside the build cannot be fetched there.
 """
 
 from __future__ import annotations
 
 import io
+import re
 import sys
 import tarfile
 import time
@@ -30,6 +35,7 @@ from farm.worker.engines.cibuildwheel import (
     engine_config,
     repair_command,
     system_packages_command,
+    system_packages_download,
 )
 from farm.worker.platforms import get_platform
 from farm.worker.verify_container import ContainerVerifyResult, verify_in_container
@@ -93,8 +99,8 @@ def test_options_become_cibuildwheel_variables(tmp_path: Path, pyyaml_sdist: Pat
     # Everything cibuildwheel writes on the host stays in the job's folder.
     for var in ("TMPDIR", "CIBW_CACHE_PATH", "DOCKER_CONFIG"):
         assert Path(env[var]).is_relative_to(ctx.work)
-    assert env["CIBW_BEFORE_ALL"] == ("set -e\napt-get update -qq && apt-get install -y --no-install-recommends "
-                                      "libyaml-dev\necho python {project}")
+    assert env["CIBW_BEFORE_ALL"] == ('set -e\nset -- /farm/system-packages/*.deb; if [ -e "$1" ]; then '
+                                      'apt-get install -y --no-install-recommends "$@"; fi\necho python {project}')
     assert env["CIBW_BEFORE_BUILD"] == "python -m pip --version"
     assert env["CIBW_REPAIR_WHEEL_COMMAND"] == "auditwheel repair --exclude libfoo.so.1 -w {dest_dir} {wheel}"
     assert env["CIBW_CONFIG_SETTINGS"] == "--build-option=--a '--build-option=--b c' setup-args=-Dx=1"
@@ -102,7 +108,10 @@ def test_options_become_cibuildwheel_variables(tmp_path: Path, pyyaml_sdist: Pat
     parsed = parse_environment(env["CIBW_ENVIRONMENT"]).as_dictionary({"CFLAGS": "-g"})
     assert parsed["CFLAGS"] == "-O2 -g"
     assert parsed["QUOTED"] == 'say "hi" `no` \\ end' and parsed["PLAIN"] == "a b"
-    assert parsed["PIP_INDEX_URL"] == "https://pypi.org/simple/" and parsed["UV_DEFAULT_INDEX"] == parsed["PIP_INDEX_URL"]
+    # The front end installs from the mounted wheelhouse only: no index for pip, no network for uv.
+    assert parsed["PIP_NO_INDEX"] == "1" and parsed["PIP_FIND_LINKS"] == "/farm/build-wheels"
+    assert parsed["UV_OFFLINE"] == "1" and parsed["UV_FIND_LINKS"] == "/farm/build-wheels"
+    assert not {"PIP_INDEX_URL", "UV_DEFAULT_INDEX", "UV_INDEX_URL"} & set(parsed)
     assert parsed["PIP_CERT"] == parsed["SSL_CERT_FILE"] == "/farm/ca-bundle.crt"
 
 
@@ -113,17 +122,64 @@ def test_container_engine_never_mounts_the_host(tmp_path: Path, pyyaml_sdist: Pa
     config = OCIContainerEngineConfig.from_config_string(engine_config(ctx, ca=tmp_path / "ca.crt", job_label="j"))
     assert config.name == "docker" and config.disable_host_mount
     args = config.create_args
-    assert "--network=host" in args and "--memory=2g" in args and "--pids-limit=2048" in args
+    assert "--network=none" in args and "--memory=2g" in args and "--pids-limit=2048" in args
+    assert not any(a.startswith("--network=") and a != "--network=none" for a in args)
     assert f"--volume={tmp_path / 'ca.crt'}:/farm/ca-bundle.crt:ro" in args
+    assert f"--volume={ctx.work / 'build-wheels'}:/farm/build-wheels:ro" in args
+    assert f"--volume={ctx.work / 'system-packages'}:/farm/system-packages:ro" in args
     assert "--label=farm.cibuildwheel-job=j" in args
+    # A recipe that grants network gets the host's (recorded in the provenance), as with the native engine.
+    granted = make_ctx(tmp_path / "granted", sdist=pyyaml_sdist, options=Options(network=True))
+    args = OCIContainerEngineConfig.from_config_string(engine_config(granted, ca=tmp_path / "ca.crt", job_label="j")).create_args
+    assert "--network=host" in args and "--network=none" not in args
 
 
 def test_system_packages_per_family() -> None:
+    """Downloaded (with the host's network, the package manager only) and installed offline from the mount."""
     assert system_packages_command("apt", []) is None
-    assert system_packages_command("apk", ["yaml-dev"]) == "apk add --no-cache yaml-dev"
-    assert "dnf install -y libyaml-devel" in system_packages_command("yum", ["libyaml-devel"])  # type: ignore[operator]
+    assert system_packages_command("apk", ["yaml-dev"]) == \
+        'set -- /farm/system-packages/*.apk; if [ -e "$1" ]; then apk add --no-network "$@"; fi'
+    assert "rpm -Uvh --replacepkgs" in system_packages_command("yum", ["libyaml-devel"])  # type: ignore[operator]
+    assert "apt-get install -y -qq --download-only --no-install-recommends -o Dir::Cache::Archives=/d libyaml-dev" \
+        in system_packages_download("apt", ["libyaml-dev"], "/d")
+    assert "dnf install -y --downloadonly --downloaddir=/d libyaml-devel" in system_packages_download("yum", ["libyaml-devel"], "/d")
+    assert system_packages_download("apk", ["yaml-dev"], "/d").endswith("apk fetch --recursive --output /d yaml-dev")
     assert repair_command([]) == "auditwheel repair -w {dest_dir} {wheel}"
     assert config_settings({"k": "v w"}) == "'k=v w'"
+
+
+def test_wheelhouse_target_tags() -> None:
+    """The wheels downloaded for the build must install in the image: its Python and C library decide."""
+    from farm.worker.wheelhouse import parse_libc, target
+
+    assert parse_libc("ldd (Debian GLIBC 2.31-13+deb11u11) 2.31\nCopyright (C) 2020\n") == ("glibc", 2, 31)
+    assert parse_libc("musl libc (x86_64)\nVersion 1.2.4\n") == ("musl", 1, 2)
+    t = target("cp39", "x86_64", ("glibc", 2, 31))
+    assert (t.python, t.implementation, t.abi, t.resolver) == ("3.9", "cp", "cp39", "x86_64-manylinux_2_31")
+    assert t.platforms[0] == "manylinux_2_31_x86_64" and t.platforms[-1] == "manylinux1_x86_64"
+    assert {"manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux2010_x86_64"} <= set(t.platforms)
+    assert not any(p.startswith("linux_") for p in t.platforms)  # never a wheel that is not portable
+    assert target("cp313t", "aarch64", ("glibc", 2, 30)).resolver == "aarch64-manylinux_2_28"
+    assert target("cp313t", "aarch64", ("glibc", 2, 30)).abi == "cp313t"
+    musl = target("cp312", "x86_64", ("musl", 1, 2))
+    assert musl.platforms == ("musllinux_1_2_x86_64", "musllinux_1_1_x86_64")
+    assert musl.resolver == "x86_64-unknown-linux-musl"
+    assert target("cp312", "ppc64le", ("glibc", 2, 28)).resolver is None  # pip resolves alone there
+
+
+def test_build_requirements_are_only_pep508() -> None:
+    """Attack: a pyproject.toml or a backend's get_requires_for_build_wheel answering with installer
+    options (`--index-url`, `-r FILE`, a newline and an option) or a local path, which would become
+    arguments or requirement-file lines of pip and uv on the worker host."""
+    from farm.errors import PackageFailure
+    from farm.worker.wheelhouse import checked
+
+    assert checked(["Cython; python_version < '3.13'", "x @ https://example.org/x-1-py3-none-any.whl"], "declares") \
+        == ['Cython; python_version < "3.13"', "x @ https://example.org/x-1-py3-none-any.whl"]
+    for bad in ["--index-url=http://evil/", "-r /etc/passwd", "ok\n--extra-index-url http://evil/",
+                "x @ file:///etc/shadow", "x @ /root/.ssh/id_rsa"]:
+        with pytest.raises(PackageFailure):
+            checked([bad], "asks for")
 
 
 def test_musllinux_and_missing_images(tmp_path: Path, pyyaml_sdist: Path) -> None:
@@ -162,7 +218,9 @@ def built(tmp_path_factory: pytest.TempPathFactory, pyyaml_sdist: Path, docker_h
     start = time.monotonic()
     output = CibuildwheelEngine().build(ctx)
     seconds = time.monotonic() - start
-    print(f"cibuildwheel build of pyyaml took {seconds:.1f} s", file=sys.stderr)
+    prepared = re.search(r"wheelhouse for the offline build \(([\d.]+) s\)", ctx.log.getvalue())  # type: ignore[attr-defined]
+    print(f"cibuildwheel build of pyyaml took {seconds:.1f} s (wheelhouse {prepared and prepared.group(1)} s)",
+          file=sys.stderr)
     return ctx, output, seconds
 
 
@@ -202,10 +260,17 @@ def test_cibuildwheel_builds_a_repaired_manylinux_wheel(built) -> None:  # type:
     assert output.tools["cibuildwheel"].startswith("4.") and output.tools["build-frontend"] == "build[uv]"
     assert "setuptools" in output.effective_build_requires  # type: ignore[operator]
     # The recorded command says what ran: the sdist file itself, in the configured image.
-    (command,) = ctx.commands
-    assert "-m cibuildwheel" in command and str(ctx.sdist) in command
+    (command,) = [c for c in ctx.commands if "-m cibuildwheel" in c]
+    assert str(ctx.sdist) in command
     assert "CIBW_MANYLINUX_X86_64_IMAGE=wheel-farm/debian-bullseye:latest" in command
-    assert "apt-get install -y --no-install-recommends libyaml-dev" in log
+    # Built without network: the build requirements came from the farm's wheelhouse, libyaml-dev from
+    # package files downloaded beforehand and installed offline by before-all.
+    assert output.isolation["network"] == "none" and "--network=none" in command
+    wheels = output.isolation["buildWheels"]
+    assert any(w.startswith("setuptools-") for w in wheels) and any(w.lower().startswith("cython-") for w in wheels), wheels
+    assert all("manylinux" in w or w.endswith("-none-any.whl") for w in wheels), wheels
+    assert any(c.startswith("sh -c 'mkdir -p /tmp/farm/pkgs/partial && apt-get update") for c in ctx.commands)
+    assert "libyaml-dev_" in log and 'apt-get install -y --no-install-recommends "$@"' in command
 
 
 @pytest.mark.docker
@@ -418,3 +483,193 @@ def test_container_helper(tmp_path: Path, client, verify_image_result) -> None: 
 
     with pytest.raises(NotFound):
         client.containers.get(container_id)
+
+
+# Offline container builds: small generated sdists ------------------------------------------------
+C_MODULE = """#include <Python.h>
+#include <stdlib.h>
+static struct PyModuleDef def = {{PyModuleDef_HEAD_INIT, "{name}", NULL, -1, NULL}};
+/* getenv: a libc symbol, so that auditwheel sees which libc the extension needs */
+PyMODINIT_FUNC PyInit_{name}(void) {{ (void)getenv("{name}"); return PyModule_Create(&def); }}
+"""
+NO_WHEEL = "the build requirements cannot be installed from the index as wheels"
+
+
+def make_sdist(folder: Path, name: str, *, requires: list[str], setup_prefix: str = "",  # noqa: PLR0913
+               backend: str = "setuptools.build_meta", backend_path: list[str] | None = None,
+               extra: dict[str, str] | None = None) -> Path:
+    """`name-1.0.tar.gz`: a setuptools project with one C extension (cibuildwheel refuses pure wheels)."""
+    import json
+
+    files = {
+        "PKG-INFO": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+        "pyproject.toml": f"[build-system]\nrequires = {json.dumps(requires)}\nbuild-backend = {json.dumps(backend)}\n"
+                          + (f"backend-path = {json.dumps(backend_path)}\n" if backend_path else ""),
+        "setup.py": setup_prefix + "from setuptools import Extension, setup\n"
+                    f"setup(name={name!r}, version='1.0', ext_modules=[Extension({name!r}, [{name + '.c'!r}])])\n",
+        f"{name}.c": C_MODULE.format(name=name),
+        **(extra or {}),
+    }
+    sdist = folder / f"{name}-1.0.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tar:
+        for rel, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"{name}-1.0/{rel}")
+            info.size, info.mtime, info.mode = len(data), 1700000000, 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return sdist
+
+
+def small_ctx(tmp: Path, sdist: Path, docker_host: str, image: str) -> BuildContext:  # noqa: F811
+    return make_ctx(tmp, sdist=sdist, docker_host=docker_host, log=io.StringIO(),
+                    images={"linux-x86_64": [ImageConfig(image=image, pythons=["cp39"])]})
+
+
+LOOPBACK_PROBE = """import socket
+try:
+    socket.create_connection(("127.0.0.1", {port}), timeout=5).close()
+except OSError as exc:
+    print("farm-probe: the host's loopback is unreachable:", repr(exc), flush=True)
+else:
+    raise SystemExit("farm-probe: REACHED the host's loopback port {port} from the build")
+"""
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_build_container_cannot_reach_the_hosts_loopback(tmp_path: Path, docker_host: str,  # noqa: F811
+                                                         build_image_result) -> None:  # noqa: F811
+    """Attack: a setup.py that connects to a service on the worker's loopback (Redis, the farm's API)
+    while the wheel is built. The same code run on the host reaches the test's server, so the
+    build (and the farm's probe of the backend's requirements) would fail with its message if the
+    container shared the host's network."""
+    import socket
+    import subprocess
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(0.2)
+    port = server.getsockname()[1]
+    accepted: list[tuple] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, peer = server.accept()
+            except TimeoutError:
+                continue
+            accepted.append(peer)
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        probe = LOOPBACK_PROBE.format(port=port)
+        control = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30)
+        assert "REACHED" in control.stderr and len(accepted) == 1, (control, accepted)  # the probe works
+        sdist = make_sdist(tmp_path, "farmprobe", requires=["setuptools"], setup_prefix=probe)
+        ctx = small_ctx(tmp_path, sdist, docker_host, build_image_result.tag)
+        output = CibuildwheelEngine().build(ctx)
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+    log = ctx.log.getvalue()  # type: ignore[attr-defined]
+    assert len(accepted) == 1, accepted  # nothing from the build
+    assert output.wheels[0].name.startswith("farmprobe-1.0-cp39-cp39-") and "manylinux" in output.wheels[0].name
+    # setup.py ran in the probe container and in the build container, and found no loopback service
+    assert log.count("farm-probe: the host's loopback is unreachable") >= 2, log
+    assert output.isolation["network"] == "none"
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_dynamic_build_requirement_is_in_the_wheelhouse(tmp_path: Path, docker_host: str,  # noqa: F811
+                                                        build_image_result) -> None:  # noqa: F811
+    """Bad input: an sdist whose backend asks for more than it declares. setuptools before 70.1
+    declares nothing about `wheel` but returns it from get_requires_for_build_wheel; without the
+    farm's probe of that hook the offline front end could not install it and the build would fail."""
+    identity = ("import os, re\ncaps = re.search(r'CapEff:\\s*(\\w+)', open('/proc/self/status').read()).group(1)\n"
+                "print(f'farm-identity: uid={os.getuid()} caps={caps} net={sorted(os.listdir(\"/sys/class/net\"))}')\n")
+    sdist = make_sdist(tmp_path, "farmdyn", requires=["setuptools<70"], setup_prefix=identity)
+    ctx = small_ctx(tmp_path, sdist, docker_host, build_image_result.tag)
+    output = CibuildwheelEngine().build(ctx)
+    log = ctx.log.getvalue()  # type: ignore[attr-defined]
+    assert output.wheels[0].name.startswith("farmdyn-1.0-cp39-cp39-"), log
+    assert "the build backend adds: wheel" in log
+    assert output.effective_build_requires == ["setuptools<70", "wheel"]
+    wheels = output.isolation["buildWheels"]
+    assert any(w.startswith("setuptools-69.") for w in wheels) and any(w.startswith("wheel-") for w in wheels), wheels
+    assert output.isolation["network"] == "none"
+    # The probe of the hook (the first run of setup.py) is package code: not root, no capabilities, no network.
+    assert any("_in_process.py get_requires_for_build_wheel" in c for c in ctx.commands), ctx.commands
+    seen = re.findall(r"farm-identity: (.*)", log)
+    assert seen[0] == "uid=65534 caps=0000000000000000 net=['lo']", seen
+    assert all(s.endswith("net=['lo']") for s in seen), seen  # the build container has no network either
+
+
+BACKEND_ADDING = """from setuptools.build_meta import *  # noqa: F403
+from setuptools import build_meta as _setuptools
+
+
+def get_requires_for_build_wheel(config_settings=None):
+    return [*_setuptools.get_requires_for_build_wheel(config_settings), "docopt==0.6.2"]
+"""
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["declared", "dynamic"])
+def test_build_requirement_without_a_wheel_fails_with_the_reason(tmp_path: Path, docker_host: str, how: str,  # noqa: F811
+                                                                 build_image_result) -> None:  # noqa: F811
+    """Bad input: a build requirement that exists only as an sdist (docopt 0.6.2), declared in
+    [build-system] or returned by an in-tree backend (backend-path) from get_requires_for_build_wheel.
+    Building it would run its setup.py with network; the job fails as the package's, saying why."""
+    from farm.errors import PackageFailure
+
+    if how == "declared":
+        sdist = make_sdist(tmp_path, "farmnowheel", requires=["setuptools", "docopt==0.6.2"])
+    else:
+        sdist = make_sdist(tmp_path, "farmnowheel", requires=["setuptools"], backend="farm_backend",
+                           backend_path=["_backend"], extra={"_backend/farm_backend.py": BACKEND_ADDING})
+    ctx = small_ctx(tmp_path, sdist, docker_host, build_image_result.tag)
+    with pytest.raises(PackageFailure, match=NO_WHEEL) as failed:
+        CibuildwheelEngine().build(ctx)
+    assert failed.value.step == "build"
+    assert "docopt" in str(failed.value) and "cp39 manylinux_2_31_x86_64" in str(failed.value)
+    log = ctx.log.getvalue()  # type: ignore[attr-defined]
+    if how == "dynamic":
+        assert "the build backend adds: docopt==0.6.2" in log
+    assert "-m cibuildwheel" not in log  # nothing was built
+
+
+BACKEND_ONLY_AS_ROOT = """import os
+from setuptools.build_meta import *  # noqa: F403
+from setuptools import build_meta as _setuptools
+
+
+def get_requires_for_build_wheel(config_settings=None):
+    extra = ["wheel"] if os.getuid() == 0 else []  # root: the build container; the farm's probe is not root
+    return [*_setuptools.get_requires_for_build_wheel(config_settings), *extra]
+"""
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_requirement_asked_only_in_the_build_fails_offline(tmp_path: Path, docker_host: str,  # noqa: F811
+                                                           build_image_result) -> None:  # noqa: F811
+    """Bad input: a backend that asks for more in the build container than in the farm's probe.
+    The front end cannot fetch it (no index, no network): the build fails, saying the wheelhouse
+    lacked a requirement."""
+    from farm.errors import PackageFailure
+
+    sdist = make_sdist(tmp_path, "farmsly", requires=["setuptools>=70.1"], backend="farm_backend",
+                       backend_path=["_backend"], extra={"_backend/farm_backend.py": BACKEND_ONLY_AS_ROOT})
+    ctx = small_ctx(tmp_path, sdist, docker_host, build_image_result.tag)
+    with pytest.raises(PackageFailure, match="not in the farm's wheelhouse") as failed:
+        CibuildwheelEngine().build(ctx)
+    assert "wheel was not found in the cache" in str(failed.value)
+    assert "the build backend adds" not in ctx.log.getvalue()  # type: ignore[attr-defined]

@@ -1,19 +1,25 @@
 """The cibuildwheel engine on Linux: the build (and auditwheel repair) runs in a container.
 
 The recipe's options become cibuildwheel's `CIBW_*` variables; the image comes from the
-worker's `images` setting for the job's platform and Python. The container gets the host's network
-(the build backend's requirements come from the upstream index), the site's CA bundle mounted
-read-only, memory and process limits, and never the host's root file system (cibuildwheel's
-default `/:/host` mount is switched off). Tests are skipped here: the farm verifies separately.
+worker's `images` setting for the job's platform and Python. The container has no network
+(`--network=none`; the host's only when a recipe grants `network`): before cibuildwheel starts,
+the farm downloads the build requirements as wheels (`farm/worker/wheelhouse.py`) and the recipe's
+system packages as package files (a container of the build image that runs only the package
+manager), and both folders are mounted read-only; the front end installs from the wheels only and
+`before-all` installs the package files. The container also gets the site's CA bundle, memory and
+process limits, and never the host's root file system (cibuildwheel's default `/:/host` mount is
+switched off). Tests are skipped here: the farm verifies separately.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import shlex
 import shutil
 import sys
 import uuid
+from concurrent.futures import ThreadPoolExecutor, wait
 from importlib.metadata import version
 from pathlib import Path
 
@@ -29,11 +35,13 @@ from farm.containers import (
 )
 from farm.errors import CommandTimeout, ConfigError, FarmError, InfrastructureFault, PackageFailure
 from farm.util.cmd import CommandFailed, Result, clean_env, run
-from farm.worker import build_requires
+from farm.worker import build_requires, wheelhouse
 from farm.worker.engines.base import BuildContext, BuildOutput
 from farm.worker.hints import build_failure
+from farm.worker.wheelhouse import WHEELS_IN_CONTAINER
 
 CA_IN_CONTAINER = "/farm/ca-bundle.crt"
+PACKAGES_IN_CONTAINER = "/farm/system-packages"
 JOB_LABEL = "farm.cibuildwheel-job"
 PURE_WHEEL_REFUSED = "Build failed because a pure Python wheel was generated"
 # What apt/dnf/apk in before-all need (file ownership, dropping to their own users); none of
@@ -62,6 +70,8 @@ class CibuildwheelEngine:
             out.mkdir(parents=True, exist_ok=True)
             env = cibw_environment(ctx, image=image.image, family=family, has_uv=has_uv, job_label=job_label,
                                    docker_host=host)
+            house = prepare_offline(ctx, client, image=image.image, digest=digest, family=family, docker_host=host,
+                                    frontend=env["CIBW_BUILD_FRONTEND"], job_label=job_label)
             if not shutil.which("docker", path=env["PATH"]):
                 raise InfrastructureFault("build", "the docker client is not on PATH (cibuildwheel runs it)")
             target, cwd = (ctx.sdist, ctx.work) if from_sdist else (Path("."), ctx.source)
@@ -83,7 +93,7 @@ class CibuildwheelEngine:
                 if docker_client_fault(exc.result.output):
                     raise InfrastructureFault("build", str(exc)) from exc
                 if PURE_WHEEL_REFUSED not in exc.result.output:
-                    raise build_failure(str(exc), exc.result.output) from exc
+                    raise build_failure(offline_hint(exc.result.output) + str(exc), exc.result.output) from exc
                 pure = True
                 build_pure_wheel(ctx, client, image=image.image, env=env, src=ctx.sdist if from_sdist else ctx.source,
                                  out=out, job_label=job_label)
@@ -102,12 +112,79 @@ class CibuildwheelEngine:
                    "docker-engine": server, "image": image.image,
                    "build-frontend": "pip" if pure or not has_uv else "build[uv]"},
             image_digest=digest,
-            effective_build_requires=effective if effective is not None else build_requires.declared(ctx.src),
+            effective_build_requires=[*house.declared, *house.dynamic],
             isolation={"sandbox": {"kind": "container", "image": image.image, "user": "root",
                                    "capabilities": list(BUILD_CAPABILITIES)},
-                       "network": "host", "limits": {"memory": ctx.settings.build_memory,
-                                                     "processes": ctx.settings.build_pids}},
+                       "network": network(ctx), "limits": {"memory": ctx.settings.build_memory,
+                                                           "processes": ctx.settings.build_pids},
+                       "buildWheels": house.wheels},
         )
+
+
+def network(ctx: BuildContext) -> str:
+    """The build container's network: none, unless the recipe grants `network` (then the host's)."""
+    return "host" if ctx.options.network else "none"
+
+
+def prepare_offline(ctx: BuildContext, client, *, image: str, digest: str, family: str, docker_host: str,  # type: ignore[no-untyped-def]
+                    frontend: str, job_label: str) -> wheelhouse.Wheelhouse:
+    """The build's inputs from the network, fetched before it starts: the wheelhouse, and meanwhile
+    (in a thread, its log appended afterwards) the recipe's system packages."""
+    packages = list(getattr(ctx.options.system_packages, family, [])) if family else []
+    log = io.StringIO()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        fetched = pool.submit(fetch_system_packages, ctx, docker_host=docker_host, image=image, family=family,
+                              packages=packages, labels={JOB_LABEL: job_label}, log=log)
+        try:
+            house = wheelhouse.prepare(ctx, client, image, digest=digest, frontend=frontend,
+                                       env_script=container_environment(ctx), labels={JOB_LABEL: job_label})
+        except BaseException:
+            fetched.exception()  # waits for it: the wheelhouse's failure is the one reported
+            raise
+        finally:
+            wait([fetched])
+            ctx.log.write(log.getvalue())
+        fetched.result()
+    return house
+
+
+def fetch_system_packages(ctx: BuildContext, *, docker_host: str, image: str, family: str, packages: list[str],  # noqa: PLR0913
+                          labels: dict[str, str], log: io.StringIO) -> list[Path]:
+    """The recipe's system packages and what they need beyond the image, as package files in
+    `ctx.work/system-packages` (mounted into the build container, where before-all installs them).
+
+    Downloaded in a container of the build image with the host's network that runs only the package
+    manager in download-only mode: no package code, no maintainer scripts."""
+    dest = ctx.work / "system-packages"
+    dest.mkdir(parents=True, exist_ok=True)
+    if not packages:
+        return []
+    from docker.errors import DockerException
+
+    script = system_packages_download(family, packages, "/tmp/farm/pkgs")
+    client = docker_client(docker_host, step="build")
+    try:
+        with Container(client, image, network="host", labels=labels, environment={"DEBIAN_FRONTEND": "noninteractive"},
+                       limits=Limits(memory=ctx.settings.build_memory, pids=ctx.settings.build_pids)) as box:
+            argv = ["sh", "-c", script]
+            ctx.commands.append(shlex.join(argv))
+            try:
+                box.call(argv, log=log, timeout=900)
+            except ContainerCommandFailed as exc:
+                if exc.timed_out:
+                    raise InfrastructureFault("build", str(exc)) from exc
+                raise PackageFailure("build", f"the recipe's system packages could not be downloaded:\n{exc}") from exc
+            box.copy_out("/tmp/farm/pkgs", ctx.work / "system-packages-download")
+    except DockerException as exc:
+        raise InfrastructureFault("build", f"the Docker engine failed while the system packages were fetched: {exc}") from exc
+    finally:
+        client.close()
+    suffix = {"apt": ".deb", "yum": ".rpm", "apk": ".apk"}[family]
+    files = []
+    for path in sorted((ctx.work / "system-packages-download" / "pkgs").glob(f"*{suffix}")):
+        files.append(Path(shutil.move(path, dest / path.name)))
+    log.write(f"system packages for the offline build: {' '.join(p.name for p in files) or 'all in the image'}\n")
+    return files
 
 
 def choose_image(ctx: BuildContext) -> ImageConfig:
@@ -125,8 +202,9 @@ def cibw_environment(ctx: BuildContext, *, image: str, family: str, has_uv: bool
     """The host environment cibuildwheel runs with: clean of installer settings, private temp dirs."""
     arch = ctx.platform.arch
     kind = "MUSLLINUX" if ctx.platform.name.startswith("musllinux") else "MANYLINUX"
+    for folder in ("tmp", "build-wheels", "system-packages"):  # the last two are mounted into the container
+        (ctx.work / folder).mkdir(parents=True, exist_ok=True)
     tmp = ctx.work / "tmp"
-    tmp.mkdir(parents=True, exist_ok=True)
     ca = ctx.work / "ca-bundle.crt"
     shutil.copyfile(ca_bundle(), ca)
     env = clean_env({
@@ -158,15 +236,17 @@ def cibw_environment(ctx: BuildContext, *, image: str, family: str, has_uv: bool
 
 
 def container_environment(ctx: BuildContext) -> str:
-    """CIBW_ENVIRONMENT: the upstream index and CA bundle for the frontend, then the recipe's variables.
+    """CIBW_ENVIRONMENT: the front end installs from the wheelhouse only; the CA bundle; the recipe's variables.
 
-    Values are double-quoted, so `$VAR` in a recipe value expands inside the container.
+    pip gets `PIP_NO_INDEX` and `PIP_FIND_LINKS`; uv, which has no variable for `--no-index`, gets
+    `UV_OFFLINE` (no network access at all) and `UV_FIND_LINKS`. Values are double-quoted, so `$VAR`
+    in a recipe value expands inside the container.
     """
-    index = ctx.spec.upstream_index
     pairs = {
-        "PIP_CONFIG_FILE": "/dev/null", "PIP_INDEX_URL": index, "UV_DEFAULT_INDEX": index, "UV_INDEX_URL": index,
+        "PIP_CONFIG_FILE": "/dev/null", "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": WHEELS_IN_CONTAINER,
+        "UV_NO_CONFIG": "1", "UV_OFFLINE": "1", "UV_FIND_LINKS": WHEELS_IN_CONTAINER,
         "PIP_CERT": CA_IN_CONTAINER, "SSL_CERT_FILE": CA_IN_CONTAINER, "REQUESTS_CA_BUNDLE": CA_IN_CONTAINER,
-        "UV_NO_CONFIG": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
     }
     literal = " ".join(f"{k}={shlex.quote(v)}" for k, v in pairs.items())
     recipe = " ".join(f"{k}={_double_quote(v)}" for k, v in ctx.options.environment.items())
@@ -184,8 +264,11 @@ def repair_command(exclude: list[str]) -> str:
 
 
 def engine_config(ctx: BuildContext, *, ca: Path, job_label: str) -> str:
-    args = ["--network=host", f"--memory={ctx.settings.build_memory}", f"--memory-swap={ctx.settings.build_memory}",
-            f"--pids-limit={ctx.settings.build_pids}", f"--volume={ca}:{CA_IN_CONTAINER}:ro",
+    args = [f"--network={network(ctx)}", f"--memory={ctx.settings.build_memory}",
+            f"--memory-swap={ctx.settings.build_memory}", f"--pids-limit={ctx.settings.build_pids}",
+            f"--volume={ca}:{CA_IN_CONTAINER}:ro",
+            f"--volume={ctx.work / 'build-wheels'}:{WHEELS_IN_CONTAINER}:ro",
+            f"--volume={ctx.work / 'system-packages'}:{PACKAGES_IN_CONTAINER}:ro",
             f"--label={JOB_LABEL}={job_label}", "--security-opt=no-new-privileges",
             # root in the container only as far as installing the recipe's system packages needs
             "--cap-drop=ALL", *[f"--cap-add={cap}" for cap in BUILD_CAPABILITIES]]
@@ -197,17 +280,31 @@ def config_settings(settings: dict[str, str | list[str]]) -> str:
     return shlex.join(items)
 
 
+def system_packages_download(family: str, packages: list[str], dest: str) -> str:
+    """The command that downloads `packages` and what they need beyond the image into `dest`, installing nothing."""
+    names, out = shlex.join(packages), shlex.quote(dest)
+    if family == "apt":
+        return (f"mkdir -p {out}/partial && apt-get update -qq && apt-get install -y -qq --download-only "
+                f"--no-install-recommends -o Dir::Cache::Archives={out} {names}")
+    if family == "yum":
+        return (f"mkdir -p {out} && if command -v dnf >/dev/null 2>&1; then dnf install -y --downloadonly "
+                f"--downloaddir={out} {names}; else yum install -y --downloadonly --downloaddir={out} {names}; fi")
+    if family == "apk":
+        return f"mkdir -p {out} && apk update -q && apk fetch --recursive --output {out} {names}"
+    raise ConfigError(f"the build image's package manager family {family!r} is not apt, yum or apk")
+
+
 def system_packages_command(family: str, packages: list[str]) -> str | None:
+    """before-all's install of the downloaded package files (mounted at PACKAGES_IN_CONTAINER), offline."""
     if not packages:
         return None
-    names = shlex.join(packages)
-    if family == "apt":
-        return f"apt-get update -qq && apt-get install -y --no-install-recommends {names}"
-    if family == "yum":
-        return f"if command -v dnf >/dev/null 2>&1; then dnf install -y {names}; else yum install -y {names}; fi"
-    if family == "apk":
-        return f"apk add --no-cache {names}"
-    raise ConfigError(f"the build image's package manager family {family!r} is not apt, yum or apk")
+    install = {"apt": ("deb", 'apt-get install -y --no-install-recommends "$@"'),
+               "yum": ("rpm", 'rpm -Uvh --replacepkgs "$@"'),
+               "apk": ("apk", 'apk add --no-network "$@"')}
+    if family not in install:
+        raise ConfigError(f"the build image's package manager family {family!r} is not apt, yum or apk")
+    suffix, command = install[family]
+    return f'set -- {PACKAGES_IN_CONTAINER}/*.{suffix}; if [ -e "$1" ]; then {command}; fi'
 
 
 def before_all_script(ctx: BuildContext, family: str) -> str | None:
@@ -243,6 +340,19 @@ def image_facts(client, image: str, digest: str) -> tuple[str, bool]:  # type: i
     return _FACTS[digest]
 
 
+# What pip (--no-index) and uv (--offline) say when a requirement is not in the wheelhouse.
+_NOT_IN_WHEELHOUSE = ("was not found in the cache", "No matching distribution found for")
+
+
+def offline_hint(output: str) -> str:
+    """A first line for a build that asked for a requirement the wheelhouse lacks, else nothing."""
+    if not any(m in output for m in _NOT_IN_WHEELHOUSE):
+        return ""
+    return ("the build's front end asked for a requirement that is not in the farm's wheelhouse (the build "
+            "container has no network; the backend may ask for more there than in the farm's probe, e.g. "
+            "because of the recipe's system packages)\n")
+
+
 def docker_client_fault(output: str) -> bool:
     """True when cibuildwheel failed because of the engine rather than the package."""
     markers = ("Cannot connect to the Docker daemon", "is too old or is not working properly",
@@ -254,7 +364,7 @@ def build_pure_wheel(ctx: BuildContext, client, *, image: str, env: dict[str, st
                      job_label: str) -> None:
     """cibuildwheel refuses pure-Python wheels (a dependency such as pycparser): build it with pip instead.
 
-    Same image, network, limits, CA bundle, index and recipe environment as the cibuildwheel build;
+    Same image, network, limits, CA bundle, wheelhouse and recipe environment as the cibuildwheel build;
     the wheel goes to `out`. A failing build is the package's failure.
     """
     ctx.log.write("cibuildwheel refused a pure-Python wheel: building it with pip in the same image\n")
@@ -262,7 +372,8 @@ def build_pure_wheel(ctx: BuildContext, client, *, image: str, env: dict[str, st
     script = (f"export {env['CIBW_ENVIRONMENT']}; "
               f"exec {python} -m pip wheel --no-deps --wheel-dir /tmp/farm/out {shlex.quote(src.name)}")
     limits = Limits(memory=ctx.settings.build_memory, pids=ctx.settings.build_pids)
-    with Container(client, image, network="host", limits=limits, labels={JOB_LABEL: job_label}) as box:
+    with Container(client, image, network=network(ctx), limits=limits, labels={JOB_LABEL: job_label},  # type: ignore[arg-type]
+                   read_only_files={str(ctx.work / "build-wheels"): WHEELS_IN_CONTAINER}) as box:
         box.copy_into(ctx.work / "ca-bundle.crt", CA_IN_CONTAINER.rpartition("/")[0], name="ca-bundle.crt")
         box.copy_into(src, "/tmp/farm")
         argv = ["sh", "-c", script]
@@ -273,7 +384,7 @@ def build_pure_wheel(ctx: BuildContext, client, *, image: str, env: dict[str, st
         except ContainerCommandFailed as exc:
             if exc.timed_out:
                 raise CommandTimeout("build", str(exc)) from exc
-            raise build_failure(str(exc), exc.result.output) from exc
+            raise build_failure(offline_hint(exc.result.output) + str(exc), exc.result.output) from exc
         for path in box.copy_out("/tmp/farm/out", ctx.work / "pure-out"):
             for wheel in path.glob("*.whl"):
                 shutil.move(wheel, out / wheel.name)

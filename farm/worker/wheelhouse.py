@@ -1,0 +1,295 @@
+"""The wheels a container build installs, prepared by the farm so that the build container has no network.
+
+1. On the worker host, no package code: the declared `[build-system] requires` (after the recipe's
+   `build-requires`) are resolved for the target (its Python version, markers and manylinux or
+   musllinux tags: `uv pip compile --only-binary :all: --python-version --python-platform`) and
+   downloaded as wheels (`pip download --only-binary :all: --no-deps` with the target's tags), from
+   the job's upstream index with the host's pip/uv configuration removed.
+2. Package code, in a short-lived container of the build image (no network, no capabilities,
+   memory and process limits, uid 65534): a venv from the image's interpreter gets the wheels of 1
+   installed offline, then `get_requires_for_build_wheel` runs (pyproject_hooks' `_in_process.py`,
+   driven by pypa/build's `ProjectBuilder`); what it adds (cmake, ninja, wheel...) is downloaded as in 1.
+
+The folder (`WHEELS_IN_CONTAINER`) is mounted read-only into the build container and is the only
+place its front end installs from. A requirement without a wheel for the target fails the job.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shlex
+import sys
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from farm.containers import Container, ContainerCommandFailed, Limits
+from farm.errors import InfrastructureFault, PackageFailure
+from farm.util.cmd import CommandFailed, clean_env, run
+from farm.worker import build_requires
+from farm.worker.engines.base import BuildContext
+
+WHEELS_IN_CONTAINER = "/farm/build-wheels"
+NO_WHEEL = "the build requirements cannot be installed from the index as wheels"
+NOBODY = "65534:65534"
+_BOX = "/tmp/farm"
+_ENV = f"{_BOX}/env"
+_SRC = f"{_BOX}/src"
+_HOOKS = f"{_BOX}/hooks"
+# uv's --python-platform targets (uv 0.5+); glibc versions in between resolve for the one below.
+_UV_GLIBC = (17, 28, *range(31, 41))
+_UV_ARCHES = ("x86_64", "aarch64")
+# Output of a resolver or installer that says the requirement itself is the problem (else: the index or network).
+_PACKAGE_SIDE = ("No solution found", "no usable wheels", "not found in the package registry", "Failed to parse",
+                 "No matching distribution", "Could not find a version", "is not a valid", "Invalid requirement")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Target:
+    """Where the build requirements are installed: an interpreter of the image and its platform tags."""
+
+    python: str  # "3.9"
+    implementation: str  # "cp"
+    abi: str | None  # "cp39", "cp313t"; None: pip's default for the version
+    platforms: tuple[str, ...]  # pip's --platform values, best first
+    resolver: str | None  # uv's --python-platform; None: no uv target for this architecture
+
+    def describe(self) -> str:
+        return f"{self.abi or self.implementation + self.python} {self.platforms[0]}"
+
+
+@dataclass(kw_only=True)
+class Wheelhouse:
+    path: Path
+    declared: list[str]
+    dynamic: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def wheels(self) -> list[str]:
+        return sorted(p.name for p in self.path.glob("*.whl"))
+
+
+def target(python_tag: str, arch: str, libc: tuple[str, int, int]) -> Target:
+    """The target of `cp39` on `x86_64` with `("glibc", 2, 31)` (or `("musl", 1, 2)`)."""
+    m = re.fullmatch(r"(cp|pp)(\d)(\d+)(t?)", python_tag)
+    if not m:
+        raise InfrastructureFault("build", f"cannot tell the Python version of {python_tag!r}")
+    impl, major, minor, threaded = m.groups()
+    kind, lib_major, lib_minor = libc
+    if kind == "musl":
+        platforms = tuple(f"musllinux_{lib_major}_{n}_{arch}" for n in range(lib_minor, 0, -1))
+        resolver = f"{arch}-unknown-linux-musl" if arch in _UV_ARCHES else None
+    else:
+        aliases = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
+        platforms = tuple(tag for n in range(lib_minor, 4, -1)
+                          for tag in (f"manylinux_2_{n}_{arch}", *([f"{aliases[n]}_{arch}"] if n in aliases else [])))
+        best = max((n for n in _UV_GLIBC if n <= lib_minor), default=None)
+        resolver = f"{arch}-manylinux_2_{best}" if arch in _UV_ARCHES and best is not None else None
+    abi = f"cp{major}{minor}{threaded}" if impl == "cp" else None
+    return Target(python=f"{major}.{minor}", implementation=impl, abi=abi, platforms=platforms, resolver=resolver)
+
+
+def parse_libc(ldd_output: str) -> tuple[str, int, int]:
+    """`ldd --version`'s first lines -> ("glibc", 2, 31) or ("musl", 1, 2)."""
+    if "musl" in ldd_output.lower():
+        m = re.search(r"Version (\d+)\.(\d+)", ldd_output)
+        return ("musl", int(m.group(1)), int(m.group(2))) if m else ("musl", 1, 1)
+    m = re.search(r"(\d+)\.(\d+)\s*$", ldd_output.strip().splitlines()[0] if ldd_output.strip() else "")
+    if not m:
+        raise InfrastructureFault("build", f"cannot tell the build image's C library from: {ldd_output[:200]!r}")
+    return "glibc", int(m.group(1)), int(m.group(2))
+
+
+_LIBC: dict[str, tuple[str, int, int]] = {}
+
+
+def checked(requirements: Sequence[str], how: str) -> list[str]:
+    """Requirements from the package (pyproject.toml, the hook's answer) as PEP 508 text, nothing else:
+    they become arguments and requirement-file lines of pip and uv on the host, where an option
+    (`--index-url`, `-r FILE`) or a local path (`name @ file:///...`) would be an injection."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    out = []
+    for text in requirements:
+        try:
+            req = Requirement(text)
+        except (InvalidRequirement, TypeError) as exc:
+            raise PackageFailure("build", f"the package {how} a build requirement that is not PEP 508: {text!r}") from exc
+        if req.url and not req.url.startswith(("https://", "http://")):
+            raise PackageFailure("build", f"the package {how} a build requirement from a local path: {text!r}")
+        out.append(str(req))
+    return out
+
+
+# Step 1: resolve and download, on the host ------------------------------------------------------
+def download(ctx: BuildContext, requirements: Sequence[str], dest: Path, t: Target, *, name: str) -> list[str]:
+    """Download `requirements` and their dependencies for `t` into `dest` as wheels; return the pins."""
+    reqs = list(requirements)
+    if not reqs:
+        return []
+    dest.mkdir(parents=True, exist_ok=True)
+    env = clean_env({"UV_CACHE_DIR": os.environ.get("UV_CACHE_DIR", str(Path.home() / ".cache" / "uv")),
+                     "UV_PYTHON_DOWNLOADS": "never"})
+    index = ctx.spec.upstream_index
+    if t.resolver:
+        source, pinned = ctx.work / f"{name}.in", ctx.work / f"{name}.txt"
+        source.write_text("".join(f"{r}\n" for r in reqs))
+        from farm.worker.engines.native import uv_bin
+
+        # --python: uv needs no interpreter of the target's version (it builds nothing), so it looks for none.
+        _run(ctx, [uv_bin(), "pip", "compile", "--quiet", "--no-config", "--no-header", "--no-annotate",
+                   "--only-binary", ":all:", "--python", sys.executable, "--python-version", t.python,
+                   "--python-platform", t.resolver,
+                   "--index-url", index, "--output-file", pinned, source], env=env, t=t)
+        pins = [line.strip() for line in pinned.read_text().splitlines()
+                if line.strip() and not line.lstrip().startswith(("#", "-"))]
+    else:  # no uv target: pip resolves, with the markers of the host's interpreter
+        ctx.log.write(f"no resolver target for {t.describe()}: pip resolves with this host's markers\n")
+        pins = reqs
+    _run(ctx, [sys.executable, "-m", "pip", "download", "--quiet", *(["--no-deps"] if t.resolver else []),
+               "--only-binary", ":all:", "--python-version", t.python, "--implementation", t.implementation,
+               *(["--abi", t.abi, "--abi", "abi3", "--abi", "none"] if t.abi else []), *[a for p in t.platforms for a in ("--platform", p)],
+               "--dest", dest, "--index-url", index, *pins], env=env, t=t)
+    return pins
+
+
+def _run(ctx: BuildContext, argv: list, *, env: Mapping[str, str], t: Target) -> None:
+    try:
+        ctx.record(run(argv, env=env, log=ctx.log, timeout=900))
+    except CommandFailed as exc:
+        if exc.timed_out or not any(marker in exc.result.output for marker in _PACKAGE_SIDE):
+            raise InfrastructureFault("build", f"the build requirements could not be downloaded: {exc}") from exc
+        raise PackageFailure("build", f"{NO_WHEEL} for {t.describe()} (a container build runs without network, "
+                             f"from wheels the farm downloads; it builds no requirement from source):\n{exc}") from exc
+
+
+# Step 2: the backend's dynamic requirements, in a container -----------------------------------
+def prepare(ctx: BuildContext, client, image: str, *, digest: str, frontend: str, env_script: str,  # type: ignore[no-untyped-def]
+            labels: Mapping[str, str]) -> Wheelhouse:
+    """Fill `ctx.work/build-wheels` with every wheel the build's front end will install."""
+    from docker.errors import DockerException
+
+    start = time.monotonic()
+    dest = ctx.work / "build-wheels"
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        t, declared, asked = _probe(ctx, client, image, dest, digest=digest, frontend=frontend, env_script=env_script,
+                                    labels=labels)
+    except DockerException as exc:
+        raise InfrastructureFault("build", f"the Docker engine failed while the wheelhouse was prepared: {exc}") from exc
+    dynamic = sorted(set(checked(list(asked), "asks for")) - set(declared))
+    if dynamic:
+        ctx.log.write(f"the build backend adds: {', '.join(dynamic)}\n")
+        download(ctx, [*declared, *dynamic], dest, t, name="build-requires-all")
+    house = Wheelhouse(path=dest, declared=declared, dynamic=dynamic, seconds=time.monotonic() - start)
+    ctx.log.write(f"wheelhouse for the offline build ({house.seconds:.1f} s): {', '.join(house.wheels)}\n")
+    return house
+
+
+def _probe(ctx: BuildContext, client, image: str, dest: Path, *, digest: str, frontend: str, env_script: str,  # type: ignore[no-untyped-def]
+           labels: Mapping[str, str]) -> tuple[Target, list[str], set[str]]:
+    """The target, the declared requirements (downloaded into `dest`) and what the backend's hook asks for."""
+    from build import BuildBackendException, BuildException, ProjectBuilder
+
+    limits = Limits(memory=ctx.settings.build_memory, pids=ctx.settings.build_pids, drop_capabilities=True)
+    python = f"/opt/python/{ctx.spec.python}-{ctx.spec.python}/bin/python"
+    with Container(client, image, network="none", limits=limits, labels=labels,
+                   read_only_files={str(dest): WHEELS_IN_CONTAINER}) as box:
+        if digest not in _LIBC:
+            _LIBC[digest] = parse_libc(box.call(["sh", "-c", "ldd --version 2>&1 | head -n 2; true"]).output)
+        t = target(ctx.spec.python, ctx.platform.arch, _LIBC[digest])
+        try:
+            builder = ProjectBuilder(ctx.source, python_executable=f"{_ENV}/bin/python",
+                                     runner=_hook_runner(ctx, box, env_script=env_script, python=python))
+            declared = sorted(builder.build_system_requires)
+        except BuildException as exc:  # pyproject.toml's [build-system] is unusable
+            raise PackageFailure("build", str(exc)) from exc
+        if frontend == "pip" and build_requires.declared(ctx.src) == build_requires.LEGACY_REQUIRES:
+            declared.append("wheel")  # what older pips add for a project without [build-system]
+        declared = checked(declared, "declares")
+        ctx.log.write(f"build requirements for {t.describe()}: {', '.join(declared)}\n")
+        uv = frontend != "pip"
+        staging = io.StringIO()  # the container's side runs meanwhile, logged afterwards
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            staged = pool.submit(_stage, ctx, box, python, uv=uv, log=staging)
+            try:
+                download(ctx, declared, dest, t, name="build-requires")
+            finally:
+                try:
+                    staged.result()
+                finally:
+                    ctx.log.write(staging.getvalue())
+        _in_container(ctx, box, _install_argv(python, declared, uv=uv), uv=uv, log=ctx.log)
+        settings = {k: list(v) if isinstance(v, list) else v for k, v in ctx.options.config_settings.items()}
+        try:
+            with warnings.catch_warnings(record=True) as said:  # the backend's warnings go to the job log
+                warnings.simplefilter("always")
+                asked = builder.get_requires_for_build("wheel", settings)
+            ctx.log.write("".join(f"warning from the build backend: {w.message}\n" for w in said))
+        except BuildBackendException as exc:
+            # The probe has no system packages or before-all: the build itself shows the real error.
+            ctx.log.write(f"get_requires_for_build_wheel failed in the probe container ({exc}); building with the "
+                          "declared requirements only\n")
+            asked = set()
+    return t, declared, set(asked)
+
+
+def _stage(ctx: BuildContext, box: Container, python: str, *, uv: bool, log: io.StringIO) -> None:
+    """The source tree (owned by the hook's user) and an empty venv of the image's interpreter."""
+    box.copy_into(ctx.source, _BOX, name="src", owner=65534)
+    venv = ["uv", "venv", "--quiet", "--python", python, _ENV] if uv else [python, "-m", "venv", "--without-pip", _ENV]
+    _in_container(ctx, box, venv, uv=uv, log=log)
+
+
+def _install_argv(python: str, requirements: list[str], *, uv: bool) -> list[str]:
+    """Installs `requirements` into the venv from the wheelhouse only: wheels, so no package code runs."""
+    if uv:
+        return ["uv", "pip", "install", "--quiet", "--offline", "--no-index", "--find-links", WHEELS_IN_CONTAINER,
+                "--no-build", "--python", f"{_ENV}/bin/python", *requirements]
+    return [python, "-m", "pip", "--python", f"{_ENV}/bin/python", "install", "--quiet", "--no-index",
+            "--find-links", WHEELS_IN_CONTAINER, "--only-binary", ":all:", *requirements]
+
+
+def _in_container(ctx: BuildContext, box: Container, argv: list[str], *, uv: bool, log: TextIO) -> None:
+    env = ({"UV_NO_CONFIG": "1", "UV_CACHE_DIR": f"{_BOX}/uv-cache", "UV_PYTHON_DOWNLOADS": "never"} if uv else
+           {"PIP_CONFIG_FILE": "/dev/null", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_ROOT_USER_ACTION": "ignore"})
+    ctx.commands.append(shlex.join(argv))
+    try:
+        box.call(argv, env=env, log=log, timeout=600)
+    except ContainerCommandFailed as exc:
+        if exc.timed_out or "install" not in argv:
+            raise InfrastructureFault("build", str(exc)) from exc
+        raise PackageFailure("build", f"{NO_WHEEL} (installing the downloaded wheels failed):\n{exc}") from exc
+
+
+def _hook_runner(ctx: BuildContext, box: Container, *, env_script: str, python: str):  # type: ignore[no-untyped-def]
+    """pyproject_hooks' runner: [python, _in_process.py, hook, control folder] run in `box` as nobody.
+
+    The control folder (input.json in, output.json back) and the script are copied in; host paths of
+    the source tree in the hook's variables (backend-path) become the container's."""
+    source = str(ctx.source)
+
+    def runner(cmd: Sequence[str], cwd: str | None = None, extra_environ: Mapping[str, str] | None = None) -> None:
+        script, hook, control = Path(cmd[1]), cmd[2], Path(cmd[3])
+        box.copy_into(script, _HOOKS, name="_in_process.py")
+        box.copy_into(control, _HOOKS, name="control", owner=65534)
+        env = {k: v.replace(source, _SRC) for k, v in (extra_environ or {}).items()}
+        env |= {"HOME": "/tmp", "SOURCE_DATE_EPOCH": str(ctx.src.timestamp),
+                "PATH": f"{_ENV}/bin:{Path(python).parent}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+        argv = ["sh", "-c", (f"export {env_script}; " if env_script else "") + 'exec "$@"', "sh", f"{_ENV}/bin/python",
+                f"{_HOOKS}/_in_process.py", hook, f"{_HOOKS}/control"]
+        ctx.commands.append(shlex.join(argv))
+        box.call(argv, env=env, workdir=_SRC, user=NOBODY, log=ctx.log, timeout=min(ctx.settings.build_timeout, 900))
+        # The answer, read as the hook's user and at most 1 MiB of it (a missing or cut one: no answer).
+        answer = box.call(["head", "-c", str(2**20), f"{_HOOKS}/control/output.json"], user=NOBODY, check=False)
+        if answer.exit_code == 0:
+            (control / "output.json").write_text(answer.output)
+
+    return runner
