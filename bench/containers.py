@@ -2,11 +2,12 @@
 
 Per round, alternating which goes first:
 
-  plain  `python -m cibuildwheel --output-dir D --platform linux SDIST` with exactly the `CIBW_*`
-         variables the farm's engine sets for this job (they come from the engine's own
-         `cibw_environment`: the build identifier, the image, build[uv], the recipe's
-         before-all with its apt packages and environment, the index and CA bundle mount, memory
-         and process limits, no tests). The clock covers the cibuildwheel command only;
+  plain  `python -m cibuildwheel --output-dir D --platform linux SDIST` as a person runs it by hand
+         for this job: the same build identifier, image, build[uv] front end, the recipe's apt
+         packages installed online in before-all and its environment, the index and CA bundle,
+         memory and process limits, the host's network, no tests (`plain_environment`). The farm
+         instead prepares a wheelhouse and the packages first and builds without network
+         (docs/security.md). The clock covers the cibuildwheel command only;
   farm   a running `farm up` (engine cibuildwheel, the same build image, the clean verification
          image; a fresh FARM_HOME each round, started and idle before the clock starts): from the
          in-process `submit()` call until http://127.0.0.1:PORT/simple/<project>/ lists the wheel.
@@ -35,7 +36,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -73,10 +73,15 @@ def farm_environment(docker_host: str, build: Any, verify: Any) -> dict[str, str
 
 
 def plain_environment(sdist: Path, work: Path, *, image: str, docker_host: str) -> dict[str, str]:
-    """The engine's own `cibw_environment` for this sdist's job (recipe options resolved as the farm does)."""
+    """cibuildwheel as a person runs it by hand for this sdist: the same image, build identifier,
+    front end, recipe (its apt packages installed online in before-all, its environment) and CA
+    bundle as the farm's job, with the host's network, and none of the farm's offline preparation."""
+    import shlex
+
     from farm.config import get_settings
+    from farm.images import default_ca_bundle
     from farm.recipes.load import find_recipe
-    from farm.worker.engines.cibuildwheel import cibw_environment
+    from farm.util.cmd import clean_env
     from farm.worker.platforms import get_platform
 
     plat = get_platform(PLATFORM)
@@ -86,14 +91,24 @@ def plain_environment(sdist: Path, work: Path, *, image: str, docker_host: str) 
     if recipe is None:
         raise SystemExit(f"{sdist.name}: no recipe in recipes/ (the plain run would not know its system packages)")
     options = recipe.options_for(build_id, str(version))
-    from farm.util.archive import Limits
-    from farm.worker.source import SdistSource
-
-    src = SdistSource(sdist, work / "src", Limits.from_settings(get_settings()))  # SOURCE_DATE_EPOCH; not timed
-    ctx = SimpleNamespace(spec=SimpleNamespace(build_id=build_id, upstream_index=UPSTREAM, python=PYTHON),
-                          options=options, platform=plat, settings=get_settings(), work=work, src=src)
-    return cibw_environment(ctx, image=image, family="apt", has_uv=True,  # type: ignore[arg-type]
-                            job_label="bench-plain", docker_host=docker_host)
+    ca = work / "ca-bundle.crt"
+    work.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(default_ca_bundle(), ca)
+    index = {"PIP_INDEX_URL": UPSTREAM, "UV_INDEX_URL": UPSTREAM, "PIP_CERT": "/farm/ca-bundle.crt",
+             "SSL_CERT_FILE": "/farm/ca-bundle.crt", **options.environment}
+    engine = shlex.join(["--network=host", f"--volume={ca}:/farm/ca-bundle.crt:ro",
+                         f"--memory={get_settings().build_memory}", f"--pids-limit={get_settings().build_pids}"])
+    env = clean_env({
+        "CIBW_BUILD": build_id, "CIBW_ARCHS": plat.arch, "CIBW_MANYLINUX_X86_64_IMAGE": image,
+        "CIBW_BUILD_FRONTEND": "build[uv]", "CIBW_BUILD_VERBOSITY": "1", "CIBW_TEST_SKIP": "*",
+        "CIBW_ENVIRONMENT": " ".join(f"{k}={shlex.quote(v)}" for k, v in index.items()),
+        "CIBW_CONTAINER_ENGINE": f"docker; create_args: {engine}; disable_host_mount: true",
+        "DOCKER_HOST": docker_host, "TMPDIR": str(work),
+    }, path_prepend=[Path(sys.executable).parent])
+    if options.system_packages.apt:
+        env["CIBW_BEFORE_ALL"] = ("apt-get update -qq && apt-get install -y --no-install-recommends "
+                                  + shlex.join(options.system_packages.apt))
+    return env
 
 
 def plain_path(sdist: Path, work: Path, *, image: str, docker_host: str) -> dict[str, Any]:
