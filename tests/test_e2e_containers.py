@@ -60,3 +60,49 @@ def test_pyyaml_through_containers(container_farm: Farm, client, verify_image_re
         f"{container_farm.index_url} pyyaml && cd /tmp && /tmp/v/bin/python -c "
         "'import yaml; assert yaml.__with_libyaml__; print(yaml.safe_load(\"a: 1\"))'"))
     assert code == 0 and "{'a': 1}" in out, out
+
+
+def test_hostile_package_cannot_touch_the_farm_through_containers(container_farm: Farm, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The hostile corpus on the container engine: the same attacks as tests/test_hostile.py (the
+    key, the database, farm.toml, another project's wheel, the API, Redis, the upstream host, the
+    Docker socket, nsenter, the worker's variables, a daemon), from setup.py inside the cibuildwheel
+    build container and from the import inside the clean verification container."""
+    import hashlib
+    import subprocess
+    import uuid
+    from pathlib import Path
+
+    from tests.conftest import make_project, make_sdist
+    from tests.hostile import hostile_project, sdist
+    from tests.test_hostile import evidence
+
+    victim_sdist = make_sdist(make_project(tmp_path, "farmtest-cvictim", c_extension=False), tmp_path / "vdist")
+    res = container_farm.farm("submit", "--wait", "--timeout", "900", str(victim_sdist))
+    assert res.returncode == 0, res.stdout + res.stderr
+    victim = next((container_farm.home / "index/files/farmtest-cvictim").glob("*.whl"))
+    home = container_farm.home
+    key, db, config = home / "keys" / "farm.key", home / "farm.db", home / "farm.toml"
+    config.write_text(config.read_text() if config.exists() else "# the farm's configuration\n")
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (key, config, victim)}
+    marker = f"farm-hostile-daemon-{uuid.uuid4().hex}"
+    host_tmp = Path("/tmp") / f"farm-hostile-{uuid.uuid4().hex}"
+    targets = {"home": str(home), "key": str(key), "db": str(db), "config": str(config),
+               "victim": "farmtest-cvictim", "victim_wheel": str(victim), "api": container_farm.url,
+               "redis_port": 6379, "upstream_host": "pypi.org", "docker_socket": "/var/run/docker.sock",
+               "marker": marker, "host_tmp_marker": str(host_tmp)}
+    res = container_farm.farm("submit", "--wait", "--timeout", "900",
+                              str(sdist(hostile_project(tmp_path, "farmtest-chostile", targets), tmp_path / "dist")))
+    assert res.returncode == 0, res.stdout + res.stderr
+    job = next(j for j in json.loads(container_farm.farm("status", "--json", "--limit", "50").stdout)
+               if j["name"] == "farmtest-chostile")
+    found = evidence(container_farm.farm("logs", str(job["id"])).stdout)
+    assert set(found) == {"build", "import"}, found
+    checked_on_host = {"daemon", "append_config", "host_tmp_marker", "list_farm_home"}
+    for phase, results in found.items():
+        done = {a: o for a, o in results.items() if a not in checked_on_host and not o.startswith("blocked")}
+        assert not done, f"{phase}: these attacks worked: {done}"
+        assert results["list_farm_home"].startswith("blocked"), results["list_farm_home"]
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in before} == before
+    assert container_farm.farm("verify", "farmtest-cvictim==0.1.0").returncode == 0
+    assert not host_tmp.exists()
+    assert subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.strip() == ""

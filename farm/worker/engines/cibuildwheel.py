@@ -362,15 +362,25 @@ def docker_client_fault(output: str) -> bool:
 
 def build_pure_wheel(ctx: BuildContext, client, *, image: str, env: dict[str, str], src: Path, out: Path,  # type: ignore[no-untyped-def]
                      job_label: str) -> None:
-    """cibuildwheel refuses pure-Python wheels (a dependency such as pycparser): build it with pip instead.
+    """cibuildwheel refuses pure-Python wheels (a dependency such as pycparser): build it here instead.
 
     Same image, network, limits, CA bundle, wheelhouse and recipe environment as the cibuildwheel build;
     the wheel goes to `out`. A failing build is the package's failure.
     """
-    ctx.log.write("cibuildwheel refused a pure-Python wheel: building it with pip in the same image\n")
     python = f"/opt/python/{ctx.spec.python}-{ctx.spec.python}/bin/python"
-    script = (f"export {env['CIBW_ENVIRONMENT']}; "
-              f"exec {python} -m pip wheel --no-deps --wheel-dir /tmp/farm/out {shlex.quote(src.name)}")
+    target = shlex.quote(src.name)
+    if env["CIBW_BUILD_FRONTEND"] == "build[uv]":
+        # pypa/build as cibuildwheel runs it: its verbose runner lets the hooks write straight to the
+        # output instead of through a pipe it waits on, which a daemon started by setup.py could hold.
+        ctx.log.write("cibuildwheel refused a pure-Python wheel: building it with build in the same image\n")
+        tree = f'mkdir -p /tmp/farm/tree && tar -xzf {target} -C /tmp/farm/tree && cd /tmp/farm/tree/*/' \
+            if src.is_file() else f"cd {target}"
+        build = f"exec {python} -m build -v --wheel --installer=uv --outdir /tmp/farm/out ."
+        script = f"export {env['CIBW_ENVIRONMENT']}; set -e; {tree}; {build}"
+    else:
+        ctx.log.write("cibuildwheel refused a pure-Python wheel: building it with pip in the same image\n")
+        script = (f"export {env['CIBW_ENVIRONMENT']}; "
+                  f"exec {python} -m pip wheel --no-deps --wheel-dir /tmp/farm/out {target}")
     limits = Limits(memory=ctx.settings.build_memory, pids=ctx.settings.build_pids)
     with Container(client, image, network=network(ctx), limits=limits, labels={JOB_LABEL: job_label},  # type: ignore[arg-type]
                    read_only_files={str(ctx.work / "build-wheels"): WHEELS_IN_CONTAINER}) as box:
