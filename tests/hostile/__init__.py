@@ -11,12 +11,35 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import tarfile
 import textwrap
 from pathlib import Path
 
 ATTACKS = Path(__file__).with_name("attacks.py")
+# Attacks whose "DONE" may only mean the sandbox's own scratch folders (a host path below /tmp lies in
+# the job's /tmp there, an empty FARM_HOME is made for the job's folders): the tests check the host.
+CHECKED_ON_HOST = {"daemon", "append_config", "host_tmp_marker", "list_farm_home"}
+SECRETS = ("keys", "farm.db", "farm.toml", "storage", "index", "broker")
+
+
+def evidence(log: str) -> dict[str, dict[str, str]]:
+    """{phase: {attack: outcome}} from the `FARM-HOSTILE <phase> <json>` lines of a job's log."""
+    return {phase: json.loads(payload)
+            for phase, payload in re.findall(r"^FARM-HOSTILE (\w+) (\{.*\})$", log, re.M)}
+
+
+def assert_blocked(log: str) -> None:
+    """Both phases (build, import) ran every attack and none but the host-checked ones worked;
+    FARM_HOME showed none of the farm's files."""
+    found = evidence(log)
+    assert set(found) == {"build", "import"}, found
+    for phase, results in found.items():
+        done = {a: o for a, o in results.items() if a not in CHECKED_ON_HOST and not o.startswith("blocked")}
+        assert not done, f"{phase}: these attacks worked: {done}"
+        listing = results["list_farm_home"]
+        assert not any(secret in listing for secret in SECRETS), f"{phase}: FARM_HOME shows {listing}"
 
 
 def _project(root: Path, name: str, setup_body: str, init_body: str = "", *, distribution: str = "") -> Path:
