@@ -36,7 +36,8 @@ from farm.util.cmd import CommandFailed, clean_env, run
 from farm.util.wheel import read_metadata, requires_dist, top_level_modules
 from farm.worker.engines.native import uv_bin, venv_python
 from farm.worker.platforms.base import Interpreter, Platform
-from farm.worker.sandbox import Limits, Policy, Sandbox, interpreter_roots, package_env, run_sandboxed
+from farm.worker.sandbox import (Limits, Policy, Sandbox, failure_message, interpreter_roots, package_env,
+                                 run_sandboxed)
 from farm.worker.source import SdistSource
 
 if TYPE_CHECKING:
@@ -263,8 +264,7 @@ def verify_on_host(*, wheel: Path, interp: Interpreter, index_url: str, options:
             package_code(["sh", "-c", line])
         outcome.passed = True
     except CommandFailed as exc:
-        limit = getattr(exc, "limit", None)
-        outcome.detail = f"{limit}; a recipe's `limits` raises it\n{exc}" if limit else str(exc)
+        outcome.detail = failure_message(exc)
     outcome.seconds = time.monotonic() - start
     return outcome
 

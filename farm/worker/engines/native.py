@@ -25,7 +25,7 @@ from farm.util.cmd import CommandFailed, clean_env, run
 from farm.worker import build_requires
 from farm.worker.engines.base import BuildContext, BuildOutput
 from farm.worker.hints import build_failure
-from farm.worker.sandbox import Policy, interpreter_roots, package_env, run_sandboxed
+from farm.worker.sandbox import Policy, failure_message, interpreter_roots, package_env, run_sandboxed
 
 
 class NativeEngine:
@@ -92,9 +92,7 @@ class NativeEngine:
         try:
             ctx.record(run_sandboxed(ctx.sandbox, argv, policy, log=ctx.log, timeout=ctx.settings.build_timeout))
         except CommandFailed as exc:
-            limit = getattr(exc, "limit", None)
-            message = f"{limit}; a recipe's `limits` raises it\n{exc}" if limit else str(exc)
-            raise build_failure(message, exc.result.output) from exc
+            raise build_failure(failure_message(exc), exc.result.output) from exc
 
     def _install(self, ctx: BuildContext, python: str, requirements: Iterable[str]) -> None:
         """Build requirements into the build environment, by the farm: wheels only, from the configured index."""

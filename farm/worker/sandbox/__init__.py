@@ -141,6 +141,12 @@ def run_sandboxed(sandbox: Sandbox, argv: Sequence[str | os.PathLike[str]], poli
         wrapped.close()
 
 
+def failure_message(exc: CommandFailed) -> str:
+    """A failed sandboxed command's message, led by the limit it hit (if `run_sandboxed` found one)."""
+    limit = getattr(exc, "limit", None)
+    return f"{limit}; a recipe's `limits` raises it\n{exc}" if limit else str(exc)
+
+
 _SIGXCPU, _SIGXFSZ = 24, 25
 _FORK = re.compile(r"Resource temporarily unavailable|BlockingIOError|Cannot fork|fork: retry|"
                    r"can't start new thread|Cannot allocate thread", re.I)
@@ -220,5 +226,5 @@ def job_limits(settings: Settings, options: Options) -> Limits:
                   cpu_seconds=wanted.cpu_time or settings.sandbox_cpu_time or int(settings.build_timeout))
 
 
-__all__ = ["Limits", "Policy", "Sandbox", "Unsandboxed", "Wrapped", "interpreter_roots", "job_limits", "limit_hit",
-           "make_folders", "package_env", "parse_size", "run_sandboxed"]
+__all__ = ["Limits", "Policy", "Sandbox", "Unsandboxed", "Wrapped", "failure_message", "interpreter_roots",
+           "job_limits", "limit_hit", "make_folders", "package_env", "parse_size", "run_sandboxed"]
