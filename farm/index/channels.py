@@ -26,6 +26,7 @@ promotion, page regeneration and upload targets never spread bytes the farm did 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import re
@@ -230,8 +231,12 @@ def tree_rows(lay: Layout, tree: str, by_channel: dict[str, dict[str, _Row]]) ->
     return merged
 
 
-def regenerate(session: Session, settings: Settings, project: str, trees: Iterable[str] | None = None) -> None:
-    """Rewrite `project`'s pages in `trees` (default: all) from the database, placing missing files."""
+def regenerate(session: Session, settings: Settings, project: str, trees: Iterable[str] | None = None, *,
+               keep_unlisted_since: dt.datetime | None = None) -> None:
+    """Rewrite `project`'s pages in `trees` (default: all) from the database, placing missing files.
+
+    Page entries the database does not know are kept (a publish in flight), or with `keep_unlisted_since`
+    only those uploaded since then (farm/index/doctor.py drops what a crashed publish left)."""
     lay = ensure_trees(settings)
     name = canonicalize_name(project)
     by_channel, known = _rows(session, name)
@@ -240,7 +245,8 @@ def regenerate(session: Session, settings: Settings, project: str, trees: Iterab
             tree = lay.tree(t)
             rows = tree_rows(lay, t, by_channel)
             entries = [_entry(session, lay, t, name, row) for row in rows.values()]
-            inflight = [f for f in simple.read_project(tree, name) if f.filename not in known]
+            inflight = [f for f in simple.read_project(tree, name) if f.filename not in known and (
+                keep_unlisted_since is None or (f.upload_time is not None and f.upload_time >= keep_unlisted_since))]
             for row in rows.values():
                 _place(session, lay, tree, row)
             files = [*entries, *inflight]
