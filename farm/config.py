@@ -111,6 +111,8 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8477
     poll_interval: float = 0.01
+    api_retry_seconds: float = Field(600.0, ge=0, description="how long a remote worker keeps retrying the farm's API "
+                                     "(uploads of a finished build, sdist downloads) while it is away")
     heartbeat_interval: float = Field(5.0, gt=0, description="seconds between a worker's heartbeats while it runs a job")
     reconcile_interval: float = Field(15.0, gt=0, description="seconds between the coordinator's reconciler passes")
     lost_after: float = Field(60.0, gt=0, description="a running job without a heartbeat for this long, or a queued "

@@ -38,7 +38,11 @@ class HeartbeatThread(threading.Thread):
     def __init__(self, spec: JobSpec, *, worker: str, interval: float, storage: Storage,
                  send: Callable[[Heartbeat], None] = send_heartbeat) -> None:
         super().__init__(name=f"heartbeat-job-{spec.job_id}", daemon=True)
-        self.spec, self.worker, self.interval, self.storage, self.send = spec, worker, interval, storage, send
+        # The stop marker is read impatiently: a storage that retries through an API outage would hold
+        # this thread, and with it the heartbeats, which go through the broker and still get through.
+        with_retry = getattr(storage, "with_retry", None)
+        self.storage = with_retry(0) if with_retry is not None else storage
+        self.spec, self.worker, self.interval, self.send = spec, worker, interval, send
         self.stop_reason: str | None = None
         self.beats = 0
         self._done = threading.Event()
