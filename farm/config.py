@@ -95,6 +95,14 @@ class Settings(BaseSettings):
     pythons: list[str] = Field(default_factory=list, description="native engine interpreters (paths or versions); default: this interpreter")
     system_packages: Literal["install", "check", "ignore"] = Field(
         "install", description="native engine: what to do with a recipe's system packages on the host")
+    # Intake policy (farm/coordinator/intake.py): what the farm takes in from upstream --------------
+    intake_allow: list[str] = Field(default_factory=list, description="when not empty, only releases matching one of "
+                                    "these requirements (`name`, `name>=2`) are taken in")
+    intake_deny: list[str] = Field(default_factory=list, description="releases matching one of these are refused")
+    min_release_age_days: float = Field(0.0, ge=0, description="refuse upstream releases younger than this, or whose "
+                                        "upload time is unknown (fail-closed); 0: off")
+    min_release_age_exempt_pins: bool = Field(True, description="versions pinned exactly at submit skip the cool-down "
+                                              "(their dependencies do not)")
     max_sdist_bytes: int = 200 * 1024 * 1024
     max_unpacked_bytes: int = 2 * 1024 * 1024 * 1024
     max_members: int = 100_000
