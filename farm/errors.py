@@ -208,3 +208,9 @@ class SigningError(FarmError):
 
 class SignatureInvalid(FarmError):
     """A signature that does not verify, or one made by another key."""
+
+
+class BackupError(FarmError):
+    """A backup that cannot be written, or an archive that cannot be restored (farm/backup.py)."""
+
+    exit_code = 1
