@@ -15,6 +15,8 @@ if [ "$(uname -s)" = Linux ] && ! { command -v bwrap && command -v setpriv && co
         echo "setup: bubblewrap (bwrap), setpriv and prlimit are needed for the sandbox: install them as root" >&2
     fi
 fi
+# nginx for the TLS reverse-proxy test (docs/nginx/farm.conf); never started as a service.
+bash scripts/install-nginx.sh
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
