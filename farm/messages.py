@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from farm.db.states import JobState, StepOutcome  # the enums the database's columns hold
+
 COORDINATOR_QUEUE = "coordinator"
 BUILD_TASK = "farm.worker.build"
 EVENT_TASK = "farm.coordinator.event"
@@ -64,7 +66,7 @@ class StepReport(_Msg):
     name: str
     started_at: float  # unix time
     finished_at: float | None = None
-    outcome: Literal["running", "ok", "failed"] = "running"
+    outcome: StepOutcome = StepOutcome.RUNNING
     log: str = ""
 
 
@@ -86,7 +88,7 @@ class JobEvent(_Msg):
     job_id: int
     attempt: int
     worker: str
-    state: str
+    state: JobState
     step: StepReport | None = None
     error: str | None = None
     failure_kind: Literal["package", "infrastructure", "internal", "dependency"] | None = None

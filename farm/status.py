@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from farm.db.models import Job, Step
-from farm.db.states import TERMINAL, JobState
+from farm.db.states import TERMINAL, DependencyState, JobState
 from farm.errors import NotFound
 from farm.storage import get_storage, log_key
 
@@ -48,7 +48,7 @@ def _view(job: Job, now: dt.datetime) -> JobView:
     return JobView(id=job.id, submission_id=job.submission_id, name=job.source.name, version=job.source.version,
                    build_id=job.build_id, state=job.state, attempt=job.attempt, cached_from=job.cached_from_id,
                    error=job.error, steps=steps, wheels=[a.filename for a in job.artifacts],
-                   waiting_for=[d.requirement for d in job.dependencies if d.state == "waiting"], seconds=total)
+                   waiting_for=[d.requirement for d in job.dependencies if d.state == DependencyState.WAITING], seconds=total)
 
 
 def list_jobs(session: Session, *, submission: int | None = None, limit: int = 50,
@@ -59,7 +59,7 @@ def list_jobs(session: Session, *, submission: int | None = None, limit: int = 5
     if submission is not None:
         q = q.where(Job.submission_id == submission)
     if active_only:
-        q = q.where(Job.state.notin_([s.value for s in TERMINAL]))
+        q = q.where(Job.state.notin_(sorted(TERMINAL)))
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     return [_view(j, now) for j in session.scalars(q)]
 
@@ -69,14 +69,14 @@ def jobs_done(session: Session, job_ids: list[int]) -> tuple[bool, list[JobView]
                                 .options(selectinload(Job.steps), selectinload(Job.source),
                                          selectinload(Job.artifacts), selectinload(Job.dependencies))))
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    return all(j.state in {s.value for s in TERMINAL} for j in jobs), [_view(j, now) for j in jobs]
+    return all(j.state in TERMINAL for j in jobs), [_view(j, now) for j in jobs]
 
 
 def job_log(session: Session, job_id: int) -> str:
     job = session.get(Job, job_id)
     if job is None:
         raise NotFound(f"no job {job_id}")
-    if job.cached_from_id is not None and job.state == JobState.SUCCEEDED.value and not job.steps:
+    if job.cached_from_id is not None and job.state == JobState.SUCCEEDED and not job.steps:
         return f"job {job_id} reused the result of job {job.cached_from_id} (same inputs)\n" + job_log(session, job.cached_from_id)
     storage = get_storage()
     parts = []

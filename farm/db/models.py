@@ -7,16 +7,24 @@ artifact 1-1 provenance; job 1-n dependency (runtime requirements it waits for).
 from __future__ import annotations
 
 import datetime as dt
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint, text
+from sqlalchemy import JSON, Enum, ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from farm.db.states import JobState, check_transition
+from farm.db.states import DependencyState, JobState, StepOutcome, check_transition
 
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def _str_enum(cls: type[StrEnum]) -> Enum:
+    """A column of `cls` stored as its values in a VARCHAR(16), as the schema has it (no CHECK, no
+    native enum type): rows read back as members, and a value outside `cls` is refused on write."""
+    return Enum(cls, native_enum=False, create_constraint=False, length=16, validate_strings=True,
+                values_callable=lambda members: [m.value for m in members])
 
 
 class Base(DeclarativeBase):
@@ -65,7 +73,7 @@ class Job(Base):
     recipe_digest: Mapped[str] = mapped_column(String(64))
     recipe: Mapped[dict[str, Any]] = mapped_column(default=dict)  # resolved options for this build id
     cache_key: Mapped[str] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED.value)
+    state: Mapped[JobState] = mapped_column(_str_enum(JobState), default=JobState.QUEUED)
     attempt: Mapped[int] = mapped_column(default=1)
     worker: Mapped[str | None] = mapped_column(String(200))
     cached_from_id: Mapped[int | None] = mapped_column(ForeignKey("job.id"))
@@ -89,7 +97,7 @@ class Job(Base):
 
     def move(self, new: JobState | str) -> None:
         """Change state through the transition table; an illegal move raises StateError."""
-        self.state = check_transition(self.state, new).value
+        self.state = check_transition(self.state, new)
 
 
 class Step(Base):
@@ -103,7 +111,7 @@ class Step(Base):
     started_at: Mapped[dt.datetime]
     finished_at: Mapped[dt.datetime | None]
     seconds: Mapped[float | None]
-    outcome: Mapped[str] = mapped_column(String(16), default="running")  # running | ok | failed
+    outcome: Mapped[StepOutcome] = mapped_column(_str_enum(StepOutcome), default=StepOutcome.RUNNING)
     log: Mapped[str] = mapped_column(Text, default="")
     job: Mapped[Job] = relationship(back_populates="steps")
 
@@ -197,6 +205,6 @@ class Dependency(Base):
     job_id: Mapped[int] = mapped_column(ForeignKey("job.id"), index=True)
     requirement: Mapped[str] = mapped_column(Text)
     dep_job_id: Mapped[int | None] = mapped_column(ForeignKey("job.id"))
-    state: Mapped[str] = mapped_column(String(16), default="waiting")  # waiting | met | unavailable
+    state: Mapped[DependencyState] = mapped_column(_str_enum(DependencyState), default=DependencyState.WAITING)
     reason: Mapped[str | None] = mapped_column(Text)
     job: Mapped[Job] = relationship(back_populates="dependencies", foreign_keys=[job_id])

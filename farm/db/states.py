@@ -1,8 +1,11 @@
-"""Job states and the only moves between them.
+"""Job states and the only moves between them; the states of a job's dependencies and steps.
 
 A worker walks a job through fetching -> building -> repairing -> verifying -> attesting ->
 uploading; the coordinator records and publishes. `dep_wait` holds a built wheel whose runtime
 dependencies the farm's index does not have yet. Any other move raises `StateError`.
+
+The columns holding these (`Job.state`, `Dependency.state`, `Step.outcome`) are typed with the
+enums below and store their values as plain strings (farm.db.models).
 """
 
 from __future__ import annotations
@@ -25,6 +28,23 @@ class JobState(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+
+
+class DependencyState(StrEnum):
+    """Where a runtime requirement of a waiting job stands (farm.coordinator.deps)."""
+
+    WAITING = "waiting"  # its providing job has not published yet
+    MET = "met"  # published on the farm's index
+    UNAVAILABLE = "unavailable"  # nothing provides it: no upstream sdist, or the provider failed or was cancelled
+
+
+class StepOutcome(StrEnum):
+    """How one step of one attempt ended; `lost` when the reconciler gave the attempt up."""
+
+    RUNNING = "running"
+    OK = "ok"
+    FAILED = "failed"
+    LOST = "lost"
 
 
 S = JobState
@@ -55,7 +75,7 @@ WORKER_STEPS = (S.FETCHING, S.BUILDING, S.REPAIRING, S.VERIFYING, S.ATTESTING, S
 def check_transition(current: JobState | str, new: JobState | str) -> JobState:
     cur, nxt = JobState(current), JobState(new)
     if nxt not in TRANSITIONS[cur]:
-        raise StateError(f"illegal job state transition {cur.value} -> {nxt.value}")
+        raise StateError(f"illegal job state transition {cur} -> {nxt}")
     return nxt
 
 
