@@ -178,7 +178,7 @@ def test_nothing_is_judged_with_a_backlog_or_without_the_broker(farm, tmp_path: 
 
 def test_cancel_ends_the_job_its_twins_and_its_waiters_and_nothing_is_published(farm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from farm.config import get_settings
-    from farm.coordinator.reconcile import cancel
+    from farm.coordinator.lifecycle import cancel
     from farm.db.models import Artifact, Dependency
     from farm.db.session import session_scope
     from farm.errors import FarmError, NotFound

@@ -1,8 +1,9 @@
-"""Runtime dependencies the farm's index lacks: find or submit a build for each, wait, release.
+"""Runtime dependencies the farm's index lacks: find or submit a build for each, and wait.
 
 A job whose wheel needs `requests` waits in `dep_wait` until a job that provides it (already
 running, or submitted here from the newest matching upstream sdist) has published; then its
-verification is sent again. A requirement no upstream sdist satisfies fails the job with that reason.
+verification is sent again (the release: farm/coordinator/lifecycle.py). A requirement no upstream
+sdist satisfies fails the job with that reason.
 
 Jobs that wait on each other (a dependency cycle: A needs B, B needs A) are all built by then and
 their wheels staged; none can be verified from the index alone, so they are released together, each
@@ -12,22 +13,17 @@ published on its own verification; one failing does not hold back the others.
 
 from __future__ import annotations
 
-import logging
-
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from farm.config import Settings
-from farm.coordinator import dispatch
+from farm.coordinator.lifecycle import fail, release
 from farm.db.models import Dependency, Job, Source
 from farm.db.session import session_scope
-from farm.db.states import JobState
+from farm.db.states import DependencyState, JobState
 from farm.errors import FarmError
-from farm.messages import JobSpec, StagedWheel
-
-log = logging.getLogger(__name__)
 
 
 def _python_version(tag: str) -> str:
@@ -38,7 +34,7 @@ def _existing_provider(session: Session, job: Job, req: Requirement) -> Job | No
     rows = session.execute(
         select(Job, Source.version).join(Source, Job.source_id == Source.id)
         .where(Source.name == canonicalize_name(req.name), Job.platform == job.platform, Job.python == job.python,
-               Job.state.notin_([JobState.FAILED.value, JobState.CANCELLED.value]))
+               Job.state.notin_([JobState.FAILED, JobState.CANCELLED]))
         .order_by(Job.id.desc()))
     for provider, version in rows:
         if req.specifier.contains(version, prereleases=True):
@@ -46,8 +42,9 @@ def _existing_provider(session: Session, job: Job, req: Requirement) -> Job | No
     return None
 
 
-def wait_for(job_id: int, missing: list[str], settings: Settings) -> list[JobSpec]:
-    """Link the waiting job to a provider for each missing requirement, submitting builds as needed."""
+def wait_for(job_id: int, missing: list[str], settings: Settings) -> None:
+    """Link the waiting job to a provider for each missing requirement, submitting builds as needed;
+    release it at once when every provider has published already, fail it when one cannot be had."""
     from farm.coordinator.submit import submit
     from farm.index.upstream import Upstream
 
@@ -82,13 +79,11 @@ def wait_for(job_id: int, missing: list[str], settings: Settings) -> list[JobSpe
                     links[line] = (None, f"{line}: {exc}")
                     continue
                 links[line] = (sub.jobs[0][0], None) if sub.jobs else (None, f"{line}: nothing to build")
-    from farm.coordinator.events import fail
-
     with session_scope() as session:
         job = session.get(Job, job_id, with_for_update=True)
         assert job is not None
-        if job.state != JobState.DEP_WAIT.value:
-            return []
+        if job.state != JobState.DEP_WAIT:
+            return
         for line, (provider_id, reason) in links.items():
             dep = session.scalar(select(Dependency).where(Dependency.job_id == job_id, Dependency.requirement == line))
             if dep is None:
@@ -96,59 +91,15 @@ def wait_for(job_id: int, missing: list[str], settings: Settings) -> list[JobSpe
                 session.add(dep)
             dep.dep_job_id, dep.reason = provider_id, reason
             provider = session.get(Job, provider_id) if provider_id else None
-            if provider is None or provider.state == JobState.FAILED.value:
-                dep.state = "unavailable"
+            if provider is None or provider.state == JobState.FAILED:
+                dep.state = DependencyState.UNAVAILABLE
                 dep.reason = reason or f"job {provider_id} failed"
             else:
-                dep.state = "met" if provider.state == JobState.SUCCEEDED.value else "waiting"
+                dep.state = DependencyState.MET if provider.state == JobState.SUCCEEDED else DependencyState.WAITING
         session.flush()
-        unavailable = [d for d in job.dependencies if d.state == "unavailable"]
+        unavailable = [d for d in job.dependencies if d.state == DependencyState.UNAVAILABLE]
         if unavailable:
-            return fail(session, job, "; ".join(f"dependency {d.requirement} cannot be had: {d.reason}"
-                                                for d in unavailable), "dependency")
-        return release_if_ready(session, job, settings) or release_cycle(session, job, settings)
-
-
-def cycle_with(session: Session, job: Job) -> list[Job]:
-    """The jobs `job` waits on, directly or through each other, when all of them are in dep_wait and
-    wait on nothing else (so they wait on each other: a cycle); [] otherwise."""
-    members: dict[int, Job] = {job.id: job}
-    stack = [job]
-    while stack:
-        current = stack.pop()
-        for dep in current.dependencies:
-            if dep.state == "met":
-                continue
-            provider = session.get(Job, dep.dep_job_id) if dep.state == "waiting" and dep.dep_job_id else None
-            if provider is None or provider.state != JobState.DEP_WAIT.value:
-                return []  # unavailable, or a provider still building: not a cycle (yet)
-            if provider.id not in members:
-                members[provider.id] = provider
-                stack.append(provider)
-    return list(members.values()) if len(members) > 1 else []
-
-
-def release_cycle(session: Session, job: Job, settings: Settings) -> list[JobSpec]:
-    """Release a dependency cycle through `job` for verification together."""
-    members = cycle_with(session, job) if job.state == JobState.DEP_WAIT.value else []
-    if not members:
-        return []
-    staged = {m.id: [StagedWheel.model_validate(w) for w in m.staged.get("wheels", [])] for m in members}
-    specs = []
-    for m in members:
-        m.move(JobState.QUEUED)
-        others = [w for o in members if o.id != m.id for w in staged[o.id]]
-        specs.append(dispatch.job_spec(m, settings, resume="verify", co_staged=others))
-    session.flush()
-    log.info("jobs %s wait on each other: verifying them together", ", ".join(str(m.id) for m in members))
-    return specs
-
-
-def release_if_ready(session: Session, job: Job, settings: Settings) -> list[JobSpec]:
-    """A waiting job whose dependencies are all published goes back to verification."""
-    if job.state != JobState.DEP_WAIT.value or any(d.state != "met" for d in job.dependencies):
-        return []
-    job.move(JobState.QUEUED)
-    session.flush()
-    log.info("job %s: dependencies published, verifying again", job.id)
-    return [dispatch.job_spec(job, settings, resume="verify")]
+            fail(session, job, "; ".join(f"dependency {d.requirement} cannot be had: {d.reason}"
+                                         for d in unavailable), "dependency")
+        else:
+            release(session, job, settings)

@@ -1,11 +1,18 @@
-"""Turning Job rows into build messages, sent only once the rows are committed."""
+"""Turning Job rows into build messages, sent only once the rows are committed.
+
+Code that changes jobs queues their messages on its session (`send_after_commit`); `session_scope`
+sends them after the commit, and drops them when the transaction rolls back.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+from sqlalchemy.orm import Session
+
 from farm.config import Settings
 from farm.db.models import Job
+from farm.db.session import after_commit
 from farm.messages import BUILD_TASK, JobSpec, SdistRef, StagedWheel
 from farm.tokens import storage_capability
 
@@ -36,8 +43,24 @@ def broker_priority(priority: int, broker_url: str) -> int:
     return 9 - p if broker_url.startswith(("redis", "rediss")) else p
 
 
+_QUEUED = "farm.followups"
+
+
+def send_after_commit(session: Session, specs: Iterable[JobSpec]) -> None:
+    """Queue build messages on `session`: sent once, in order, after its transaction commits."""
+    specs = list(specs)
+    if not specs:
+        return
+    if _QUEUED not in session.info:
+        batch: list[JobSpec] = []
+        session.info[_QUEUED] = batch
+        after_commit(session, lambda: send(batch))  # `send` looked up when it runs
+    session.info[_QUEUED].extend(specs)
+
+
 def send(specs: Iterable[JobSpec]) -> None:
-    """Publish build messages. Call only after the transaction that created the jobs committed."""
+    """Publish build messages. Call only after the transaction that created the jobs committed
+    (`send_after_commit` does that for a session's messages)."""
     specs = list(specs)
     if not specs:  # a cache answer: no need for the Celery app at all
         return

@@ -26,10 +26,11 @@ at the back of the queue over and over), and a message a worker took a moment ag
 it (its first event comes within milliseconds, a heartbeat within `heartbeat_interval`). A lost
 message is noticed once the queue drains.
 
-`cancel` ends a job: state `cancelled` (terminal, so any later event is dropped and nothing is
-published), the jobs reusing it are cancelled too, jobs waiting for it as a dependency fail, and
-the stop marker tells a worker running it to stop at its next step. Celery's revoke is not used:
-the farm's workers run without remote control.
+The moves themselves (requeue as a new attempt, fail) are farm/coordinator/lifecycle.py's, as is
+`cancel` (re-exported here for `farm cancel` and the API): state `cancelled` is terminal, so any
+later event is dropped and nothing is published, and a stop marker tells a worker running the job
+to stop at its next step. Celery's revoke is not used: the farm's workers run without remote
+control. Messages and stop markers go out only after the pass's transaction commits.
 """
 
 from __future__ import annotations
@@ -45,23 +46,23 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from farm.config import Settings
-from farm.coordinator import dispatch
-from farm.coordinator.events import fail
-from farm.db.models import Dependency, Job, Step, utcnow
-from farm.db.session import session_scope
-from farm.db.states import RUNNING, TERMINAL, JobState
-from farm.errors import NotFound, StateError
+from farm.coordinator.lifecycle import cancel, fail, requeue
+from farm.db.models import Job, Step, utcnow
+from farm.db.session import after_commit, session_scope
+from farm.db.states import RUNNING, TERMINAL, JobState, StepOutcome
 from farm.liveness import request_stop
-from farm.messages import COORDINATOR_QUEUE, Heartbeat, JobSpec
+from farm.messages import COORDINATOR_QUEUE, Heartbeat
 from farm.storage import get_storage
+
+__all__ = ["MAX_ATTEMPTS", "Pass", "Reconciler", "cancel", "queue_sizes", "reconcile_once", "record_heartbeat"]
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5  # attempts lost (worker gone, message gone) before the job fails
 BACKLOG_LIMIT = 200  # coordinator queue messages above which liveness is not judged
 BATCH = 500  # jobs handled per pass
-_RUNNING = [s.value for s in RUNNING]
-_TERMINAL = [s.value for s in TERMINAL]
+_RUNNING = sorted(RUNNING)
+_TERMINAL = sorted(TERMINAL)
 
 Sizes = Callable[[Iterable[str]], dict[str, int | None]]
 
@@ -117,7 +118,7 @@ def reconcile_once(settings: Settings, *, sizes: Sizes = queue_sizes,
     empty_since = _EMPTY_SINCE if empty_since is None else empty_since
     quiet = 2 * settings.heartbeat_interval + settings.reconcile_interval
     cutoff = utcnow() - dt.timedelta(seconds=settings.lost_after)
-    stale_queued = (Job.state == JobState.QUEUED.value, Job.cached_from_id.is_(None), Job.updated_at < cutoff,
+    stale_queued = (Job.state == JobState.QUEUED, Job.cached_from_id.is_(None), Job.updated_at < cutoff,
                     or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff))
     with session_scope() as session:
         platforms = set(session.scalars(select(Job.platform).where(*stale_queued).distinct()))
@@ -128,9 +129,9 @@ def reconcile_once(settings: Settings, *, sizes: Sizes = queue_sizes,
     if backlog > BACKLOG_LIMIT:
         return Pass(skipped=f"{backlog} messages wait for the coordinator; liveness is not judged")
     result = Pass()
-    specs: list[JobSpec] = []
     stops: list[tuple[int, int]] = []
     with session_scope() as session:
+        after_commit(session, lambda: _stop_older(stops))  # before the new attempts' messages go out
         last_sign = func.coalesce(Job.heartbeat_at, Job.updated_at)
         lost = session.scalars(select(Job).where(Job.state.in_(_RUNNING), last_sign < cutoff)
                                .order_by(Job.id).limit(BATCH).with_for_update(skip_locked=True)).all()
@@ -144,16 +145,18 @@ def reconcile_once(settings: Settings, *, sizes: Sizes = queue_sizes,
         unconsumed = session.scalars(select(Job).where(*stale_queued, Job.platform.in_(drained))
                                      .order_by(Job.id).limit(BATCH).with_for_update(skip_locked=True)).all()
         for job, kind in [*((j, "worker") for j in lost), *((j, "message") for j in unconsumed)]:
-            specs += _again(session, job, kind, result, stops, settings)
-    storage = get_storage()
-    for job_id, below in stops:
-        request_stop(storage, job_id, below=below, reason=f"attempt {below} replaced the older ones")
-    dispatch.send(specs)
+            _again(session, job, kind, result, stops, settings)
     return result
 
 
+def _stop_older(stops: list[tuple[int, int]]) -> None:
+    storage = get_storage()
+    for job_id, below in stops:
+        request_stop(storage, job_id, below=below, reason=f"attempt {below} replaced the older ones")
+
+
 def _again(session: Session, job: Job, kind: str, result: Pass, stops: list[tuple[int, int]],
-           settings: Settings) -> list[JobSpec]:
+           settings: Settings) -> None:
     """Send `job` again as a new attempt (or fail it when it was lost too often)."""
     now = utcnow()
     seen = job.heartbeat_at or job.updated_at
@@ -161,60 +164,18 @@ def _again(session: Session, job: Job, kind: str, result: Pass, stops: list[tupl
     what = (f"attempt {job.attempt}: no sign of life from {job.worker or 'its worker'} for {age:.0f} s"
             if kind == "worker" else f"attempt {job.attempt}: queued {age:.0f} s and nobody took its message")
     for step in session.scalars(select(Step).where(Step.job_id == job.id, Step.attempt == job.attempt,
-                                                   Step.outcome == "running")):
-        step.outcome, step.finished_at = "lost", now
+                                                   Step.outcome == StepOutcome.RUNNING)):
+        step.outcome, step.finished_at = StepOutcome.LOST, now
     if job.attempt >= MAX_ATTEMPTS:
         log.warning("job %s: %s; lost %s times, failing it", job.id, what, job.attempt)
         result.failed.append(job.id)
         stops.append((job.id, job.attempt + 1))
-        return fail(session, job, f"{what}; gave up after {job.attempt} lost attempts", "infrastructure")
-    if job.state != JobState.QUEUED.value:
-        job.move(JobState.QUEUED)
-    job.attempt += 1
-    job.heartbeat_at, job.worker, job.started_at = None, None, None
-    job.error = f"{what}; sent again as attempt {job.attempt}"
+        fail(session, job, f"{what}; gave up after {job.attempt} lost attempts", "infrastructure")
+        return
+    requeue(session, job, settings, why=what)
     log.warning("job %s: %s", job.id, job.error)
     (result.requeued if kind == "worker" else result.resent).append(job.id)
     stops.append((job.id, job.attempt))
-    session.flush()
-    return [dispatch.job_spec(job, settings, resume="verify" if job.staged.get("wheels") else "build")]
-
-
-def cancel(job_id: int, settings: Settings) -> str:
-    """Cancel a job that has not ended; say what was cancelled."""
-    specs: list[JobSpec] = []
-    cancelled: list[int] = []
-    with session_scope() as session:
-        job = session.get(Job, job_id, with_for_update=True)
-        if job is None:
-            raise NotFound(f"no job {job_id}")
-        if job.state in _TERMINAL:
-            raise StateError(f"job {job_id} already ended: {job.state}")
-        specs += _cancel(session, job, "cancelled", cancelled)
-    storage = get_storage()
-    for jid in cancelled:
-        request_stop(storage, jid, below=None, reason="the job was cancelled")
-    dispatch.send(specs)
-    also = f" (and job{'s' if len(cancelled) > 2 else ''} {', '.join(map(str, cancelled[1:]))} reusing it)" \
-        if len(cancelled) > 1 else ""
-    return f"job {job_id}: cancelled{also}"
-
-
-def _cancel(session: Session, job: Job, reason: str, cancelled: list[int]) -> list[JobSpec]:
-    job.move(JobState.CANCELLED)
-    job.finished_at, job.error = utcnow(), reason
-    cancelled.append(job.id)
-    followups: list[JobSpec] = []
-    for follower in session.scalars(select(Job).where(Job.cached_from_id == job.id,
-                                                      Job.state == JobState.QUEUED.value)):
-        followups += _cancel(session, follower, f"the identical build, job {job.id}, was cancelled", cancelled)
-    for dep in session.scalars(select(Dependency).where(Dependency.dep_job_id == job.id,
-                                                        Dependency.state == "waiting")):
-        dep.state, dep.reason = "unavailable", f"job {job.id} was cancelled"
-        if dep.job.state == JobState.DEP_WAIT.value:
-            followups += fail(session, dep.job, f"dependency {dep.requirement} will not be built "
-                              f"(job {job.id} was cancelled)", "dependency")
-    return followups
 
 
 class Reconciler(threading.Thread):

@@ -45,7 +45,7 @@ class Submitted:
     submission_id: int
     name: str
     version: str
-    jobs: list[tuple[int, str, str]]  # (job id, build id, state)
+    jobs: list[tuple[int, str, JobState]]  # (job id, build id, state)
 
 
 def is_file_request(request: str) -> bool:
@@ -93,8 +93,7 @@ def submit(request: str, *, settings: Settings, kind: str | None = None, parent_
                 storage.put_file(source.storage_key, pending)
             result = Submitted(submission_id=submission.id, name=source.name, version=source.version,
                                jobs=[(j.id, j.build_id, j.state) for j in submission.jobs])
-            specs = [dispatch.job_spec(j, settings) for j in to_send]
-    dispatch.send(specs)  # only after the commit
+            dispatch.send_after_commit(session, [dispatch.job_spec(j, settings) for j in to_send])
     return result
 
 
@@ -111,17 +110,17 @@ def _plan_jobs(session: Session, submission: Submission, source: Source, setting
     for t in targets:
         earlier = session.scalar(
             select(Job).where(Job.cache_key == t.cache_key, Job.cached_from_id.is_(None),
-                              Job.state.notin_([JobState.FAILED.value, JobState.CANCELLED.value]),
+                              Job.state.notin_([JobState.FAILED, JobState.CANCELLED]),
                               # a build whose wheels `farm gc` removed is no answer any more: build again
-                              or_(Job.state != JobState.SUCCEEDED.value,
+                              or_(Job.state != JobState.SUCCEEDED,
                                   Job.artifacts.any(Artifact.removed_at.is_(None))))
             .order_by(Job.id.desc()).limit(1))
         job = Job(submission=submission, source=source, platform=t.platform, python=t.python, build_id=t.build_id,
                   engine=t.engine, recipe_name=t.recipe_name, recipe_digest=t.recipe_digest, recipe=t.options,
-                  cache_key=t.cache_key, state=JobState.QUEUED.value, attempt=1, priority=priority)
+                  cache_key=t.cache_key, state=JobState.QUEUED, attempt=1, priority=priority)
         if earlier is not None:
             job.cached_from_id = earlier.id
-            if earlier.state == JobState.SUCCEEDED.value:
+            if earlier.state == JobState.SUCCEEDED:
                 job.move(JobState.SUCCEEDED)
                 job.finished_at = utcnow()
         session.add(job)

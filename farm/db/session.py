@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -58,10 +58,26 @@ def get_engine() -> Engine:
     return engine_for(get_settings().db_url)
 
 
+_AFTER_COMMIT = "farm.after_commit"
+
+
+def after_commit(session: Session, action: Callable[[], None]) -> None:
+    """Run `action` once `session`'s transaction has committed (warehouse sends its tasks so).
+
+    Actions run in the order they were added, after the commit and once the session is closed;
+    a rollback drops them unrun. Only `session_scope` sessions run them, so any other refuses."""
+    actions = session.info.get(_AFTER_COMMIT)
+    if actions is None:
+        raise RuntimeError("this session runs nothing after its commit: open it with farm.db.session.session_scope")
+    actions.append(action)
+
+
 @contextmanager
 def session_scope() -> Iterator[Session]:
-    """A session that commits on success and rolls back on error."""
+    """A session that commits on success and rolls back on error; then what `after_commit` queued
+    runs (build messages: farm.coordinator.dispatch.send_after_commit), on success only."""
     session = sessionmaker(get_engine(), expire_on_commit=False)()
+    session.info[_AFTER_COMMIT] = []
     try:
         yield session
         session.commit()
@@ -69,4 +85,7 @@ def session_scope() -> Iterator[Session]:
         session.rollback()
         raise
     finally:
+        actions = session.info.pop(_AFTER_COMMIT)
         session.close()
+    for action in actions:
+        action()
