@@ -70,14 +70,10 @@ class UploadTarget(BaseModel):
     index_url: str = Field("", description="its simple index, to confirm an upload is listed; default: not checked")
 
 
-DEFAULT_IMAGES: dict[str, list[ImageConfig]] = {
-    "linux-x86_64": [ImageConfig(image="quay.io/pypa/manylinux_2_28_x86_64",
-                                 pythons=["cp39", "cp310", "cp311", "cp312", "cp313"])],
-    "linux-aarch64": [ImageConfig(image="quay.io/pypa/manylinux_2_28_aarch64",
-                                  pythons=["cp39", "cp310", "cp311", "cp312", "cp313"])],
-    "musllinux-x86_64": [ImageConfig(image="quay.io/pypa/musllinux_1_2_x86_64",
-                                     pythons=["cp39", "cp310", "cp311", "cp312", "cp313"])],
-}
+def _default_images() -> dict[str, list[ImageConfig]]:
+    from farm.worker.platforms import default_images  # each platform's own
+
+    return default_images()
 
 
 class Settings(BaseSettings):
@@ -135,7 +131,7 @@ class Settings(BaseSettings):
 
     # Containers (engine cibuildwheel on Linux, verification in a clean container) ----------------
     docker_host: str = Field("", description="Docker engine socket, e.g. unix:///var/lib/farm-docker/docker.sock; default DOCKER_HOST")
-    images: dict[str, list[ImageConfig]] = Field(default_factory=lambda: dict(DEFAULT_IMAGES),
+    images: dict[str, list[ImageConfig]] = Field(default_factory=_default_images,
                                                  description="build images per platform; the Python matrix is their union")
     verify_images: dict[str, list[ImageConfig]] = Field(
         default_factory=dict, description="per platform: images without compilers to verify in, by Python; none: verify on the host")

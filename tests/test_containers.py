@@ -35,9 +35,9 @@ from farm.worker.engines.cibuildwheel import (
     engine_config,
     repair_command,
     system_packages_command,
-    system_packages_download,
 )
 from farm.worker.platforms import get_platform
+from farm.worker.platforms.linux import LinuxPlatform
 from farm.worker.verify_container import ContainerVerifyResult, verify_in_container
 from tests.conftest import cached_sdist
 from tests.test_images import build_image_result, client, docker_host, verify_image_result  # noqa: F401
@@ -136,35 +136,48 @@ def test_container_engine_never_mounts_the_host(tmp_path: Path, pyyaml_sdist: Pa
 
 def test_system_packages_per_family() -> None:
     """Downloaded (with the host's network, the package manager only) and installed offline from the mount."""
-    assert system_packages_command("apt", []) is None
-    assert system_packages_command("apk", ["yaml-dev"]) == \
+    linux = LinuxPlatform("x86_64")
+    apt, yum, apk = (linux.package_manager(f) for f in ("apt", "yum", "apk"))
+    assert system_packages_command(apt, []) is None
+    assert system_packages_command(apk, ["yaml-dev"]) == \
         'set -- /farm/system-packages/*.apk; if [ -e "$1" ]; then apk add --no-network "$@"; fi'
-    assert "rpm -Uvh --replacepkgs" in system_packages_command("yum", ["libyaml-devel"])  # type: ignore[operator]
+    assert "rpm -Uvh --replacepkgs" in system_packages_command(yum, ["libyaml-devel"])  # type: ignore[operator]
     assert "apt-get install -y -qq --download-only --no-install-recommends -o Dir::Cache::Archives=/d libyaml-dev" \
-        in system_packages_download("apt", ["libyaml-dev"], "/d")
-    assert "dnf install -y --downloadonly --downloaddir=/d libyaml-devel" in system_packages_download("yum", ["libyaml-devel"], "/d")
-    assert system_packages_download("apk", ["yaml-dev"], "/d").endswith("apk fetch --recursive --output /d yaml-dev")
-    assert repair_command([]) == "auditwheel repair -w {dest_dir} {wheel}"
+        in apt.download_script(["libyaml-dev"], "/d")
+    assert "dnf install -y --downloadonly --downloaddir=/d libyaml-devel" in yum.download_script(["libyaml-devel"], "/d")
+    assert apk.download_script(["yaml-dev"], "/d").endswith("apk fetch --recursive --output /d yaml-dev")
+    # Names and folders are quoted for the shell.
+    assert apk.download_script(["a b", "c;d"], "/x y").endswith("apk fetch --recursive --output '/x y' 'a b' 'c;d'")
     assert config_settings({"k": "v w"}) == "'k=v w'"
+
+
+def test_repair_command_is_the_platforms(tmp_path: Path, pyyaml_sdist: Path) -> None:
+    """cibuildwheel runs the image's auditwheel with the command line the Linux platform gives."""
+    ctx = make_ctx(tmp_path, sdist=pyyaml_sdist)
+    assert repair_command(ctx) == "auditwheel repair -w {dest_dir} {wheel}"
+    assert ctx.platform.repair_command("{wheel}", "{dest_dir}", [], program="auditwheel") == \
+        ["auditwheel", "repair", "-w", "{dest_dir}", "{wheel}"]
 
 
 def test_wheelhouse_target_tags() -> None:
     """The wheels downloaded for the build must install in the image: its Python and C library decide."""
-    from farm.worker.wheelhouse import parse_libc, target
+    from farm.worker.platforms.linux import parse_libc
+    from farm.worker.wheelhouse import target
 
+    x86_64, aarch64, ppc64le = LinuxPlatform("x86_64"), LinuxPlatform("aarch64"), LinuxPlatform("ppc64le")
     assert parse_libc("ldd (Debian GLIBC 2.31-13+deb11u11) 2.31\nCopyright (C) 2020\n") == ("glibc", 2, 31)
     assert parse_libc("musl libc (x86_64)\nVersion 1.2.4\n") == ("musl", 1, 2)
-    t = target("cp39", "x86_64", ("glibc", 2, 31))
+    t = target("cp39", x86_64, ("glibc", 2, 31))
     assert (t.python, t.implementation, t.abi, t.resolver) == ("3.9", "cp", "cp39", "x86_64-manylinux_2_31")
     assert t.platforms[0] == "manylinux_2_31_x86_64" and t.platforms[-1] == "manylinux1_x86_64"
     assert {"manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux2010_x86_64"} <= set(t.platforms)
     assert not any(p.startswith("linux_") for p in t.platforms)  # never a wheel that is not portable
-    assert target("cp313t", "aarch64", ("glibc", 2, 30)).resolver == "aarch64-manylinux_2_28"
-    assert target("cp313t", "aarch64", ("glibc", 2, 30)).abi == "cp313t"
-    musl = target("cp312", "x86_64", ("musl", 1, 2))
+    assert target("cp313t", aarch64, ("glibc", 2, 30)).resolver == "aarch64-manylinux_2_28"
+    assert target("cp313t", aarch64, ("glibc", 2, 30)).abi == "cp313t"
+    musl = target("cp312", LinuxPlatform("x86_64", musl=True), ("musl", 1, 2))
     assert musl.platforms == ("musllinux_1_2_x86_64", "musllinux_1_1_x86_64")
     assert musl.resolver == "x86_64-unknown-linux-musl"
-    assert target("cp312", "ppc64le", ("glibc", 2, 28)).resolver is None  # pip resolves alone there
+    assert target("cp312", ppc64le, ("glibc", 2, 28)).resolver is None  # pip resolves alone there
 
 
 def test_build_requirements_are_only_pep508() -> None:

@@ -450,6 +450,140 @@ def test_windows_repair_rejects_another_architecture(tmp_path):
         WindowsPlatform("arm64").repair(windows_wheel(), tmp_path / "out", exclude=[], log=io.StringIO())
 
 
+# what the platform answers for engines, the planner and the index (real) -------------------------
+
+
+def test_linux_repair_command_line(tmp_path):
+    """The one auditwheel command line: the worker's own tool on the host, the image's in cibuildwheel."""
+    wheel, dest = tmp_path / "demo-1.0-cp311-cp311-linux_x86_64.whl", tmp_path / "out"
+    argv = LinuxPlatform("x86_64").repair_command(wheel, dest, ["libcuda.so.1"])
+    assert Path(argv[0]).name == "auditwheel" and Path(argv[0]).is_file()  # installed beside this interpreter
+    assert argv[1:] == ["repair", "--exclude", "libcuda.so.1", "-w", str(dest), str(wheel)]
+    assert LinuxPlatform("aarch64").repair_command("W", "D", [], program="auditwheel") == \
+        ["auditwheel", "repair", "-w", "D", "W"]
+
+
+def test_package_managers():
+    """Each platform names its package manager; a Linux build image's is chosen by its family."""
+    linux = LinuxPlatform("x86_64")
+    assert linux.package_manager("apt").install_argv("apt-get", ["zlib1g-dev"]) == \
+        ["apt-get", "install", "-y", "--no-install-recommends", "zlib1g-dev"]
+    assert linux.package_manager("yum").programs == ("dnf", "yum")
+    assert linux.package_manager("apk").install_argv("apk", ["zlib-dev"]) == ["apk", "add", "--no-cache", "zlib-dev"]
+    assert linux.package_manager().family in ("apt", "yum", "apk")
+    with pytest.raises(ConfigError, match="pacman"):
+        linux.package_manager("pacman")
+    brew = MacOSPlatform("arm64").package_manager()
+    assert brew.install_argv("/opt/homebrew/bin/brew", ["libxml2"]) == ["/opt/homebrew/bin/brew", "install", "libxml2"]
+    choco = WindowsPlatform("amd64").package_manager()
+    assert choco.install_argv("choco", ["pkgconfiglite"]) == ["choco", "install", "-y", "--no-progress", "pkgconfiglite"]
+    with pytest.raises(ConfigError, match="fetch brew packages"):
+        brew.download_script(["libxml2"], "/d")  # only Linux images get package files ahead of a build
+    with pytest.raises(ConfigError, match="not apt"):
+        WindowsPlatform("amd64").package_manager("apt")
+    from farm.worker.platforms.linux import image_package_family, package_manager_programs
+
+    assert package_manager_programs() == ["apt-get", "dnf", "yum", "apk"]
+    assert image_package_family({"uv", "yum"}) == "yum" and image_package_family({"apk"}) == "apk"
+    assert image_package_family({"uv"}) == ""
+
+
+def test_marker_environment_of_each_platform():
+    """Known before any build: the target's Python and platform; what neither says is this host's."""
+    from packaging.markers import default_environment
+
+    from farm.index.promote import marker_environment as of_job
+    from farm.worker.platforms import marker_environment
+
+    host = default_environment()
+    env = get_platform("windows-amd64").marker_environment("cp39")
+    assert (env["sys_platform"], env["platform_system"], env["os_name"], env["platform_machine"]) == \
+        ("win32", "Windows", "nt", "amd64")
+    assert (env["python_version"], env["python_full_version"], env["implementation_name"]) == ("3.9", "3.9.0", "cpython")
+    assert env["platform_release"] == host["platform_release"]
+    env = get_platform("macos-arm64").marker_environment("pp310")
+    assert (env["sys_platform"], env["platform_system"], env["platform_machine"]) == ("darwin", "Darwin", "arm64")
+    assert (env["implementation_name"], env["platform_python_implementation"]) == ("pypy", "PyPy")
+    env = get_platform("musllinux-aarch64").marker_environment("cp313")
+    assert (env["sys_platform"], env["os_name"], env["platform_machine"], env["python_version"]) == \
+        ("linux", "posix", "aarch64", "3.13")
+    # The index asks the same of a job's platform and Python; a name that is no platform's keeps the host's.
+    job = type("Job", (), {"platform": "windows-arm64", "python": "cp312"})()
+    assert of_job(job) == get_platform("windows-arm64").marker_environment("cp312")
+    odd = marker_environment("plan9-x86_64", "cp311")
+    assert odd["sys_platform"] == host["sys_platform"] and odd["python_version"] == "3.11"
+    assert of_job(None) == host
+
+
+def test_marker_environment_matches_real_interpreters():
+    """The prediction for this Linux host, against what each CPython found here reports itself."""
+    from farm.worker.platforms import host_platform_name
+    from farm.worker.verify import marker_environment as probed
+
+    platform = get_platform(host_platform_name())
+    # This interpreter, and pyenv's CPython 3 builds where the machine has them (their PATH shims need a
+    # selected version, so their folders are used).
+    paths = [sys.executable, *map(str, sorted(Path.home().glob(".pyenv/versions/3.*/bin/python3")))]
+    interpreters = [i for path in paths for i in _found(platform, path)]
+    assert interpreters, "no CPython found on this host"
+    for interp in interpreters:
+        real = probed(str(interp.path))
+        predicted = platform.marker_environment(interp.tag)
+        keys = ("python_version", "sys_platform", "platform_system", "os_name", "platform_machine",
+                "implementation_name", "platform_python_implementation")
+        assert {k: predicted[k] for k in keys} == {k: real[k] for k in keys}, interp
+
+
+def _found(platform, path):  # type: ignore[no-untyped-def]
+    try:
+        return platform.interpreters([path])
+    except ConfigError:
+        return []
+
+
+def test_offered_pythons(tmp_path):
+    """What a worker of a platform builds for: its images' Pythons (cibuildwheel on Linux), else its interpreters'."""
+    from farm.config import ImageConfig, Settings
+
+    images = {"linux-x86_64": [ImageConfig(image="a", pythons=["cp311", "cp312"]),
+                               ImageConfig(image="b", pythons=["cp39", "cp312"])]}
+    containers = Settings(home=tmp_path, engine="cibuildwheel", images=images)
+    assert [(o.python, o.image) for o in get_platform("linux-x86_64").offered_pythons(containers)] == \
+        [("cp311", "a"), ("cp312", "a"), ("cp39", "b")]
+    assert get_platform("linux-aarch64").offered_pythons(containers) == []
+    tag = f"cp{sys.version_info[0]}{sys.version_info[1]}"
+    native = Settings(home=tmp_path, engine="native", pythons=[sys.executable])
+    for name in ("linux-x86_64", "macos-arm64", "windows-amd64"):
+        assert [(o.python, o.image) for o in get_platform(name).offered_pythons(native)] == [(tag, None)]
+    # macOS and Windows builds run on the host, whatever the engine
+    assert [o.python for o in get_platform("macos-arm64").offered_pythons(
+        Settings(home=tmp_path, engine="cibuildwheel", pythons=[sys.executable]))] == [tag]
+
+
+def test_default_images_come_from_the_platforms(tmp_path):
+    from farm.config import Settings
+
+    images = Settings(home=tmp_path).images
+    assert {name: [(i.image, tuple(i.pythons)) for i in imgs] for name, imgs in images.items()} == {
+        "linux-x86_64": [("quay.io/pypa/manylinux_2_28_x86_64", PYTHONS)],
+        "linux-aarch64": [("quay.io/pypa/manylinux_2_28_aarch64", PYTHONS)],
+        "musllinux-x86_64": [("quay.io/pypa/musllinux_1_2_x86_64", PYTHONS)],
+    }
+    assert get_platform("macos-arm64").default_images() == get_platform("windows-amd64").default_images() == []
+    assert get_platform("musllinux-aarch64").default_images() == []
+
+
+def test_cibuildwheel_engine_needs_a_linux_platform():
+    from farm.worker.platforms.linux import container_platform
+
+    linux = LinuxPlatform("aarch64", musl=True)
+    assert container_platform(linux) is linux
+    assert linux.cibuildwheel_options("img") == ("linux", {"CIBW_ARCHS": "aarch64", "CIBW_MUSLLINUX_AARCH64_IMAGE": "img"})
+    assert linux.image_python("cp313") == "/opt/python/cp313-cp313/bin/python"
+    with pytest.raises(ConfigError, match="not for macos-arm64"):
+        container_platform(MacOSPlatform("arm64"))
+
+
 # fakes of the OS tools (macOS and Windows cannot run here) -------------------------------------
 
 FAKE_DELOCATE = """
@@ -473,7 +607,7 @@ def fake_xcode(bin_on_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for tool in ("otool", "install_name_tool"):
         fake_tool(bin_on_path, tool, "")
     script = fake_tool(bin_on_path, "delocate-wheel", FAKE_DELOCATE)
-    monkeypatch.setattr("farm.worker.platforms.macos._tool", lambda name: str(bin_on_path / name))
+    monkeypatch.setattr("farm.worker.platforms.macos.tool", lambda name: str(bin_on_path / name))
     monkeypatch.delenv("MACOSX_DEPLOYMENT_TARGET", raising=False)
     return script
 

@@ -37,14 +37,10 @@ def platforms_for(settings: Settings, recipe: LoadedRecipe | None) -> list[str]:
 
 
 def pythons_for(settings: Settings, platform: str) -> list[tuple[str, str | None]]:
-    """(python tag, image) pairs this farm builds on `platform` with its engine."""
-    if settings.engine == "cibuildwheel" and platform.startswith(("linux", "musllinux")):
-        seen: dict[str, str | None] = {}
-        for img in settings.images.get(platform, []):
-            for py in img.pythons:
-                seen.setdefault(py, img.image)
-        return list(seen.items())
-    return [(i.tag, None) for i in get_platform(platform).interpreters(settings.interpreters)]
+    """(python tag, image) pairs this farm builds on `platform`: what a worker of that platform with
+    these settings offers (`Platform.offered_pythons`), asked of this host's configuration for now;
+    the workers are to report it themselves (issue 10)."""
+    return [(offer.python, offer.image) for offer in get_platform(platform).offered_pythons(settings)]
 
 
 def _admits(requires_python: str | None, python: str) -> bool:

@@ -16,7 +16,6 @@ that version that sits in a lower channel. It is refused, with every reason, whe
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +31,7 @@ from farm.db.models import Artifact, ChannelEntry, Job
 from farm.errors import FarmError, NotFound, PromotionRefused
 from farm.index.channels import DigestMismatch, add_entries, checked_source, layout
 from farm.util.archive import is_project_name
+from farm.worker.platforms import marker_environment as platform_markers
 
 
 def parse_pin(text: str) -> tuple[str, str]:
@@ -221,30 +221,8 @@ def _best(session: Session, channel: str, dep: str, req: Requirement) -> str | N
     return str(versions[-1]) if versions else None
 
 
-_PY = re.compile(r"(cp|pp|py)(\d)(\d+)")
-_PLATFORMS = {  # platform-name prefix -> sys_platform, platform_system, os_name
-    "linux": ("linux", "Linux", "posix"), "musllinux": ("linux", "Linux", "posix"),
-    "manylinux": ("linux", "Linux", "posix"), "macos": ("darwin", "Darwin", "posix"),
-    "windows": ("win32", "Windows", "nt"), "win": ("win32", "Windows", "nt"),
-}
-
-
 def marker_environment(job: Job | None) -> dict[str, str]:
     """PEP 508 marker values for the Python and platform a wheel was built and verified for."""
-    env = dict(default_environment())
     if job is None:
-        return env
-    m = _PY.fullmatch(job.python or "")
-    if m:
-        env["python_version"] = f"{m.group(2)}.{m.group(3)}"
-        env["python_full_version"] = f"{m.group(2)}.{m.group(3)}.0"
-        if m.group(1) == "pp":
-            env["implementation_name"], env["platform_python_implementation"] = "pypy", "PyPy"
-        elif m.group(1) == "cp":
-            env["implementation_name"], env["platform_python_implementation"] = "cpython", "CPython"
-    system, _, machine = (job.platform or "").partition("-")
-    if system in _PLATFORMS:
-        env["sys_platform"], env["platform_system"], env["os_name"] = _PLATFORMS[system]
-    if machine:
-        env["platform_machine"] = machine
-    return env
+        return dict(default_environment())
+    return platform_markers(job.platform or "", job.python or "")

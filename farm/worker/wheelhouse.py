@@ -34,6 +34,7 @@ from farm.errors import InfrastructureFault, PackageFailure
 from farm.util.cmd import CommandFailed, clean_env, run
 from farm.worker import build_requires
 from farm.worker.engines.base import BuildContext
+from farm.worker.platforms.linux import LinuxPlatform, container_platform, parse_libc
 
 WHEELS_IN_CONTAINER = "/farm/build-wheels"
 NO_WHEEL = "the build requirements cannot be installed from the index as wheels"
@@ -42,9 +43,6 @@ _BOX = "/tmp/farm"
 _ENV = f"{_BOX}/env"
 _SRC = f"{_BOX}/src"
 _HOOKS = f"{_BOX}/hooks"
-# uv's --python-platform targets (uv 0.5+); glibc versions in between resolve for the one below.
-_UV_GLIBC = (17, 28, *range(31, 41))
-_UV_ARCHES = ("x86_64", "aarch64")
 # Output of a resolver or installer that says the requirement itself is the problem (else: the index or network).
 _PACKAGE_SIDE = ("No solution found", "no usable wheels", "not found in the package registry", "Failed to parse",
                  "No matching distribution", "Could not find a version", "is not a valid", "Invalid requirement")
@@ -76,35 +74,15 @@ class Wheelhouse:
         return sorted(p.name for p in self.path.glob("*.whl"))
 
 
-def target(python_tag: str, arch: str, libc: tuple[str, int, int]) -> Target:
-    """The target of `cp39` on `x86_64` with `("glibc", 2, 31)` (or `("musl", 1, 2)`)."""
+def target(python_tag: str, platform: LinuxPlatform, libc: tuple[str, int, int]) -> Target:
+    """The target of `cp39` on `linux-x86_64` in an image with `("glibc", 2, 31)` (or `("musl", 1, 2)`)."""
     m = re.fullmatch(r"(cp|pp)(\d)(\d+)(t?)", python_tag)
     if not m:
         raise InfrastructureFault("build", f"cannot tell the Python version of {python_tag!r}")
     impl, major, minor, threaded = m.groups()
-    kind, lib_major, lib_minor = libc
-    if kind == "musl":
-        platforms = tuple(f"musllinux_{lib_major}_{n}_{arch}" for n in range(lib_minor, 0, -1))
-        resolver = f"{arch}-unknown-linux-musl" if arch in _UV_ARCHES else None
-    else:
-        aliases = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
-        platforms = tuple(tag for n in range(lib_minor, 4, -1)
-                          for tag in (f"manylinux_2_{n}_{arch}", *([f"{aliases[n]}_{arch}"] if n in aliases else [])))
-        best = max((n for n in _UV_GLIBC if n <= lib_minor), default=None)
-        resolver = f"{arch}-manylinux_2_{best}" if arch in _UV_ARCHES and best is not None else None
+    platforms, resolver = platform.image_wheel_platforms(libc)
     abi = f"cp{major}{minor}{threaded}" if impl == "cp" else None
     return Target(python=f"{major}.{minor}", implementation=impl, abi=abi, platforms=platforms, resolver=resolver)
-
-
-def parse_libc(ldd_output: str) -> tuple[str, int, int]:
-    """`ldd --version`'s first lines -> ("glibc", 2, 31) or ("musl", 1, 2)."""
-    if "musl" in ldd_output.lower():
-        m = re.search(r"Version (\d+)\.(\d+)", ldd_output)
-        return ("musl", int(m.group(1)), int(m.group(2))) if m else ("musl", 1, 1)
-    m = re.search(r"(\d+)\.(\d+)\s*$", ldd_output.strip().splitlines()[0] if ldd_output.strip() else "")
-    if not m:
-        raise InfrastructureFault("build", f"cannot tell the build image's C library from: {ldd_output[:200]!r}")
-    return "glibc", int(m.group(1)), int(m.group(2))
 
 
 _LIBC: dict[str, tuple[str, int, int]] = {}
@@ -199,12 +177,13 @@ def _probe(ctx: BuildContext, client, image: str, dest: Path, *, digest: str, fr
     from build import BuildBackendException, BuildException, ProjectBuilder
 
     limits = Limits(memory=ctx.settings.build_memory, pids=ctx.settings.build_pids, drop_capabilities=True)
-    python = f"/opt/python/{ctx.spec.python}-{ctx.spec.python}/bin/python"
+    platform = container_platform(ctx.platform)
+    python = platform.image_python(ctx.spec.python)
     with Container(client, image, network="none", limits=limits, labels=labels,
                    read_only_files={str(dest): WHEELS_IN_CONTAINER}) as box:
         if digest not in _LIBC:
             _LIBC[digest] = parse_libc(box.call(["sh", "-c", "ldd --version 2>&1 | head -n 2; true"]).output)
-        t = target(ctx.spec.python, ctx.platform.arch, _LIBC[digest])
+        t = target(ctx.spec.python, platform, _LIBC[digest])
         try:
             builder = ProjectBuilder(ctx.source, python_executable=f"{_ENV}/bin/python",
                                      runner=_hook_runner(ctx, box, env_script=env_script, python=python))

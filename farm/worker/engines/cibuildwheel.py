@@ -38,6 +38,8 @@ from farm.util.cmd import CommandFailed, Result, clean_env, run
 from farm.worker import build_requires, wheelhouse
 from farm.worker.engines.base import BuildContext, BuildOutput
 from farm.worker.hints import build_failure
+from farm.worker.platforms.base import PackageManager
+from farm.worker.platforms.linux import container_platform, image_package_family, package_manager_programs
 from farm.worker.wheelhouse import WHEELS_IN_CONTAINER
 
 CA_IN_CONTAINER = "/farm/ca-bundle.crt"
@@ -54,6 +56,7 @@ class CibuildwheelEngine:
 
     def build(self, ctx: BuildContext) -> BuildOutput:
         image = choose_image(ctx)
+        container_platform(ctx.platform)
         host = resolve_docker_host(ctx.settings.docker_host)
         client = docker_client(host, step="build")
         job_label = f"{ctx.spec.job_id}-{ctx.spec.attempt}-{uuid.uuid4().hex[:8]}"
@@ -79,7 +82,8 @@ class CibuildwheelEngine:
             # not read: the recipe alone decides, as with the native engine.
             config = ctx.work / "cibuildwheel.toml"
             config.write_text("# the farm's options come from CIBW_* variables; the project's table is ignored\n")
-            argv = [sys.executable, "-m", "cibuildwheel", "--output-dir", out, "--platform", "linux",
+            cibw_platform, _ = container_platform(ctx.platform).cibuildwheel_options(image.image)
+            argv = [sys.executable, "-m", "cibuildwheel", "--output-dir", out, "--platform", cibw_platform,
                     "--config-file", config, target]
             shown = {k: v for k, v in env.items() if k.startswith("CIBW_")}
             ctx.log.write("".join(f"  {k}={v}\n" for k, v in sorted(shown.items())))
@@ -161,7 +165,8 @@ def fetch_system_packages(ctx: BuildContext, *, docker_host: str, image: str, fa
         return []
     from docker.errors import DockerException
 
-    script = system_packages_download(family, packages, "/tmp/farm/pkgs")
+    manager = ctx.platform.package_manager(family)
+    script = manager.download_script(packages, "/tmp/farm/pkgs")
     client = docker_client(docker_host, step="build")
     try:
         with Container(client, image, network="host", labels=labels, environment={"DEBIAN_FRONTEND": "noninteractive"},
@@ -179,9 +184,8 @@ def fetch_system_packages(ctx: BuildContext, *, docker_host: str, image: str, fa
         raise InfrastructureFault("build", f"the Docker engine failed while the system packages were fetched: {exc}") from exc
     finally:
         client.close()
-    suffix = {"apt": ".deb", "yum": ".rpm", "apk": ".apk"}[family]
     files = []
-    for path in sorted((ctx.work / "system-packages-download" / "pkgs").glob(f"*{suffix}")):
+    for path in sorted((ctx.work / "system-packages-download" / "pkgs").glob(f"*{manager.package_files}")):
         files.append(Path(shutil.move(path, dest / path.name)))
     log.write(f"system packages for the offline build: {' '.join(p.name for p in files) or 'all in the image'}\n")
     return files
@@ -200,8 +204,7 @@ def choose_image(ctx: BuildContext) -> ImageConfig:
 def cibw_environment(ctx: BuildContext, *, image: str, family: str, has_uv: bool, job_label: str,
                      docker_host: str) -> dict[str, str]:
     """The host environment cibuildwheel runs with: clean of installer settings, private temp dirs."""
-    arch = ctx.platform.arch
-    kind = "MUSLLINUX" if ctx.platform.name.startswith("musllinux") else "MANYLINUX"
+    _, selected = container_platform(ctx.platform).cibuildwheel_options(image)
     for folder in ("tmp", "build-wheels", "system-packages"):  # the last two are mounted into the container
         (ctx.work / folder).mkdir(parents=True, exist_ok=True)
     tmp = ctx.work / "tmp"
@@ -209,14 +212,13 @@ def cibw_environment(ctx: BuildContext, *, image: str, family: str, has_uv: bool
     shutil.copyfile(ca_bundle(), ca)
     env = clean_env({
         "CIBW_BUILD": ctx.spec.build_id,
-        "CIBW_ARCHS": arch,
-        f"CIBW_{kind}_{arch.upper()}_IMAGE": image,
+        **selected,
         "CIBW_BUILD_FRONTEND": "build[uv]" if has_uv else "pip",
         "CIBW_BUILD_VERBOSITY": "1",
         "CIBW_TEST_SKIP": "*",
         "CIBW_TEST_COMMAND": "",
         "CIBW_ENVIRONMENT": container_environment(ctx),
-        "CIBW_REPAIR_WHEEL_COMMAND": repair_command(ctx.options.repair_exclude),
+        "CIBW_REPAIR_WHEEL_COMMAND": repair_command(ctx),
         "CIBW_CONTAINER_ENGINE": engine_config(ctx, ca=ca, job_label=job_label),
         "CIBW_CACHE_PATH": str(ctx.work / "cibw-cache"),
         "SOURCE_DATE_EPOCH": str(ctx.src.timestamp),
@@ -258,9 +260,11 @@ def _double_quote(value: str) -> str:
     return f'"{escaped}"'
 
 
-def repair_command(exclude: list[str]) -> str:
-    return shlex.join(["auditwheel", "repair", *[a for lib in exclude for a in ("--exclude", lib)],
-                       "-w", "DEST", "WHEEL"]).replace("DEST", "{dest_dir}").replace("WHEEL", "{wheel}")
+def repair_command(ctx: BuildContext) -> str:
+    """CIBW_REPAIR_WHEEL_COMMAND: the platform's repair command line with the image's tool and
+    cibuildwheel's placeholders (put in after quoting, which would quote the braces)."""
+    argv = ctx.platform.repair_command("WHEEL", "DEST", ctx.options.repair_exclude, program="auditwheel")
+    return shlex.join(argv).replace("DEST", "{dest_dir}").replace("WHEEL", "{wheel}")
 
 
 def engine_config(ctx: BuildContext, *, ca: Path, job_label: str) -> str:
@@ -280,36 +284,18 @@ def config_settings(settings: dict[str, str | list[str]]) -> str:
     return shlex.join(items)
 
 
-def system_packages_download(family: str, packages: list[str], dest: str) -> str:
-    """The command that downloads `packages` and what they need beyond the image into `dest`, installing nothing."""
-    names, out = shlex.join(packages), shlex.quote(dest)
-    if family == "apt":
-        return (f"mkdir -p {out}/partial && apt-get update -qq && apt-get install -y -qq --download-only "
-                f"--no-install-recommends -o Dir::Cache::Archives={out} {names}")
-    if family == "yum":
-        return (f"mkdir -p {out} && if command -v dnf >/dev/null 2>&1; then dnf install -y --downloadonly "
-                f"--downloaddir={out} {names}; else yum install -y --downloadonly --downloaddir={out} {names}; fi")
-    if family == "apk":
-        return f"mkdir -p {out} && apk update -q && apk fetch --recursive --output {out} {names}"
-    raise ConfigError(f"the build image's package manager family {family!r} is not apt, yum or apk")
-
-
-def system_packages_command(family: str, packages: list[str]) -> str | None:
+def system_packages_command(manager: PackageManager, packages: list[str]) -> str | None:
     """before-all's install of the downloaded package files (mounted at PACKAGES_IN_CONTAINER), offline."""
     if not packages:
         return None
-    install = {"apt": ("deb", 'apt-get install -y --no-install-recommends "$@"'),
-               "yum": ("rpm", 'rpm -Uvh --replacepkgs "$@"'),
-               "apk": ("apk", 'apk add --no-network "$@"')}
-    if family not in install:
-        raise ConfigError(f"the build image's package manager family {family!r} is not apt, yum or apk")
-    suffix, command = install[family]
-    return f'set -- {PACKAGES_IN_CONTAINER}/*.{suffix}; if [ -e "$1" ]; then {command}; fi'
+    return (f'set -- {PACKAGES_IN_CONTAINER}/*{manager.package_files}; '
+            f'if [ -e "$1" ]; then {manager.install_files}; fi')
 
 
 def before_all_script(ctx: BuildContext, family: str) -> str | None:
     commands = []
-    system = system_packages_command(family, list(getattr(ctx.options.system_packages, family, [])))
+    packages = list(getattr(ctx.options.system_packages, family, [])) if family else []
+    system = system_packages_command(ctx.platform.package_manager(family), packages) if packages else None
     if system:
         commands.append(system)
     commands += [c.replace("{python}", "python") for c in ctx.options.before_all]
@@ -332,11 +318,11 @@ def image_facts(client, image: str, digest: str) -> tuple[str, bool]:  # type: i
     if labels.get("farm.family") and labels.get("farm.kind") == "build":
         return labels["farm.family"], True
     if digest not in _FACTS:
-        probe = "for t in uv apt-get dnf yum apk; do command -v $t >/dev/null 2>&1 && echo $t; done; true"
+        programs = " ".join(["uv", *package_manager_programs()])
+        probe = f"for t in {programs}; do command -v $t >/dev/null 2>&1 && echo $t; done; true"
         with Container(client, image, network="none", limits=Limits(memory="256m", pids=64)) as box:
             found = set(box.call(["sh", "-c", probe], timeout=60).output.split())
-        family = "apt" if "apt-get" in found else "yum" if found & {"dnf", "yum"} else "apk" if "apk" in found else ""
-        _FACTS[digest] = (family, "uv" in found)
+        _FACTS[digest] = (image_package_family(found), "uv" in found)
     return _FACTS[digest]
 
 
@@ -367,7 +353,7 @@ def build_pure_wheel(ctx: BuildContext, client, *, image: str, env: dict[str, st
     Same image, network, limits, CA bundle, wheelhouse and recipe environment as the cibuildwheel build;
     the wheel goes to `out`. A failing build is the package's failure.
     """
-    python = f"/opt/python/{ctx.spec.python}-{ctx.spec.python}/bin/python"
+    python = container_platform(ctx.platform).image_python(ctx.spec.python)
     target = shlex.quote(src.name)
     if env["CIBW_BUILD_FRONTEND"] == "build[uv]":
         # pypa/build as cibuildwheel runs it: its verbose runner lets the hooks write straight to the

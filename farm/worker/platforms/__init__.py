@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import platform as _platform
 import sys
+from typing import TYPE_CHECKING
 
 from farm.errors import ConfigError
-from farm.worker.platforms.base import Interpreter, Platform
+from farm.worker.platforms.base import Interpreter, Offer, PackageManager, Platform
+
+if TYPE_CHECKING:
+    from farm.config import ImageConfig
 
 _ARCH = {"amd64": "x86_64", "x86_64": "x86_64", "aarch64": "aarch64", "arm64": "arm64"}
 
@@ -39,4 +43,24 @@ def get_platform(name: str) -> Platform:
     raise ConfigError(f"unknown platform {name!r} (expected linux-*, musllinux-*, macos-* or windows-*)")
 
 
-__all__ = ["Interpreter", "Platform", "get_platform", "host_platform_name"]
+def default_images() -> dict[str, list[ImageConfig]]:
+    """The build images of every platform that has some, when the settings name none."""
+    from farm.worker.platforms.linux import DEFAULT_IMAGES
+
+    return {name: get_platform(name).default_images() for name in DEFAULT_IMAGES}
+
+
+def marker_environment(platform_name: str, python: str) -> dict[str, str]:
+    """PEP 508 marker values for `python` (cp311) on the platform named `platform_name`; for a name
+    that is no platform's, the Python's values and this host's for the rest."""
+    from farm.worker.platforms._common import marker_environment as for_python
+
+    try:
+        platform = get_platform(platform_name)
+    except ConfigError:
+        return for_python(python, system=None, machine="")
+    return platform.marker_environment(python)
+
+
+__all__ = ["Interpreter", "Offer", "PackageManager", "Platform", "default_images", "get_platform",
+           "host_platform_name", "marker_environment"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -10,14 +11,28 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
+from packaging.markers import default_environment
 from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import parse_wheel_filename
 
 from farm.errors import ConfigError, PackageFailure
 from farm.util.cmd import CommandFailed, run
-from farm.worker.platforms.base import Interpreter
+from farm.worker.platforms.base import Interpreter, Offer, Platform
+
+if TYPE_CHECKING:
+    from farm.config import Settings
+
+def tool(name: str) -> str:
+    """A repair tool: the one installed beside the worker's interpreter (bin/ or Scripts\\, `name` or
+    `name`.exe), else the one on PATH, else `name` itself (its absence is reported when it is run)."""
+    here = Path(sys.executable).parent
+    for local in (here / name, here / f"{name}.exe"):
+        if local.is_file():
+            return str(local)
+    return shutil.which(name) or name
+
 
 _PROBE = "import json, sys; print(json.dumps([sys.implementation.name, list(sys.version_info[:2])]))"
 
@@ -51,6 +66,35 @@ def find_interpreters(configured: Sequence[str], *, exe_names: Sequence[str]) ->
         interp = probe_interpreter(path)
         found.setdefault(interp.tag, interp)
     return list(found.values())
+
+
+def host_offers(platform: Platform, settings: Settings) -> list[Offer]:
+    """The Pythons of the interpreters this host has for `platform` (the native engine)."""
+    return [Offer(python=i.tag) for i in platform.interpreters(settings.interpreters)]
+
+
+_PY = re.compile(r"(cp|pp|py)(\d)(\d+)")
+
+
+def marker_environment(python: str, *, system: tuple[str, str, str] | None, machine: str) -> dict[str, str]:
+    """PEP 508 marker values for Python `python` (cp311, pp310) on a platform whose `system` is
+    (sys_platform, platform_system, os_name) and whose machine is `machine`; what neither says
+    (platform_release, platform_version, implementation_version, and the rest when they are not
+    given) is this host's."""
+    env = dict(default_environment())
+    m = _PY.fullmatch(python or "")
+    if m:
+        env["python_version"] = f"{m.group(2)}.{m.group(3)}"
+        env["python_full_version"] = f"{m.group(2)}.{m.group(3)}.0"
+        if m.group(1) == "pp":
+            env["implementation_name"], env["platform_python_implementation"] = "pypy", "PyPy"
+        elif m.group(1) == "cp":
+            env["implementation_name"], env["platform_python_implementation"] = "cpython", "CPython"
+    if system is not None:
+        env["sys_platform"], env["platform_system"], env["os_name"] = system
+    if machine:
+        env["platform_machine"] = machine
+    return env
 
 
 def tags_for(python: tuple[int, int], platforms: Sequence[str]) -> list[Tag]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from collections.abc import Sequence
@@ -12,18 +13,68 @@ from typing import TYPE_CHECKING, TextIO
 
 from packaging.tags import Tag, platform_tags
 
-from farm.errors import InfrastructureFault, PackageFailure
+from farm.errors import ConfigError, InfrastructureFault, PackageFailure
 from farm.recipes.schema import SystemPackages
 from farm.util.cmd import CommandFailed, clean_env, run
-from farm.worker.platforms._common import copy_pure, find_interpreters, repair_with, tags_for
-from farm.worker.platforms.base import Interpreter
+from farm.worker.platforms._common import (
+    copy_pure,
+    find_interpreters,
+    host_offers,
+    marker_environment,
+    repair_with,
+    tags_for,
+    tool,
+)
+from farm.worker.platforms.base import Interpreter, Offer, PackageManager, Platform
 from farm.worker.sandbox import Unsandboxed
 
 if TYPE_CHECKING:
-    from farm.config import Settings
+    from farm.config import ImageConfig, Settings
     from farm.worker.sandbox import Sandbox
 
-_MANAGERS = (("apt", "apt-get"), ("yum", "dnf"), ("yum", "yum"), ("apk", "apk"))
+# The package managers of Linux hosts and build images, in the order a host's is looked for.
+MANAGERS = {
+    "apt": PackageManager(
+        family="apt", programs=("apt-get",), install=("install", "-y", "--no-install-recommends"),
+        package_files=".deb",
+        download=("mkdir -p {dest}/partial && apt-get update -qq && apt-get install -y -qq --download-only "
+                  "--no-install-recommends -o Dir::Cache::Archives={dest} {packages}"),
+        install_files='apt-get install -y --no-install-recommends "$@"'),
+    "yum": PackageManager(
+        family="yum", programs=("dnf", "yum"), install=("install", "-y"), package_files=".rpm",
+        download=("mkdir -p {dest} && if command -v dnf >/dev/null 2>&1; then dnf install -y --downloadonly "
+                  "--downloaddir={dest} {packages}; else yum install -y --downloadonly --downloaddir={dest} "
+                  "{packages}; fi"),
+        install_files='rpm -Uvh --replacepkgs "$@"'),
+    "apk": PackageManager(
+        family="apk", programs=("apk",), install=("add", "--no-cache"), package_files=".apk",
+        download="mkdir -p {dest} && apk update -q && apk fetch --recursive --output {dest} {packages}",
+        install_files='apk add --no-network "$@"'),
+}
+
+
+# The build images of a Linux platform when the settings name none: pypa's, with the CPythons they carry.
+DEFAULT_IMAGES = {
+    "linux-x86_64": "quay.io/pypa/manylinux_2_28_x86_64",
+    "linux-aarch64": "quay.io/pypa/manylinux_2_28_aarch64",
+    "musllinux-x86_64": "quay.io/pypa/musllinux_1_2_x86_64",
+}
+DEFAULT_IMAGE_PYTHONS = ("cp39", "cp310", "cp311", "cp312", "cp313")
+_SYSTEM = ("linux", "Linux", "posix")  # sys_platform, platform_system, os_name
+# uv's --python-platform targets (uv 0.5+); glibc versions in between resolve for the one below.
+_UV_GLIBC = (17, 28, *range(31, 41))
+_UV_ARCHES = ("x86_64", "aarch64")
+_MANYLINUX_ALIASES = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
+
+
+def image_package_family(programs: set[str]) -> str:
+    """The package-manager family of a build image that has `programs` on its PATH ('' for none known)."""
+    return next((m.family for m in MANAGERS.values() if set(m.programs) & programs), "")
+
+
+def package_manager_programs() -> list[str]:
+    """The programs that tell the package-manager families apart, for a probe of a build image."""
+    return [p for m in MANAGERS.values() for p in m.programs]
 
 
 @dataclass(frozen=True)
@@ -43,6 +94,49 @@ class LinuxPlatform:
     def interpreters(self, configured: Sequence[str]) -> list[Interpreter]:
         return find_interpreters(configured, exe_names=("python{v}", "/opt/python/cp{v}/bin/python"))
 
+    def offered_pythons(self, settings: Settings) -> list[Offer]:
+        """With the cibuildwheel engine, the union of the platform's build images' Pythons (the first
+        image that carries one builds it); with the native engine, the host's interpreters."""
+        if settings.engine != "cibuildwheel":
+            return host_offers(self, settings)
+        seen: dict[str, str] = {}
+        for image in settings.images.get(self.name, []):
+            for python in image.pythons:
+                seen.setdefault(python, image.image)
+        return [Offer(python=python, image=image) for python, image in seen.items()]
+
+    def default_images(self) -> list[ImageConfig]:
+        from farm.config import ImageConfig
+
+        image = DEFAULT_IMAGES.get(self.name)
+        return [ImageConfig(image=image, pythons=list(DEFAULT_IMAGE_PYTHONS))] if image else []
+
+    def marker_environment(self, python: str) -> dict[str, str]:
+        return marker_environment(python, system=_SYSTEM, machine=self.arch)
+
+    def image_python(self, python: str) -> str:
+        """Where a manylinux or musllinux image (and the farm's own build images) keep CPython `python`."""
+        return f"/opt/python/{python}-{python}/bin/python"
+
+    def cibuildwheel_options(self, image: str) -> tuple[str, dict[str, str]]:
+        """cibuildwheel's --platform, and the CIBW_* variables that pick this architecture and `image`."""
+        kind = "MUSLLINUX" if self.musl else "MANYLINUX"
+        return "linux", {"CIBW_ARCHS": self.arch, f"CIBW_{kind}_{self.arch.upper()}_IMAGE": image}
+
+    def image_wheel_platforms(self, libc: tuple[str, int, int]) -> tuple[tuple[str, ...], str | None]:
+        """For a build image whose C library is `libc` (("glibc", 2, 31) or ("musl", 1, 2)): the wheel
+        platform tags that install in it, best first (pip's --platform values), and uv's
+        --python-platform for resolving (None: uv has no target for this architecture)."""
+        arch = self.arch
+        kind, lib_major, lib_minor = libc
+        if kind == "musl":
+            platforms = tuple(f"musllinux_{lib_major}_{n}_{arch}" for n in range(lib_minor, 0, -1))
+            return platforms, (f"{arch}-unknown-linux-musl" if arch in _UV_ARCHES else None)
+        platforms = tuple(tag for n in range(lib_minor, 4, -1) for tag in (
+            f"manylinux_2_{n}_{arch}", *([f"{_MANYLINUX_ALIASES[n]}_{arch}"] if n in _MANYLINUX_ALIASES else [])))
+        best = max((n for n in _UV_GLIBC if n <= lib_minor), default=None)
+        return platforms, (f"{arch}-manylinux_2_{best}" if arch in _UV_ARCHES and best is not None else None)
+
     def supported_tags(self, python: tuple[int, int]) -> list[Tag]:
         return tags_for(python, list(platform_tags()))
 
@@ -59,21 +153,30 @@ class LinuxPlatform:
 
         return Bubblewrap(uid=settings.sandbox_uid) if settings.sandbox else Unsandboxed()
 
+    def repair_command(self, wheel: Path | str, dest: Path | str, exclude: Sequence[str], *,
+                       program: str | None = None) -> list[str]:
+        """auditwheel's command line; in a build container (cibuildwheel) `program` is the image's auditwheel."""
+        excluded = [arg for lib in exclude for arg in ("--exclude", lib)]
+        return [program or tool("auditwheel"), "repair", *excluded, "-w", str(dest), str(wheel)]
+
     def repair(self, wheel: Path, dest: Path, *, exclude: Sequence[str], log: TextIO) -> Path:
         if (copied := copy_pure(wheel, dest, log)) is not None:
             return copied
-
-        def command(out: Path) -> list[str]:
-            argv = [_tool("auditwheel"), "repair", "--wheel-dir", str(out)]
-            for lib in exclude:
-                argv += ["--exclude", lib]
-            return [*argv, str(wheel)]
-
-        return repair_with("auditwheel", command, dest=dest, env=clean_env(path_prepend=[Path(sys.executable).parent]),
+        return repair_with("auditwheel", lambda out: self.repair_command(wheel, out, exclude), dest=dest,
+                           env=clean_env(path_prepend=[Path(sys.executable).parent]),
                            log=log, tag_ok=self.platform_tag_ok, wanted=f"{self.name} platform tag")
 
+    def package_manager(self, family: str | None = None) -> PackageManager:
+        """The host's (or, with no known one on the host, apk for musllinux and yum for manylinux), or `family`'s."""
+        if family is None:
+            host = _host_manager()
+            family = host[0].family if host else ("apk" if self.musl else "yum")
+        if family not in MANAGERS:
+            raise ConfigError(f"the package manager family {family!r} is not {', '.join(MANAGERS)}")
+        return MANAGERS[family]
+
     def system_packages(self, wanted: SystemPackages) -> tuple[str, list[str]]:
-        family = _host_manager()[0] if _host_manager() else ("apk" if self.musl else "yum")
+        family = self.package_manager().family
         return family, list(getattr(wanted, family))
 
     def install_system_packages(self, packages: Sequence[str], *, mode: str, log: TextIO) -> None:
@@ -82,8 +185,8 @@ class LinuxPlatform:
         manager = _host_manager()
         if manager is None:
             raise InfrastructureFault("prepare", "no known package manager (apt-get, dnf, yum, apk) on this host")
-        family, tool = manager
-        missing = [p for p in packages if not _installed(family, p)]
+        family, program = manager
+        missing = [p for p in packages if not _installed(family.family, p)]
         if not missing:
             log.write(f"system packages present: {' '.join(packages)}\n")
             return
@@ -91,32 +194,45 @@ class LinuxPlatform:
             raise PackageFailure("prepare", f"system packages missing on this worker: {' '.join(missing)} "
                                  f"(install them, or run the worker as root with system_packages=install)")
         env = clean_env({"DEBIAN_FRONTEND": "noninteractive"})
-        install = {
-            "apt": [tool, "install", "-y", "--no-install-recommends", *missing],
-            "yum": [tool, "install", "-y", *missing],
-            "apk": [tool, "add", "--no-cache", *missing],
-        }[family]
+        install = family.install_argv(program, missing)
         try:
             run(install, env=env, log=log, timeout=900)
         except CommandFailed:
-            if family != "apt":
+            if family.family != "apt":
                 raise PackageFailure("prepare", f"could not install system packages {' '.join(missing)}") from None
-            run([tool, "update"], env=env, log=log, timeout=900, check=False)
+            run([program, "update"], env=env, log=log, timeout=900, check=False)
             try:
                 run(install, env=env, log=log, timeout=900)
             except CommandFailed as exc:
                 raise PackageFailure("prepare", f"could not install system packages: {exc}") from exc
 
 
-def _tool(name: str) -> str:
-    local = Path(sys.executable).parent / name
-    return str(local) if local.exists() else (shutil.which(name) or name)
+
+def container_platform(platform: Platform) -> LinuxPlatform:
+    """`platform` as one whose builds can run in containers (the cibuildwheel engine): a Linux one."""
+    if not isinstance(platform, LinuxPlatform):
+        raise ConfigError(f"the cibuildwheel engine builds in Linux containers, not for {platform.name} "
+                          "(its workers use the native engine)")
+    return platform
 
 
-def _host_manager() -> tuple[str, str] | None:
-    for family, tool in _MANAGERS:
-        if shutil.which(tool):
-            return family, tool
+def parse_libc(ldd_output: str) -> tuple[str, int, int]:
+    """`ldd --version`'s first lines (in a build image) -> ("glibc", 2, 31) or ("musl", 1, 2)."""
+    if "musl" in ldd_output.lower():
+        m = re.search(r"Version (\d+)\.(\d+)", ldd_output)
+        return ("musl", int(m.group(1)), int(m.group(2))) if m else ("musl", 1, 1)
+    m = re.search(r"(\d+)\.(\d+)\s*$", ldd_output.strip().splitlines()[0] if ldd_output.strip() else "")
+    if not m:
+        raise InfrastructureFault("build", f"cannot tell the build image's C library from: {ldd_output[:200]!r}")
+    return "glibc", int(m.group(1)), int(m.group(2))
+
+
+def _host_manager() -> tuple[PackageManager, str] | None:
+    """The host's package manager and the program it runs as."""
+    for manager in MANAGERS.values():
+        for program in manager.programs:
+            if shutil.which(program):
+                return manager, program
     return None
 
 

@@ -23,11 +23,19 @@ from packaging.tags import Tag, mac_platforms
 from farm.errors import ConfigError, InfrastructureFault, PackageFailure
 from farm.recipes.schema import SystemPackages
 from farm.util.cmd import CommandFailed, clean_env, run
-from farm.worker.platforms._common import copy_pure, find_interpreters, repair_with, tags_for
-from farm.worker.platforms.base import Interpreter
+from farm.worker.platforms._common import (
+    copy_pure,
+    find_interpreters,
+    host_offers,
+    marker_environment,
+    repair_with,
+    tags_for,
+    tool,
+)
+from farm.worker.platforms.base import Interpreter, Offer, PackageManager
 
 if TYPE_CHECKING:
-    from farm.config import Settings
+    from farm.config import ImageConfig, Settings
     from farm.worker.sandbox import Sandbox
 
 ARCHS = ("x86_64", "arm64", "universal2")
@@ -37,6 +45,8 @@ _ARCHFLAGS = {"x86_64": "-arch x86_64", "arm64": "-arch arm64", "universal2": "-
 _BREW_PREFIXES = ("/opt/homebrew/bin/brew", "/usr/local/bin/brew")
 # delocate reads and rewrites Mach-O load commands with the Xcode command line tools.
 _XCODE_TOOLS = ("otool", "install_name_tool")
+_SYSTEM = ("darwin", "Darwin", "posix")  # sys_platform, platform_system, os_name
+PACKAGE_MANAGER = PackageManager(family="brew", programs=("brew",), install=("install",))
 _MACOS_TAG = re.compile(r"^macosx_(\d+)_(\d+)_(\w+)$")
 
 
@@ -104,6 +114,16 @@ class MacOSPlatform:
             "/usr/local/opt/python@{v}/bin/python{v}",
         ))
 
+    def offered_pythons(self, settings: Settings) -> list[Offer]:
+        """The host's interpreters (builds on this platform run on the host, not in containers)."""
+        return host_offers(self, settings)
+
+    def default_images(self) -> list[ImageConfig]:
+        return []  # no container images: builds run on the host
+
+    def marker_environment(self, python: str) -> dict[str, str]:
+        return marker_environment(python, system=_SYSTEM, machine=self.arch)
+
     def supported_tags(self, python: tuple[int, int]) -> list[Tag]:
         """Tags an interpreter of this version installs on the oldest macOS this queue targets."""
         return tags_for(python, list(mac_platforms(version=self.target, arch=self.arch)))
@@ -120,8 +140,9 @@ class MacOSPlatform:
                 return False
         return True
 
-    def repair_command(self, wheel: Path, dest: Path, exclude: Sequence[str]) -> list[str]:
-        argv = [_tool("delocate-wheel"), "--require-archs", self.arch, "-w", str(dest)]
+    def repair_command(self, wheel: Path | str, dest: Path | str, exclude: Sequence[str], *,
+                       program: str | None = None) -> list[str]:
+        argv = [program or tool("delocate-wheel"), "--require-archs", self.arch, "-w", str(dest)]
         for lib in exclude:
             argv += ["-e", lib]
         return [*argv, "-v", str(wheel)]
@@ -132,8 +153,8 @@ class MacOSPlatform:
         # delocate checks the vendored libraries against MACOSX_DEPLOYMENT_TARGET.
         env = clean_env({"MACOSX_DEPLOYMENT_TARGET": self.target_dotted},
                         path_prepend=[Path(sys.executable).parent])
-        tool = _tool("delocate-wheel")
-        if not Path(tool).is_file() and shutil.which(tool) is None:
+        program = tool("delocate-wheel")
+        if not Path(program).is_file() and shutil.which(program) is None:
             raise InfrastructureFault("repair", "delocate is not installed on this worker (pip install delocate)")
         missing = [t for t in _XCODE_TOOLS if shutil.which(t, path=env["PATH"]) is None]
         if missing:
@@ -142,6 +163,11 @@ class MacOSPlatform:
         return repair_with("delocate-wheel", lambda out: self.repair_command(wheel, out, exclude), dest=dest,
                            env=env, log=log, tag_ok=self.platform_tag_ok,
                            wanted=f"{self.name} platform tag for macOS {self.target_dotted}")
+
+    def package_manager(self, family: str | None = None) -> PackageManager:
+        if family not in (None, "brew"):
+            raise ConfigError(f"{self.name} workers install system packages with brew, not {family}")
+        return PACKAGE_MANAGER
 
     def system_packages(self, wanted: SystemPackages) -> tuple[str, list[str]]:
         return "brew", list(wanted.brew)
@@ -162,7 +188,7 @@ class MacOSPlatform:
         env = clean_env({"HOMEBREW_NO_AUTO_UPDATE": "1", "HOMEBREW_NO_INSTALL_CLEANUP": "1",
                          "HOMEBREW_NO_ENV_HINTS": "1"})
         try:
-            run([brew, "install", *missing], env=env, log=log, timeout=1800)
+            run(PACKAGE_MANAGER.install_argv(brew, missing), env=env, log=log, timeout=1800)
         except CommandFailed as exc:
             raise PackageFailure("prepare", f"could not install Homebrew formulae: {exc}") from exc
 
@@ -179,7 +205,3 @@ def _installed(brew: str, formula: str) -> bool:
         return False
     return res.returncode == 0 and bool(res.output.strip())
 
-
-def _tool(name: str) -> str:
-    local = Path(sys.executable).parent / name
-    return str(local) if local.exists() else (shutil.which(name) or name)

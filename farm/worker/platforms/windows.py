@@ -20,11 +20,19 @@ from packaging.tags import Tag
 from farm.errors import ConfigError, InfrastructureFault, PackageFailure
 from farm.recipes.schema import SystemPackages
 from farm.util.cmd import CommandFailed, clean_env, run
-from farm.worker.platforms._common import copy_pure, find_interpreters, repair_with, tags_for
-from farm.worker.platforms.base import Interpreter
+from farm.worker.platforms._common import (
+    copy_pure,
+    find_interpreters,
+    host_offers,
+    marker_environment,
+    repair_with,
+    tags_for,
+    tool,
+)
+from farm.worker.platforms.base import Interpreter, Offer, PackageManager
 
 if TYPE_CHECKING:
-    from farm.config import Settings
+    from farm.config import ImageConfig, Settings
     from farm.worker.sandbox import Sandbox
 
 # Queue architecture -> wheel platform tag (also cibuildwheel's identifier suffix).
@@ -32,6 +40,8 @@ PLATFORM_TAGS = {"amd64": "win_amd64", "arm64": "win_arm64", "x86": "win32"}
 # Queue architecture -> suffix of the PEP 514 tag and of the python.org install folder (Python311-32).
 _SUFFIX = {"amd64": "", "arm64": "-arm64", "x86": "-32"}
 _WHERE = "import sys; print(sys.executable)"
+_SYSTEM = ("win32", "Windows", "nt")  # sys_platform, platform_system, os_name
+PACKAGE_MANAGER = PackageManager(family="choco", programs=("choco",), install=("install", "-y", "--no-progress"))
 # Chocolatey's exit codes for success, and success with a reboot pending.
 _CHOCO_OK = (0, 1641, 3010)
 
@@ -104,6 +114,16 @@ class WindowsPlatform:
                 return hit
         raise ConfigError(f"no {self.name} interpreter for {entry!r} (tried {', '.join(tried)})")
 
+    def offered_pythons(self, settings: Settings) -> list[Offer]:
+        """The host's interpreters (builds on this platform run on the host, not in containers)."""
+        return host_offers(self, settings)
+
+    def default_images(self) -> list[ImageConfig]:
+        return []  # no container images: builds run on the host
+
+    def marker_environment(self, python: str) -> dict[str, str]:
+        return marker_environment(python, system=_SYSTEM, machine=self.arch)
+
     def supported_tags(self, python: tuple[int, int]) -> list[Tag]:
         return tags_for(python, [self.platform_tag])
 
@@ -119,8 +139,9 @@ class WindowsPlatform:
 
         return JobObject() if settings.sandbox else Unsandboxed()
 
-    def repair_command(self, wheel: Path, dest: Path, exclude: Sequence[str]) -> list[str]:
-        argv = [_tool("delvewheel"), "repair", "-w", str(dest)]
+    def repair_command(self, wheel: Path | str, dest: Path | str, exclude: Sequence[str], *,
+                       program: str | None = None) -> list[str]:
+        argv = [program or tool("delvewheel"), "repair", "-w", str(dest)]
         for lib in exclude:
             argv += ["--exclude", lib]
         return [*argv, "-v", str(wheel)]
@@ -129,12 +150,17 @@ class WindowsPlatform:
         """delvewheel copies the DLLs the wheel needs (found on PATH) into it; a wheel needing none is copied."""
         if (copied := copy_pure(wheel, dest, log)) is not None:
             return copied
-        tool = _tool("delvewheel")
-        if not Path(tool).is_file() and shutil.which(tool) is None:
+        program = tool("delvewheel")
+        if not Path(program).is_file() and shutil.which(program) is None:
             raise InfrastructureFault("repair", "delvewheel is not installed on this worker (pip install delvewheel)")
         return repair_with("delvewheel", lambda out: self.repair_command(wheel, out, exclude), dest=dest,
                            env=clean_env(path_prepend=[Path(sys.executable).parent]), log=log,
                            tag_ok=self.platform_tag_ok, wanted=f"{self.platform_tag} tag")
+
+    def package_manager(self, family: str | None = None) -> PackageManager:
+        if family not in (None, "choco"):
+            raise ConfigError(f"{self.name} workers install system packages with choco, not {family}")
+        return PACKAGE_MANAGER
 
     def system_packages(self, wanted: SystemPackages) -> tuple[str, list[str]]:
         return "choco", list(wanted.choco)
@@ -153,7 +179,7 @@ class WindowsPlatform:
         if mode == "check":
             raise PackageFailure("prepare", f"Chocolatey packages missing on this worker: {' '.join(missing)} "
                                  f"(choco install them, or run the worker with system_packages=install)")
-        res = run([choco, "install", "-y", "--no-progress", *missing], log=log, timeout=1800, check=False)
+        res = run(PACKAGE_MANAGER.install_argv(choco, missing), log=log, timeout=1800, check=False)
         if res.returncode not in _CHOCO_OK:
             raise PackageFailure("prepare", f"could not install Chocolatey packages {' '.join(missing)} (choco exited "
                                  f"with {res.returncode}; it needs an administrator account)")
@@ -185,11 +211,3 @@ def choco_installed(choco: str) -> set[str]:
         raise InfrastructureFault("prepare", f"cannot list Chocolatey packages: {exc}") from exc
     return {line.split("|")[0].strip().lower() for line in listing.output.splitlines() if "|" in line}
 
-
-def _tool(name: str) -> str:
-    """The tool installed beside this interpreter (bin/ or Scripts\\, name or name.exe), else on PATH."""
-    here = Path(sys.executable).parent
-    for local in (here / name, here / f"{name}.exe"):
-        if local.is_file():
-            return str(local)
-    return shutil.which(name) or name
