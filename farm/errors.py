@@ -12,6 +12,7 @@ CLI prints `farm: error: MESSAGE` and exits with the error's `exit_code`:
 | 1 | `CommandFailed`, `ContainerCommandFailed` | a command on the host / in a container exited non-zero or timed out |
 | 1 | `PublishError`, `FileExists`, `PublishRefused`, `DigestMismatch` | a wheel that may not be published; a stored copy whose bytes are not the recorded ones |
 | 1 | `SigningError`, `SignatureInvalid` | the signing key or a provenance object; a signature that does not verify |
+| 1 | `BackupError` | a backup that cannot be written; an archive that is damaged, foreign, or restored over a farm that is not empty |
 | 2 | `ConfigError` | settings, a worker's configuration (interpreters, images, engines) |
 | 3 | `RecipeError` | invalid recipe files |
 | 4 | `SdistError` | a file that is not an acceptable sdist |

@@ -35,7 +35,8 @@ from farm.messages import JobEvent, JobSpec
 ROOT = Path(__file__).resolve().parent.parent
 _ERROR_NAME = re.compile(r"(Error|Fault|Failure|Exception|Stopped|Refused|Invalid|Exists|Mismatch|Conflict|Timeout|"
                          r"NotFound|Failed)$")
-_PRIVATE_SIGNALS = {("farm/worker/verify_container.py", "_OutOfTime")}  # control flow inside one function
+_PRIVATE_SIGNALS = {("farm/worker/verify_container.py", "_OutOfTime"),  # control flow inside one function
+                    ("farm/storage_http.py", "_Transient")}  # a fault worth another try, never raised out
 
 
 # Classification ----------------------------------------------------------------------------------
