@@ -173,16 +173,18 @@ def test_trees_are_served(settings, tmp_path: Path) -> None:  # type: ignore[no-
 
         assert files("/simple/chserve/") == files("/staging/simple/chserve/") == files("/dev/simple/chserve/") == ["1.0", "2.0"]
         assert files("/stable/simple/chserve/") == files("/prod/simple/chserve/") == ["1.0"]
-        assert client.get("/staging/simple/chserve/").content == client.get("/simple/chserve/").content
+        # The same page, but for provenance links made absolute from each request's own URL.
+        assert client.get("/staging/simple/chserve/").content.replace(b"/staging/files/", b"/files/") == \
+            client.get("/simple/chserve/").content
         html = client.get("/prod/simple/chserve/").text
         page = ProjectPage.from_html("chserve", html, base_url="http://testserver/prod/simple/chserve/")
         (pkg,) = page.packages
         assert pkg.url == "http://testserver/prod/files/chserve/chserve-1.0-py3-none-any.whl"
         assert client.get(pkg.url.removeprefix("http://testserver")).status_code == 200
         assert client.get(pkg.url.removeprefix("http://testserver") + ".metadata").status_code == 200
-        assert pkg.provenance_url == "http://127.0.0.1:8477/prod/files/chserve/chserve-1.0-py3-none-any.whl.provenance"
+        assert pkg.provenance_url == "http://testserver/prod/files/chserve/chserve-1.0-py3-none-any.whl.provenance"
         assert client.get("/prod/files/chserve/chserve-1.0-py3-none-any.whl.provenance").status_code == 200
-        assert client.get("/prod/simple/chserve/", headers={"Accept": JSON}).headers["vary"] == "Accept"
+        assert client.get("/prod/simple/chserve/", headers={"Accept": JSON}).headers["vary"] == "Accept, Accept-Encoding"
         r = client.get("/prod/simple/ChServe/")
         assert r.status_code == 301 and r.headers["location"] == "http://testserver/prod/simple/chserve/"
         assert client.get("/prod/simple/").status_code == 200

@@ -59,7 +59,8 @@ class Layout:
     index: Path
     channels: tuple[str, ...]
     virtual: dict[str, tuple[str, ...]] = field(hash=False)
-    base_url: str
+    base_url: str  # where the index is served: `public_url`, else http://api_host:api_port/ (for people to read)
+    public_url: str = ""  # `public_url` (with a slash at the end), "" when it is not configured
 
     @property
     def first(self) -> str:
@@ -83,7 +84,13 @@ class Layout:
         return (tree,) if tree in self.channels else self.virtual[tree]
 
     def provenance_url(self, tree: str, project: str, filename: str) -> str:
-        return f"{self.base_url}{self.prefix(tree)}files/{project}/{quote(filename)}.provenance"
+        """The link a page of `tree` writes to a file's provenance: absolute below `public_url`; without
+        one, below a placeholder origin that the farm's server replaces with each request's own
+        (`simple.absolute_provenance`). No command that writes a page guesses the host and port the
+        index is served on: `farm yank` on the command line knows neither."""
+        if self.public_url:
+            return f"{self.public_url}{self.prefix(tree)}files/{project}/{quote(filename)}.provenance"
+        return simple.unserved_provenance_url(project, filename)
 
 
 def layout(settings: Settings) -> Layout:
@@ -112,10 +119,11 @@ def layout(settings: Settings) -> Layout:
             problems.append(f"upload_targets.{t}.channel: {target.channel!r} is not a channel {list(channels)}")
     if problems:
         raise ConfigError("channel configuration:\n  " + "\n  ".join(problems))
-    base = settings.public_url or f"http://{settings.api_host}:{settings.api_port}/"
+    public = settings.public_url.strip()
+    public = public if not public or public.endswith("/") else public + "/"
     return Layout(index=settings.index, channels=channels,
                   virtual={k: tuple(v) for k, v in settings.virtual_indexes.items()},
-                  base_url=base if base.endswith("/") else base + "/")
+                  base_url=public or f"http://{settings.api_host}:{settings.api_port}/", public_url=public)
 
 
 def provenance_url(settings: Settings, project: str, filename: str) -> str:

@@ -11,23 +11,36 @@ the normalized one. A name that cannot be a project (farm/util/names.py) is 404 
 looked up, and so is a file in a tree whose folder does not exist yet (a channel before its first
 promotion, keys before `farm init`). Pages are read whole before the response starts, so a page
 that is replaced while it is being sent is still sent as one consistent version.
+
+HTTP: the format comes from `?format=` (a literal `+` in it is a `+`, as clients send media types
+unescaped) or else the Accept header; pages are gzipped for clients that accept it; every answer
+carries ETag and Last-Modified, and `If-None-Match` (`*` included) and `If-Modified-Since` get 304.
+Provenance links a page holds below the placeholder origin (a farm without `public_url`) are served
+absolute, from the request's own URL (`simple.absolute_provenance`). Media types: pages as negotiated, distributions
+`application/octet-stream` (as PyPI), `.metadata` `text/plain`, provenance JSON `application/json`,
+keys `text/plain`.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
 from collections.abc import Sequence
+from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
+from urllib.parse import unquote, urljoin
 
 from packaging.utils import canonicalize_name
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.datastructures import Headers
+from starlette.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.staticfiles import NotModifiedResponse, PathLike, StaticFiles
+from starlette.types import Scope
 
 from farm.index.serve_trees import tree_dispatcher
-from farm.index.simple import HTML_TYPE, JSON_TYPE
+from farm.index.simple import HTML_TYPE, JSON_TYPE, absolute_provenance
 from farm.util.names import project_name_problem
 
 TEXT_HTML = "text/html"
@@ -98,8 +111,8 @@ def index_app(root: Path, *, trees: bool = True) -> Starlette:
     root = Path(root)
     simple = root / "simple"
 
-    def page(request: Request, folder: Path) -> Response:
-        requested = request.query_params.get("format") or request.headers.get("accept")
+    def page(request: Request, folder: Path, *, project: bool = False) -> Response:
+        requested = format_param(request.scope.get("query_string", b"")) or request.headers.get("accept")
         media_type = negotiate(requested)
         if media_type is None:
             return PlainTextResponse(
@@ -114,11 +127,30 @@ def index_app(root: Path, *, trees: bool = True) -> Starlette:
                 body = fh.read()
         except (FileNotFoundError, NotADirectoryError):
             return _not_found("no such page")
-        etag = f'"{st.st_mtime_ns:x}-{st.st_size:x}-{_FILE_OF[media_type][6:]}"'
-        headers = {"Vary": "Accept", "ETag": etag, "Cache-Control": "max-age=60, public"}
-        if etag in _etags(request.headers.get("if-none-match")):
+        kind = _FILE_OF[media_type][6:]
+        tree_url = urljoin(str(request.url), "../../") if project else ""
+        compress = _accepts_gzip(request.headers.get("accept-encoding"))
+        version = f"{st.st_mtime_ns:x}-{st.st_size:x}-{kind}"
+        etag = f'"{version}-gz"' if compress else f'"{version}"'
+        headers = {"Vary": "Accept, Accept-Encoding", "ETag": etag, "Cache-Control": "max-age=60, public",
+                   "Last-Modified": formatdate(st.st_mtime, usegmt=True)}
+        if _not_modified(request.headers, {f'"{version}"', f'"{version}-gz"'}, st.st_mtime):
             return Response(status_code=304, headers=headers)
+        if project:
+            body = absolute_provenance(body, kind, tree_url)
+        if compress:
+            body = _gzipped(path, etag, tree_url, body)
+            headers["Content-Encoding"] = "gzip"
         return Response(body, media_type=media_type, headers=headers)
+
+    async def keys_list(request: Request) -> Response:
+        try:
+            names = sorted(p.name for p in (root / "keys").iterdir() if p.is_file() and not p.name.startswith("."))
+        except (FileNotFoundError, NotADirectoryError):
+            names = []
+        if not names:
+            return _not_found("no public key yet: the farm signs nothing before `farm init` (or its first build)")
+        return PlainTextResponse("".join(f"{n}\n" for n in names))
 
     async def root_page(request: Request) -> Response:
         return page(request, simple)
@@ -130,7 +162,7 @@ def index_app(root: Path, *, trees: bool = True) -> Starlette:
         name = canonicalize_name(given)
         if given != name:
             return _redirect(request, given, f"{name}/")
-        return page(request, simple / name)
+        return page(request, simple / name, project=True)
 
     async def add_slash(request: Request) -> Response:
         given = request.path_params.get("project")
@@ -152,6 +184,7 @@ def index_app(root: Path, *, trees: bool = True) -> Starlette:
             Route("/simple/{project}", add_slash, methods=methods),
             Route("/simple/{project}/", project_page, methods=methods),
             Mount("/files", app=Files(directory=root / "files", check_dir=False), name="files"),
+            Route("/keys/", keys_list, methods=methods),
             Mount("/keys", app=Files(directory=root / "keys", check_dir=False), name="keys"),
             *([Mount("/{tree}", app=tree_dispatcher(root, lambda folder: index_app(folder, trees=False)))]
               if trees else []),
@@ -159,12 +192,106 @@ def index_app(root: Path, *, trees: bool = True) -> Starlette:
     )
 
 
+# Media types by the end of a file name, first match wins (Python's `mimetypes` knows no `.whl`, calls
+# `.tar.gz` an uncompressed tar, and `.pub` a publisher document).
+MEDIA_TYPES: tuple[tuple[str, str], ...] = (
+    (".whl", "application/octet-stream"),
+    (".tar.gz", "application/octet-stream"),
+    (".zip", "application/octet-stream"),
+    (".metadata", "text/plain; charset=utf-8"),
+    (".provenance", "application/json"),
+    (".provenance.json", "application/json"),
+    (".json", "application/json"),
+    (".pub", "text/plain; charset=utf-8"),
+    (".pem", "text/plain; charset=utf-8"),
+)
+
+
+def media_type_of(filename: str) -> str:
+    return next((t for end, t in MEDIA_TYPES if filename.endswith(end)), "application/octet-stream")
+
+
 class Files(StaticFiles):
-    """StaticFiles whose folder may not exist yet: 404 until it does (Starlette's answer is a 500)."""
+    """StaticFiles whose folder may not exist yet: 404 until it does (Starlette's answer is a 500), with
+    the index's media types (`MEDIA_TYPES`). Starlette answers If-None-Match (`*` too) and
+    If-Modified-Since with 304."""
 
     async def check_config(self) -> None:
         if self.directory is not None and os.path.isdir(self.directory):
             await super().check_config()
+
+    def file_response(self, full_path: PathLike, stat_result: os.stat_result, scope: Scope,
+                      status_code: int = 200) -> Response:
+        response = FileResponse(full_path, status_code=status_code, stat_result=stat_result,
+                                media_type=media_type_of(os.fspath(full_path)))
+        if self.is_not_modified(response.headers, Headers(scope=scope)):
+            return NotModifiedResponse(response.headers)
+        return response
+
+
+def format_param(query_string: bytes) -> str | None:
+    """The `format` query parameter, with a `+` kept as a `+`: clients put media types such as
+    `application/vnd.pypi.simple.v1+json` into the URL unescaped (form decoding would make it a space)."""
+    for part in query_string.decode("latin-1").split("&"):
+        key, _, value = part.partition("=")
+        if unquote(key) == "format" and value:
+            return unquote(value)
+    return None
+
+
+def _accepts_gzip(header: str | None) -> bool:
+    """Whether Accept-Encoding allows gzip (`gzip` or `*`, with a q-value above 0)."""
+    if not header:
+        return False
+    best: tuple[int, float] | None = None  # (specificity, q)
+    for item in header.split(","):
+        coding, *params = (p.strip() for p in item.split(";"))
+        coding = coding.lower()
+        if coding not in ("gzip", "x-gzip", "*"):
+            continue
+        q = 1.0
+        for param in params:
+            k, _, v = param.partition("=")
+            if k.strip().lower() == "q":
+                try:
+                    q = float(v)
+                except ValueError:
+                    q = 0.0
+        specificity = 0 if coding == "*" else 1
+        if best is None or specificity > best[0]:
+            best = (specificity, q)
+    return best is not None and best[1] > 0.0
+
+
+def _not_modified(headers: Headers, etags: set[str], mtime: float) -> bool:
+    """RFC 9110 13.2.2: If-None-Match decides when present (`*`: the page exists; either encoding's
+    ETag names this version), else If-Modified-Since."""
+    inm = headers.get("if-none-match")
+    if inm is not None:
+        tags = _etags(inm)
+        return "*" in tags or bool(etags & tags)
+    ims = headers.get("if-modified-since")
+    if ims:
+        try:
+            since = parsedate_to_datetime(ims)
+        except (TypeError, ValueError, IndexError):
+            return False
+        return since.tzinfo is not None and int(mtime) <= since.timestamp()
+    return False
+
+
+# (page path, ETag, tree URL) -> gzipped body: a page is compressed once per version and host, not per request.
+_GZIPPED: dict[tuple[Path, str, str], bytes] = {}
+
+
+def _gzipped(path: Path, etag: str, tree_url: str, body: bytes) -> bytes:
+    key = (path, etag, tree_url)
+    hit = _GZIPPED.get(key)
+    if hit is None:
+        if len(_GZIPPED) >= 256:
+            _GZIPPED.clear()
+        hit = _GZIPPED[key] = gzip.compress(body, compresslevel=6, mtime=0)
+    return hit
 
 
 def _not_found(reason: str) -> Response:

@@ -3,7 +3,7 @@
 Layout below `root`::
 
     simple/index.html, simple/index.json            the project list (PEP 503 / PEP 691)
-    simple/<project>/index.html, index.json          one project's files (PEP 503, 592, 658, 691, 700, 714)
+    simple/<project>/index.html, index.json          one project's files (PEP 503, 592, 658, 691, 700, 714, 740)
     files/<project>/<filename>                       the distributions
     files/<project>/<filename>.metadata              each wheel's core metadata (PEP 658 / PEP 714)
     files/<project>/<filename>.provenance            its signed provenance, PEP 740 layout (farm/signing.py)
@@ -56,7 +56,12 @@ from farm.errors import FileExists, PublishError
 from farm.util.archive import is_project_name
 from farm.util.hashing import sha256_bytes, sha256_file
 
+# The Simple API version a page declares is that of the newest key it serves (PEP 691 says a page
+# declares its own version): 1.1 (PEP 700: `versions`, `size`, `upload-time`) for every page, 1.3 for a
+# project page that serves PEP 740's `provenance` (1.2, PEP 708, added keys the farm does not serve; PEP
+# 714's `core-metadata` changed no version).
 REPOSITORY_VERSION = "1.1"
+PROVENANCE_VERSION = "1.3"
 JSON_TYPE = "application/vnd.pypi.simple.v1+json"
 HTML_TYPE = "application/vnd.pypi.simple.v1+html"
 
@@ -442,6 +447,43 @@ def _file_url(project: str, filename: str) -> str:
     return f"../../files/{project}/{name}"
 
 
+# Where a page links its provenance files when the farm has no `public_url`: a placeholder origin
+# (`.invalid` never resolves, RFC 2606) that the farm's server replaces with the origin and tree path of
+# each request (`absolute_provenance`). PEP 740 asks for a URL that clients fetch as it is (pypi-simple
+# refuses a page whose `provenance` is relative), so the page on disk holds an absolute URL even so.
+UNSERVED_BASE = "http://farm.invalid/"
+
+
+def unserved_provenance_url(project: str, filename: str) -> str:
+    """A provenance link below `UNSERVED_BASE`, relative to the tree (written without a `public_url`)."""
+    return UNSERVED_BASE + _file_url(project, filename).removeprefix("../../") + ".provenance"
+
+
+# How a placeholder provenance link starts in each page format, as rendered.
+_UNSERVED = {
+    "json": b'"provenance":' + json.dumps(UNSERVED_BASE).encode()[:-1],
+    "html": b' data-provenance="' + html.escape(UNSERVED_BASE).encode(),
+}
+# The PEP 658 key pages written before PEP 714 was followed carry; pip 22.3 to 23.1 fail on it.
+_OLD_METADATA_KEY = b',"dist-info-metadata":'
+
+
+def absolute_provenance(page: bytes, kind: str, tree_url: str) -> bytes:
+    """`page` (a project page of `kind` "json" or "html", as written here) with its placeholder
+    provenance links (`UNSERVED_BASE`) made absolute below `tree_url`, the absolute URL of the tree
+    the page is served from (ending in a slash). Links below a `public_url` are left as they are.
+
+    A JSON page written before the farm followed PEP 714 gets its `dist-info-metadata` key served as
+    `data-dist-info-metadata` (until `farm reindex` rewrites it)."""
+    marker = _UNSERVED[kind]
+    if marker in page:
+        quoted = (json.dumps(tree_url)[1:-1] if kind == "json" else html.escape(tree_url)).encode()
+        page = page.replace(marker, marker[: -len(UNSERVED_BASE)] + quoted)
+    if kind == "json" and _OLD_METADATA_KEY in page:
+        page = page.replace(_OLD_METADATA_KEY, b',"data-dist-info-metadata":')
+    return page
+
+
 def _time(t: datetime) -> str:
     if t.utcoffset():
         t = t.astimezone(timezone.utc)
@@ -454,17 +496,21 @@ def _parse_time(text: str) -> datetime:
     return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
 
 
-_HEAD = (
-    '<!DOCTYPE html>\n<html>\n  <head>\n'
-    f'    <meta name="pypi:repository-version" content="{REPOSITORY_VERSION}">\n'
-)
+def api_version(files: Iterable[IndexFile]) -> str:
+    """The api-version a project page listing `files` declares: the version of the newest key it serves."""
+    return PROVENANCE_VERSION if any(f.provenance_url for f in files) else REPOSITORY_VERSION
+
+
+def _head(version: str) -> str:
+    return ('<!DOCTYPE html>\n<html>\n  <head>\n'
+            f'    <meta name="pypi:repository-version" content="{version}">\n')
 
 
 def render_project_html(project: str, files: Sequence[IndexFile]) -> bytes:
     """The PEP 503 page of `project` listing `files` in the given order."""
     esc = html.escape
     title = esc(project)
-    out = [_HEAD, f"    <title>Links for {title}</title>\n  </head>\n  <body>\n    <h1>Links for {title}</h1>\n"]
+    out = [_head(api_version(files)), f"    <title>Links for {title}</title>\n  </head>\n  <body>\n    <h1>Links for {title}</h1>\n"]
     out.extend(_pieces(project, f)[0] for f in files)
     out.append("  </body>\n</html>\n")
     return "".join(out).encode()
@@ -480,7 +526,7 @@ def project_json(project: str, files: Sequence[IndexFile]) -> dict[str, Any]:
         if v is not None:
             versions[v] = None
     return {
-        "meta": {"api-version": REPOSITORY_VERSION},
+        "meta": {"api-version": api_version(files)},
         "name": project,
         "files": entries,
         "versions": [_version_str(v) for v in sorted(versions)],
@@ -495,7 +541,7 @@ def render_project_json(project: str, files: Sequence[IndexFile]) -> bytes:
         v = _version_of(f.filename)
         if v is not None:
             versions[v] = None
-    head = json.dumps({"meta": {"api-version": REPOSITORY_VERSION}, "name": project}, separators=(",", ":"))
+    head = json.dumps({"meta": {"api-version": api_version(files)}, "name": project}, separators=(",", ":"))
     tail = json.dumps([_version_str(v) for v in sorted(versions)], separators=(",", ":"))
     body = ",".join(_pieces(project, f)[1] for f in files)
     return f'{head[:-1]},"files":[{body}],"versions":{tail}}}'.encode()
@@ -527,12 +573,12 @@ def _json_entry(project: str, f: IndexFile) -> dict[str, Any]:
     }
     if f.requires_python:
         entry["requires-python"] = f.requires_python
-    if f.metadata_sha256:
-        entry["core-metadata"] = {"sha256": f.metadata_sha256}
-        entry["dist-info-metadata"] = {"sha256": f.metadata_sha256}
-    else:
-        entry["core-metadata"] = False
-        entry["dist-info-metadata"] = False
+    # PEP 714, as PyPI serves it: `core-metadata`, and the PEP 658 digest again under `data-dist-info-metadata`
+    # (the key PyPI first served). Never `dist-info-metadata`: pip 22.3 to 23.1 (Debian 12's pip, the pip
+    # bundled with Python 3.9) fail on that key holding a dict, with "unhashable type: 'dict'".
+    meta: dict[str, str] | bool = {"sha256": f.metadata_sha256} if f.metadata_sha256 else False
+    entry["data-dist-info-metadata"] = meta
+    entry["core-metadata"] = meta
     entry["yanked"] = f.yanked if f.yanked else False
     entry["size"] = f.size
     if f.upload_time is not None:
@@ -563,7 +609,7 @@ def _html_line(project: str, f: IndexFile) -> str:
 
 def render_root_html(projects: Sequence[str]) -> bytes:
     esc = html.escape
-    out = [_HEAD, "    <title>Simple index</title>\n  </head>\n  <body>\n"]
+    out = [_head(REPOSITORY_VERSION), "    <title>Simple index</title>\n  </head>\n  <body>\n"]
     out.extend(f'    <a href="{esc(quote(p))}/">{esc(p)}</a><br>\n' for p in projects)
     out.append("  </body>\n</html>\n")
     return "".join(out).encode()
@@ -575,7 +621,7 @@ def render_root_json(projects: Sequence[str]) -> bytes:
 
 
 def _from_json(entry: dict[str, Any]) -> IndexFile:
-    meta = entry.get("core-metadata", entry.get("dist-info-metadata"))
+    meta = entry.get("core-metadata", entry.get("data-dist-info-metadata", entry.get("dist-info-metadata")))
     t = entry.get("upload-time")
     return IndexFile(
         filename=entry["filename"],
