@@ -17,7 +17,7 @@ from farm import signing
 from farm.cli import main
 from tests.index_helpers import make_wheel, publish_wheel
 
-HOST = "http://127.0.0.1:8477/"
+HOST = "http://farm.invalid/"  # no public_url: the placeholder origin the server replaces (farm/index/simple.py)
 
 
 @pytest.fixture
@@ -95,7 +95,7 @@ def test_publish_signs_and_the_pages_point_at_the_provenance(settings, tmp_path:
         assert pkg.provenance_url == url
     # The same wheel in the dev virtual index links to its own copy.
     dev = json.loads((settings.index / "dev" / "simple" / "sigdemo" / "index.json").read_bytes())
-    assert dev["files"][0]["provenance"] == f"{HOST}dev/files/sigdemo/{wheel.name}.provenance"
+    assert dev["files"][0]["provenance"] == f"{HOST}files/sigdemo/{wheel.name}.provenance"  # below the tree served
     assert (settings.index / "dev" / "files" / "sigdemo" / f"{wheel.name}.provenance").is_file()
     from farm.db.models import Provenance
     from farm.db.session import session_scope
