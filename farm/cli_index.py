@@ -1,6 +1,6 @@
 """`farm` sub-commands of the publishing end: init, verify, yank, promote, publish-to, reindex,
-find, show, gc. Registered by `farm.cli.parser()`; the work lives in farm/index/, farm/signing.py,
-farm/provenance.py and farm/records.py."""
+find, show, gc. Registered by `farm.cli.parser()`; the work lives in farm/index/,
+farm/provenance/ and farm/records.py."""
 
 from __future__ import annotations
 
@@ -32,19 +32,19 @@ def _who() -> str:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from farm import signing
     from farm.index import channels
+    from farm.provenance import keys
 
     settings = _settings()
     settings.home.mkdir(parents=True, exist_ok=True)
     _db()
-    key, created = signing.ensure_key(settings.home)
+    key, created = keys.ensure_key(settings.home)
     lay = channels.ensure_trees(settings)
-    kid = signing.keyid_of(key.public_key())
+    kid = keys.keyid_of(key.public_key())
     print(f"farm home      {settings.home}")
-    print(f"signing key    {signing.key_dir(settings.home) / signing.KEY_FILE} ({'new' if created else 'existing'}, "
+    print(f"signing key    {keys.key_dir(settings.home) / keys.KEY_FILE} ({'new' if created else 'existing'}, "
           f"ed25519, key id {kid})")
-    print(f"public key     {lay.base_url}keys/farm.pub  ({lay.index / 'keys' / signing.PUB_FILE})")
+    print(f"public key     {lay.base_url}keys/farm.pub  ({lay.index / 'keys' / keys.PUB_FILE})")
     for t in lay.trees():
         kind = "channel" if t in lay.channels else "virtual " + "+".join(lay.virtual[t])
         extra = "  (also /simple/)" if t == lay.first else ""
@@ -55,7 +55,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from farm.db.session import session_scope
     from farm.index.promote import parse_pin
-    from farm.provenance import load_keys, served_copies, verify_copy, verify_wheel
+    from farm.provenance.verify import load_keys, served_copies, verify_copy, verify_wheel
 
     settings = _settings()
     keys = load_keys(settings, Path(args.key) if args.key else None)

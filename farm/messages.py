@@ -6,6 +6,7 @@ with `JobEvent`s on the coordinator's queue. Artifacts travel through storage, n
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,6 +38,38 @@ class StagedWheel(_Msg):
     storage_key: str
 
 
+class BuildRecord(_Msg):
+    """A build whose wheels wait in storage for their dependencies, and what the build step did.
+
+    The worker sends it with `dep_wait` (`JobEvent.build`); the coordinator keeps it in `Job.staged`
+    (`stored`, read back by `load`) and sends it back when the job is verified again
+    (`JobSpec.build`, resume "verify"), where the attest step records the build in the provenance
+    statement as if it had run in that attempt (farm.worker.attest).
+    """
+
+    wheels: list[StagedWheel] = Field(default_factory=list)  # the repaired wheels, kept in storage
+    tools: dict[str, str] = Field(default_factory=dict)  # tool -> version
+    commands: list[str] = Field(default_factory=list)  # every command line the build ran
+    image_digest: str | None = None  # the build image (container engines)
+    build_requires: list[str] | None = None  # the build requirements installed, as resolved
+    isolation: dict[str, Any] | None = None  # the sandbox package code ran in, its network and limits
+    timings: dict[str, float] = Field(default_factory=dict)  # step -> seconds
+    started: float | None = None  # unix time the building attempt started
+    rounds: int = 0  # dep_wait rounds so far (counted by the coordinator)
+
+    @classmethod
+    def load(cls, stored: Mapping[str, Any] | None) -> BuildRecord:
+        """The record kept in `Job.staged` (empty for a job that staged nothing), also in the shape
+        stored before this class: `{"wheels": [...], "carry": {tools, commands, ...}, "rounds": n}`."""
+        data = dict(stored or {})
+        carry = data.pop("carry", None) or {}
+        return cls.model_validate({**carry, **data})
+
+    def stored(self) -> dict[str, Any]:
+        """The JSON kept in `Job.staged`."""
+        return self.model_dump(mode="json")
+
+
 class JobSpec(_Msg):
     job_id: int
     attempt: int
@@ -53,11 +86,9 @@ class JobSpec(_Msg):
     upstream_index: str
     resume: Literal["build", "verify"] = "build"
     priority: int = 0  # the job's priority, higher first (farm.coordinator.dispatch maps it to the broker's)
-    staged: list[StagedWheel] = Field(default_factory=list)
+    build: BuildRecord | None = None  # resume "verify": the staged build to verify and attest
     # Staged wheels of the jobs in a dependency cycle with this one: verified together (farm.coordinator.deps).
     co_staged: list[StagedWheel] = Field(default_factory=list)
-    # Data from the build needed again when only verification is re-run.
-    carry: dict[str, Any] = Field(default_factory=dict)
     # Shown with every upload to the API's storage: writes only this attempt's keys (farm.tokens).
     storage_capability: str = ""
 
@@ -93,8 +124,7 @@ class JobEvent(_Msg):
     error: str | None = None
     failure_kind: Literal["package", "infrastructure", "internal", "dependency"] | None = None
     missing: list[str] = Field(default_factory=list)  # requirements the farm's index lacks (dep_wait)
-    staged: list[StagedWheel] = Field(default_factory=list)
-    carry: dict[str, Any] = Field(default_factory=dict)
+    build: BuildRecord | None = None  # dep_wait: the wheels staged and what the build did
     artifacts: list[ArtifactReport] = Field(default_factory=list)
     log_key: str | None = None
 

@@ -35,6 +35,7 @@ from farm.db.states import TERMINAL
 from farm.errors import FarmError, NotFound
 from farm.index import simple
 from farm.index.channels import SIDECARS, layout, regenerate
+from farm.provenance import statement
 from farm.storage import log_key
 
 _TERMINAL = {s.value for s in TERMINAL}
@@ -108,10 +109,9 @@ def _source(src: Source) -> dict[str, Any]:
             "stored_as": src.storage_key, "recorded_at": src.created_at}
 
 
-def _verification(statement: dict[str, Any] | None) -> dict[str, Any] | None:
+def _verification(stmt: dict[str, Any] | None) -> dict[str, Any] | None:
     try:
-        by = statement["predicate"]["runDetails"]["byproducts"]  # type: ignore[index]
-        v = next(b["annotations"] for b in by if b.get("name") == "verification")
+        v = statement.verification(stmt)
     except (KeyError, TypeError, StopIteration):
         return None
     return {k: v.get(k) for k in ("passed", "environment", "imports", "testCommand", "seconds") if k in v}
@@ -300,7 +300,7 @@ def _unreferenced(session: Session, settings: Settings, lay: Any) -> list[Path]:
         live = any(a.removed_at is None for a in job.artifacts)
         for p in files:
             key = p.relative_to(root).as_posix()
-            stem = key.removesuffix(".provenance.json")
+            stem = key.removesuffix(statement.SUFFIX)
             if stem in live_keys:
                 continue
             if p.name.endswith(".log") and live:

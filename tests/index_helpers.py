@@ -56,7 +56,7 @@ def prepare_job(settings: Settings, wheel: Path, *, version: str, platform: str 
     from email.parser import BytesHeaderParser
 
     from farm.index.simple import wheel_metadata
-    from farm.worker.attest import statement
+    from farm.provenance.statement import statement
 
     meta = BytesHeaderParser().parsebytes(wheel_metadata(wheel))
     name = str(meta["Name"]).lower().replace("_", "-")

@@ -153,7 +153,7 @@ def test_events_move_state_and_drop_stale_or_illegal(farm_home: Path, tmp_path: 
 
 def test_statement_shape() -> None:
     from farm.messages import JobSpec, SdistRef
-    from farm.worker.attest import statement
+    from farm.provenance.statement import statement
 
     spec = JobSpec(job_id=1, attempt=1, name="x", version="1", sdist=SdistRef(filename="x-1.tar.gz", sha256="c" * 64,
                    size=1, storage_key="k"), platform="linux-x86_64", python="cp311", build_id="cp311-manylinux_x86_64",

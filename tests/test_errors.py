@@ -85,8 +85,8 @@ def test_every_error_class_lives_in_farm_errors() -> None:
 
 @pytest.mark.parametrize(("module", "name"), [
     ("farm.util.cmd", "CommandFailed"), ("farm.containers", "ContainerCommandFailed"),
-    ("farm.storage", "StorageConflict"), ("farm.liveness", "JobStopped"), ("farm.signing", "SigningError"),
-    ("farm.signing", "SignatureInvalid"), ("farm.index.targets", "UploadError"), ("farm.index.simple", "PublishError"),
+    ("farm.storage", "StorageConflict"), ("farm.liveness", "JobStopped"), ("farm.provenance.keys", "SigningError"),
+    ("farm.provenance.sign", "SignatureInvalid"), ("farm.index.targets", "UploadError"), ("farm.index.simple", "PublishError"),
     ("farm.index.simple", "FileExists"), ("farm.index.channels", "DigestMismatch"),
     ("farm.index.promote", "PromotionRefused"), ("farm.coordinator.publish", "PublishRefused"),
 ])

@@ -331,7 +331,8 @@ def test_no_worker_module_loads_the_private_key() -> None:
     assert res.returncode == 0, res.stderr
     loaded = res.stdout.split()
     assert "farm.worker.task" in loaded and "farm.worker.engines.cibuildwheel" in loaded
-    for signer in ("farm.signing", "farm.index.channels", "farm.coordinator.publish"):
+    for signer in ("farm.provenance.keys", "farm.provenance.sign", "farm.provenance.write", "farm.index.channels",
+                   "farm.coordinator.publish"):
         assert signer not in loaded, f"a worker imports {signer}"
     for module in loaded:
         path = root.parent / (module.replace(".", "/") + ".py")

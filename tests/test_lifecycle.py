@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from farm.messages import JobEvent, StagedWheel, StepReport
+from farm.messages import BuildRecord, JobEvent, StagedWheel, StepReport
 
 COORDINATOR = Path(__file__).resolve().parent.parent / "farm" / "coordinator"
 
@@ -57,7 +57,7 @@ def _to_dep_wait(job_id: int, missing: list[str]) -> StagedWheel:
         _event(job_id, state)
     wheel = StagedWheel(filename=f"w{job_id}-1.0-py3-none-any.whl", sha256=f"{job_id:064d}",
                         storage_key=f"jobs/{job_id}/attempt-1/w.whl")
-    _event(job_id, "dep_wait", missing=missing, staged=[wheel])
+    _event(job_id, "dep_wait", missing=missing, build=BuildRecord(wheels=[wheel]))
     return wheel
 
 
@@ -128,7 +128,7 @@ def test_a_published_dependency_releases_its_waiter_for_verification(sent, tmp_p
     with session_scope() as s:
         succeed(s, s.get(Job, provider), get_settings())
         assert sent == []
-    assert [(s.job_id, s.resume, s.staged) for s in sent] == [(waiter, "verify", [wheel])]
+    assert [(s.job_id, s.resume, s.build and s.build.wheels) for s in sent] == [(waiter, "verify", [wheel])]
     assert (_job(provider).state, _job(waiter).state) == ("succeeded", "queued")
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from pypi_simple import ProjectPage
 
-from farm import signing
 from farm.cli import main
+from farm.errors import SigningError
+from farm.provenance import keys, sign
 from tests.index_helpers import make_wheel, publish_wheel
 
 HOST = "http://farm.invalid/"  # no public_url: the placeholder origin the server replaces (farm/index/simple.py)
@@ -32,24 +33,60 @@ def settings(farm_home: Path):  # type: ignore[no-untyped-def]
 
 def test_dsse_pae_matches_the_spec() -> None:
     # The example from the DSSE protocol document.
-    assert signing.pae("http://example.com/HelloWorld", b"hello world") == \
+    assert sign.pae("http://example.com/HelloWorld", b"hello world") == \
         b"DSSEv1 29 http://example.com/HelloWorld 11 hello world"
-    assert signing.pae("t", b"") == b"DSSEv1 1 t 0 "
+    assert sign.pae("t", b"") == b"DSSEv1 1 t 0 "
+
+
+def test_statements_and_signed_documents_are_those_the_farm_always_made() -> None:
+    """A fixed key and build give the same bytes as before farm.provenance was a package (Ed25519
+    signatures are deterministic): the digests below were made by farm/signing.py and
+    farm/worker/attest.py at 99d1742. Documents already served keep verifying, and new ones read
+    the same to any tool that checks them."""
+    import hashlib
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from farm.messages import JobSpec, SdistRef
+    from farm.provenance import statement
+
+    key = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+    spec = JobSpec(job_id=3, attempt=2, name="demo", version="1.0",
+                   sdist=SdistRef(filename="demo-1.0.tar.gz", sha256="c" * 64, size=10,
+                                  storage_key="sdists/cc/demo-1.0.tar.gz"),
+                   platform="linux-x86_64", python="cp311", build_id="cp311-manylinux_x86_64", engine="native",
+                   recipe_name=None, recipe_digest="d" * 64, options={}, upstream_index="https://pypi.org/simple/")
+    stmt = statement.statement(
+        spec=spec, wheel=Path("demo-1.0-py3-none-any.whl"), wheel_sha256="e" * 64, tools={"uv": "0.5"},
+        commands=["uv build", "uv pip install"], timings={"building": 1.23456, "verifying": 2.0},
+        started=1_700_000_000.5, finished=1_700_000_100.25, verification={"passed": True, "imports": ["demo"]},
+        image_digest=None, build_requires=["setuptools"], isolation={"network": False}, worker="w1")
+    payload = statement.payload(stmt)
+    assert hashlib.sha256(payload).hexdigest() == "cd08ac53cfd1e1dcaaf2fd79ef60734527b91c9a4097d3e0a498f9a28a33444d"
+    doc = sign.provenance_object(key, payload)
+    assert hashlib.sha256(sign.document_bytes(doc)).hexdigest() == \
+        "02776a5bb69f2a62ec2b97edabad4e63b95b5a39af51b9cb379af1bfc5bc89c7"
+    kid = keys.keyid_of(key.public_key())
+    assert sign.keyid(doc) == kid
+    verified = sign.verify_provenance(json.loads(sign.document_bytes(doc)), {kid: key.public_key()})
+    assert verified.payload == payload and verified.statement == stmt
+    assert statement.subject(verified.statement) == ("demo-1.0-py3-none-any.whl", "e" * 64)
+    assert statement.verification(verified.statement) == {"passed": True, "imports": ["demo"]}
 
 
 def test_init_makes_a_private_key_and_publishes_the_public_one(farm_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["init"]) == 0
     out = capsys.readouterr().out
-    keys = farm_home / "keys"
-    private = keys / "farm.key"
+    folder = farm_home / "keys"
+    private = folder / "farm.key"
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
-    assert stat.S_IMODE(keys.stat().st_mode) == 0o700
-    key = signing.load_private(private)
-    kid = signing.keyid_of(key.public_key())
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    key = keys.load_private(private)
+    kid = keys.keyid_of(key.public_key())
     assert kid in out
     for tree in ("", "stable/", "prod/", "dev/"):
         pub = farm_home / "index" / tree / "keys" / "farm.pub"
-        assert signing.keyid_of(signing.load_public(pub.read_bytes())) == kid
+        assert keys.keyid_of(keys.load_public(pub.read_bytes())) == kid
         doc = json.loads((pub.parent / "farm.json").read_text())
         assert doc["keys"][0]["keyid"] == kid and doc["keys"][0]["algorithm"] == "ed25519"
     trees = json.loads((farm_home / "index" / "trees.json").read_text())
@@ -61,11 +98,11 @@ def test_init_makes_a_private_key_and_publishes_the_public_one(farm_home: Path, 
 
 
 def test_a_readable_private_key_is_refused(farm_home: Path) -> None:
-    key, _ = signing.ensure_key(farm_home)
+    key, _ = keys.ensure_key(farm_home)
     path = farm_home / "keys" / "farm.key"
     path.chmod(0o644)
-    with pytest.raises(signing.SigningError, match="readable by others"):
-        signing.load_private(path)
+    with pytest.raises(SigningError, match="readable by others"):
+        keys.load_private(path)
 
 
 def test_publish_signs_and_the_pages_point_at_the_provenance(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -73,9 +110,9 @@ def test_publish_signs_and_the_pages_point_at_the_provenance(settings, tmp_path:
     publish_wheel(settings, wheel, version="1.0")
     folder = settings.index / "files" / "sigdemo"
     doc = json.loads((folder / f"{wheel.name}.provenance").read_bytes())
-    public = signing.farm_public_key(settings.home)
-    kid = signing.keyid_of(public)
-    verified = signing.verify_provenance(doc, {kid: public})
+    public = keys.farm_public_key(settings.home)
+    kid = keys.keyid_of(public)
+    verified = sign.verify_provenance(doc, {kid: public})
     # The signed payload is exactly the unsigned statement served before (and its recorded digest).
     assert verified.payload == (folder / f"{wheel.name}.provenance.json").read_bytes()
     assert verified.statement["subject"][0]["name"] == wheel.name
@@ -162,16 +199,16 @@ def test_verify_tampered_statement_fails(published: Path, tmp_path: Path) -> Non
 
 
 def test_verify_wrong_key_fails(published: Path, tmp_path: Path) -> None:
-    other, _ = signing.ensure_key(tmp_path / "other-farm")
+    other, _ = keys.ensure_key(tmp_path / "other-farm")
     pub = tmp_path / "other.pub"
-    pub.write_bytes(signing.public_pem(other.public_key()))
+    pub.write_bytes(keys.public_pem(other.public_key()))
     code, out = _verify(str(published), "--offline", "--key", str(pub))
     assert code == 1 and "FAIL  signature" in out and "not by the expected key" in out
     # A document signed by another key, checked against the farm's key.
     statement = base64.b64decode(json.loads(Path(f"{published}.provenance").read_bytes())
                                  ["attestation_bundles"][0]["attestations"][0]["envelope"]["statement"])
     path = tmp_path / "other.provenance"
-    path.write_text(json.dumps(signing.provenance_object(other, statement)))
+    path.write_text(json.dumps(sign.provenance_object(other, statement)))
     code, out = _verify(str(published), "--offline", "--provenance", str(path))
     assert code == 1 and "not by the expected key" in out
 

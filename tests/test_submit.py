@@ -433,7 +433,7 @@ def test_submit_valid_sdist(env: Env) -> None:
             ("good-1.0.tar.gz", digest, path.stat().st_size, sdist_key(digest, "good-1.0.tar.gz"))
         assert (spec.platform, spec.python, spec.build_id, spec.engine) == (platform, python, build_id, engine)
         assert (spec.recipe_name, spec.recipe_digest, spec.options) == (recipe_name, recipe_digest, options)
-        assert (spec.upstream_index, spec.resume, spec.staged, spec.carry) == (env.index.url, "build", [], {})
+        assert (spec.upstream_index, spec.resume, spec.build) == (env.index.url, "build", None)
     assert env.index.requests == []  # a file submission never asks the upstream
 
 

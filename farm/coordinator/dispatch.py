@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from farm.config import Settings
 from farm.db.models import Job
 from farm.db.session import after_commit
-from farm.messages import BUILD_TASK, JobSpec, SdistRef, StagedWheel
+from farm.messages import BUILD_TASK, BuildRecord, JobSpec, SdistRef, StagedWheel
 from farm.tokens import storage_capability
 
 
@@ -27,8 +27,7 @@ def job_spec(job: Job, settings: Settings, *, resume: str = "build",
         platform=job.platform, python=job.python, build_id=job.build_id, engine=job.engine,
         recipe_name=job.recipe_name, recipe_digest=job.recipe_digest, options=job.recipe,
         upstream_index=settings.upstream_index, resume=resume,  # type: ignore[arg-type]
-        staged=[StagedWheel.model_validate(s) for s in job.staged.get("wheels", [])] if resume == "verify" else [],
-        carry=job.staged.get("carry", {}) if resume == "verify" else {}, priority=job.priority or 0,
+        build=BuildRecord.load(job.staged) if resume == "verify" else None, priority=job.priority or 0,
         co_staged=list(co_staged or []), storage_capability=storage_capability(settings.home, job.id, job.attempt),
     )
 

@@ -24,7 +24,7 @@ from farm.db.models import Job, Step, utcnow
 from farm.db.session import session_scope
 from farm.db.states import RUNNING, TERMINAL, JobState, forward_path
 from farm.errors import StateError
-from farm.messages import JobEvent, StepReport
+from farm.messages import BuildRecord, JobEvent, StepReport
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,8 @@ def apply_event(event: JobEvent, settings: Settings) -> None:
         elif target == JobState.FAILED:
             fail(session, job, event.error or "failed", event.failure_kind or "package")
         elif target == JobState.DEP_WAIT:
-            rounds = job.staged.get("rounds", 0) + 1
-            job.staged = {"wheels": [s.model_dump() for s in event.staged], "carry": event.carry, "rounds": rounds}
+            rounds = BuildRecord.load(job.staged).rounds + 1
+            job.staged = (event.build or BuildRecord()).model_copy(update={"rounds": rounds}).stored()
             if rounds > 3:
                 fail(session, job, f"dependencies still missing after {rounds - 1} rounds: "
                      f"{', '.join(event.missing)}", "dependency")

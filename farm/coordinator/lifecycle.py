@@ -29,7 +29,7 @@ from farm.db.session import after_commit, session_scope
 from farm.db.states import TERMINAL, DependencyState, JobState
 from farm.errors import NotFound, StateError
 from farm.liveness import request_stop
-from farm.messages import StagedWheel
+from farm.messages import BuildRecord
 from farm.storage import get_storage
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def requeue(session: Session, job: Job, settings: Settings, *, why: str) -> None
     job.error = f"{why}; sent again as attempt {job.attempt}"
     session.flush()
     dispatch.send_after_commit(session, [
-        dispatch.job_spec(job, settings, resume="verify" if job.staged.get("wheels") else "build")])
+        dispatch.job_spec(job, settings, resume="verify" if BuildRecord.load(job.staged).wheels else "build")])
 
 
 def release(session: Session, job: Job, settings: Settings) -> bool:
@@ -171,7 +171,7 @@ def _release_cycle(session: Session, job: Job, settings: Settings) -> bool:
     members = _cycle_with(session, job) if job.state == JobState.DEP_WAIT else []
     if not members:
         return False
-    staged = {m.id: [StagedWheel.model_validate(w) for w in m.staged.get("wheels", [])] for m in members}
+    staged = {m.id: BuildRecord.load(m.staged).wheels for m in members}
     specs = []
     for m in members:
         m.move(JobState.QUEUED)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,13 +34,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from farm.config import Settings
-from farm.db.models import Artifact, Job, Provenance, utcnow
+from farm.db.models import Artifact, Job, utcnow
 from farm.db.session import begin_write
 from farm.errors import InfrastructureFault, PublishRefused
 from farm.index import channels, simple
 from farm.messages import ArtifactReport
+from farm.provenance import write
 from farm.storage import get_storage
-from farm.util.hashing import canonical_json, sha256_bytes, sha256_file
+from farm.util.hashing import sha256_file
 
 
 @dataclass
@@ -126,7 +126,6 @@ def _record(session: Session, job: Job, c: _Checked) -> tuple[Artifact, bool]:
     """Insert the artifact and provenance rows (in a savepoint); (the row, whether it is new). A lost
     race for the same bytes gives the winner's row, a lost race for the file name is a refusal."""
     report = c.report
-    statement = canonical_json(report.provenance)
     assert c.wheel is not None
     art = Artifact(job_id=job.id, filename=report.filename, filename_key=c.key, sha256=report.sha256,
                    size=c.wheel.stat().st_size, name=c.project, version=job.source.version, tags=report.tags,
@@ -135,8 +134,7 @@ def _record(session: Session, job: Job, c: _Checked) -> tuple[Artifact, bool]:
     try:
         with session.begin_nested():  # losing a race must not undo the rest of the event
             session.add(art)
-            session.add(Provenance(artifact=art, statement=report.provenance, digest=sha256_bytes(statement),
-                                   storage_key=report.provenance_key))
+            session.add(write.row(art, report.provenance, report.provenance_key))
     except IntegrityError:
         existing = session.scalar(select(Artifact).where(Artifact.sha256 == report.sha256))
         if existing is not None:
@@ -150,15 +148,9 @@ def _write(session: Session, settings: Settings, art: Artifact, c: _Checked) -> 
     """The files of a newly recorded artifact: provenance beside the wheel, then the wheel and its page."""
     report, project, wheel = c.report, c.project, c.wheel
     assert wheel is not None
-    statement = canonical_json(report.provenance)
-    # The provenance record sits beside the file before the page that lists the file appears.
-    folder = settings.index / "files" / project
-    folder.mkdir(parents=True, exist_ok=True)
-    storage_tmp = folder / f".{report.filename}.provenance.json.{uuid.uuid4().hex}.tmp"
-    storage_tmp.write_bytes(statement)
-    storage_tmp.replace(folder / f"{report.filename}.provenance.json")
-    signed, keyid = channels.sign(settings, statement)  # here: workers do not hold the farm's key
-    channels.write_provenance(folder / report.filename, signed)
+    # The provenance sits beside the file before the page that lists the file appears; signed here:
+    # workers do not hold the farm's key.
+    signed, keyid = write.beside(settings, settings.index / "files" / project / report.filename, report.provenance)
     try:
         entry = simple.publish(settings.index, project, wheel, sha256=report.sha256,
                                provenance_url=channels.provenance_url(settings, project, report.filename))

@@ -191,7 +191,7 @@ class Provenance(Base):
     statement: Mapped[dict[str, Any]]
     digest: Mapped[str] = mapped_column(String(64))
     storage_key: Mapped[str] = mapped_column(Text)
-    envelope: Mapped[dict[str, Any] | None]  # the signed PEP 740-style provenance object (farm/signing.py)
+    envelope: Mapped[dict[str, Any] | None]  # the signed PEP 740-style provenance object (farm/provenance/sign.py)
     keyid: Mapped[str | None] = mapped_column(String(100))  # the farm key that signed it
     artifact: Mapped[Artifact] = relationship(back_populates="provenance")
 

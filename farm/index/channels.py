@@ -43,9 +43,11 @@ from sqlalchemy.orm import Session
 
 from farm.config import Settings
 from farm.db.models import Artifact, ChannelEntry, Provenance, utcnow
-from farm.errors import ConfigError, DigestMismatch
+from farm.errors import ConfigError, DigestMismatch, SigningError
 from farm.index import simple
 from farm.index.simple import IndexFile
+from farm.provenance import keys
+from farm.provenance.sign import document_bytes
 from farm.util.hashing import sha256_bytes, sha256_file
 
 TREES_JSON = "trees.json"
@@ -134,8 +136,6 @@ def provenance_url(settings: Settings, project: str, filename: str) -> str:
 
 def ensure_trees(settings: Settings) -> Layout:
     """Write `trees.json`, an (empty) project list and the public key into every tree that lacks them."""
-    from farm import signing
-
     lay = layout(settings)
     doc = {"default": lay.first, "channels": list(lay.channels), "virtual": {k: list(v) for k, v in lay.virtual.items()},
            "trees": {t: (lay.prefix(t).rstrip("/") or ".") for t in lay.trees()}}
@@ -149,8 +149,8 @@ def ensure_trees(settings: Settings) -> Layout:
     if not same:
         simple._atomic_write(path, data)
     try:
-        public = signing.farm_public_key(settings.home)
-    except signing.SigningError:
+        public = keys.farm_public_key(settings.home)
+    except SigningError:
         public = None
     for t in lay.trees():
         tree = lay.tree(t)
@@ -158,32 +158,12 @@ def ensure_trees(settings: Settings) -> Layout:
             with simple._lock(lay.index):
                 if not (tree / "simple" / "index.json").is_file():
                     simple.write_root(tree, simple.list_projects(tree))
-        if public is not None and not (tree / "keys" / signing.PUB_FILE).is_file():
-            signing.publish_public_key(public, tree)
+        if public is not None and not (tree / "keys" / keys.PUB_FILE).is_file():
+            keys.publish_public_key(public, tree)
     return lay
 
 
 # Publishing into the first channel ---------------------------------------------------------------
-
-
-def sign(settings: Settings, statement: bytes) -> tuple[dict[str, Any], str]:
-    """The signed provenance object for a canonical-JSON statement, and the key id (coordinator only)."""
-    from farm import signing
-
-    key, created = signing.ensure_key(settings.home)
-    if created:
-        ensure_trees(settings)  # publishes the new public key into every tree
-    obj = signing.provenance_object(key, statement)
-    return obj, obj["attestation_bundles"][0]["attestations"][0]["verification_material"]["keyid"]
-
-
-def write_provenance(wheel_target: Path, obj: dict[str, Any]) -> None:
-    """`<wheel>.provenance` beside the (future) wheel, written atomically."""
-    simple._atomic_write(wheel_target.with_name(wheel_target.name + ".provenance"), provenance_bytes(obj))
-
-
-def provenance_bytes(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
 def on_publish(session: Session, settings: Settings, art: Artifact, wheel: Path, *, sha256: str | None = None) -> None:
@@ -336,7 +316,7 @@ def _place(session: Session, lay: Layout, tree: Path, row: _Row) -> None:
         simple._atomic_write(folder / f"{art.filename}.metadata", meta)
     prov = session.scalar(select(Provenance).where(Provenance.artifact_id == art.id))
     if prov is not None and prov.envelope is not None:
-        simple._atomic_write(folder / f"{art.filename}.provenance", provenance_bytes(prov.envelope))
+        simple._atomic_write(folder / f"{art.filename}.provenance", document_bytes(prov.envelope))
 
 
 def _link_sidecars(src_folder: Path, dest_folder: Path, filename: str) -> None:

@@ -3,7 +3,7 @@
     /simple/                  the project list      (HTML or JSON, by the Accept header)
     /simple/<project>/        one project's files   (HTML or JSON, by the Accept header)
     /files/<project>/<file>   the distributions and their `.metadata` and `.provenance` files
-    /keys/farm.pub            the farm's public key (farm/signing.py)
+    /keys/farm.pub            the farm's public key (farm/provenance/keys.py)
     /<tree>/simple/ ...       channels and virtual indexes (farm/index/channels.py)
 
 `/simple` and `/simple/<project>` redirect to the slash form, and non-normalized project names to

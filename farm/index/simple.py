@@ -6,7 +6,7 @@ Layout below `root`::
     simple/<project>/index.html, index.json          one project's files (PEP 503, 592, 658, 691, 700, 714, 740)
     files/<project>/<filename>                       the distributions
     files/<project>/<filename>.metadata              each wheel's core metadata (PEP 658 / PEP 714)
-    files/<project>/<filename>.provenance            its signed provenance, PEP 740 layout (farm/signing.py)
+    files/<project>/<filename>.provenance            its signed provenance, PEP 740 layout (farm/provenance/sign.py)
 
 `<project>` is always the normalized name. Links are relative (`../../files/...`), so the tree can be
 served under any prefix. Every page is written to a temporary file in its own directory and moved
@@ -165,7 +165,7 @@ class IndexFile:
     metadata_sha256: str | None = None
     yanked: str | bool = False
     upload_time: datetime | None = None
-    provenance_url: str | None = None  # PEP 740: where its signed provenance is (farm/signing.py)
+    provenance_url: str | None = None  # PEP 740: where its signed provenance is (farm/provenance/sign.py)
 
     def __post_init__(self) -> None:
         _check_filename(self.filename)

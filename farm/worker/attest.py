@@ -1,74 +1,26 @@
-"""Step attest: the provenance record, an in-toto Statement v1 with an SLSA provenance v1 predicate.
+"""Step attest: one provenance statement per verified wheel (farm.provenance.statement).
 
-It names the wheel by digest (subject), what it was built from (sdist and recipe digests), how
-(engine, image, interpreter and tool versions, every command line, step timings) and whether it
-passed verification (the test command and its result).
+The build's part comes from the `BuildRecord` (this attempt's build, or the staged build of a job
+verified again after waiting for its dependencies), the verification's part from this attempt.
+The worker does not sign: it stores the statement beside the wheel, the coordinator signs it.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import socket
 from pathlib import Path
 from typing import Any
 
-from farm.messages import JobSpec
-from farm.util.hashing import sha256_file
-
-STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
-PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
-BUILD_TYPE = "urn:wheel-farm:buildtype:wheel:v1"
+from farm.messages import BuildRecord, JobSpec
+from farm.provenance.statement import statement
+from farm.worker.verify import VerifyOutcome
 
 
-def _iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def statement(*, spec: JobSpec, wheel: Path, wheel_sha256: str | None = None, tools: dict[str, str],
-              commands: list[str], timings: dict[str, float], started: float, finished: float,
-              verification: dict[str, Any], image_digest: str | None, build_requires: list[str] | None,
-              isolation: dict[str, Any] | None = None, worker: str | None = None) -> dict[str, Any]:
-    dependencies: list[dict[str, Any]] = [
-        {"name": spec.sdist.filename, "uri": f"farm-storage:{spec.sdist.storage_key}",
-         "digest": {"sha256": spec.sdist.sha256}},
-        {"name": f"recipe:{spec.recipe_name or '(defaults)'}", "digest": {"sha256": spec.recipe_digest}},
-    ]
-    if image_digest:
-        dependencies.append({"name": "build-image", "digest": _digest(image_digest)})
-    return {
-        "_type": STATEMENT_TYPE,
-        "subject": [{"name": wheel.name, "digest": {"sha256": wheel_sha256 or sha256_file(wheel)}}],
-        "predicateType": PREDICATE_TYPE,
-        "predicate": {
-            "buildDefinition": {
-                "buildType": BUILD_TYPE,
-                "externalParameters": {
-                    "source": {"name": spec.name, "version": spec.version, "filename": spec.sdist.filename,
-                               "digest": {"sha256": spec.sdist.sha256}},
-                    "recipe": {"name": spec.recipe_name, "digest": {"sha256": spec.recipe_digest}},
-                    "target": {"buildId": spec.build_id, "platform": spec.platform, "python": spec.python,
-                               "engine": spec.engine},
-                },
-                "internalParameters": {"options": spec.options, "buildRequires": build_requires,
-                                       "upstreamIndex": spec.upstream_index,
-                                       # the sandbox package code ran in, and whether a recipe granted it network
-                                       "isolation": isolation or {}},
-                "resolvedDependencies": dependencies,
-            },
-            "runDetails": {
-                "builder": {"id": f"urn:wheel-farm:worker:{worker or socket.gethostname()}", "version": tools},
-                "metadata": {"invocationId": f"job-{spec.job_id}-attempt-{spec.attempt}",
-                             "startedOn": _iso(started), "finishedOn": _iso(finished)},
-                "byproducts": [
-                    {"name": "commands", "annotations": {"commands": commands}},
-                    {"name": "timings", "annotations": {k: round(v, 3) for k, v in timings.items()}},
-                    {"name": "verification", "annotations": verification},
-                ],
-            },
-        },
-    }
-
-
-def _digest(image_digest: str) -> dict[str, str]:
-    algo, _, value = image_digest.rpartition("@")[2].partition(":")
-    return {algo: value} if value else {"sha256": image_digest}
+def attest(spec: JobSpec, wheels: list[Path], outcomes: list[VerifyOutcome], build: BuildRecord, *,
+           timings: dict[str, float], started: float, finished: float, worker: str) -> list[dict[str, Any]]:
+    """The statements of `wheels` (verified as `outcomes`); `timings` and `started` are this attempt's."""
+    return [statement(spec=spec, wheel=w, tools=build.tools, commands=[*build.commands, *v.commands],
+                      timings={**build.timings, **timings},
+                      started=build.started if build.started is not None else started, finished=finished,
+                      verification=v.record(), image_digest=build.image_digest, build_requires=build.build_requires,
+                      isolation=build.isolation, worker=worker)
+            for w, v in zip(wheels, outcomes, strict=True)]

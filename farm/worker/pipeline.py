@@ -25,12 +25,14 @@ from farm.config import Settings
 from farm.db.states import JobState
 from farm.errors import InfrastructureFault, JobStopped, PackageFailure, classify, internal_error
 from farm.index.simple import identity_problem
-from farm.messages import ArtifactReport, JobEvent, JobSpec, StagedWheel, StepReport
+from farm.messages import ArtifactReport, BuildRecord, JobEvent, JobSpec, StagedWheel, StepReport
 from farm.recipes.schema import Options
 from farm.storage import Storage, log_key, staged_key, wheel_key
-from farm.util.hashing import canonical_json, sha256_file
+from farm.provenance import statement
+from farm.util.hashing import sha256_file
 from farm.util.wheel import read_metadata
-from farm.worker import attest, verify
+from farm.worker import verify
+from farm.worker.attest import attest
 from farm.worker.engines import BuildContext, get_engine
 from farm.worker.fetch import fetch
 from farm.worker.platforms import get_platform
@@ -182,7 +184,7 @@ def _steps(spec: JobSpec, *, settings: Settings, storage: Storage, steps: Steps,
     options = Options.model_validate(spec.options)
     platform = get_platform(spec.platform)
     log = steps.log
-    carry: dict[str, Any] = dict(spec.carry)
+    build = spec.build or BuildRecord()
 
     with steps.step(JobState.FETCHING):
         source = fetch(spec, work=work, storage=storage, settings=settings)
@@ -203,11 +205,11 @@ def _steps(spec: JobSpec, *, settings: Settings, storage: Storage, steps: Steps,
                 log.write(f"repaired: {w.name} tags={','.join(wheel_tags(w))}\n")
                 if not platform.platform_tag_ok(wheel_tags(w)):
                     raise PackageFailure("repair", f"{w.name} does not carry a {platform.name} platform tag")
-        carry = {"tools": out.tools, "commands": ctx.commands, "image_digest": out.image_digest,
-                 "build_requires": out.effective_build_requires, "isolation": out.isolation,
-                 "timings": dict(steps.timings), "started": started}
+        build = BuildRecord(tools=out.tools, commands=ctx.commands, image_digest=out.image_digest,
+                            build_requires=out.effective_build_requires, isolation=out.isolation,
+                            timings=dict(steps.timings), started=started)
     else:
-        wheels = _fetch_staged(spec.staged, work / "staged", storage)
+        wheels = _fetch_staged(build.wheels, work / "staged", storage)
 
     with steps.step(JobState.VERIFYING):
         cycle = _cycle_wheels(spec, wheels, work=work, storage=storage, log=log)
@@ -233,29 +235,23 @@ def _steps(spec: JobSpec, *, settings: Settings, storage: Storage, steps: Steps,
             if failed:
                 raise PackageFailure("verify", f"tests failed in a clean environment:\n{failed[0].detail}")
     if verification is None:
-        steps.event(JobState.DEP_WAIT, missing=missing, staged=staged, carry=carry)
+        steps.event(JobState.DEP_WAIT, missing=missing, build=build.model_copy(update={"wheels": staged}))
         return
 
     with steps.step(JobState.ATTESTING):
-        finished = time.time()
-        statements = []
-        for w, v in zip(wheels, verification, strict=True):
-            statements.append(attest.statement(
-                spec=spec, wheel=w, tools=carry.get("tools", {}), commands=[*carry.get("commands", []), *v.commands],
-                timings={**carry.get("timings", {}), **steps.timings}, started=carry.get("started", started),
-                finished=finished, verification=v.record(), image_digest=carry.get("image_digest"),
-                build_requires=carry.get("build_requires"), isolation=carry.get("isolation"), worker=steps.worker))
+        statements = attest(spec, wheels, verification, build, timings=steps.timings, started=started,
+                            finished=time.time(), worker=steps.worker)
 
     with steps.step(JobState.UPLOADING):
         artifacts = []
         for w, stmt in zip(wheels, statements, strict=True):
             meta = read_metadata(w)
             wkey = wheel_key(spec.job_id, w.name, attempt=spec.attempt)
-            pkey = wkey + ".provenance.json"
+            pkey = statement.storage_key(wkey)
             storage.put_file(wkey, w)
-            storage.put_bytes(pkey, canonical_json(stmt))
+            storage.put_bytes(pkey, statement.payload(stmt))
             artifacts.append(ArtifactReport(
-                filename=w.name, sha256=stmt["subject"][0]["digest"]["sha256"], size=w.stat().st_size,
+                filename=w.name, sha256=statement.subject(stmt)[1], size=w.stat().st_size,
                 storage_key=wkey, tags=wheel_tags(w), requires_python=meta.get("Requires-Python"),
                 requires_dist=meta.get_all("Requires-Dist") or [], provenance_key=pkey, provenance=stmt))
     log.write(f"\nbuilt and verified: {', '.join(a.filename for a in artifacts)}\n")

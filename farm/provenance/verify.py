@@ -1,4 +1,4 @@
-"""`farm verify`: check a wheel against its signed provenance.
+"""`farm verify`: check a wheel against its signed provenance (farm.provenance.sign).
 
 Four checks, each with a reason a person can act on:
 
@@ -32,10 +32,11 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from farm import signing
 from farm.config import Settings
 from farm.db.models import Artifact, Provenance, Source
-from farm.errors import FarmError, NotFound, UpstreamError
+from farm.errors import FarmError, NotFound, SigningError, UpstreamError
+from farm.provenance import keys as farm_keys
+from farm.provenance import sign, statement
 from farm.util.hashing import sha256_file
 
 
@@ -61,28 +62,28 @@ class Report:
 
 def load_keys(settings: Settings, key: Path | None) -> dict[str, Ed25519PublicKey]:
     if key is not None:
-        pub = signing.load_public(Path(key).read_bytes(), str(key))
+        pub = farm_keys.load_public(Path(key).read_bytes(), str(key))
     else:
         try:
-            pub = signing.farm_public_key(settings.home)
-        except signing.SigningError:
-            published = settings.index / "keys" / signing.PUB_FILE
+            pub = farm_keys.farm_public_key(settings.home)
+        except SigningError:
+            published = settings.index / "keys" / farm_keys.PUB_FILE
             if not published.is_file():
                 raise
-            pub = signing.load_public(published.read_bytes(), str(published))
-    return {signing.keyid_of(pub): pub}
+            pub = farm_keys.load_public(published.read_bytes(), str(published))
+    return {farm_keys.keyid_of(pub): pub}
 
 
 def find_provenance(settings: Settings, session: Session | None, wheel: Path) -> tuple[dict[str, Any], str]:
     """The provenance document for `wheel` and where it came from: beside it, in the index, in the DB."""
-    candidates = [wheel.with_name(wheel.name + ".provenance")]
+    candidates = [wheel.with_name(wheel.name + sign.SUFFIX)]
     try:
         project = canonicalize_name(parse_wheel_filename(wheel.name)[0])
     except InvalidWheelFilename:
         project = None
     if project is not None:
-        candidates.append(settings.index / "files" / project / f"{wheel.name}.provenance")
-        candidates += sorted(settings.index.glob(f"*/files/{project}/{wheel.name}.provenance"))
+        candidates.append(settings.index / "files" / project / f"{wheel.name}{sign.SUFFIX}")
+        candidates += sorted(settings.index.glob(f"*/files/{project}/{wheel.name}{sign.SUFFIX}"))
     for path in candidates:
         if path.is_file():
             return _read_json(path), str(path)
@@ -99,7 +100,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_bytes())
     except ValueError as exc:
-        raise signing.SigningError(f"{path}: not JSON: {exc}") from exc
+        raise SigningError(f"{path}: not JSON: {exc}") from exc
 
 
 def verify_wheel(wheel: Path, *, settings: Settings, session: Session | None, keys: dict[str, Ed25519PublicKey],
@@ -111,23 +112,22 @@ def verify_wheel(wheel: Path, *, settings: Settings, session: Session | None, ke
         return report
     try:
         doc, origin = (_read_json(provenance), str(provenance)) if provenance else find_provenance(settings, session, wheel)
-        verified = signing.verify_provenance(doc, keys)
+        verified = sign.verify_provenance(doc, keys)
     except FarmError as exc:
         report.checks.append(Check("signature", False, str(exc)))
         return report
     report.checks.append(Check("signature", True, f"signed by the farm key {verified.keyid[:16]} (ed25519, DSSE); "
                                                   f"provenance from {origin}"))
-    statement = verified.statement
-    report.checks.append(_check_subject(wheel, statement))
-    report.checks.append(_check_sdist(statement, settings=settings, session=session, offline=offline))
-    report.checks.append(_check_verification(statement))
+    stmt = verified.statement
+    report.checks.append(_check_subject(wheel, stmt))
+    report.checks.append(_check_sdist(stmt, settings=settings, session=session, offline=offline))
+    report.checks.append(_check_verification(stmt))
     return report
 
 
-def _check_subject(wheel: Path, statement: dict[str, Any]) -> Check:
+def _check_subject(wheel: Path, stmt: dict[str, Any]) -> Check:
     try:
-        subject = statement["subject"][0]
-        name, digest = subject["name"], subject["digest"]["sha256"]
+        name, digest = statement.subject(stmt)
     except (KeyError, IndexError, TypeError):
         return Check("subject", False, "the signed statement has no subject with a sha256 digest")
     actual = sha256_file(wheel)
@@ -139,9 +139,9 @@ def _check_subject(wheel: Path, statement: dict[str, Any]) -> Check:
     return Check("subject", True, f"sha256 {actual} matches the signed subject")
 
 
-def _check_sdist(statement: dict[str, Any], *, settings: Settings, session: Session | None, offline: bool) -> Check:
+def _check_sdist(stmt: dict[str, Any], *, settings: Settings, session: Session | None, offline: bool) -> Check:
     try:
-        build = statement["predicate"]["buildDefinition"]
+        build = stmt["predicate"]["buildDefinition"]
         src = build["externalParameters"]["source"]
         name, version, filename, digest = src["name"], src["version"], src["filename"], src["digest"]["sha256"]
     except (KeyError, TypeError):
@@ -183,16 +183,15 @@ def _upstream_digest(index_url: str, name: str, filename: str) -> str:
     raise UpstreamError(f"{index_url} no longer lists {filename}")
 
 
-def _check_verification(statement: dict[str, Any]) -> Check:
+def _check_verification(stmt: dict[str, Any]) -> Check:
     try:
-        byproducts = statement["predicate"]["runDetails"]["byproducts"]
-        record = next(b["annotations"] for b in byproducts if b.get("name") == "verification")
+        record = statement.verification(stmt)
     except (KeyError, TypeError, StopIteration):
         return Check("verification", False, "the signed statement records no verification result")
     if record.get("passed") is not True:
         return Check("verification", False, "the recorded verification did not pass: "
                                             f"{str(record.get('detail') or record)[-300:]}")
-    platform = (statement["predicate"]["buildDefinition"].get("externalParameters", {}).get("target") or {}).get("platform")
+    platform = (stmt["predicate"]["buildDefinition"].get("externalParameters", {}).get("target") or {}).get("platform")
     what = ", ".join(f"{k} {v}" for k, v in record.items() if k in ("imports", "testCommand") and v)
     return Check("verification", True, f"passed on {platform or '?'}" + (f" ({what})" if what else ""))
 
