@@ -44,8 +44,7 @@ from farm.util.cmd import clean_env, run
 JSON = "application/vnd.pypi.simple.v1+json"
 V1HTML = "application/vnd.pypi.simple.v1+html"
 PIP_ACCEPT = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, text/html; q=0.01"
-REPO = Path(__file__).resolve().parents[1]
-UV = REPO / ".venv" / "bin" / "uv"
+UV = Path(sys.executable).parent / "uv"  # the venv running the tests (worktrees have no .venv of their own)
 
 
 # Wheels written by hand -------------------------------------------------------------------------
