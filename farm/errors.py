@@ -21,6 +21,7 @@ CLI prints `farm: error: MESSAGE` and exits with the error's `exit_code`:
 | 7 | `NotFound` | no such job, storage object, ... |
 | 8 | `PromotionRefused` | a release that may not enter a channel |
 | 9 | `UploadError` | an upload to another index failed |
+| 10 | `IntakeRefused` | the intake policy refuses a release: deny-listed, not allow-listed, or too young |
 
 Other exits of the CLI: 0 success, 1 a `--wait` whose jobs did not all succeed, 2 a usage error
 (argparse), 3 `farm recipe check` found problems, 130 interrupted (Ctrl-C).
@@ -215,3 +216,9 @@ class BackupError(FarmError):
     """A backup that cannot be written, or an archive that cannot be restored (farm/backup.py)."""
 
     exit_code = 1
+
+
+class IntakeRefused(FarmError):
+    """The intake policy (farm/coordinator/intake.py) refuses a release; the message names the rule."""
+
+    exit_code = 10

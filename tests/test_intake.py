@@ -1,5 +1,8 @@
 """The intake policy (farm/coordinator/intake.py): allow and deny lists and the release cool-down.
 
+At submit (a real JSON upstream index over HTTP): a range takes the newest release the cool-down
+admits, a person's exact pin skips it, and each refusal records nothing.
+
 Bad inputs covered: a deny-listed release, a release off the allow-list (project absent, and
 version outside the allowed range), a release younger than the cool-down, a release whose upload
 time the index does not give (fail-closed), and malformed policy entries in the configuration.
@@ -8,12 +11,18 @@ time the index does not give (fail-closed), and malformed policy entries in the 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
 from farm.config import Settings
 from farm.coordinator.intake import IntakePolicy, Release
-from farm.errors import ConfigError
+from farm.errors import ConfigError, IntakeRefused
+from tests.test_submit import make_good
 
 NOW = dt.datetime(2026, 12, 2, 12, 0, tzinfo=dt.UTC)
 
@@ -67,3 +76,109 @@ def test_malformed_policy_entries_are_configuration_errors(entry: str, problem: 
     with pytest.raises(ConfigError, match="intake_deny") as err:
         policy(intake_deny=[entry])
     assert problem in str(err.value)
+
+
+# At submit, against a real upstream index over HTTP (PEP 691 JSON with PEP 700 upload times) ------
+
+
+class _JsonIndex:
+    """An upstream index serving JSON project pages with upload times, and the files."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.pages = root, {}
+        (root / "files").mkdir(parents=True)
+        pages = self.pages
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                parts = self.path.strip("/").split("/")
+                if parts[0] == "simple" and len(parts) == 2 and parts[1] in pages:
+                    body = json.dumps(pages[parts[1]]).encode()
+                    ctype = "application/vnd.pypi.simple.v1+json"
+                elif parts[0] == "files" and len(parts) == 2 and (root / "files" / parts[1]).is_file():
+                    body, ctype = (root / "files" / parts[1]).read_bytes(), "application/octet-stream"
+                else:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/simple/"
+
+    def add(self, name: str, version: str, uploaded: dt.datetime | None) -> None:
+        sdist = make_good(self.root / "build", name, version)
+        data = sdist.read_bytes()
+        (self.root / "files" / sdist.name).write_bytes(data)
+        page = self.pages.setdefault(name, {"meta": {"api-version": "1.1"}, "name": name, "files": []})
+        entry = {"filename": sdist.name, "url": f"../../files/{sdist.name}",
+                 "hashes": {"sha256": hashlib.sha256(data).hexdigest()}}
+        if uploaded is not None:
+            entry["upload-time"] = uploaded.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        page["files"].append(entry)
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def upstream(tmp_path: Path):  # type: ignore[no-untyped-def]
+    index = _JsonIndex(tmp_path / "upstream")
+    now = dt.datetime.now(dt.UTC)
+    index.add("lib", "1.0", now - dt.timedelta(days=30))
+    index.add("lib", "1.1", now - dt.timedelta(days=1))
+    index.add("nodate", "1.0", None)
+    yield index
+    index.stop()
+
+
+def _submit_with(monkeypatch: pytest.MonkeyPatch, upstream: _JsonIndex, request: str, **env: str):  # type: ignore[no-untyped-def]
+    from farm.config import get_settings, reset_settings
+    from farm.coordinator.submit import submit
+
+    monkeypatch.setenv("FARM_UPSTREAM_INDEX", upstream.url)
+    for k, v in env.items():
+        monkeypatch.setenv(f"FARM_{k.upper()}", v)
+    reset_settings()
+    return submit(request, settings=get_settings())
+
+
+def _submissions() -> int:
+    from sqlalchemy import func, select
+
+    from farm.db.models import Source, Submission
+    from farm.db.session import session_scope
+
+    with session_scope() as s:
+        return (s.scalar(select(func.count()).select_from(Submission)) or 0) + \
+            (s.scalar(select(func.count()).select_from(Source)) or 0)
+
+
+def test_submit_takes_the_newest_release_the_cool_down_admits(farm_home: Path, upstream: _JsonIndex,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from farm.cli import main
+
+    assert main(["init"]) == 0
+    assert _submit_with(monkeypatch, upstream, "lib", min_release_age_days="7").version == "1.0"
+    assert _submit_with(monkeypatch, upstream, "lib==1.1", min_release_age_days="7").version == "1.1"  # a person's pin
+    before = _submissions()
+    with pytest.raises(IntakeRefused, match=r"lib 1\.1 was uploaded .* less than 7 days ago"):
+        _submit_with(monkeypatch, upstream, "lib>1.0", min_release_age_days="7")
+    with pytest.raises(IntakeRefused, match="gives no upload time.*fail-closed"):
+        _submit_with(monkeypatch, upstream, "nodate==1.0", min_release_age_days="7",
+                     min_release_age_exempt_pins="false")
+    with pytest.raises(IntakeRefused, match=r"intake_deny: 'lib<1\.1'"):
+        _submit_with(monkeypatch, upstream, "lib==1.0", min_release_age_days="0", intake_deny='["lib<1.1"]')
+    with pytest.raises(IntakeRefused, match="not on the intake allow-list"):
+        _submit_with(monkeypatch, upstream, str(make_good(farm_home.parent / "own", "mine", "2.0")),
+                     intake_allow='["lib"]', intake_deny="[]")
+    assert _submissions() == before  # a refusal records nothing

@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from farm.config import Settings
+from farm.coordinator.intake import IntakePolicy, Release
 from farm.coordinator.lifecycle import fail, release
 from farm.db.models import Dependency, Job, Source
 from farm.db.session import session_scope
@@ -58,16 +59,20 @@ def wait_for(job_id: int, missing: list[str], settings: Settings) -> None:
             if provider is not None:
                 links[line] = (provider.id, None)
     unresolved = [m for m in missing if m not in links]
+    policy = IntakePolicy.from_settings(settings)
     if unresolved:
         with Upstream(settings.upstream_index) as upstream:
             for line in unresolved:
                 req = Requirement(line)
                 try:
-                    found = upstream.best_sdist(line, _python_version(python))
+                    found = upstream.best_sdist(line, _python_version(python), accept=policy.accepts)
                 except FarmError as exc:
                     found, reason = None, str(exc)
                 else:
                     reason = f"no sdist on {settings.upstream_index} satisfies {line} for Python {_python_version(python)}"
+                    if found is None and policy.active and (newest := upstream.best_sdist(line, _python_version(python))):
+                        reason = f"the intake policy admits no release of {line}; the newest: " + str(
+                            policy.refusal(Release(newest.project, newest.version, upload_time=newest.upload_time)))
                 if found is None:
                     links[line] = (None, reason)
                     continue

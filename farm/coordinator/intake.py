@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
@@ -84,6 +85,10 @@ class IntakePolicy:
             return (f"{what} was uploaded {uploaded:%Y-%m-%d %H:%M} UTC, less than {age_days} ago "
                     f"(min_release_age_days); it can be taken in from {uploaded + self.min_release_age:%Y-%m-%d %H:%M} UTC")
         return None
+
+    def accepts(self, file: Any, *, pinned: bool = False) -> bool:
+        """Whether an upstream file (`farm.index.upstream.UpstreamFile`) may be taken in."""
+        return self.refusal(Release(file.project, file.version, upload_time=file.upload_time, pinned=pinned)) is None
 
     def admissible(self, versions: Iterable[Release], *, now: dt.datetime | None = None) -> list[Release]:
         """The releases the policy takes in (to pick the newest acceptable one for a range)."""

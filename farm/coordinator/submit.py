@@ -6,6 +6,10 @@ directory), a download is checked against the upstream index's sha256, a require
 be an ASCII project name. Identical inputs (the cache key) are never built twice: the new job
 points at the existing one and, when that one succeeded, is answered at once.
 
+The intake policy (farm/coordinator/intake.py: allow and deny lists, a release cool-down) is applied
+before anything is recorded: a range takes the newest release the policy admits, an exact pin that
+it refuses is `IntakeRefused` with the rule's reason; dependencies the farm submits get the same.
+
 Two submissions of the same new sdist at once (several CLIs, API requests) record one `source` row:
 it is inserted with INSERT ... ON CONFLICT (sha256) DO NOTHING and then read back, so the second
 waits for the first's transaction and reuses its row instead of failing on the unique sha256.
@@ -28,11 +32,12 @@ from sqlalchemy.orm import Session
 
 from farm.config import Settings
 from farm.coordinator import dispatch
+from farm.coordinator.intake import IntakePolicy, Release
 from farm.coordinator.plan import plan
 from farm.db.models import Artifact, Job, Source, Submission, utcnow
 from farm.db.session import session_scope
 from farm.db.states import JobState
-from farm.errors import FarmError, SdistError, UpstreamError
+from farm.errors import FarmError, IntakeRefused, SdistError, UpstreamError
 from farm.storage import get_storage, sdist_key
 from farm.util.archive import Limits, check_project_name, inspect_sdist
 from farm.util.hashing import sha256_file
@@ -74,15 +79,18 @@ def submit(request: str, *, settings: Settings, kind: str | None = None, parent_
                 source = session.scalar(select(Source).where(Source.sha256 == digest))
                 pending = None
                 if source is None:
-                    source = _add_source(session, _inspect_file(Path(request), digest, settings))
+                    info = _inspect_file(Path(request), digest, settings)
+                    _admit(settings, Release(info["name"], info["version"], upstream=False))
+                    source = _add_source(session, info)
                     pending = Path(request)
                 else:  # a known sdist was inspected when it was first accepted; its name must still fit
                     _check_known_name(Path(request).name, source)
+                    _admit(settings, Release(source.name, source.version, upstream=False))
             else:
                 tmp_root = settings.home / "tmp"
                 tmp_root.mkdir(parents=True, exist_ok=True)
                 tmp = stack.enter_context(tempfile.TemporaryDirectory(dir=tmp_root))
-                source, pending = _from_requirement(request, session, settings, Path(tmp))
+                source, pending = _from_requirement(request, session, settings, Path(tmp), kind=kind)
             submission = Submission(kind=kind or ("file" if from_file else "requirement"), request=request,
                                     parent_job_id=parent_job_id)
             session.add(submission)
@@ -177,7 +185,15 @@ def _inspect_file(path: Path, digest: str, settings: Settings) -> dict:
             "requires_python": info.requires_python, "created_at": utcnow()}
 
 
-def _from_requirement(request: str, session: Session, settings: Settings, tmp: Path) -> tuple[Source, Path | None]:
+def _admit(settings: Settings, release: Release, policy: IntakePolicy | None = None) -> None:
+    """`IntakeRefused` with the policy's reason when the intake policy does not take `release` in."""
+    reason = (policy or IntakePolicy.from_settings(settings)).refusal(release)
+    if reason is not None:
+        raise IntakeRefused(reason)
+
+
+def _from_requirement(request: str, session: Session, settings: Settings, tmp: Path, *,
+                      kind: str | None = None) -> tuple[Source, Path | None]:
     """The Source for a requirement, and the downloaded file still to be stored (None if known)."""
     try:
         req = Requirement(request)
@@ -192,18 +208,32 @@ def _from_requirement(request: str, session: Session, settings: Settings, tmp: P
             version = Version(pins[0])
         except InvalidVersion as exc:
             raise FarmError(f"{request!r}: {exc}") from None
-        # Already fetched and checked once: no need to ask upstream again.
+        # Already fetched and checked once: no need to ask upstream again (the lists still apply;
+        # its age was checked when it was taken in).
         for known in session.scalars(select(Source).where(Source.name == name, Source.upstream_url.is_not(None))):
             if Version(known.version) == version:
+                _admit(settings, Release(known.name, known.version, upstream=False))
                 return known, None
-    from farm.index.upstream import Upstream
+    from farm.index.upstream import Upstream, UpstreamFile
+
+    policy = IntakePolicy.from_settings(settings)
+    pinned = kind != "dependency"  # a person's exact pin; a dependency's pin is the farm's choice
+
+    def release(f: UpstreamFile, *, exact: bool) -> Release:
+        return Release(f.project, f.version, upload_time=f.upload_time, pinned=exact and pinned)
 
     with Upstream(settings.upstream_index) as upstream:
         if version is not None:
             file = upstream.find_sdist(name, str(version))
+            _admit(settings, release(file, exact=True), policy)
         else:
-            found = upstream.best_sdist(str(req), ".".join(_platform.python_version_tuple()[:2]))
+            python = ".".join(_platform.python_version_tuple()[:2])
+            found = upstream.best_sdist(str(req), python, accept=policy.accepts)
             if found is None:
+                newest = upstream.best_sdist(str(req), python) if policy.active else None
+                if newest is not None:  # there is one, but the policy takes in none that fits
+                    raise IntakeRefused(f"no release of {request!r} is admitted by the intake policy; the newest: "
+                                        f"{policy.refusal(release(newest, exact=False))}")
                 raise UpstreamError(f"no sdist on {settings.upstream_index} satisfies {request!r}")
             file = found
         if not file.sha256:

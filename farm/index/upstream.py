@@ -18,7 +18,9 @@ import os
 import re
 import ssl
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
@@ -57,6 +59,7 @@ class UpstreamFile:
     sha256: str | None
     requires_python: str | None
     yanked: bool
+    upload_time: datetime | None = None  # PEP 700; None where the index does not say (HTML pages)
 
 
 @dataclass
@@ -138,13 +141,14 @@ class Upstream:
         raise UpstreamError(f"{name} has no version {version} on {self.index_url}; "
                             f"newest available: {listed}{more}")
 
-    def best_sdist(self, requirement: str, python_version: str) -> UpstreamFile | None:
+    def best_sdist(self, requirement: str, python_version: str,
+                   accept: Callable[[UpstreamFile], bool] | None = None) -> UpstreamFile | None:
         """The newest sdist satisfying `requirement` whose Requires-Python admits `python_version`.
 
         Prereleases only when the specifier names one; yanked files are skipped, except that an
         exact `==` pin may still select a yanked release when nothing else matches (PEP 592).
         `python_version` is compared as given ("3.11" is 3.11.0); markers and extras are ignored.
-        None when nothing fits.
+        `accept` (the intake policy) leaves out files it refuses. None when nothing fits.
         """
         try:
             req = Requirement(requirement)
@@ -159,7 +163,8 @@ class Upstream:
         spec = req.specifier
         pre = bool(spec.prereleases)
         fits = [f for f in self._page(req.name).sdists
-                if spec.contains(Version(f.version), prereleases=pre) and _admits(f.requires_python, python)]
+                if spec.contains(Version(f.version), prereleases=pre) and _admits(f.requires_python, python)
+                and (accept is None or accept(f))]
         candidates = [f for f in fits if not f.yanked] or (fits if _is_exact_pin(spec) else [])
         if not candidates:
             return None
@@ -276,7 +281,8 @@ def _as_sdist(key: NormalizedName, pkg: DistributionPackage) -> UpstreamFile | N
         return None
     rp = (pkg.requires_python or "").strip() or None
     return UpstreamFile(project=key, version=str(version), filename=pkg.filename, url=pkg.url,
-                        sha256=pkg.digests.get("sha256"), requires_python=rp, yanked=pkg.is_yanked)
+                        sha256=pkg.digests.get("sha256"), requires_python=rp, yanked=pkg.is_yanked,
+                        upload_time=pkg.upload_time)
 
 
 def _version_of(key: NormalizedName, pkg: DistributionPackage) -> Version | None:
