@@ -1,30 +1,13 @@
 """Every error class of the farm, its exit code, and which failure of a job each one is.
 
 `FarmError` messages are meant to be printed as they are: they say what was wrong and where. The
-CLI prints `farm: error: MESSAGE` and exits with the error's `exit_code`:
+CLI prints `farm: error: MESSAGE` and exits with the error's `exit_code`; the few exits that are no
+error class are the `EXIT_*` constants below. The table of every exit code, for users, is
+docs/cli.md (tests/test_errors.py checks it against this module).
 
-| exit | class | raised for |
-|---|---|---|
-| 1 | `FarmError` | the base class, and every subclass below without a code of its own |
-| 1 | `PackageFailure`, `CommandTimeout` | the package failed: it does not build, its tests fail, a step ran out of time |
-| 1 | `InfrastructureFault`, `StorageConflict` | something of the farm's failed (tool missing, disk, network); a write-once storage object with other bytes |
-| 1 | `JobStopped` | the coordinator voided the attempt a worker runs (cancelled, or sent again) |
-| 1 | `CommandFailed`, `ContainerCommandFailed` | a command on the host / in a container exited non-zero or timed out |
-| 1 | `PublishError`, `FileExists`, `PublishRefused`, `DigestMismatch` | a wheel that may not be published; a stored copy whose bytes are not the recorded ones |
-| 1 | `SigningError`, `SignatureInvalid` | the signing key or a provenance object; a signature that does not verify |
-| 1 | `BackupError` | a backup that cannot be written; an archive that is damaged, foreign, or restored over a farm that is not empty |
-| 2 | `ConfigError` | settings, a worker's configuration (interpreters, images, engines) |
-| 3 | `RecipeError` | invalid recipe files |
-| 4 | `SdistError` | a file that is not an acceptable sdist |
-| 5 | `UpstreamError` | the upstream index lacks what was asked for, or its file does not match its record |
-| 6 | `StateError` | an illegal job state transition |
-| 7 | `NotFound` | no such job, storage object, ... |
-| 8 | `PromotionRefused` | a release that may not enter a channel |
-| 9 | `UploadError` | an upload to another index failed |
-| 10 | `IntakeRefused` | the intake policy refuses a release: deny-listed, not allow-listed, or too young |
-
-Other exits of the CLI: 0 success, 1 a `--wait` whose jobs did not all succeed, 2 a usage error
-(argparse), 3 `farm recipe check` found problems, 130 interrupted (Ctrl-C).
+The API answers a `FarmError` with its class's name (`error_class`) beside `detail`, and the
+CLI's API client raises that class again (`error_class`, `FarmError.from_message`): an error has the
+same exit code with `--server` as on the farm's own host.
 
 A job attempt that ends in an exception is one of three kinds (`classify`, used by the worker's
 pipeline and its task; the kind is the job's `failure_kind`):
@@ -41,7 +24,7 @@ pipeline and its task; the kind is the job's `failure_kind`):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Self
 
 if TYPE_CHECKING:
     from farm.containers import ExecResult
@@ -57,9 +40,51 @@ class FarmError(Exception):
 
     exit_code = 1
 
+    @classmethod
+    def from_message(cls, message: str) -> Self:
+        """This error with only its message, as the API client raises it from an answer's
+        `error_class` and `detail`: the attributes a subclass's constructor sets are absent."""
+        exc = cls.__new__(cls)
+        Exception.__init__(exc, message)
+        return exc
+
+
+def error_class(name: str) -> type[FarmError]:
+    """The error class of this module called `name`; `FarmError` for any other name."""
+    cls = globals().get(name)
+    return cls if isinstance(cls, type) and issubclass(cls, FarmError) else FarmError
+
+
+# Exits of the CLI that are no error class --------------------------------------------------------
+
+EXIT_OK = 0
+EXIT_JOBS_FAILED = 1  # `submit --wait`: every job ended, not all of them succeeded
+EXIT_NOT_VERIFIED = 1  # `farm verify`: a check failed
+EXIT_USAGE = 2  # argparse: the command line is not one `farm` knows
+EXIT_INTERRUPTED = 130  # Ctrl-C
+EXIT_BROKEN_PIPE = 141  # the reader of stdout left (`farm status | head`)
+
 
 class ConfigError(FarmError):
     exit_code = 2
+
+
+class UsageError(FarmError):
+    """A command line argparse accepts but the command cannot carry out as given."""
+
+    exit_code = EXIT_USAGE
+
+
+class NoFarm(FarmError):
+    """A command that reads or changes what a farm holds found no farm's database; it created none."""
+
+    exit_code = 11
+
+
+class WaitTimeout(FarmError):
+    """`submit --wait` ran out of time before every job ended (the jobs go on)."""
+
+    exit_code = 124  # as timeout(1)
 
 
 class RecipeError(FarmError):

@@ -343,7 +343,7 @@ def test_cancel_over_the_api(api: Api, tmp_path: Path) -> None:
 def test_remote_cli_client_submits_with_priority_and_cancels(api: Api, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """The remote CLI's client against the app: priority and cancel travel; errors keep their kind."""
-    from farm.cli_remote import ApiClient
+    from farm.cli.remote import ApiClient
     from farm.errors import StateError
 
     client = ApiClient("http://testserver", api.tokens["submit"], client=api.client)
@@ -358,7 +358,7 @@ def test_remote_cli_client_submits_with_priority_and_cancels(api: Api, tmp_path:
 
     # `farm --server URL cancel`: the CLI through that client; an ended job is exit 6 (StateError)
     other = client.submit_file(make_good(tmp_path / "in2", "remotecancel", "1.0"))["jobs"][0]["id"]
-    monkeypatch.setattr("farm.cli_remote.client_from_settings", lambda: client)
+    monkeypatch.setattr("farm.cli.remote.client_from_settings", lambda: client)
     monkeypatch.setenv("FARM_SERVER_URL", "http://testserver")
     reset_settings()
     try:
@@ -570,7 +570,7 @@ def test_forbid_db_guard(tmp_path: Path) -> None:
     assert bad.returncode != 0 and "FARM_FORBID_DB" in bad.stderr
     code = ("from farm.coordinator.app import WORKER_TASKS, get_app\n"
             "get_app(include=WORKER_TASKS).loader.import_default_modules()\n"
-            "import farm.worker.task, farm.storage_http, farm.cli_remote, sys\n"
+            "import farm.worker.task, farm.storage_http, farm.cli.remote, sys\n"
             "assert 'farm.db.session' not in sys.modules\n")
     ok = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -146,7 +147,7 @@ def test_remote_worker_without_database_builds_and_publishes(cluster: Cluster, t
     assert [s["name"] for s in views[job_id]["steps"]] == ["fetching", "building", "repairing", "verifying",
                                                            "attesting", "uploading"]
     table = cluster.farm("status")
-    assert f"{job_id:>5} distpkg 0.3.0" in table.stdout and "succeeded" in table.stdout
+    assert re.search(rf"^ *{job_id}  +distpkg  +0\.3\.0  .*succeeded", table.stdout, re.MULTILINE), table.stdout
 
     logs = cluster.farm("logs", str(job_id))
     assert logs.returncode == 0 and "===== building =====" in logs.stdout and "built and verified" in logs.stdout

@@ -97,14 +97,43 @@ def test_moved_classes_are_still_importable_where_they_were(module: str, name: s
 
 
 def test_the_exit_code_table_is_the_classes_exit_codes() -> None:
-    rows = re.findall(r"^\| (\d+) \| (.+?) \|", farm.errors.__doc__ or "", re.MULTILINE)
+    """docs/cli.md's table names every error class of farm/errors.py and every `EXIT_*` constant, each
+    with its code, and nothing else."""
+    table = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8").split("## Exit codes", 1)[1]
+    rows = re.findall(r"^\| (\d+) \| (.+?) \|", table, re.MULTILINE)
+    assert rows
     documented: dict[str, int] = {}
     for code, names in rows:
         for name in re.findall(r"`(\w+)`", names):
+            assert name not in documented, name
             documented[name] = int(code)
-    classes = {n: c for n, c in vars(farm.errors).items() if isinstance(c, type) and issubclass(c, FarmError)}
-    assert set(documented) == set(classes)
-    assert {n: c.exit_code for n, c in classes.items()} == documented
+    classes = {n: c.exit_code for n, c in vars(farm.errors).items() if isinstance(c, type) and issubclass(c, FarmError)}
+    constants = {n: v for n, v in vars(farm.errors).items() if n.startswith("EXIT_")}
+    assert documented == {**classes, **constants}
+
+
+def test_timeout_and_no_farm_have_codes_of_their_own() -> None:
+    """A `--wait` that timed out is told apart from a failed build, and "no farm here" from any other error."""
+    taken = [c.exit_code for c in vars(farm.errors).values()
+             if isinstance(c, type) and issubclass(c, FarmError) and c not in (farm.errors.WaitTimeout, farm.errors.NoFarm)]
+    taken += [v for n, v in vars(farm.errors).items() if n.startswith("EXIT_")]
+    assert farm.errors.WaitTimeout.exit_code not in taken and farm.errors.NoFarm.exit_code not in taken
+    assert farm.errors.WaitTimeout.exit_code != farm.errors.NoFarm.exit_code
+
+
+@pytest.mark.parametrize("name", sorted(n for n, c in vars(farm.errors).items()
+                                        if isinstance(c, type) and issubclass(c, FarmError)))
+def test_an_error_class_travels_by_name(name: str) -> None:
+    """What the API client does with an answer's `error_class`: the same class, the message as it was."""
+    cls = farm.errors.error_class(name)
+    assert cls is getattr(farm.errors, name)
+    exc = cls.from_message("what was wrong\nand where")
+    assert type(exc) is cls and str(exc) == "what was wrong\nand where" and exc.exit_code == cls.exit_code
+
+
+def test_an_unknown_error_class_is_a_farm_error() -> None:
+    for name in ("KeyError", "Exception", "EXIT_OK", "classify", "nothing"):
+        assert farm.errors.error_class(name) is FarmError
 
 
 def test_command_failed_message_keeps_its_shape() -> None:

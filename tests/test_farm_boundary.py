@@ -121,7 +121,7 @@ def test_local_admin_token_is_private_and_trusted_by_its_hash(api: Api, tmp_path
     monkeypatch.setenv("FARM_SERVER_URL", "http://127.0.0.1:9")
     reset_settings()
     try:
-        from farm.cli_remote import client_from_settings
+        from farm.cli.remote import client_from_settings
 
         with pytest.raises(ConfigError):
             client_from_settings()
@@ -134,7 +134,7 @@ def test_local_admin_token_is_private_and_trusted_by_its_hash(api: Api, tmp_path
 def test_local_cli_sends_the_admin_token_only_to_a_loopback_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Attack: a `--server` elsewhere (or a typo in it) harvesting the local admin token. The CLI sends
     it only to a farm on a loopback address, and a token given explicitly always wins."""
-    from farm.cli_remote import client_from_settings
+    from farm.cli.remote import client_from_settings
 
     home = tmp_path / "home"
     token, _ = ensure_local_admin_token(home)

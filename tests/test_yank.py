@@ -154,7 +154,7 @@ def test_yank_and_promote_over_the_api(two_versions, monkeypatch: pytest.MonkeyP
     from starlette.testclient import TestClient
 
     from farm.api.app import create_app
-    from farm.cli_remote import ApiClient
+    from farm.cli.remote import ApiClient
     from farm.config import get_settings, reset_settings
     from farm.errors import FarmError, NotFound
     from farm.tokens import create_token
@@ -185,7 +185,7 @@ def test_yank_and_promote_over_the_api(two_versions, monkeypatch: pytest.MonkeyP
                            headers={"Authorization": f"Bearer {submit}"})
         assert denied.status_code == 403
         # the CLI with a server URL goes through the same client
-        monkeypatch.setattr("farm.cli_remote.client_from_settings", lambda: api)
+        monkeypatch.setattr("farm.cli.remote.client_from_settings", lambda: api)
         monkeypatch.setenv("FARM_SERVER_URL", "http://testserver")
         reset_settings()
         assert _farm("yank", "yankother==3.0") == (0, "yanked: yankother-3.0-py3-none-any.whl\n")

@@ -2,7 +2,8 @@
 index (PEP 503/691) it serves.
 
 The routes live in `routes_jobs` (role submit) and `routes_workers` (role worker), tokens in
-`auth`; `/health` and the index (`/simple`, `/files`) need no token. In the embedded farm this one
+`auth`; `/health` and the index (`/simple`, `/files`) need no token. A `FarmError` is answered with
+`{"detail": MESSAGE, "error_class": NAME}` (a class of farm/errors.py). In the embedded farm this one
 process serves everything; in production the index folder can be served by any static web server
 instead.
 """
@@ -35,7 +36,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def farm_error(request: Request, exc: FarmError) -> JSONResponse:
         code = (404 if isinstance(exc, NotFound) else 502 if isinstance(exc, UpstreamError)
                 else 409 if isinstance(exc, StateError) else 422)
-        return JSONResponse({"detail": str(exc)}, status_code=code)
+        # The class travels with the message: the CLI's API client raises it again, with its exit code.
+        return JSONResponse({"detail": str(exc), "error_class": type(exc).__name__}, status_code=code)
 
     @app.get("/health")
     def health() -> dict[str, Any]:

@@ -39,11 +39,8 @@ from farm.db.session import session_scope
 from farm.db.states import JobState
 from farm.errors import FarmError, IntakeRefused, SdistError, UpstreamError
 from farm.storage import get_storage, sdist_key
-from farm.util.archive import Limits, check_project_name, inspect_sdist
+from farm.util.archive import SDIST_SUFFIXES, Limits, check_project_name, inspect_sdist, is_file_request
 from farm.util.hashing import sha256_file
-
-SDIST_SUFFIXES = (".tar.gz", ".zip", ".tgz", ".tar.bz2")
-
 
 @dataclass(frozen=True, kw_only=True)
 class Submitted:
@@ -51,15 +48,6 @@ class Submitted:
     name: str
     version: str
     jobs: list[tuple[int, str, JobState]]  # (job id, build id, state)
-
-
-def is_file_request(request: str) -> bool:
-    if request.endswith(SDIST_SUFFIXES):
-        return True
-    try:
-        return Path(request).exists()
-    except OSError:  # e.g. a long requirement line is no file name
-        return False
 
 
 def submit(request: str, *, settings: Settings, kind: str | None = None, parent_job_id: int | None = None,
@@ -253,4 +241,4 @@ def _from_requirement(request: str, session: Session, settings: Settings, tmp: P
     return source, path
 
 
-__all__ = ["Submitted", "is_file_request", "submit"]
+__all__ = ["SDIST_SUFFIXES", "Submitted", "is_file_request", "submit"]

@@ -41,8 +41,21 @@ from packaging.version import InvalidVersion, Version
 
 from farm.errors import SdistError
 
-__all__ = ["PROJECT_NAME", "Limits", "SdistInfo", "check_project_name", "extract_sdist", "inspect_sdist",
-           "is_project_name", "read_top_level"]
+__all__ = ["PROJECT_NAME", "SDIST_SUFFIXES", "Limits", "SdistInfo", "check_project_name", "extract_sdist",
+           "inspect_sdist", "is_file_request", "is_project_name", "read_top_level"]
+
+SDIST_SUFFIXES = (".tar.gz", ".zip", ".tgz", ".tar.bz2")
+
+
+def is_file_request(request: str) -> bool:
+    """Whether a submission's request names a file (an sdist suffix, or a path that exists), not a requirement."""
+    if request.endswith(SDIST_SUFFIXES):
+        return True
+    try:
+        return Path(request).exists()
+    except OSError:  # e.g. a long requirement line is no file name
+        return False
+
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")

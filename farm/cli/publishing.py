@@ -1,43 +1,33 @@
-"""`farm` sub-commands of the publishing end: init, verify, yank, promote, publish-to, reindex,
-find, show, gc. Registered by `farm.cli.parser()`; the work lives in farm/index/,
-farm/provenance/ and farm/records.py."""
+"""`farm` sub-commands of the publishing end, on this host's farm: init, verify, publish-to,
+reindex, find, show, gc (yank and promote, which also run over the API, are in `commands`).
+Registered by `farm.cli.parser()`; the work lives in farm/index/, farm/provenance/ and
+farm/records.py.
+
+Only `init` creates a farm; the others raise `NoFarm` where there is none (`verify --no-db` needs none)."""
 
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-
-def _settings():  # type: ignore[no-untyped-def]
-    from farm.config import get_settings
-
-    return get_settings()
+from farm.cli import ensure_db, render
+from farm.config import get_settings
+from farm.errors import EXIT_NOT_VERIFIED, EXIT_OK, UsageError
 
 
 def _db() -> None:
-    from farm.cli import ensure_db
-
-    ensure_db()
-
-
-def _who() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
+    ensure_db(create=False)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
     from farm.index import channels
     from farm.provenance import keys
 
-    settings = _settings()
+    settings = get_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
-    _db()
+    ensure_db()
     key, created = keys.ensure_key(settings.home)
     lay = channels.ensure_trees(settings)
     kid = keys.keyid_of(key.public_key())
@@ -49,7 +39,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         kind = "channel" if t in lay.channels else "virtual " + "+".join(lay.virtual[t])
         extra = "  (also /simple/)" if t == lay.first else ""
         print(f"index {t:<8} {lay.base_url}{t}/simple/  [{kind}]{extra}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -57,7 +47,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from farm.index.promote import parse_pin
     from farm.provenance.verify import load_keys, served_copies, verify_copy, verify_wheel
 
-    settings = _settings()
+    settings = get_settings()
     keys = load_keys(settings, Path(args.key) if args.key else None)
     session_cm = None
     if not args.no_db:
@@ -72,8 +62,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                                         offline=args.offline))
         else:
             if session is None:
-                print("farm: error: NAME==VERSION needs the database", file=sys.stderr)
-                return 2
+                raise UsageError("NAME==VERSION needs the database")
             # Every served copy (each tree listing the file), against the record and the signature.
             for copy in served_copies(settings, session, *parse_pin(target)):
                 reports.append(verify_copy(copy, settings=settings, session=session, keys=keys,
@@ -88,7 +77,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 mark = {True: "ok  ", False: "FAIL", None: "skip"}[c.ok]
                 print(f"  {mark}  {c.name:<12} {c.detail}")
             print("  verified" if r.ok else "  NOT VERIFIED")
-    return 0 if reports and all(r.ok for r in reports) else 1
+    return EXIT_OK if reports and all(r.ok for r in reports) else EXIT_NOT_VERIFIED
 
 
 class _Null:
@@ -99,51 +88,16 @@ class _Null:
         return None
 
 
-def cmd_yank(args: argparse.Namespace) -> int:
-    from farm.cli import _remote
-
-    if _remote():
-        return _lines(_api().yank(args.pin, reason=args.reason, undo=args.undo))
-    from farm.index.promote import yank_and_rewrite
-
-    _db()
-    return _lines(yank_and_rewrite(_settings(), args.pin, reason=args.reason, undo=args.undo))
-
-
-def cmd_promote(args: argparse.Namespace) -> int:
-    from farm.cli import _remote
-
-    if _remote():
-        return _lines(_api().promote(args.pin, to=args.to, upload=not args.no_upload))
-    from farm.index.promote import promote_and_publish
-
-    _db()
-    return _lines(promote_and_publish(_settings(), args.pin, args.to, by=f"farm promote ({_who()})",
-                                      upload=not args.no_upload))
-
-
-def _api():  # type: ignore[no-untyped-def]
-    from farm.cli_remote import client_from_settings
-
-    return client_from_settings()
-
-
-def _lines(lines: list[str]) -> int:
-    for line in lines:
-        print(line)
-    return 0
-
-
 def cmd_publish_to(args: argparse.Namespace) -> int:
     from farm.db.session import session_scope
     from farm.index.targets import publish_to
 
     _db()
     with session_scope() as session:
-        for up in publish_to(session, _settings(), args.target, args.pin):
+        for up in publish_to(session, get_settings(), args.target, args.pin):
             listed = "" if up.listed is None else ", listed"
             print(f"{up.status} to {up.target}: {up.filename} ({up.seconds:.2f} s{listed})")
-    return 0
+    return EXIT_OK
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
@@ -154,13 +108,13 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     from farm.index import channels
 
     _db()
-    settings = _settings()
+    settings = get_settings()
     with session_scope() as session:
         names = args.projects or sorted(set(session.scalars(select(Artifact.name))))
         for name in names:
             channels.regenerate(session, settings, name)
             print(f"rewrote {name}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_find(args: argparse.Namespace) -> int:
@@ -170,8 +124,8 @@ def cmd_find(args: argparse.Namespace) -> int:
     _db()
     with session_scope() as session:
         found = find_sha256(session, args.sha256)
-    _print(found, args.json)
-    return 0
+    render.record(found, args.json)
+    return EXIT_OK
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -180,27 +134,18 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     _db()
     with session_scope() as session:
-        found = show(session, _settings(), args.pin)
-    _print(found, args.json)
-    return 0
+        found = show(session, get_settings(), args.pin)
+    render.record(found, args.json)
+    return EXIT_OK
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
     from farm.records import gc
 
     _db()
-    result = gc(_settings(), dry_run=args.dry_run, keep=args.keep, min_age_days=args.min_age_days)
-    _print(result, args.json)
-    return 0
-
-
-def _print(data: Any, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(data, indent=1, default=str))
-        return
-    from farm.records import render
-
-    sys.stdout.write(render(data))
+    result = gc(get_settings(), dry_run=args.dry_run, keep=args.keep, min_age_days=args.min_age_days)
+    render.record(result, args.json)
+    return EXIT_OK
 
 
 def add_commands(sub: Any) -> None:
@@ -216,18 +161,6 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--no-db", action="store_true", help="without the farm's database (the sdist check is skipped)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_verify)
-
-    s = sub.add_parser("yank", help="PEP 592: mark NAME==VERSION yanked (or --undo) and rewrite its pages")
-    s.add_argument("pin", metavar="NAME==VERSION")
-    s.add_argument("--reason", default=None)
-    s.add_argument("--undo", action="store_true")
-    s.set_defaults(func=cmd_yank)
-
-    s = sub.add_parser("promote", help="add NAME==VERSION to a higher channel, through the gate")
-    s.add_argument("pin", metavar="NAME==VERSION")
-    s.add_argument("--to", required=True, metavar="CHANNEL")
-    s.add_argument("--no-upload", action="store_true", help="do not upload to the targets bound to the channel")
-    s.set_defaults(func=cmd_promote)
 
     s = sub.add_parser("publish-to", help="upload NAME==VERSION to a configured index (upload_targets)")
     s.add_argument("target")

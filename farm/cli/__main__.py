@@ -1,0 +1,7 @@
+"""`python -m farm.cli ...`: the `farm` command."""
+
+import sys
+
+from farm.cli import main
+
+sys.exit(main())

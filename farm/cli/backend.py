@@ -1,0 +1,152 @@
+"""The `Backend` the commands on jobs and releases run against, and the local one.
+
+Two implementations return the same views: `LocalBackend` (this host's FARM_HOME and database) and
+`farm.cli.remote.RemoteBackend` (a farm's HTTP API). `choose()` picks one per command line:
+the remote one when `server_url` is set (`--server`, FARM_SERVER_URL, farm.toml). A job's view is
+`farm.status.JobView.as_dict()`, which is also what the API's `/api/jobs` answers.
+"""
+
+from __future__ import annotations
+
+import getpass
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
+
+if TYPE_CHECKING:
+    from farm.config import Settings
+
+
+class JobRef(TypedDict):
+    id: int
+    build_id: str
+    state: str
+
+
+class SubmissionView(TypedDict):
+    """A submission and its jobs (the API's `SubmissionOut`)."""
+
+    submission_id: int
+    name: str
+    version: str
+    jobs: list[JobRef]
+
+
+class JobView(TypedDict):
+    """A job with its steps (`farm.status.JobView.as_dict()`, the API's `/api/jobs/{id}`)."""
+
+    id: int
+    submission_id: int
+    name: str
+    version: str
+    build_id: str
+    state: str
+    attempt: int
+    cached_from: int | None
+    error: str | None
+    steps: list[dict[str, Any]]  # {"name", "seconds", "outcome"}
+    wheels: list[str]
+    waiting_for: list[str]
+    seconds: float | None
+
+
+class Backend(Protocol):
+    poll_interval: float  # seconds between two looks at the jobs of a `--wait`
+
+    def submit(self, request: str, *, priority: int) -> SubmissionView: ...
+
+    def jobs(self, *, submission: int | None, limit: int, active: bool) -> list[JobView]: ...
+
+    def jobs_by_id(self, job_ids: list[int]) -> list[JobView]: ...
+
+    def log(self, job_id: int) -> str: ...
+
+    def cancel(self, job_id: int) -> str: ...
+
+    def yank(self, pin: str, *, reason: str | None, undo: bool) -> list[str]: ...
+
+    def promote(self, pin: str, *, to: str, upload: bool) -> list[str]: ...
+
+
+def choose() -> Backend:
+    from farm.config import get_settings
+
+    settings = get_settings()
+    if settings.server_url:
+        from farm.cli.remote import RemoteBackend, client_from_settings
+
+        return RemoteBackend(client_from_settings())
+    return LocalBackend(settings)
+
+
+def _who() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+class LocalBackend:
+    """This host's farm: its database, storage and index. Only `submit` creates a farm's database;
+    the other methods raise `NoFarm` where there is none."""
+
+    poll_interval = 0.02
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @staticmethod
+    def _db(*, create: bool = False) -> None:
+        from farm.cli import ensure_db
+
+        ensure_db(create=create)
+
+    def submit(self, request: str, *, priority: int) -> SubmissionView:
+        from farm.coordinator.submit import submit
+
+        self._db(create=True)
+        result = submit(request, settings=self.settings, priority=priority)
+        return {"submission_id": result.submission_id, "name": result.name, "version": result.version,
+                "jobs": [{"id": i, "build_id": b, "state": s} for i, b, s in result.jobs]}
+
+    def jobs(self, *, submission: int | None, limit: int, active: bool) -> list[JobView]:
+        from farm.db.session import session_scope
+        from farm.status import list_jobs
+
+        self._db()
+        with session_scope() as session:
+            views = list_jobs(session, submission=submission, limit=limit, active_only=active)
+        return [v.as_dict() for v in views]  # type: ignore[misc]
+
+    def jobs_by_id(self, job_ids: list[int]) -> list[JobView]:
+        from farm.db.session import session_scope
+        from farm.status import jobs_done
+
+        self._db()
+        with session_scope() as session:
+            _, views = jobs_done(session, job_ids)
+        return [v.as_dict() for v in views]  # type: ignore[misc]
+
+    def log(self, job_id: int) -> str:
+        from farm.db.session import session_scope
+        from farm.status import job_log
+
+        self._db()
+        with session_scope() as session:
+            return job_log(session, job_id)
+
+    def cancel(self, job_id: int) -> str:
+        from farm.coordinator.reconcile import cancel
+
+        self._db()
+        return cancel(job_id, self.settings)
+
+    def yank(self, pin: str, *, reason: str | None, undo: bool) -> list[str]:
+        from farm.index.promote import yank_and_rewrite
+
+        self._db()
+        return yank_and_rewrite(self.settings, pin, reason=reason, undo=undo)
+
+    def promote(self, pin: str, *, to: str, upload: bool) -> list[str]:
+        from farm.index.promote import promote_and_publish
+
+        self._db()
+        return promote_and_publish(self.settings, pin, to, by=f"farm promote ({_who()})", upload=upload)

@@ -1,0 +1,260 @@
+"""The `farm` parser, `main`, and the commands that are not processes or the publishing end.
+
+submit, status, logs, cancel, yank and promote are written once, against the `Backend` `main`
+chooses (`backend.choose`); the others run on this host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from farm.cli import processes, publishing, render
+from farm.cli.backend import Backend, choose
+from farm.config import get_settings, reset_settings
+from farm.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, FarmError, RecipeError
+
+OnBackend = Callable[[argparse.Namespace, Backend], int]
+
+
+# jobs and releases: on either backend -----------------------------------------------------------
+
+
+def cmd_submit(args: argparse.Namespace, backend: Backend) -> int:
+    job_ids: list[int] = []
+    for request in args.requests:
+        sub = backend.submit(request, priority=args.priority)
+        render.lines(render.submitted_lines(sub))
+        job_ids += [j["id"] for j in sub["jobs"]]
+    if not args.wait:
+        return EXIT_OK
+    return render.wait(backend, job_ids, timeout=args.timeout, quiet=args.quiet)
+
+
+def cmd_status(args: argparse.Namespace, backend: Backend) -> int:
+    views = backend.jobs(submission=args.submission, limit=args.limit, active=args.active)
+    if args.json:
+        print(json.dumps(views, default=str, indent=1))
+    else:
+        sys.stdout.write(render.status_table(views))
+    return EXIT_OK
+
+
+def cmd_logs(args: argparse.Namespace, backend: Backend) -> int:
+    sys.stdout.write(backend.log(args.job))
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace, backend: Backend) -> int:
+    code = EXIT_OK
+    for job_id in args.jobs:
+        try:
+            print(backend.cancel(job_id))
+        except FarmError as exc:
+            print(f"farm: error: {exc}", file=sys.stderr)
+            code = exc.exit_code
+    return code
+
+
+def cmd_yank(args: argparse.Namespace, backend: Backend) -> int:
+    return render.lines(backend.yank(args.pin, reason=args.reason, undo=args.undo))
+
+
+def cmd_promote(args: argparse.Namespace, backend: Backend) -> int:
+    return render.lines(backend.promote(args.pin, to=args.to, upload=not args.no_upload))
+
+
+# recipes, images, tokens, database: on this host -------------------------------------------------
+
+
+def cmd_recipe_check(args: argparse.Namespace) -> int:
+    from farm.recipes import check_paths
+
+    paths = [Path(p) for p in args.paths] or get_settings().all_recipe_dirs
+    problems = check_paths([p for p in paths if p.exists()] if not args.paths else paths)
+    for file, key, message in problems:
+        print(f"{file}: {key or '<root>'}: {message}")
+    if problems:
+        print(f"{len(problems)} problem(s)", file=sys.stderr)
+        return RecipeError.exit_code
+    print("recipes ok")
+    return EXIT_OK
+
+
+def cmd_recipe_docs(args: argparse.Namespace) -> int:
+    from farm.recipes.docs import main
+
+    return main([*(["--check"] if args.check else []), *(["--root", args.root] if args.root else [])])
+
+
+def cmd_image_build(args: argparse.Namespace) -> int:
+    from farm.images import cli_build
+
+    return cli_build(args)
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    from farm.tokens import create_token
+
+    home = get_settings().home
+    token = create_token(home, args.name, args.role)
+    print(token)
+    print(f"token {args.name!r} ({args.role}): shown only now; its sha256 was added to {home / 'farm.toml'}",
+          file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from farm.db.migrate import upgrade
+
+    upgrade()
+    print("database at the newest schema")
+    return EXIT_OK
+
+
+def read_requirements(path: Path) -> list[str]:
+    """Lines of a requirements file, without comments, blank lines and pip options."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise FarmError(f"{path}: {exc.strerror}") from None
+    out = []
+    for line in lines:
+        line = line.split(" #", 1)[0].strip()
+        if line and not line.startswith(("#", "-")):
+            out.append(line)
+    return out
+
+
+# the parser -------------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="farm", description="Wheel Farm: sdists in; repaired, tested wheels out.",
+                                epilog="Exit codes: docs/cli.md.")
+    p.add_argument("--home", help="where the farm keeps its state (FARM_HOME; default ./.farm)")
+    p.add_argument("--server", help="a farm's API URL: submit/status/logs/cancel/yank/promote go there (FARM_SERVER_URL)")
+    p.add_argument("--token", help="API token for --server (FARM_TOKEN); default for a loopback --server: "
+                   "the local admin token `farm up` made ($FARM_HOME/admin.token)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def on_backend(s: argparse.ArgumentParser, command: OnBackend) -> None:
+        s.set_defaults(on_backend=command)
+
+    s = sub.add_parser("submit", help="submit sdist files or NAME==VERSION requirements")
+    s.add_argument("requests", nargs="*", metavar="PATH.tar.gz|NAME==VERSION")
+    s.add_argument("-r", "--requirements", action="append", default=[], metavar="FILE",
+                   help="a requirements file: one NAME==VERSION (or sdist path) per line")
+    s.add_argument("--wait", action="store_true", help="block until the jobs end; exit 1 if one failed, "
+                   "124 if --timeout passed first")
+    s.add_argument("--timeout", type=float, default=3600, help="seconds --wait waits (default %(default).0f)")
+    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--priority", type=int, default=0, choices=range(10), metavar="0-9",
+                   help="higher is built first when workers are busy (default 0)")
+    on_backend(s, cmd_submit)
+
+    s = sub.add_parser("status", help="jobs with state and step durations")
+    s.add_argument("--submission", type=int)
+    s.add_argument("--limit", type=int, default=50)
+    s.add_argument("--active", action="store_true", help="only jobs that have not ended")
+    s.add_argument("--json", action="store_true")
+    on_backend(s, cmd_status)
+
+    s = sub.add_parser("logs", help="a job's log")
+    s.add_argument("job", type=int)
+    on_backend(s, cmd_logs)
+
+    s = sub.add_parser("cancel", help="cancel jobs: nothing of theirs is published; workers stop at the next step")
+    s.add_argument("jobs", type=int, nargs="+", metavar="JOB")
+    on_backend(s, cmd_cancel)
+
+    s = sub.add_parser("up", help="run the embedded farm: API/index, coordinator, one local worker")
+    s.add_argument("--port", type=int)
+    s.set_defaults(func=processes.cmd_up)
+
+    s = sub.add_parser("worker", help="a platform worker (Celery, the platform's queue)")
+    s.add_argument("--platform")
+    s.add_argument("--name", help="Celery node name before the @ (default worker-PLATFORM); distinct per worker on a host")
+    s.set_defaults(func=processes.cmd_worker)
+
+    s = sub.add_parser("coordinator", help="the coordinator (Celery, the coordinator queue)")
+    s.set_defaults(func=processes.cmd_coordinator)
+
+    s = sub.add_parser("api", help="the HTTP API and index")
+    s.add_argument("--port", type=int)
+    s.set_defaults(func=processes.cmd_api)
+
+    recipe = sub.add_parser("recipe", help="recipes").add_subparsers(dest="recipe_command", required=True)
+    s = recipe.add_parser("check", help="validate recipe files; every error with file and key path")
+    s.add_argument("paths", nargs="*")
+    s.set_defaults(func=cmd_recipe_check)
+    s = recipe.add_parser("docs", help="regenerate recipes/recipe.schema.json and docs/recipes.md")
+    s.add_argument("--check", action="store_true", help="write nothing; exit 1 if a generated file is out of date")
+    s.add_argument("--root", help="the repository root (default: the one this farm package is in)")
+    s.set_defaults(func=cmd_recipe_docs)
+
+    image = sub.add_parser("image", help="build images").add_subparsers(dest="image_command", required=True)
+    s = image.add_parser("build", help="make a manylinux-compatible build image from a Debian archive")
+    from farm.images import add_arguments
+
+    add_arguments(s)
+    s.set_defaults(func=cmd_image_build)
+
+    token = sub.add_parser("token", help="API tokens").add_subparsers(dest="token_command", required=True)
+    s = token.add_parser("create", help="make a token, print it once, add its sha256 to $FARM_HOME/farm.toml")
+    s.add_argument("name")
+    s.add_argument("--role", required=True, choices=["submit", "worker", "admin"])
+    s.set_defaults(func=cmd_token_create)
+
+    db = sub.add_parser("db", help="database").add_subparsers(dest="db_command", required=True)
+    s = db.add_parser("upgrade", help="apply migrations")
+    s.set_defaults(func=cmd_db_upgrade)
+
+    s = sub.add_parser("yank", help="PEP 592: mark NAME==VERSION yanked (or --undo) and rewrite its pages")
+    s.add_argument("pin", metavar="NAME==VERSION")
+    s.add_argument("--reason", default=None)
+    s.add_argument("--undo", action="store_true")
+    on_backend(s, cmd_yank)
+
+    s = sub.add_parser("promote", help="add NAME==VERSION to a higher channel, through the gate")
+    s.add_argument("pin", metavar="NAME==VERSION")
+    s.add_argument("--to", required=True, metavar="CHANNEL")
+    s.add_argument("--no-upload", action="store_true", help="do not upload to the targets bound to the channel")
+    on_backend(s, cmd_promote)
+
+    publishing.add_commands(sub)  # init verify publish-to reindex find show gc
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.home:
+        os.environ["FARM_HOME"] = str(Path(args.home).absolute())
+    if args.server:
+        os.environ["FARM_SERVER_URL"] = args.server
+    if args.token:
+        os.environ["FARM_TOKEN"] = args.token
+    if args.home or args.server or args.token:
+        reset_settings()
+    try:
+        if args.command == "submit":
+            args.requests = [*args.requests, *(line for f in args.requirements for line in read_requirements(Path(f)))]
+            if not args.requests:
+                raise FarmError("nothing to submit: give sdist paths, requirements, or -r FILE")
+        command: OnBackend | None = getattr(args, "on_backend", None)
+        if command is not None:
+            return command(args, choose())
+        return args.func(args)
+    except FarmError as exc:
+        print(f"farm: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `farm status | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE

@@ -1,0 +1,116 @@
+"""`farm up`, `farm api`, `farm coordinator`, `farm worker`: the farm's long-running processes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from farm.cli import ensure_db
+from farm.config import get_settings
+
+
+def _celery_worker(queues: list[str], name: str) -> int:
+    from farm.coordinator.app import get_app
+
+    get_app().worker_main(["worker", "-Q", ",".join(queues), "--pool", "solo", "-n", f"{name}@%h",
+                           "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"])
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from farm.coordinator.app import WORKER_TASKS, get_app
+    from farm.worker.platforms import host_platform_name
+
+    platform = args.platform or get_settings().platform or host_platform_name()
+    get_app(include=WORKER_TASKS)  # no coordinator task: a worker never imports the database modules
+    return _celery_worker([platform], args.name or f"worker-{platform}")
+
+
+def cmd_coordinator(args: argparse.Namespace) -> int:
+    from farm.coordinator.reconcile import Reconciler
+    from farm.messages import COORDINATOR_QUEUE
+    from farm.storage import own_storage
+
+    ensure_db()
+    own_storage()
+    Reconciler(get_settings()).start()  # a daemon thread: lost jobs and lost messages, every reconcile_interval
+    return _celery_worker([COORDINATOR_QUEUE], "coordinator")
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from farm.api.app import create_app
+
+    ensure_db()
+    settings = get_settings()
+    uvicorn.run(create_app(settings), host=settings.api_host, port=args.port or settings.api_port,
+                log_level="warning")
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """API/index, coordinator and one local worker, each its own process, stopped together.
+
+    On first start it makes the local admin token ($FARM_HOME/admin.token, mode 0600): the API
+    trusts no client without a token, loopback included, and the CLI on this host sends that one.
+    """
+    import httpx
+
+    from farm.tokens import ensure_local_admin_token, local_admin_path
+
+    ensure_db()
+    settings = get_settings()
+    _, created = ensure_local_admin_token(settings.home)
+    if created:
+        print(f"farm up: made the local admin token {local_admin_path(settings.home)} (mode 0600); "
+              "`farm --server URL ...` on this host sends it", flush=True)
+    port = args.port or settings.api_port
+    logs = settings.home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "FARM_HOME": str(settings.home), "FARM_API_PORT": str(port)}  # port: provenance links
+    me = [sys.executable, "-m", "farm.cli"]
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    for name, argv in (("coordinator", [*me, "coordinator"]), ("worker", [*me, "worker"]),
+                       ("api", [*me, "api", "--port", str(port)])):
+        with open(logs / f"{name}.log", "ab") as out:
+            children[name] = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+    (settings.home / "farm-up.pid").write_text(str(os.getpid()))
+    stop = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    url = f"http://{settings.api_host}:{port}"
+    deadline = time.monotonic() + 60
+    while not stop and time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    print(f"farm up: index {url}/simple/  state {settings.home}  logs {logs}", flush=True)
+    code = 0
+    while not stop:
+        for name, proc in children.items():
+            if proc.poll() is not None:
+                print(f"farm up: {name} exited with {proc.returncode}; see {logs / (name + '.log')}", file=sys.stderr)
+                stop, code = True, 1
+        time.sleep(0.2)
+    for proc in children.values():
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in children.values():
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    (settings.home / "farm-up.pid").unlink(missing_ok=True)
+    return code
