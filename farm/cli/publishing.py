@@ -48,11 +48,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from farm.provenance.verify import load_keys, served_copies, verify_copy, verify_wheel
 
     settings = get_settings()
-    keys = load_keys(settings, Path(args.key) if args.key else None)
-    session_cm = None
     if not args.no_db:
         _db()
-        session_cm = session_scope()
+    keys = load_keys(settings, Path(args.key) if args.key else None)
+    session_cm = None if args.no_db else session_scope()
     reports = []
     with session_cm if session_cm is not None else _Null() as session:
         target = args.target

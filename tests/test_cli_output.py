@@ -1,0 +1,111 @@
+"""What `farm status` and `farm submit --wait` print, on this host's farm and with `--server`.
+
+In process (`farm.cli.main`, output captured) on a fresh FARM_HOME with SQLite; sdists made by
+tests/test_submit.py's `make_good`; build messages go to the broker folder and no worker runs, so
+the jobs stay queued unless a test cancels them. `--server` goes to the farm's API app in this
+process on the same FARM_HOME (Starlette's TestClient): both backends must print the same table.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+import farm.cli
+from farm.api.app import create_app
+from farm.cli.backend import LocalBackend
+from farm.cli.remote import ApiClient
+from farm.cli.render import STATUS_COLUMNS, wait
+from farm.config import get_settings, reset_settings
+from farm.errors import EXIT_JOBS_FAILED, WaitTimeout
+from farm.tokens import ensure_local_admin_token
+from tests.test_submit import make_good
+
+Run = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def run(farm_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Iterator[Run]:
+    monkeypatch.setenv("FARM_PLATFORMS", json.dumps(["linux-x86_64", "linux-aarch64"]))
+    for var in ("FARM_SERVER_URL", "FARM_TOKEN"):  # `main` sets them for --server, --token: undone after the test
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
+    monkeypatch.chdir(farm_home.parent)
+    reset_settings()
+
+    def main(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = farm.cli.main(list(args))
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    yield main
+
+
+def _submit(run: Run, folder: Path, name: str, version: str) -> list[int]:
+    code, out, err = run("submit", str(make_good(folder, name, version)))
+    assert code == 0, err
+    return [int(m) for m in re.findall(r"^job (\d+):", out, re.MULTILINE)]
+
+
+def test_status_has_a_header_and_aligned_columns(run: Run, tmp_path: Path) -> None:
+    farm.cli.ensure_db()
+    assert run("status") == (0, "no jobs\n", "")
+    short = _submit(run, tmp_path / "a", "good", "1.0")
+    long = _submit(run, tmp_path / "b", "a-much-longer-project-name", "2024.10.1")
+    code, out, err = run("cancel", str(short[0]))
+    assert code == 0, err
+
+    code, table, err = run("status")
+    assert code == 0 and err == "", err
+    lines = table.splitlines()
+    assert lines[0].split() == list(STATUS_COLUMNS)
+    rows = lines[1:]
+    assert [int(r.split()[0]) for r in rows] == sorted(short + long, reverse=True)  # newest first
+    # every column starts where its header does, whatever the width of the values above or below it
+    starts = [lines[0].index(h) for h in STATUS_COLUMNS[1:5]]
+    for row in rows:
+        cells = re.finditer(r"\S+", row)
+        next(cells)  # the job id, right-aligned under JOB
+        assert [m.start() for m in cells][:4] == starts, (lines[0], row)
+    assert re.search(rf"^ +{short[0]}  good +1\.0 +\S+ +cancelled", table, re.MULTILINE), table
+    job_end = lines[0].index("JOB") + len("JOB")
+    assert all(len(r) - len(r.lstrip()) + len(r.split()[0]) == job_end for r in rows)  # ids end where JOB does
+
+
+def test_status_is_the_same_with_server(run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _submit(run, tmp_path / "a", "good", "1.0")
+    _submit(run, tmp_path / "b", "other-project", "3.1")
+    local = run("status")
+    local_json = run("status", "--json")
+    token, _ = ensure_local_admin_token(get_settings().home)
+    with TestClient(create_app(get_settings())) as http:
+        monkeypatch.setattr("farm.cli.remote.client_from_settings",
+                            lambda: ApiClient("http://testserver", token, client=http))
+        remote = run("--server", "http://testserver", "status")
+        remote_json = run("--server", "http://testserver", "status", "--json")
+    assert remote == local and local[1].startswith("JOB ")
+    assert json.loads(remote_json[1]) == json.loads(local_json[1])
+
+
+def test_wait_timeout_is_not_a_failure(run: Run, tmp_path: Path) -> None:
+    """No worker runs: the jobs stay queued, `--wait` gives up after --timeout with its own exit code."""
+    code, out, err = run("submit", str(make_good(tmp_path / "a", "good", "1.0")), "--wait", "--timeout", "0.2")
+    assert code == WaitTimeout.exit_code == 124, err
+    assert err.startswith("farm: error: timed out after 0 s waiting for jobs [") and "farm status" in err, err
+    assert out.count("queued\n") == 4  # two submitted, then two seen queued by the wait loop
+    code, table, _ = run("status")
+    assert table.count("queued") == 2  # they go on
+
+
+def test_wait_on_jobs_that_did_not_succeed(run: Run, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ids = _submit(run, tmp_path / "a", "good", "1.0")
+    assert run("cancel", *map(str, ids))[0] == 0
+    assert wait(LocalBackend(get_settings()), ids, timeout=5, quiet=True) == EXIT_JOBS_FAILED == 1
+    err = capsys.readouterr().err
+    assert [line.split(":")[0] for line in err.splitlines()] == [f"job {i} cancelled" for i in sorted(ids)]
