@@ -134,7 +134,7 @@ class LocalBackend:
             return job_log(session, job_id)
 
     def cancel(self, job_id: int) -> str:
-        from farm.coordinator.reconcile import cancel
+        from farm.coordinator.lifecycle import cancel
 
         self._db()
         return cancel(job_id, self.settings)
