@@ -14,8 +14,12 @@ pipeline and its task; the kind is the job's `failure_kind`):
 
 - `package`: a `PackageFailure`. Recorded with the step and the log, never retried.
 - `infrastructure`: an `InfrastructureFault`, an `OSError` (the disk, the network, a tool that
-  cannot start), or any other `FarmError` (a deliberate error with a message, e.g. a worker without
-  the job's interpreter or image). Retried by the task with backoff, then failed.
+  cannot start), a lost connection of httpx, kombu, redis or the database, or any other `FarmError`
+  (a deliberate error with a message, e.g. a worker without the job's interpreter or image). A
+  full disk, an I/O error or a lost connection is infrastructure wherever it occurs, even under a
+  `PackageFailure` (a build that stopped with "No space left on device"). Retried by the task in
+  place with backoff for `api_retry_seconds`, then failed as `infrastructure`, the error naming the
+  real fault (`fault_of`).
 - `internal`: anything else (a `KeyError`, a `TypeError`, ...) is a bug in the farm. The job fails at
   once, not retried, with the error `internal error: TYPE: MESSAGE` and the full traceback in its log.
 
@@ -24,6 +28,7 @@ pipeline and its task; the kind is the job's `failure_kind`):
 
 from __future__ import annotations
 
+import errno
 from typing import TYPE_CHECKING, Literal, Self
 
 if TYPE_CHECKING:
@@ -168,12 +173,63 @@ class JobStopped(FarmError):
     """The coordinator voided the attempt a worker is running (cancelled, or sent again)."""
 
 
+_INFRA_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOMEM})
+_INFRA_TEXT = ("No space left on device", "Disk quota exceeded", "Input/output error", "Read-only file system")
+# Connection trouble of the libraries the farm talks through (none of them an OSError), by name so
+# that this module imports none of them: httpx, kombu/amqp, redis, SQLAlchemy/psycopg.
+_INFRA_CLASSES = frozenset({
+    ("httpx", "TransportError"), ("kombu.exceptions", "OperationalError"), ("redis.exceptions", "ConnectionError"),
+    ("redis.exceptions", "TimeoutError"), ("sqlalchemy.exc", "OperationalError"),
+    ("sqlalchemy.exc", "InterfaceError"), ("psycopg", "OperationalError"), ("amqp.exceptions", "ConnectionError"),
+})
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and what caused it (`raise ... from`, or raised while handling), each once."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not s for s in seen):
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def _infrastructure(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in _INFRA_ERRNOS:
+        return True
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    for cls in type(exc).__mro__:
+        module = cls.__module__
+        if any(module.startswith(m) and cls.__name__ == n for m, n in _INFRA_CLASSES):
+            return True
+    return False
+
+
+def fault_of(exc: BaseException) -> str:
+    """The real fault behind `exc`, for a job's error: the deepest infrastructure fault in its chain
+    (a `ConnectError` under the upload that failed, an `ENOSPC` under a step), else `exc` itself."""
+    for e in reversed(_chain(exc)):
+        if _infrastructure(e):
+            outer = str(exc)
+            inner = f"{type(e).__name__}: {e}"
+            return outer if e is exc or inner in outer else f"{outer} ({inner})"
+    return str(exc) if isinstance(exc, FarmError) else f"{type(exc).__name__}: {exc}"
+
+
 def classify(exc: BaseException) -> FailureKind:
     """What an exception that ended a job attempt is: the package's failure, an infrastructure fault
     (retried), or a bug in the farm (failed at once, its traceback in the job's log). Not for
-    `JobStopped`, which is no failure."""
+    `JobStopped`, which is no failure.
+
+    A full disk (ENOSPC, EDQUOT), an I/O error (EIO), a read-only file system and lost connections
+    (the API, the broker, the database) are infrastructure wherever they occur, also under a
+    `PackageFailure`: a build tool that stopped with "No space left on device" failed because of the
+    worker's disk, not the package."""
+    if any(_infrastructure(e) for e in _chain(exc)):
+        return "infrastructure"
     if isinstance(exc, PackageFailure):
-        return "package"
+        return "infrastructure" if any(t in str(exc) for t in _INFRA_TEXT) else "package"
     if isinstance(exc, (InfrastructureFault, OSError, FarmError)):
         return "infrastructure"
     return "internal"

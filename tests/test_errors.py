@@ -42,6 +42,11 @@ _PRIVATE_SIGNALS = {("farm/worker/verify_container.py", "_OutOfTime"),  # contro
 # Classification ----------------------------------------------------------------------------------
 
 
+def _caused(exc: BaseException, cause: BaseException) -> BaseException:
+    exc.__cause__ = cause
+    return exc
+
+
 @pytest.mark.parametrize(("exc", "kind"), [
     (PackageFailure("build", "does not compile"), "package"),
     (farm.errors.CommandTimeout("build", "timed out"), "package"),
@@ -50,6 +55,12 @@ _PRIVATE_SIGNALS = {("farm/worker/verify_container.py", "_OutOfTime"),  # contro
     (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), "infrastructure"),
     (FileNotFoundError(errno.ENOENT, "No such file or directory", "auditwheel"), "infrastructure"),
     (ConnectionResetError(), "infrastructure"),
+    (OSError(errno.EIO, os.strerror(errno.EIO)), "infrastructure"),
+    (PackageFailure("build", "error: [Errno 28] No space left on device: 'build/lib'"), "infrastructure"),
+    (_caused(PackageFailure("verify", "pip failed"), OSError(errno.ENOSPC, "No space left on device")),
+     "infrastructure"),
+    (_caused(KeyError("x"), ConnectionRefusedError()), "infrastructure"),
+    (_caused(PackageFailure("build", "no"), FileNotFoundError(errno.ENOENT, "gone")), "package"),
     (ConfigError("this worker has no cp399 interpreter"), "infrastructure"),  # a deliberate error: as before
     (NotFound("not in storage: jobs/1/attempt-1/staged/x.whl"), "infrastructure"),
     (KeyError("sha256"), "internal"),
@@ -60,6 +71,26 @@ _PRIVATE_SIGNALS = {("farm/worker/verify_container.py", "_OutOfTime"),  # contro
 ])
 def test_classify(exc: BaseException, kind: str) -> None:
     assert classify(exc) == kind
+
+
+def test_library_connection_errors_are_infrastructure() -> None:
+    import httpx
+    from kombu.exceptions import OperationalError
+    from sqlalchemy.exc import OperationalError as DbDown
+
+    assert classify(httpx.ConnectError("refused")) == "infrastructure"
+    assert classify(OperationalError("redis went away")) == "infrastructure"
+    assert classify(DbDown("SELECT 1", {}, Exception("server closed the connection"))) == "infrastructure"
+
+
+def test_the_real_fault_is_the_deepest_infrastructure_fault() -> None:
+    from farm.errors import fault_of
+
+    upload = _caused(InfrastructureFault("storage", "PUT jobs/1/attempt-1/wheels/x.whl failed"),
+                     ConnectionRefusedError(111, "Connection refused"))
+    assert fault_of(upload) == ("storage: PUT jobs/1/attempt-1/wheels/x.whl failed "
+                                "(ConnectionRefusedError: [Errno 111] Connection refused)")
+    assert fault_of(OSError(errno.ENOSPC, "No space left on device")) == "[Errno 28] No space left on device"
 
 
 def test_internal_error_message() -> None:
@@ -241,23 +272,105 @@ def test_a_bug_in_the_farm_fails_the_job_once_as_internal_with_its_traceback(
     assert trace.rstrip().endswith("KeyError: 'sdist-digest'")
 
 
-def test_a_full_disk_is_an_infrastructure_fault_retried_then_failed(
+def _virtual_time(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The task's backoff passes without waiting: its clock advances by each pause; the pauses made."""
+    from farm.worker import task
+
+    now = [0.0]
+    pauses: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        now[0] += seconds
+
+    monkeypatch.setattr(task, "_sleep", sleep)
+    monkeypatch.setattr(task, "_clock", lambda: now[0])
+    return pauses
+
+
+def _fetch_fails(monkeypatch: pytest.MonkeyPatch, exc: BaseException, times: int) -> list[int]:
+    """The fetch step's digest check raises `exc` the first `times` calls; then the package's own
+    verdict (a PackageFailure `the fault is gone`), which ends the job there."""
+    from farm.worker import fetch
+
+    calls: list[int] = []
+
+    def digest(path: Path) -> str:
+        calls.append(1)
+        if len(calls) <= times:
+            raise exc
+        raise PackageFailure("fetch", "the fault is gone")
+
+    monkeypatch.setattr(fetch, "sha256_file", digest)
+    return calls
+
+
+def test_a_full_disk_is_retried_in_place_until_it_is_free_and_never_fails_the_package(
         job: tuple[JobSpec, list[JobEvent]], monkeypatch: pytest.MonkeyPatch) -> None:
-    from farm.worker.task import MAX_RETRIES
+    spec, events = job
+    pauses = _virtual_time(monkeypatch)
+    calls = _fetch_fails(monkeypatch, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), times=6)
+    _run(spec)
+    assert len(calls) == 7  # six faults, then the fetch that works
+    assert all(p <= 1.0 for p in pauses)  # sliced into naps that look at the stop marker
+    assert sum(pauses) == pytest.approx(1 + 2 + 4 + 8 + 16 + 30)  # backoff, capped at 30 s
+    retries = [(e.state, e.failure_kind) for e in events if e.step is None and e.state == "queued"]
+    assert retries == [("queued", "infrastructure")] * 6
+    assert all("No space left on device" in e.error for e in events if e.state == "queued")
+    state, kind, error, attempt, _ = _job(spec.job_id)
+    assert (state, kind, error, attempt) == ("failed", "package", "fetch: the fault is gone", 1)  # its own verdict
+    log = _stored_log(spec)
+    assert log.count(f"job {spec.job_id} attempt 1:") == 7
+    assert log.count("INFRASTRUCTURE FAULT: OSError: [Errno 28] No space left on device") == 6
+
+
+def test_an_infrastructure_fault_that_lasts_fails_at_the_deadline_naming_the_real_fault(
+        job: tuple[JobSpec, list[JobEvent]], monkeypatch: pytest.MonkeyPatch) -> None:
+    from farm.config import get_settings
 
     spec, events = job
+    pauses = _virtual_time(monkeypatch)
     calls = _fetch_raises(monkeypatch, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
     _run(spec)
-    assert len(calls) == 1 + MAX_RETRIES
+    window = get_settings().api_retry_seconds
+    assert sum(pauses) <= window < sum(pauses) + 30  # tried for the whole window, not past it
+    assert len(calls) > 5
     ends = [(e.state, e.failure_kind) for e in events if e.step is None]
-    assert ends == [("queued", "infrastructure")] * MAX_RETRIES + [("failed", "infrastructure")]
+    assert ends == [("queued", "infrastructure")] * (len(calls) - 1) + [("failed", "infrastructure")]
     state, kind, error, attempt, _ = _job(spec.job_id)
     assert (state, kind, attempt) == ("failed", "infrastructure", 1)
-    assert error.startswith(f"gave up after {MAX_RETRIES} retries:") and "No space left on device" in error
+    assert error.startswith("infrastructure fault for") and "No space left on device" in error
     log = _stored_log(spec)
-    assert log.count(f"job {spec.job_id} attempt 1:") == 1 + MAX_RETRIES
-    assert log.count("INFRASTRUCTURE FAULT: OSError: [Errno 28] No space left on device") == 1 + MAX_RETRIES
+    assert log.count("INFRASTRUCTURE FAULT: OSError: [Errno 28] No space left on device") == len(calls)
     assert "Traceback" not in log and "INTERNAL ERROR" not in log
+
+
+def test_the_real_fault_is_named_when_the_log_upload_fails_too(
+        job: tuple[JobSpec, list[JobEvent]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The storage goes away while a step fails on a lost connection: the error names the step's fault,
+    not the log upload in the error handler, and the log is kept on the worker's disk and stored later."""
+    from farm.worker import pipeline
+
+    spec, events = job
+    _virtual_time(monkeypatch)
+    _fetch_fails(monkeypatch, ConnectionRefusedError(111, "Connection refused (the API)"), times=2)
+    real_store = pipeline._store_log
+    uploads: list[int] = []
+
+    def store(storage, key, path):  # type: ignore[no-untyped-def]
+        uploads.append(1)
+        if len(uploads) <= 2:
+            raise InfrastructureFault("storage", "PUT jobs/1/attempt-1.log: ConnectError")
+        real_store(storage, key, path)
+
+    monkeypatch.setattr(pipeline, "_store_log", store)
+    _run(spec)
+    queued = [e.error for e in events if e.state == "queued" and e.step is None]
+    assert len(queued) == 2 and all("Connection refused (the API)" in q for q in queued), queued
+    assert not any("attempt-1.log" in q for q in queued)
+    log = _stored_log(spec)
+    assert log.count(f"job {spec.job_id} attempt 1:") == 3  # all three tries, in one log
+    assert _job(spec.job_id)[:3] == ("failed", "package", "fetch: the fault is gone")
 
 
 def test_a_package_failure_is_not_retried(job: tuple[JobSpec, list[JobEvent]],

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from farm.config import Settings
 from farm.db.states import JobState
-from farm.errors import InfrastructureFault, JobStopped, PackageFailure, classify, internal_error
+from farm.errors import InfrastructureFault, JobStopped, PackageFailure, classify, fault_of, internal_error
 from farm.index.simple import identity_problem
 from farm.messages import ArtifactReport, BuildRecord, JobEvent, JobSpec, StagedWheel, StepReport
 from farm.recipes.schema import Options
@@ -93,7 +93,9 @@ def run_job(spec: JobSpec, *, settings: Settings, storage: Storage, report: Repo
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     key = log_key(spec.job_id, spec.attempt)
-    log_path = storage.local_path(key) or work / "job.log"
+    # Outside the work folder: a log kept through retries until it is stored (remote storage).
+    log_path = storage.local_path(key) or settings.home / "logs" / f"job-{spec.job_id}-attempt-{spec.attempt}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
     with open(log_path, "a", encoding="utf-8", errors="replace") as log:
         steps = Steps(spec, report, log, worker)
@@ -104,7 +106,7 @@ def run_job(spec: JobSpec, *, settings: Settings, storage: Storage, report: Repo
         except JobStopped as exc:  # the coordinator voided this attempt: no fault, nothing to report
             log.write(f"\nSTOPPED: {exc}\n")
             log.flush()
-            _store_log(storage, key, log_path)
+            _keep_log(storage, key, log_path)
             raise
         except Exception as exc:
             kind = classify(exc)
@@ -114,10 +116,15 @@ def run_job(spec: JobSpec, *, settings: Settings, storage: Storage, report: Repo
                 _store_log(storage, key, log_path)
                 steps.event(JobState.FAILED, error=str(exc), failure_kind="package", log_key=key)
             elif kind == "infrastructure":
+                # The real fault is what the job's error names; storing the log is only attempted (the
+                # storage may be what failed) and the log stays on this disk for the next try.
+                fault = fault_of(exc)
                 log.write(f"\nINFRASTRUCTURE FAULT: {type(exc).__name__}: {exc}\n")
+                if fault != str(exc):
+                    log.write(f"caused by: {fault}\n")
                 log.flush()
-                _store_log(storage, key, log_path)
-                raise InfrastructureFault(getattr(exc, "step", "worker"), str(exc)) from exc
+                _keep_log(storage, key, log_path)
+                raise InfrastructureFault(getattr(exc, "step", "worker"), fault) from exc
             else:  # a bug in the farm: retrying would only hide it
                 logger.error("job %s attempt %s: %s", spec.job_id, spec.attempt, internal_error(exc), exc_info=exc)
                 log.write(f"\nINTERNAL ERROR (a bug in the farm; not retried): {type(exc).__name__}: {exc}\n")
@@ -128,6 +135,23 @@ def run_job(spec: JobSpec, *, settings: Settings, storage: Storage, report: Repo
         finally:
             if not settings.home.joinpath("keep-work").exists():
                 shutil.rmtree(work, ignore_errors=True)
+    if storage.local_path(key) != log_path and _stored(storage, key, log_path):
+        log_path.unlink(missing_ok=True)  # stored with everything in it: the local copy is not needed
+
+
+def _stored(storage: Storage, key: str, path: Path) -> bool:
+    try:
+        return storage.exists(key)
+    except Exception:  # noqa: BLE001 - unknown: keep the local copy
+        return False
+
+
+def _keep_log(storage: Storage, key: str, path: Path) -> None:
+    """Store the log if the storage takes it now; never raise (the fault being handled matters more)."""
+    try:
+        _store_log(storage, key, path)
+    except Exception as exc:  # noqa: BLE001 - kept on this disk, stored after the next try
+        logger.warning("log %s not stored (kept in %s): %s", key, path, exc)
 
 
 def _cycle_wheels(spec: JobSpec, wheels: list[Path], *, work: Path, storage: Storage, log: TextIO) -> Path | None:
