@@ -325,11 +325,10 @@ def test_cancel_in_the_middle_of_a_build_publishes_nothing(cluster: Cluster, tmp
 
 def test_two_publishers_racing_for_one_wheel_publish_it_once(cluster: Cluster, tmp_path: Path, in_process: None) -> None:
     """Two coordinators' transactions publish the same new wheel at once (as for two jobs with identical output)."""
-    from sqlalchemy.orm import Session
-
     from farm.config import get_settings
     from farm.coordinator.publish import publish
     from farm.db.models import Job
+    from farm.db.session import session_scope
     from farm.messages import ArtifactReport
     from farm.storage import get_storage
     from farm.util.hashing import sha256_file
@@ -357,7 +356,7 @@ def test_two_publishers_racing_for_one_wheel_publish_it_once(cluster: Cluster, t
 
     def publisher(job_id: int) -> None:
         try:
-            with Session(cluster.engine) as session, session.begin():
+            with session_scope() as session:  # its pages are written after the commit
                 job = session.get(Job, job_id)
                 barrier.wait()
                 publish(session, job, [report], get_settings())

@@ -6,6 +6,12 @@ the job's end (farm/coordinator/lifecycle.py: succeed or fail, with the jobs reu
 for it), and resolving missing dependencies (farm/coordinator/deps.py). A publish the coordinator
 refuses (farm/coordinator/publish.py: a wheel of another project, a file name already taken)
 fails the job with that reason. Build messages are sent only after the transaction commits.
+
+Publishing is two transactions: the worker's `publishing` event records the job's result (the
+artifact reports, in `Job.staged`) and commits; then `finish_publish` publishes from that record
+and ends the job. A coordinator killed, a full index disk or a database that went away in between
+leaves the job in `publishing` with its result, and the reconciler finishes it: a finished build is
+never thrown away and built again.
 """
 
 from __future__ import annotations
@@ -23,14 +29,16 @@ from farm.coordinator.publish import PublishRefused, publish
 from farm.db.models import Job, Step, utcnow
 from farm.db.session import session_scope
 from farm.db.states import RUNNING, TERMINAL, JobState, forward_path
-from farm.errors import StateError
-from farm.messages import BuildRecord, JobEvent, StepReport
+from farm.errors import StateError, classify, fault_of
+from farm.messages import ArtifactReport, BuildRecord, JobEvent, StepReport
 
 log = logging.getLogger(__name__)
+PENDING = "publish"  # Job.staged[PENDING]: the artifacts of a job in `publishing`, until published
 
 
 def apply_event(event: JobEvent, settings: Settings) -> None:
     waiting: tuple[int, list[str]] | None = None
+    publishing: int | None = None
     with session_scope() as session:
         job = session.get(Job, event.job_id, with_for_update=True)
         if job is None:
@@ -73,14 +81,49 @@ def apply_event(event: JobEvent, settings: Settings) -> None:
             else:
                 waiting = (job.id, list(event.missing))
         elif target == JobState.PUBLISHING:
+            # The worker's result is recorded first (its own commit): from here on a crash, a full
+            # disk or a lost database connection only delays the publish, which `finish_publish`
+            # does from this record (now, and again from the reconciler until it is done).
+            job.staged = {**job.staged, PENDING: [a.model_dump(mode="json") for a in event.artifacts]}
+            publishing = job.id
+    if waiting is not None:  # after the commit: finding providers may submit builds (own transactions)
+        deps.wait_for(waiting[0], waiting[1], settings)
+    if publishing is not None:
+        finish_publish(publishing, settings)
+
+
+def finish_publish(job_id: int, settings: Settings) -> bool | None:
+    """Publish a job's recorded result and end it: succeeded, or failed when the publish is refused.
+
+    True when done, False when an infrastructure fault (the index's disk, the storage, the database)
+    stopped it: the job stays in `publishing` with its result, its error naming the fault, and the
+    reconciler tries again (farm.coordinator.reconcile); never a rebuild. None when there was nothing
+    to do (another process finished it, or the job ended otherwise).
+    """
+    try:
+        with session_scope() as session:
+            job = session.get(Job, job_id, with_for_update=True)
+            if job is None or job.state != JobState.PUBLISHING or PENDING not in job.staged:
+                return None
+            reports = [ArtifactReport.model_validate(a) for a in job.staged[PENDING]]
+            job.staged = {k: v for k, v in job.staged.items() if k != PENDING}
             try:
-                publish(session, job, list(event.artifacts), settings)
+                publish(session, job, reports, settings)
             except PublishRefused as exc:  # another project's name, a taken file name: nothing was published
                 fail(session, job, f"publishing refused: {exc}", "package")
             else:
                 succeed(session, job, settings)
-    if waiting is not None:  # after the commit: finding providers may submit builds (own transactions)
-        deps.wait_for(waiting[0], waiting[1], settings)
+        return True
+    except Exception as exc:
+        if classify(exc) != "infrastructure":
+            raise
+        fault = fault_of(exc)
+        log.warning("job %s: publishing failed, to be tried again: %s", job_id, fault)
+        with session_scope() as session:
+            job = session.get(Job, job_id, with_for_update=True)
+            if job is not None and job.state == JobState.PUBLISHING:
+                job.error = f"publishing failed (infrastructure; tried again): {fault}"
+        return False
 
 
 def _record_step(session: Session, job: Job, report: StepReport) -> None:

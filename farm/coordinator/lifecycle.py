@@ -22,9 +22,9 @@ import logging
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from farm.config import Settings
+from farm.config import Settings, get_settings
 from farm.coordinator import dispatch
-from farm.db.models import Dependency, Job, utcnow
+from farm.db.models import Artifact, Dependency, Job, utcnow
 from farm.db.session import after_commit, session_scope
 from farm.db.states import TERMINAL, DependencyState, JobState
 from farm.errors import NotFound, StateError
@@ -46,10 +46,51 @@ def _waiting_for(session: Session, job: Job) -> list[Dependency]:
                                                          Dependency.state == DependencyState.WAITING)))
 
 
+def _ended(session: Session, job: Job, how: str) -> None:
+    """Once the end is committed, a stop marker: a build message of the job that comes back (Redis
+    redelivers an unacknowledged message after its visibility timeout) is skipped by the worker
+    instead of building again and writing over the result."""
+    job_id = job.id
+
+    def mark() -> None:
+        try:
+            request_stop(get_storage(), job_id, below=None, reason=f"the job {how}")
+        except Exception as exc:  # noqa: BLE001 - only an optimization: its events are dropped anyway
+            log.warning("job %s: stop marker not written: %s", job_id, exc)
+
+    try:
+        after_commit(session, mark)
+    except RuntimeError:  # a session outside session_scope (tests, one-off tools): nothing to mark after
+        pass
+
+
+def _withdraw(session: Session, job: Job, settings: Settings) -> None:
+    """A failed job lists nothing: its live artifacts (should it have any) are removed, and once the
+    removal is committed their project pages and folders are rewritten from the database."""
+    from farm.index import channels
+
+    arts = [a for a in session.scalars(select(Artifact).where(Artifact.job_id == job.id, Artifact.removed_at.is_(None)))]
+    if not arts:
+        return
+    for art in arts:
+        art.removed_at = utcnow()
+    projects = sorted({a.name for a in arts})
+    log.warning("job %s failed: withdrawing %s", job.id, ", ".join(a.filename for a in arts))
+
+    def rewrite() -> None:
+        with session_scope() as s:
+            for project in projects:
+                channels.regenerate(s, settings, project)
+                channels.drop_unlisted(settings, project, [a.filename for a in arts])
+
+    after_commit(session, rewrite)
+
+
 def succeed(session: Session, job: Job, settings: Settings) -> None:
     """Mark `job` succeeded, and with it the jobs that reused it; release the jobs that waited for it."""
     if job.state != JobState.SUCCEEDED:
         job.move(JobState.SUCCEEDED)
+    _ended(session, job, "succeeded")
     job.finished_at = utcnow()
     job.error = None
     for follower in _reusing(session, job):
@@ -60,10 +101,13 @@ def succeed(session: Session, job: Job, settings: Settings) -> None:
         release(session, dep.job, settings)
 
 
-def fail(session: Session, job: Job, error: str, kind: str) -> None:
-    """Mark `job` failed, and with it the jobs that reused it and the jobs that needed it."""
+def fail(session: Session, job: Job, error: str, kind: str, settings: Settings | None = None) -> None:
+    """Mark `job` failed, and with it the jobs that reused it and the jobs that needed it; withdraw
+    whatever it had published."""
     if job.state != JobState.FAILED:
         job.move(JobState.FAILED)
+    _ended(session, job, "failed")
+    _withdraw(session, job, settings or get_settings())
     job.finished_at = utcnow()
     job.error, job.failure_kind = error, kind
     for follower in _reusing(session, job):

@@ -15,6 +15,15 @@ A refusal raises `PublishRefused`: the job fails with that reason and nothing is
 An intentional rebuild of a published version needs its own file name (a wheel build tag); the
 farm has no way to ask for one yet, so a rebuild with other bytes is refused like any other.
 
+The order, so that nothing is ever listed without a committed row and the bytes under a name never
+change: the rows are inserted; the files are placed in the trees under temporary names and renamed
+(write-once: a name holding other bytes is refused), but not listed; the transaction commits (the
+job succeeds in the same transaction); only then are the pages rewritten from the database
+(`list_published`, run after the commit). A crash before the commit leaves unlisted files that no
+row wants (the index doctor removes them); a crash after it leaves committed artifacts unlisted (the
+doctor lists them). Test builds may stop the process at the named points in between
+(`farm.util.testing.kill_point`, FARM_TEST_KILL_AT).
+
 Idempotent by wheel hash: the same wheel published twice is one artifact and one index entry.
 Two coordinator processes publishing the same wheel at once: the artifact row is inserted before
 any file is written, and the unique sha256 makes the second insert wait for the first transaction
@@ -24,6 +33,7 @@ and then fail; the loser takes the winner's row as "already published" and write
 from __future__ import annotations
 
 import contextlib
+import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,13 +45,16 @@ from sqlalchemy.orm import Session
 
 from farm.config import Settings
 from farm.db.models import Artifact, Job, utcnow
-from farm.db.session import begin_write
+from farm.db.session import after_commit, begin_write, session_scope
 from farm.errors import InfrastructureFault, PublishRefused
 from farm.index import channels, simple
 from farm.messages import ArtifactReport
 from farm.provenance import write
 from farm.storage import get_storage
 from farm.util.hashing import sha256_file
+from farm.util.testing import kill_point
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -66,7 +79,24 @@ def publish(session: Session, job: Job, artifacts: list[ArtifactReport], setting
                 if is_new:
                     _write(session, settings, art, c)
                 published.append(art)
+    kill_point("publish-placed")
+    projects = sorted({a.name for a in published})
+    after_commit(session, lambda: list_published(settings, projects))
     return published
+
+
+def list_published(settings: Settings, projects: list[str]) -> None:
+    """After the commit: rewrite the pages of `projects` from the database (every tree). A failure
+    here (a full index disk) leaves committed artifacts unlisted, which the reconciler's index doctor
+    lists later (farm.index.doctor: missing-listing); the job has succeeded either way."""
+    kill_point("publish-committed")
+    try:
+        with session_scope() as session:
+            for project in projects:
+                channels.regenerate(session, settings, project)
+                kill_point("publish-listed-one")
+    except Exception as exc:  # noqa: BLE001 - committed: the doctor completes it
+        log.warning("publish: pages of %s not written yet (the index doctor will): %s", ", ".join(projects), exc)
 
 
 def _check(session: Session, job: Job, report: ArtifactReport, settings: Settings,
@@ -152,8 +182,10 @@ def _write(session: Session, settings: Settings, art: Artifact, c: _Checked) -> 
     # workers do not hold the farm's key.
     signed, keyid = write.beside(settings, settings.index / "files" / project / report.filename, report.provenance)
     try:
-        entry = simple.publish(settings.index, project, wheel, sha256=report.sha256,
-                               provenance_url=channels.provenance_url(settings, project, report.filename))
+        # Placed (temporary name, then renamed), not listed: the pages are written after the commit.
+        entry = simple.add_file(settings.index, project, wheel, sha256=report.sha256,
+                                provenance_url=channels.provenance_url(settings, project, report.filename))
+        kill_point("publish-file-renamed")
         art.metadata_sha256 = entry.metadata_sha256
         assert art.provenance is not None
         art.provenance.envelope, art.provenance.keyid = signed, keyid

@@ -9,6 +9,16 @@ A thread in `farm coordinator` compares the two every `reconcile_interval` secon
   queue holds no message at all lost its message (a broker that lost data, a submit whose send
   failed after the commit). It is sent again, also as a new attempt.
 
+* a job in `publishing` for more than two passes holds a result whose publish failed (the index's
+  disk, the storage, the database) or whose coordinator died: it is published from the recorded
+  result (farm.coordinator.events.finish_publish), never built again;
+* after a broker restart (Redis's run_id changed) queued jobs are judged in the same pass: a queue
+  that came back empty lost its messages (no persistence), and they are sent again at once.
+
+Every `10 * reconcile_interval` seconds, and once on start, the index is compared with the
+database and repaired (farm.index.doctor, `grace` twice `lost_after`): what a crash between a
+publish's commit and its page write left unlisted is listed, orphan files and `.tmp` files go.
+
 A job lost `MAX_ATTEMPTS` times fails (a package that kills every worker it runs on). Nothing is
 judged while the coordinator's own queue holds a backlog (the heartbeats may be in it), nor in the
 first `lost_after` seconds after the coordinator starts, nor when the broker cannot be asked.
@@ -41,6 +51,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
@@ -72,7 +83,9 @@ class Pass:
     requeued: list[int] = field(default_factory=list)  # running, worker lost: sent again
     resent: list[int] = field(default_factory=list)  # queued, message lost: sent again
     failed: list[int] = field(default_factory=list)  # lost too often
+    published: list[int] = field(default_factory=list)  # a publish that had failed, finished now
     skipped: str | None = None  # why nothing was judged
+    broker_restarted: bool = False  # the broker is another process than last pass (Redis run_id)
 
 
 def record_heartbeat(beat: Heartbeat) -> bool:
@@ -109,26 +122,65 @@ def queue_sizes(queues: Iterable[str]) -> dict[str, int | None]:
     return sizes
 
 
+def broker_identity() -> str | None:
+    """Which broker process answers (Redis's run_id, new at every start); None when unknown."""
+    from farm.coordinator.app import get_app
+
+    app = get_app()
+    if not str(app.conf.broker_url or "").startswith("redis"):
+        return None
+    try:
+        with app.connection_for_read() as conn:
+            conn.ensure_connection(max_retries=1)
+            return str(conn.default_channel.client.info("server").get("run_id")) or None
+    except Exception as exc:  # noqa: BLE001 - unknown this time
+        log.debug("reconciler: broker identity unknown: %s", exc)
+        return None
+
+
 _EMPTY_SINCE: dict[str, float] = {}  # platform queue -> since when (monotonic) it was seen empty
+_BROKER: dict[str, str] = {}  # "id": the broker's identity at the last pass
+
+
+def _restarted(identity: str | None, seen: dict[str, str]) -> bool:
+    if identity is None:
+        return False
+    before = seen.get("id")
+    seen["id"] = identity
+    return before is not None and before != identity
 
 
 def reconcile_once(settings: Settings, *, sizes: Sizes = queue_sizes,
-                   empty_since: dict[str, float] | None = None) -> Pass:
-    """One pass: send again what the broker lost, or what a lost worker held."""
+                   empty_since: dict[str, float] | None = None,
+                   identity: Callable[[], str | None] = broker_identity,
+                   broker_seen: dict[str, str] | None = None) -> Pass:
+    """One pass: finish publishes that failed, send again what the broker lost, or what a lost worker held.
+
+    After a broker restart (its identity changed) the queued jobs are judged at once: a queue that is
+    empty then has lost its messages (a broker without persistence), and they are sent again in this
+    pass instead of after `lost_after` and a quiet period."""
     empty_since = _EMPTY_SINCE if empty_since is None else empty_since
+    restarted = _restarted(identity(), _BROKER if broker_seen is None else broker_seen)
+    published = _finish_publishes(settings)
     quiet = 2 * settings.heartbeat_interval + settings.reconcile_interval
-    cutoff = utcnow() - dt.timedelta(seconds=settings.lost_after)
-    stale_queued = (Job.state == JobState.QUEUED, Job.cached_from_id.is_(None), Job.updated_at < cutoff,
-                    or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff))
+    now_ts = utcnow()
+    cutoff = now_ts - dt.timedelta(seconds=settings.lost_after)
+    # Queued since before the restart, and no heartbeat lately (a worker retrying it in place beats).
+    queued_cutoff = now_ts if restarted else cutoff
+    beat_cutoff = now_ts - dt.timedelta(seconds=2 * settings.heartbeat_interval) if restarted else cutoff
+    stale_queued = (Job.state == JobState.QUEUED, Job.cached_from_id.is_(None), Job.updated_at < queued_cutoff,
+                    or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < beat_cutoff))
     with session_scope() as session:
         platforms = set(session.scalars(select(Job.platform).where(*stale_queued).distinct()))
     waiting = sizes([COORDINATOR_QUEUE, *sorted(platforms)])
     backlog = waiting.get(COORDINATOR_QUEUE)
     if backlog is None:
-        return Pass(skipped="the broker cannot be asked")
+        if restarted:
+            _BROKER.clear()  # judge the restart again at the next pass that reaches the broker
+        return Pass(published=published, skipped="the broker cannot be asked")
     if backlog > BACKLOG_LIMIT:
-        return Pass(skipped=f"{backlog} messages wait for the coordinator; liveness is not judged")
-    result = Pass()
+        return Pass(published=published, skipped=f"{backlog} messages wait for the coordinator; liveness is not judged")
+    result = Pass(published=published, broker_restarted=restarted)
     stops: list[tuple[int, int]] = []
     with session_scope() as session:
         after_commit(session, lambda: _stop_older(stops))  # before the new attempts' messages go out
@@ -138,7 +190,7 @@ def reconcile_once(settings: Settings, *, sizes: Sizes = queue_sizes,
         now = time.monotonic()
         for platform in platforms:
             if waiting.get(platform) == 0:
-                empty_since.setdefault(platform, now)
+                empty_since.setdefault(platform, now - quiet if restarted else now)
             else:
                 empty_since.pop(platform, None)
         drained = [p for p in platforms if p in empty_since and now - empty_since[p] >= quiet]
@@ -147,6 +199,25 @@ def reconcile_once(settings: Settings, *, sizes: Sizes = queue_sizes,
         for job, kind in [*((j, "worker") for j in lost), *((j, "message") for j in unconsumed)]:
             _again(session, job, kind, result, stops, settings)
     return result
+
+
+def _finish_publishes(settings: Settings) -> list[int]:
+    """Try again the publishes an infrastructure fault stopped, or a coordinator that died left
+    (jobs in `publishing` for more than a pass; farm.coordinator.events.finish_publish)."""
+    from farm.coordinator.events import finish_publish
+
+    since = utcnow() - dt.timedelta(seconds=max(2 * settings.reconcile_interval, 2.0))
+    with session_scope() as session:
+        ids = list(session.scalars(select(Job.id).where(Job.state == JobState.PUBLISHING, Job.updated_at < since)
+                                   .order_by(Job.id).limit(BATCH)))
+    done = []
+    for job_id in ids:
+        try:
+            if finish_publish(job_id, settings):
+                done.append(job_id)
+        except Exception:
+            log.exception("reconciler: publishing job %s failed", job_id)
+    return done
 
 
 def _stop_older(stops: list[tuple[int, int]]) -> None:
@@ -189,22 +260,54 @@ class Reconciler(threading.Thread):
         self._stop = threading.Event()
 
     def run(self) -> None:
+        self.doctor()  # on start: what a crash left in the index
+        last_doctor = time.monotonic()
+        _restarted(broker_identity(), _BROKER)  # the broker as the coordinator found it
         if self._stop.wait(self.first_after):
             return
         while True:
             started = time.monotonic()
             try:
                 done = reconcile_once(self.settings)
-                if done.requeued or done.resent or done.failed:
-                    log.warning("reconciler: sent again %s (worker lost), %s (message lost); failed %s",
-                                done.requeued, done.resent, done.failed)
+                if done.requeued or done.resent or done.failed or done.published:
+                    log.warning("reconciler: sent again %s (worker lost), %s (message lost); failed %s; "
+                                "published %s", done.requeued, done.resent, done.failed, done.published)
                 elif done.skipped:
                     log.info("reconciler: %s", done.skipped)
                 self.passes = [*self.passes[-99:], done]
             except Exception:
                 log.exception("reconciler pass failed")
+            if started - last_doctor >= doctor_interval(self.settings):
+                self.doctor()
+                last_doctor = started
             if self._stop.wait(max(0.0, self.settings.reconcile_interval - (time.monotonic() - started))):
                 return
 
     def stop(self) -> None:
         self._stop.set()
+
+    def doctor(self) -> list[Any]:
+        """Compare the index with the database and repair it (farm.index.doctor), logging what was fixed."""
+        from farm.index import doctor
+
+        try:
+            with session_scope() as session:
+                found = doctor.examine(session, self.settings, fix=True, grace=doctor_grace(self.settings))
+        except Exception:
+            log.exception("index doctor failed")
+            return []
+        for finding in found:
+            log.warning("index doctor: %s", finding)
+        return found
+
+
+def doctor_interval(settings: Settings) -> float:
+    """Seconds between the reconciler's index checks: ten passes."""
+    return 10 * settings.reconcile_interval
+
+
+def doctor_grace(settings: Settings) -> float:
+    """How old an unlisted file or a listing without a row must be before the reconciler's doctor
+    removes it: a publish writes its files before its transaction commits, which takes far less than
+    `lost_after`."""
+    return 2 * settings.lost_after

@@ -167,8 +167,10 @@ def ensure_trees(settings: Settings) -> Layout:
 
 
 def on_publish(session: Session, settings: Settings, art: Artifact, wheel: Path, *, sha256: str | None = None) -> None:
-    """`art` was just added to the top-level tree: record it in the first channel, add it to the
-    virtual indexes that list that channel (unless an earlier channel of one shadows its name)."""
+    """`art`'s files were just placed in the top-level tree: record it in the first channel, and place
+    its files in the virtual indexes that list that channel (unless an earlier channel of one shadows
+    its name). No page is written here: the publisher lists it from the rows once they are committed
+    (`regenerate`, farm/coordinator/publish.py)."""
     lay = ensure_trees(settings)
     # No other live artifact holds this file name (farm/coordinator/publish.py, the unique filename_key).
     session.add(ChannelEntry(artifact=art, channel=lay.first, added_by="publish"))
@@ -181,8 +183,8 @@ def on_publish(session: Session, settings: Settings, art: Artifact, wheel: Path,
             continue
         tree = lay.tree(v)
         _link_sidecars(src, tree / "files" / art.name, art.filename)
-        simple.publish(tree, art.name, wheel, provenance_url=lay.provenance_url(v, art.name, art.filename),
-                       sha256=sha256)
+        simple.add_file(tree, art.name, wheel, provenance_url=lay.provenance_url(v, art.name, art.filename),
+                        sha256=sha256)
 
 
 # Regeneration from the database --------------------------------------------------------------------
@@ -246,6 +248,28 @@ def regenerate(session: Session, settings: Settings, project: str, trees: Iterab
             elif listed:
                 shutil.rmtree(tree / "simple" / name, ignore_errors=True)
                 simple.write_root(tree, simple.list_projects(tree))
+
+
+def drop_unlisted(settings: Settings, project: str, filenames: Iterable[str]) -> list[Path]:
+    """Remove the files (with their sidecars) of `filenames` from every tree that does not list them:
+    a withdrawn artifact's files leave every folder, not only its pages. The paths removed."""
+    lay = layout(settings)
+    name = canonicalize_name(project)
+    removed: list[Path] = []
+    with simple._lock(lay.index):
+        for t in lay.trees():
+            tree = lay.tree(t)
+            listed = {f.filename for f in simple.read_project(tree, name)}
+            folder = tree / "files" / name
+            for filename in filenames:
+                if filename in listed:
+                    continue
+                for suffix in SIDECARS:
+                    path = folder / f"{filename}{suffix}"
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+                        removed.append(path)
+    return removed
 
 
 def _entry(session: Session, lay: Layout, tree: str, project: str, row: _Row) -> IndexFile:
