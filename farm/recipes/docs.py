@@ -294,7 +294,8 @@ A project without a recipe (or whose recipe does not cover the version) gets the
 every build the farm's workers can make, no system packages, the sdist's own build
 requirements, a repair of the wheel (auditwheel, delocate or delvewheel) that grafts every
 external library in, and as the test, an import of each of the wheel's top-level modules in a
-clean environment. Pure-Python projects and projects whose C code needs nothing from the
+clean environment (the packages, modules and extension modules its RECORD lists; inside a
+namespace package, what it holds; not tests, examples or private modules beside public ones). Pure-Python projects and projects whose C code needs nothing from the
 system get correct wheels this way.
 
 ## Top-level keys

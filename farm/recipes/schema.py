@@ -98,7 +98,8 @@ class Options(_Model):
     repair_exclude: list[str] = Field(default_factory=list, description="Libraries the repair tool must not graft (auditwheel/delocate/delvewheel --exclude)")
     test_requires: list[RequirementStr] = Field(default_factory=list, description="Requirements installed (from the farm's index) for the tests")
     test_command: str | None = Field(None, description="Shell command run in the clean environment; {python} is its interpreter, {project} the unpacked sdist")
-    test_imports: list[str] | None = Field(None, description="Modules to import as a test; default: the wheel's top-level modules")
+    test_imports: list[str] | None = Field(None, description="Modules to import as a test; default: the top-level packages and "
+                                                "modules the wheel's RECORD lists (not top_level.txt; no tests, no private ones beside public ones)")
     network: bool = Field(False, description="Give the build (recipe commands and the PEP 517 hooks) network access; "
                           "recorded in the provenance. Tests never have network")
     limits: Limits = Field(default_factory=Limits, description="Sandbox resource limits for this package's builds and tests")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import csv
 import zipfile
+from collections.abc import Collection
 from email.message import Message
 from email.parser import BytesParser
 from pathlib import Path, PurePosixPath
 
-_NOT_MODULES = {"test", "tests", "testing", "docs", "doc", "examples", "example", "benchmarks", "bench"}
+# never imported by default: tests, examples, docs, and scripts that act when imported (setup.py)
+_NOT_MODULES = {"test", "tests", "testing", "docs", "doc", "examples", "example", "benchmarks", "bench", "setup",
+                "conftest", "noxfile"}
 
 
 def _dist_info(names: list[str]) -> str:
@@ -30,27 +34,112 @@ def requires_dist(meta: Message) -> list[str]:
     return [str(r) for r in meta.get_all("Requires-Dist") or []]
 
 
+def _record_paths(zf: zipfile.ZipFile, info: str) -> list[str]:
+    """The installed files as the wheel's RECORD lists them (its zip listing if it has none)."""
+    names = zf.namelist()
+    if f"{info}/RECORD" not in names:
+        return names
+    text = zf.read(f"{info}/RECORD").decode("utf-8", errors="replace")
+    return [row[0] for row in csv.reader(text.splitlines()) if row and row[0]]
+
+
+def _site_path(path: str) -> PurePosixPath | None:
+    """Where a wheel's file lands relative to site-packages (PEP 427: `.data/purelib|platlib` too)."""
+    parts = PurePosixPath(path).parts
+    if not parts or ".." in parts:
+        return None
+    top = parts[0]
+    if top.endswith(".data"):
+        if len(parts) > 2 and parts[1] in ("purelib", "platlib"):
+            return PurePosixPath(*parts[2:])
+        return None
+    if top.endswith((".dist-info", ".libs")) or "__pycache__" in parts:
+        return None
+    return PurePosixPath(*parts)
+
+
+def _module_name(filename: str, *, top: bool) -> str | None:
+    """The module a file is: `x.py`; an extension module `x.<ABI tag>.so|.pyd` (and, at top level only,
+    a bare `x.so`, not a `lib*.so` library). None for anything else."""
+    if filename.endswith(".py"):
+        return filename[:-3]
+    if filename.endswith(".pyd"):
+        return filename.split(".", 1)[0]
+    if filename.endswith(".so"):
+        stem, _, rest = filename.partition(".")
+        if rest != "so":  # foo.cpython-312-x86_64-linux-gnu.so, foo.abi3.so, foo.pypy39-pp73-x86_64-linux-gnu.so
+            return stem if rest.split(".", 1)[0].startswith(_ABI_TAGS) else None
+        return stem if top and not stem.startswith("lib") else None
+    return None
+
+
+_ABI_TAGS = ("cpython-", "abi3", "pypy", "graalpy", "cp3")
+
+
+class _Tree:
+    """A folder of the installed wheel: its modules and sub-folders."""
+
+    def __init__(self) -> None:
+        self.modules: set[str] = set()
+        self.extensions: set[str] = set()  # the modules that are compiled
+        self.dirs: dict[str, _Tree] = {}
+
+    def add(self, path: PurePosixPath) -> None:
+        node = self
+        for part in path.parts[:-1]:
+            node = node.dirs.setdefault(part, _Tree())
+        if (name := _module_name(path.name, top=node is self)) is not None:
+            node.modules.add(name)
+            if not path.name.endswith(".py"):
+                node.extensions.add(name)
+
+    @property
+    def has_code(self) -> bool:
+        return bool(self.modules) or any(d.has_code for d in self.dirs.values())
+
+
+def _public(names: set[str], *, extensions: Collection[str] = ()) -> list[str]:
+    """Names worth importing: identifiers, no test/example/setup modules; `_private` ones only when there
+    is nothing public (an extension module is kept: loading compiled code is what verification is for)."""
+    names = {n for n in names if n.isidentifier() and n not in _NOT_MODULES and not n.startswith(("test_", "__"))
+             and not n.endswith(("_test", "_tests"))}
+    public = {n for n in names if not n.startswith("_")}
+    if not public:
+        return sorted(names)
+    return sorted(public) + sorted(n for n in names - public if n in extensions)
+
+
+def _importable(tree: _Tree, prefix: str, depth: int) -> list[str]:
+    """A folder's importable names: its modules, its packages (with `__init__`), and inside a namespace
+    package (PEP 420, no `__init__`) the packages and modules it holds (importing the bare namespace
+    proves nothing)."""
+    candidates = set(tree.modules) - {"__init__"}
+    namespaces = []
+    for name, sub in tree.dirs.items():
+        if "__init__" in sub.modules:
+            candidates.add(name)
+        elif sub.has_code and name.isidentifier():
+            candidates.add(name)
+            namespaces.append(name)
+    found: list[str] = []
+    for name in _public(candidates, extensions=tree.extensions):
+        if name in namespaces and depth < 4:
+            found += _importable(tree.dirs[name], f"{prefix}{name}.", depth + 1)
+        else:
+            found.append(prefix + name)
+    return found
+
+
 def top_level_modules(wheel: Path) -> list[str]:
-    """Importable top-level names: top_level.txt when the backend wrote one, else the file list."""
+    """What verification imports by default: the wheel's importable top-level packages and modules, from
+    the files its RECORD lists (packages with an `__init__`, `.py` modules, extension modules with their
+    ABI suffix stripped; inside namespace packages, what they hold). `top_level.txt` is not read: it
+    can be stale (a wheel whose extension module moved into its package still lists it)."""
     with zipfile.ZipFile(wheel) as zf:
-        names = zf.namelist()
-        info = _dist_info(names)
-        if f"{info}/top_level.txt" in names:
-            listed = zf.read(f"{info}/top_level.txt").decode().split()
-            found = [m for m in listed if "/" not in m and m.isidentifier()]
-            if found:
-                return sorted(set(found) - _NOT_MODULES)
-    found: set[str] = set()
-    for name in names:
-        parts = PurePosixPath(name).parts
-        top = parts[0]
-        if top.endswith((".dist-info", ".data")) or top.endswith(".libs"):
-            continue
-        if len(parts) > 1:
-            if parts[1] == "__init__.py" or any(n.startswith(f"{top}/") and n.endswith(".py") for n in names):
-                found.add(top)
-        elif top.endswith(".py"):
-            found.add(top[:-3])
-        elif ".cpython-" in top or top.endswith((".so", ".pyd", ".abi3.so")):
-            found.add(top.split(".", 1)[0])
-    return sorted(m for m in found if m.isidentifier() and m not in _NOT_MODULES)
+        info = _dist_info(zf.namelist())
+        paths = _record_paths(zf, info)
+    tree = _Tree()
+    for path in paths:
+        if (site := _site_path(path)) is not None:
+            tree.add(site)
+    return _importable(tree, "", 0)
