@@ -39,6 +39,11 @@ def statement(*, spec: JobSpec, wheel: Path, wheel_sha256: str | None = None, to
          "digest": {"sha256": spec.sdist.sha256}},
         {"name": f"recipe:{spec.recipe_name or '(defaults)'}", "digest": {"sha256": spec.recipe_digest}},
     ]
+    if (override := spec.options.get("source")) is not None:  # a recipe's sdist, built instead of the submitted one
+        dependencies.append({"name": "recipe-source", "uri": override.get("url") or f"file:{override.get('path')}",
+                             "digest": {"sha256": override["sha256"]}})
+    for i, patch in enumerate(spec.options.get("patches") or []):
+        dependencies.append({"name": f"patch:{patch.get('path') or f'patches[{i}]'}", "digest": {"sha256": patch["sha256"]}})
     if image_digest:
         dependencies.append({"name": "build-image", "digest": _digest(image_digest)})
     return {

@@ -21,7 +21,7 @@ from pydantic.fields import FieldInfo
 
 from farm.errors import RecipeError
 from farm.recipes.load import LoadedRecipe, parse_recipe_text
-from farm.recipes.schema import BuildRequires, Options, Override, Recipe, SystemPackages
+from farm.recipes.schema import BuildRequires, Options, Override, Patch, Recipe, Source, SystemPackages
 
 SCHEMA_ID = "urn:wheel-farm:recipe"
 SCHEMA_TITLE = "Wheel Farm recipe"
@@ -345,6 +345,28 @@ without repacking the sdist.
 Keys of `override` are project names, compared normalized. An override for a requirement the
 sdist does not declare adds it. An sdist without `pyproject.toml` is treated as declaring
 the legacy setuptools backend's requirements.
+
+### `[source]` and `patches`
+
+`source` builds another sdist of the same project and version instead of the submitted one (a
+fixed re-release, a fork's sdist): a table with `url` (https:// or file://) or `path` (relative
+to the recipe's folder) and the file's `sha256`. The worker downloads it, checks the digest and
+that it is an sdist of the job's project and version; a mismatch fails the build.
+
+{_table(Source, list(Source.model_fields), "source.")}
+
+`patches` are unified diffs with `-p1` paths (`a/setup.py`, as `git diff` writes them), applied
+in order to the unpacked sdist before anything else runs; both engines build the patched
+tree. An entry is the path of a patch file relative to the recipe's folder, or a table:
+
+{_table(Patch, list(Patch.model_fields), "patches[].")}
+
+Patch files are read when the recipe is loaded and travel with the job, so remote workers
+need no access to the recipe's folder. Each patch's SHA-256 is part of the recipe's digest and
+the build's cache key, so changing a patch file builds again, and the provenance lists each
+patch (`patch:NAME`) and the `source` (`recipe-source`) among the build's resolved
+dependencies. A hunk applies only where its context matches exactly (at its line or shifted);
+a patch that does not apply fails the build and names the file and hunk.
 
 ## Overrides
 

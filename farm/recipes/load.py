@@ -36,6 +36,7 @@ from pydantic import BaseModel, ValidationError
 
 from farm.config import get_settings
 from farm.errors import RecipeError
+from farm.recipes.files import resolve_files
 from farm.recipes.schema import OPTION_FIELDS, Options, Override, Recipe, merge_options
 from farm.util.hashing import digest_json
 
@@ -107,7 +108,8 @@ class LoadedRecipe:
     name: str
     path: Path
     recipe: Recipe
-    digest: str
+    digest: str  # of the content, with the patch files it names (farm.recipes.files)
+    files: tuple[Path, ...] = ()  # the patch files read with it
 
     @functools.cached_property
     def base_options(self) -> Options:
@@ -358,6 +360,10 @@ def parse_recipe_text(text: str, path: Path) -> LoadedRecipe:
         problems += validation_problems(file, exc)
         recipe = None
     problems += _placeholder_problems(file, data)
+    files: tuple[Path, ...] = ()
+    if recipe is not None:
+        recipe, file_problems, files = resolve_files(recipe, path)
+        problems += file_problems
     if problems or recipe is None:
         raise RecipeError(problems)
     return LoadedRecipe(
@@ -365,6 +371,7 @@ def parse_recipe_text(text: str, path: Path) -> LoadedRecipe:
         path=path,
         recipe=recipe,
         digest=digest_json(recipe.model_dump(mode="json")),
+        files=files,
     )
 
 
@@ -382,7 +389,7 @@ def parse_recipe_file(path: Path) -> LoadedRecipe:
 
 # Finding and caching -------------------------------------------------------------------------
 
-_cache: dict[Path, tuple[tuple[int, int], LoadedRecipe | RecipeError]] = {}
+_cache: dict[Path, tuple[tuple[Any, ...], LoadedRecipe | RecipeError]] = {}
 
 
 def clear_cache() -> None:
@@ -391,17 +398,28 @@ def clear_cache() -> None:
     _misnamed_cache.clear()
 
 
+def _stamp(st: os.stat_result, files: Iterable[Path]) -> tuple[Any, ...]:
+    """What tells a changed recipe: its (mtime, size), and those of the patch files it read."""
+    stamps: list[Any] = [st.st_mtime_ns, st.st_size]
+    for f in files:
+        try:
+            fst = os.stat(f)
+            stamps.append((fst.st_mtime_ns, fst.st_size))
+        except OSError:
+            stamps.append(None)
+    return tuple(stamps)
+
+
 def _load_stat(path: Path, st: os.stat_result) -> LoadedRecipe:
-    stamp = (st.st_mtime_ns, st.st_size)
     hit = _cache.get(path)
-    if hit is not None and hit[0] == stamp:
+    if hit is not None and hit[0] == _stamp(st, hit[1].files if isinstance(hit[1], LoadedRecipe) else ()):
         result = hit[1]
     else:
         try:
             result = parse_recipe_file(path)
         except RecipeError as exc:
             result = exc
-        _cache[path] = (stamp, result)
+        _cache[path] = (_stamp(st, result.files if isinstance(result, LoadedRecipe) else ()), result)
     if isinstance(result, RecipeError):
         raise RecipeError(list(result.problems))
     return result

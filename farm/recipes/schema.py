@@ -7,11 +7,12 @@ Option names follow cibuildwheel's where the concept is the same (`environment`,
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 
 def _kebab(name: str) -> str:
@@ -39,7 +40,14 @@ def _override_requirement(value: str) -> str:
     return value if value == "" else _requirement(value)
 
 
+def _sha256(value: str) -> str:
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise ValueError(f"not a SHA-256 digest (64 lower-case hex digits): {value!r}")
+    return value
+
+
 Specifier = Annotated[str, AfterValidator(_specifier)]
+Sha256 = Annotated[str, AfterValidator(_sha256)]
 RequirementStr = Annotated[str, AfterValidator(_requirement)]
 ShellCommand = Annotated[str, Field(min_length=1)]
 
@@ -67,6 +75,52 @@ class BuildRequires(_Model):
     add: list[RequirementStr] = Field(default_factory=list, description="Requirements added to the build environment")
 
 
+class Source(_Model):
+    """The sdist to build instead of the one submitted or found upstream (a fixed re-release, a fork's
+    sdist). It must be an sdist of the same project and version; it is checked against `sha256`."""
+
+    url: str | None = Field(None, description="Where to download it (https:// or file://)")
+    path: str | None = Field(None, description="A file, relative to the recipe's folder (made absolute when the recipe "
+                             "is loaded; a worker must be able to read it)")
+    sha256: Sha256 = Field(description="Its SHA-256; a download with another digest fails the build")
+
+    @model_validator(mode="after")
+    def _one_place(self) -> Source:
+        if (self.url is None) == (self.path is None):
+            raise ValueError("give exactly one of `url` and `path`")
+        return self
+
+
+class Patch(_Model):
+    """A unified diff applied to the unpacked sdist (as `patch -p1` would) before anything else runs.
+    In a recipe, a string is the path of a patch file relative to the recipe's folder; the farm reads
+    it when the recipe is loaded, so a patch travels with the job (to remote workers too)."""
+
+    path: str | None = Field(None, description="The patch file, relative to the recipe's folder")
+    diff: str | None = Field(None, description="The diff itself (inline, or read from `path` when the recipe is loaded)")
+    sha256: Sha256 | None = Field(None, description="The diff's SHA-256: checked if given, else computed on load")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _digest(cls, data: Any) -> Any:
+        """A diff's sha256 is computed (and a given one checked) wherever a Patch is made."""
+        if isinstance(data, dict) and isinstance(data.get("diff"), str):
+            digest = hashlib.sha256(data["diff"].encode()).hexdigest()
+            if data.get("sha256") not in (None, digest):
+                raise ValueError(f"the patch's SHA-256 is {digest}, not {data['sha256']}")
+            data = {**data, "sha256": digest}
+        elif isinstance(data, dict) and data.get("path") is None:
+            raise ValueError("a patch needs `path` or `diff`")
+        return data
+
+
+def _patch_entry(value: Any) -> Any:
+    return {"path": value} if isinstance(value, str) else value
+
+
+PatchEntry = Annotated[Patch, BeforeValidator(_patch_entry, json_schema_input_type=str | Patch)]
+
+
 def _size(value: str) -> str:
     from farm.worker.sandbox import parse_size
 
@@ -89,6 +143,11 @@ class Limits(_Model):
 class Options(_Model):
     """Build and test options: the part of a recipe that an override may change."""
 
+    source: Source | None = Field(None, description="Build this sdist instead of the submitted one: a table with `url` "
+                                  "or `path`, and `sha256`")
+    patches: list[PatchEntry] = Field(default_factory=list, description="Unified diffs applied in order to the unpacked "
+                                      "sdist before the build (`-p1` paths: `a/setup.py`); patch files relative to the "
+                                      "recipe's folder. Their digests are part of the cache key and the provenance")
     environment: dict[str, str] = Field(default_factory=dict, description="Environment variables for the build")
     before_all: list[ShellCommand] = Field(default_factory=list, description="Commands run once per build host/container before any build")
     before_build: list[ShellCommand] = Field(default_factory=list, description="Commands run in the source tree before each build")

@@ -211,7 +211,7 @@ def _steps(spec: JobSpec, *, settings: Settings, storage: Storage, steps: Steps,
     build = spec.build or BuildRecord()
 
     with steps.step(JobState.FETCHING):
-        source = fetch(spec, work=work, storage=storage, settings=settings)
+        source = fetch(spec, work=work, storage=storage, settings=settings, log=log)
 
     if spec.resume == "build":
         ctx = BuildContext(spec=spec, options=options, platform=platform, settings=settings, src=source, work=work,

@@ -9,17 +9,26 @@ overrides, test commands using `{project}`) asks for `path` and gets the tree, u
 
 from __future__ import annotations
 
+import gzip
+import io
+import tarfile
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
+from typing import TextIO
 
+from farm.recipes.schema import Patch
 from farm.util.archive import Limits, extract_sdist, read_top_level
+from farm.worker import patches as patching
 
 TOP_LEVEL = ("PKG-INFO", "pyproject.toml")  # the files read from the archive (one pass for both)
 
 
 class SdistSource:
-    def __init__(self, sdist: Path, dest: Path, limits: Limits) -> None:
-        self.sdist, self._dest, self._limits = Path(sdist), Path(dest), limits
+    def __init__(self, sdist: Path, dest: Path, limits: Limits, *, expect: tuple[str, str] | None = None) -> None:
+        """`expect`: the (name, version) the sdist must be (a recipe's `source` is checked against the job's)."""
+        self.sdist, self._dest, self._limits, self._expect = Path(sdist), Path(dest), limits, expect
+        self.patched: list[dict[str, object]] = []  # the patches applied: name, sha256, files changed
 
     @classmethod
     def unpacked(cls, sdist: Path, tree: Path) -> SdistSource:
@@ -31,7 +40,44 @@ class SdistSource:
     @cached_property
     def path(self) -> Path:
         """The unpacked tree (unpacked on first use, with the archive checks of `extract_sdist`)."""
-        return extract_sdist(self.sdist, self._dest, self._limits)
+        name, version = self._expect or (None, None)
+        return extract_sdist(self.sdist, self._dest, self._limits, expect_name=name, expect_version=version)
+
+    def apply_patches(self, patches: Sequence[Patch], log: TextIO) -> None:
+        """Apply a recipe's patches to the tree, then pack the patched tree as the sdist that engines
+        building from the archive (cibuildwheel) get: both see the same patched source."""
+        if not patches:
+            return
+        tree = self.path
+        for i, patch in enumerate(patches):
+            assert patch.diff is not None, "the recipe loader reads each patch file into `diff`"
+            label = patch.path or f"patches[{i}]"
+            changed = patching.apply(patch.diff, tree)
+            log.write(f"patch {label} (sha256 {patch.sha256}): {', '.join(changed)}\n")
+            self.patched.append({"name": label, "sha256": patch.sha256, "files": changed})
+        self.sdist = self._repack(tree)
+        self.__dict__.pop("_archived", None)
+
+    def _repack(self, tree: Path) -> Path:
+        """The tree as a .tar.gz of the sdist's own name (members sorted, owners and times fixed)."""
+        out = self._dest.parent / "patched" / (self.sdist.name if self.sdist.name.endswith(".tar.gz")
+                                               else self.sdist.name[: -len(".zip")] + ".tar.gz")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        mtime = self.timestamp
+
+        def normal(info: tarfile.TarInfo) -> tarfile.TarInfo:
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.mtime = mtime
+            return info
+
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+            for path in [tree, *sorted(tree.rglob("*"))]:
+                tf.add(path, arcname=str(Path(tree.name) / path.relative_to(tree)), recursive=False, filter=normal)
+        with open(out, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", mtime=mtime) as gz:
+            gz.write(buf.getvalue())
+        return out
 
     @property
     def is_unpacked(self) -> bool:
