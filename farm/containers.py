@@ -79,6 +79,7 @@ class Limits:
     pids: int = 1024
     cpus: float | None = None  # None: no CPU quota
     drop_capabilities: bool = False  # drop every capability (verification runs need none)
+    capabilities: tuple[str, ...] = ()  # with drop_capabilities: the ones added back (a root phase's)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -153,6 +154,8 @@ class Container:
             kwargs["nano_cpus"] = int(self.limits.cpus * 1e9)
         if self.limits.drop_capabilities:
             kwargs["cap_drop"] = ["ALL"]
+            if self.limits.capabilities:
+                kwargs["cap_add"] = list(self.limits.capabilities)
         try:
             self._container = self.client.containers.run(self.image, **kwargs)  # type: ignore[attr-defined]
         except ImageNotFound as exc:
@@ -219,6 +222,11 @@ class Container:
         if timed_out or (check and result.exit_code != 0):
             raise ContainerCommandFailed(result, timed_out=timed_out)
         return result
+
+    def commit(self, repository: str, tag: str, *, changes: Sequence[str] = ()) -> str:
+        """The container's file system as an image `repository:tag` (Dockerfile `changes` applied); its id."""
+        image = self._container.commit(repository=repository, tag=tag, changes=list(changes))  # type: ignore[union-attr]
+        return str(image.id)
 
     # Files ---------------------------------------------------------------------------------------
     def copy_into(self, src: Path, dest_dir: str | PurePosixPath, *, owner: int = 0,

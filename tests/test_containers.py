@@ -11,11 +11,13 @@ wheel fails with that reason, and that one asked for only inside the build canno
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 import sys
 import tarfile
 import time
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -56,7 +58,7 @@ def make_ctx(tmp: Path, *, sdist: Path, options: Options | None = None, images: 
         tar.extractall(source_root, filter="data")
     source = next(p for p in source_root.iterdir() if p.is_dir())
     spec = JobSpec(job_id=7, attempt=1, name="pyyaml", version="6.0.2",
-                   sdist=SdistRef(filename=sdist.name, sha256="0" * 64, size=sdist.stat().st_size, storage_key="s"),
+                   sdist=SdistRef(filename=sdist.name, sha256=hashlib.sha256(sdist.read_bytes()).hexdigest(), size=sdist.stat().st_size, storage_key="s"),
                    platform=plat.name, python=python, build_id=plat.build_identifier(python), engine="cibuildwheel",
                    recipe_name="pyyaml", recipe_digest="d", options={}, upstream_index="https://pypi.org/simple/")
     settings = Settings(home=tmp / "home", docker_host=docker_host, build_memory="2g", build_pids=2048,
@@ -99,8 +101,11 @@ def test_options_become_cibuildwheel_variables(tmp_path: Path, pyyaml_sdist: Pat
     # Everything cibuildwheel writes on the host stays in the job's folder.
     for var in ("TMPDIR", "CIBW_CACHE_PATH", "DOCKER_CONFIG"):
         assert Path(env[var]).is_relative_to(ctx.work)
-    assert env["CIBW_BEFORE_ALL"] == ('set -e\nset -- /farm/system-packages/*.deb; if [ -e "$1" ]; then '
-                                      'apt-get install -y --no-install-recommends "$@"; fi\necho python {project}')
+    # System packages and before-all run as root in the root phase, not in cibuildwheel's container.
+    assert "CIBW_BEFORE_ALL" not in env
+    assert before_all_script(ctx, "apt") == ('set -e\nset -- /farm/system-packages/*.deb; if [ -e "$1" ]; then '
+                                             'apt-get install -y --no-install-recommends "$@"; fi\n'
+                                             'echo python /farm/project')
     assert env["CIBW_BEFORE_BUILD"] == "python -m pip --version"
     assert env["CIBW_REPAIR_WHEEL_COMMAND"] == "auditwheel repair --exclude libfoo.so.1 -w {dest_dir} {wheel}"
     assert env["CIBW_CONFIG_SETTINGS"] == "--build-option=--a '--build-option=--b c' setup-args=-Dx=1"
@@ -126,8 +131,12 @@ def test_container_engine_never_mounts_the_host(tmp_path: Path, pyyaml_sdist: Pa
     assert not any(a.startswith("--network=") and a != "--network=none" for a in args)
     assert f"--volume={tmp_path / 'ca.crt'}:/farm/ca-bundle.crt:ro" in args
     assert f"--volume={ctx.work / 'build-wheels'}:/farm/build-wheels:ro" in args
-    assert f"--volume={ctx.work / 'system-packages'}:/farm/system-packages:ro" in args
+    assert not any("system-packages" in a for a in args)  # installed in the root phase
     assert "--label=farm.cibuildwheel-job=j" in args
+    # Package code runs as the sandbox's unprivileged uid with no capability at all.
+    assert "--user=65534:65534" in args and "--cap-drop=ALL" in args
+    assert "--security-opt=no-new-privileges" in args
+    assert not any(a.startswith("--cap-add") or a.startswith("--privileged") for a in args)
     # A recipe that grants network gets the host's (recorded in the provenance), as with the native engine.
     granted = make_ctx(tmp_path / "granted", sdist=pyyaml_sdist, options=Options(network=True))
     args = OCIContainerEngineConfig.from_config_string(engine_config(granted, ca=tmp_path / "ca.crt", job_label="j")).create_args
@@ -226,7 +235,9 @@ def built(tmp_path_factory: pytest.TempPathFactory, pyyaml_sdist: Path, docker_h
 
     tmp = tmp_path_factory.mktemp("cibw")
     ctx = make_ctx(tmp, sdist=pyyaml_sdist, docker_host=docker_host, log=io.StringIO(),
-                   options=Options(system_packages={"apt": ["libyaml-dev"]}, test_imports=["yaml", "_yaml"]),
+                   # a variable of its own: the root phase runs here rather than reusing an earlier prepared image
+                   options=Options(system_packages={"apt": ["libyaml-dev"]}, test_imports=["yaml", "_yaml"],
+                                   environment={"FARMTEST_RUN": uuid.uuid4().hex}),
                    images={"linux-x86_64": [ImageConfig(image=build_image_result.tag, pythons=["cp39"])]})
     start = time.monotonic()
     output = CibuildwheelEngine().build(ctx)
@@ -275,7 +286,13 @@ def test_cibuildwheel_builds_a_repaired_manylinux_wheel(built) -> None:  # type:
     # The recorded command says what ran: the sdist file itself, in the configured image.
     (command,) = [c for c in ctx.commands if "-m cibuildwheel" in c]
     assert str(ctx.sdist) in command
-    assert "CIBW_MANYLINUX_X86_64_IMAGE=wheel-farm/debian-bullseye:latest" in command
+    # cibuildwheel starts from the image the root phase made of the configured one.
+    root = output.isolation["sandbox"]["rootPhase"]
+    assert root["reused"] is False and root["preparedImage"].startswith("sha256:")
+    assert f"CIBW_MANYLINUX_X86_64_IMAGE={root['preparedImage']}" in command
+    assert output.tools["image"] == "wheel-farm/debian-bullseye:latest"
+    assert output.isolation["sandbox"]["user"] == "65534:65534" and output.isolation["sandbox"]["capabilities"] == []
+    assert "--user=65534:65534" in command and "--cap-drop=ALL" in command and "--cap-add" not in command
     # Built without network: the build requirements came from the farm's wheelhouse, libyaml-dev from
     # package files downloaded beforehand and installed offline by before-all.
     assert output.isolation["network"] == "none" and "--network=none" in command
@@ -283,7 +300,8 @@ def test_cibuildwheel_builds_a_repaired_manylinux_wheel(built) -> None:  # type:
     assert any(w.startswith("setuptools-") for w in wheels) and any(w.lower().startswith("cython-") for w in wheels), wheels
     assert all("manylinux" in w or w.endswith("-none-any.whl") for w in wheels), wheels
     assert any(c.startswith("sh -c 'mkdir -p /tmp/farm/pkgs/partial && apt-get update") for c in ctx.commands)
-    assert "libyaml-dev_" in log and 'apt-get install -y --no-install-recommends "$@"' in command
+    (installed,) = [c for c in ctx.commands if 'apt-get install -y --no-install-recommends "$@"' in c]
+    assert "libyaml-dev_" in log and "CIBW_BEFORE_ALL" not in command and "-m cibuildwheel" not in installed
 
 
 @pytest.mark.docker
@@ -617,11 +635,10 @@ def test_dynamic_build_requirement_is_in_the_wheelhouse(tmp_path: Path, docker_h
     wheels = output.isolation["buildWheels"]
     assert any(w.startswith("setuptools-69.") for w in wheels) and any(w.startswith("wheel-") for w in wheels), wheels
     assert output.isolation["network"] == "none"
-    # The probe of the hook (the first run of setup.py) is package code: not root, no capabilities, no network.
+    # The probe of the hook and the build itself are package code: not root, no capabilities, no network.
     assert any("_in_process.py get_requires_for_build_wheel" in c for c in ctx.commands), ctx.commands
     seen = re.findall(r"farm-identity: (.*)", log)
-    assert seen[0] == "uid=65534 caps=0000000000000000 net=['lo']", seen
-    assert all(s.endswith("net=['lo']") for s in seen), seen  # the build container has no network either
+    assert len(seen) >= 2 and set(seen) == {"uid=65534 caps=0000000000000000 net=['lo']"}, seen
 
 
 BACKEND_ADDING = """from setuptools.build_meta import *  # noqa: F403
@@ -659,13 +676,13 @@ def test_build_requirement_without_a_wheel_fails_with_the_reason(tmp_path: Path,
     assert "-m cibuildwheel" not in log  # nothing was built
 
 
-BACKEND_ONLY_AS_ROOT = """import os
+BACKEND_ONLY_IN_THE_BUILD = """import os
 from setuptools.build_meta import *  # noqa: F403
 from setuptools import build_meta as _setuptools
 
 
 def get_requires_for_build_wheel(config_settings=None):
-    extra = ["wheel"] if os.getuid() == 0 else []  # root: the build container; the farm's probe is not root
+    extra = ["wheel"] if os.environ.get("CIBUILDWHEEL") else []  # cibuildwheel's container, not the farm's probe
     return [*_setuptools.get_requires_for_build_wheel(config_settings), *extra]
 """
 
@@ -680,9 +697,33 @@ def test_requirement_asked_only_in_the_build_fails_offline(tmp_path: Path, docke
     from farm.errors import PackageFailure
 
     sdist = make_sdist(tmp_path, "farmsly", requires=["setuptools>=70.1"], backend="farm_backend",
-                       backend_path=["_backend"], extra={"_backend/farm_backend.py": BACKEND_ONLY_AS_ROOT})
+                       backend_path=["_backend"], extra={"_backend/farm_backend.py": BACKEND_ONLY_IN_THE_BUILD})
     ctx = small_ctx(tmp_path, sdist, docker_host, build_image_result.tag)
     with pytest.raises(PackageFailure, match="not in the farm's wheelhouse") as failed:
         CibuildwheelEngine().build(ctx)
     assert "wheel was not found in the cache" in str(failed.value)
     assert "the build backend adds" not in ctx.log.getvalue()  # type: ignore[attr-defined]
+
+
+def test_prepared_image_key_follows_its_inputs(tmp_path: Path, pyyaml_sdist: Path) -> None:
+    """A prepared image (system packages and before-all, made as root) is reused only by a build with
+    the same inputs; the sdist itself counts only when before-all reads the project."""
+    from farm.worker.engines import prepared_image
+
+    ctx = make_ctx(tmp_path, sdist=pyyaml_sdist)
+    base: dict = {"digest": "sha256:a", "family": "apt", "packages": ["libyaml-dev", "b"], "script": "set -e\nx",
+                  "env_script": "A=1", "user": "65534:65534"}
+    key = prepared_image.key(ctx, **base)
+    assert key == prepared_image.key(ctx, **{**base, "packages": ["b", "libyaml-dev"]})
+    for change in ({"digest": "sha256:b"}, {"packages": ["other"]}, {"script": "y"}, {"script": None},
+                   {"env_script": "A=2"}, {"user": "1000:1000"}, {"family": "yum"}):
+        assert prepared_image.key(ctx, **{**base, **change}) != key, change
+    other = make_ctx(tmp_path / "other", sdist=pyyaml_sdist)
+    other.spec = other.spec.model_copy(update={"sdist": other.spec.sdist.model_copy(update={"sha256": "1" * 64})})
+    assert prepared_image.key(other, **base) == key
+    reads = {**base, "script": "set -e\nmake -C /farm/project/tools"}
+    assert prepared_image.key(other, **reads) != prepared_image.key(ctx, **reads)
+    # Without a root script the environment does not matter: one prepared image serves every such build.
+    assert prepared_image.key(ctx, **{**base, "script": None}) == prepared_image.key(ctx, **{**base, "script": None, "env_script": "B=2"})
+    assert prepared_image.root_script(ctx, install=None, before_all=[]) is None
+    assert prepared_image.root_script(ctx, install=None, before_all=["ls {project}"]) == "set -e\nls /farm/project"

@@ -65,15 +65,16 @@ def test_pyyaml_through_containers(container_farm: Farm, client, verify_image_re
 def test_hostile_package_cannot_touch_the_farm_through_containers(container_farm: Farm, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The hostile corpus on the container engine: the same attacks as tests/test_hostile.py (the
     key, the database, farm.toml, another project's wheel, the API, Redis, the upstream host, the
-    Docker socket, nsenter, the worker's variables, a daemon), from setup.py inside the cibuildwheel
-    build container and from the import inside the clean verification container."""
+    Docker socket, nsenter, the worker's variables, a daemon, root or capabilities), from setup.py
+    inside the cibuildwheel build container and from the import inside the clean verification
+    container. The build runs as an unprivileged uid with CapEff 0 (root only in the root phase)."""
     import hashlib
     import subprocess
     import uuid
     from pathlib import Path
 
     from tests.conftest import make_project, make_sdist
-    from tests.hostile import assert_blocked, hostile_project, sdist
+    from tests.hostile import assert_blocked, hostile_project, privileges, sdist
 
     victim_sdist = make_sdist(make_project(tmp_path, "farmtest-cvictim", c_extension=False), tmp_path / "vdist")
     res = container_farm.farm("submit", "--wait", "--timeout", "900", str(victim_sdist))
@@ -94,7 +95,12 @@ def test_hostile_package_cannot_touch_the_farm_through_containers(container_farm
     assert res.returncode == 0, res.stdout + res.stderr
     job = next(j for j in json.loads(container_farm.farm("status", "--json", "--limit", "50").stdout)
                if j["name"] == "farmtest-chostile")
-    assert_blocked(container_farm.farm("logs", str(job["id"])).stdout)
+    log = container_farm.farm("logs", str(job["id"])).stdout
+    assert_blocked(log)
+    # Package code in the build container (after the root phase) and in verification: never root, no capability.
+    seen = privileges(log)
+    assert {phase for phase, _, _ in seen} == {"build", "import"}, seen
+    assert all(uid != 0 and cap_eff == 0 for _, uid, cap_eff in seen), seen
     assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in before} == before
     assert container_farm.farm("verify", "farmtest-cvictim==0.1.0").returncode == 0
     assert not host_tmp.exists()

@@ -30,6 +30,17 @@ def evidence(log: str) -> dict[str, dict[str, str]]:
             for phase, payload in re.findall(r"^FARM-HOSTILE (\w+) (\{.*\})$", log, re.M)}
 
 
+def privileges(log: str) -> list[tuple[str, int, int]]:
+    """(phase, uid, CapEff) as each run of the `privileges` attack saw them (every line: the farm's
+    probe of the backend's hook runs setup.py too)."""
+    seen = []
+    for phase, payload in re.findall(r"^FARM-HOSTILE (\w+) (\{.*\})$", log, re.M):
+        m = re.search(r"\buid=(\d+) euid=(\d+) CapEff=([0-9a-f]+)", json.loads(payload)["privileges"])
+        assert m, payload
+        seen.append((phase, int(m.group(2)), int(m.group(3), 16)))
+    return seen
+
+
 def assert_blocked(log: str) -> None:
     """Both phases (build, import) ran every attack and none but the host-checked ones worked;
     FARM_HOME showed none of the farm's files."""

@@ -10,6 +10,7 @@ Standard library only; every attack catches its own errors.
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -81,6 +82,7 @@ def run(phase):
         "nsenter": _try(_nsenter),
         "host_tmp_marker": _try(lambda: _append(t["host_tmp_marker"], phase)),
         "environment": _try(_env_secret_check),
+        "privileges": _try(_privileges),
         "daemon": _try(lambda: _daemon(t["marker"])),
     }
     print(f"FARM-HOSTILE {phase} {json.dumps(results, sort_keys=True)}", flush=True)
@@ -99,3 +101,14 @@ def _env_secret_check():
     leaked = sorted(k for k in os.environ if k.startswith(("FARM_", "DOCKER_")) or "TOKEN" in k.upper())
     if not leaked:
         raise LookupError("no FARM_*, DOCKER_* or token variables")
+
+
+def _privileges():
+    # Root or any capability (effective or permitted) is what an escape through the kernel or the
+    # runtime would start from; the outcome names the uid and capabilities seen either way.
+    with open("/proc/self/status") as f:
+        caps = dict(re.findall(r"^(Cap(?:Eff|Prm)):\s*([0-9a-f]+)$", f.read(), re.M))
+    seen = f"uid={os.getuid()} euid={os.geteuid()} CapEff={caps['CapEff']} CapPrm={caps['CapPrm']}"
+    if os.geteuid() == 0 or int(caps["CapEff"], 16) or int(caps["CapPrm"], 16):
+        return seen
+    raise PermissionError(f"unprivileged: {seen}")

@@ -3,12 +3,14 @@
 The recipe's options become cibuildwheel's `CIBW_*` variables; the image comes from the
 worker's `images` setting for the job's platform and Python. The container has no network
 (`--network=none`; the host's only when a recipe grants `network`): before cibuildwheel starts,
-the farm downloads the build requirements as wheels (`farm/worker/wheelhouse.py`) and the recipe's
-system packages as package files (a container of the build image that runs only the package
-manager), and both folders are mounted read-only; the front end installs from the wheels only and
-`before-all` installs the package files. The container also gets the site's CA bundle, memory and
-process limits, and never the host's root file system (cibuildwheel's default `/:/host` mount is
-switched off). Tests are skipped here: the farm verifies separately.
+the farm downloads the build requirements as wheels (`farm/worker/wheelhouse.py`, mounted
+read-only; the front end installs from them only) and the recipe's system packages as package
+files (a container of the build image that runs only the package manager). Those are installed,
+with `before-all`, as root in a root phase whose container becomes the image cibuildwheel starts
+from (`prepared_image.py`); cibuildwheel's container then runs as an unprivileged uid with no
+capability. It also gets the site's CA bundle, memory and process limits, and never the host's
+root file system (cibuildwheel's default `/:/host` mount is switched off). Tests are skipped here:
+the farm verifies separately.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from farm.containers import (
 from farm.errors import CommandTimeout, ConfigError, FarmError, InfrastructureFault, PackageFailure
 from farm.util.cmd import CommandFailed, Result, clean_env, run
 from farm.worker import build_requires, wheelhouse
+from farm.worker.engines import prepared_image
 from farm.worker.engines.base import BuildContext, BuildOutput
 from farm.worker.hints import build_failure
 from farm.worker.platforms.base import PackageManager
@@ -46,9 +49,6 @@ CA_IN_CONTAINER = "/farm/ca-bundle.crt"
 PACKAGES_IN_CONTAINER = "/farm/system-packages"
 JOB_LABEL = "farm.cibuildwheel-job"
 PURE_WHEEL_REFUSED = "Build failed because a pure Python wheel was generated"
-# What apt/dnf/apk in before-all need (file ownership, dropping to their own users); none of
-# NET_RAW, SYS_CHROOT, MKNOD, KILL, AUDIT_WRITE, SETPCAP, SETFCAP, NET_BIND_SERVICE.
-BUILD_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "SETUID", "SETGID")
 
 
 class CibuildwheelEngine:
@@ -71,10 +71,11 @@ class CibuildwheelEngine:
             from_sdist = effective is None and ctx.sdist.name.endswith(".tar.gz")
             out = ctx.work / "wheelhouse"
             out.mkdir(parents=True, exist_ok=True)
-            env = cibw_environment(ctx, image=image.image, family=family, has_uv=has_uv, job_label=job_label,
+            frontend = "build[uv]" if has_uv else "pip"
+            house, prepared = prepare_offline(ctx, client, image=image.image, digest=digest, family=family,
+                                              docker_host=host, frontend=frontend, job_label=job_label)
+            env = cibw_environment(ctx, image=prepared.image, family=family, has_uv=has_uv, job_label=job_label,
                                    docker_host=host)
-            house = prepare_offline(ctx, client, image=image.image, digest=digest, family=family, docker_host=host,
-                                    frontend=env["CIBW_BUILD_FRONTEND"], job_label=job_label)
             if not shutil.which("docker", path=env["PATH"]):
                 raise InfrastructureFault("build", "the docker client is not on PATH (cibuildwheel runs it)")
             target, cwd = (ctx.sdist, ctx.work) if from_sdist else (Path("."), ctx.source)
@@ -82,7 +83,7 @@ class CibuildwheelEngine:
             # not read: the recipe alone decides, as with the native engine.
             config = ctx.work / "cibuildwheel.toml"
             config.write_text("# the farm's options come from CIBW_* variables; the project's table is ignored\n")
-            cibw_platform, _ = container_platform(ctx.platform).cibuildwheel_options(image.image)
+            cibw_platform, _ = container_platform(ctx.platform).cibuildwheel_options(prepared.image)
             argv = [sys.executable, "-m", "cibuildwheel", "--output-dir", out, "--platform", cibw_platform,
                     "--config-file", config, target]
             shown = {k: v for k, v in env.items() if k.startswith("CIBW_")}
@@ -99,8 +100,8 @@ class CibuildwheelEngine:
                 if PURE_WHEEL_REFUSED not in exc.result.output:
                     raise build_failure(offline_hint(exc.result.output) + str(exc), exc.result.output) from exc
                 pure = True
-                build_pure_wheel(ctx, client, image=image.image, env=env, src=ctx.sdist if from_sdist else ctx.source,
-                                 out=out, job_label=job_label)
+                build_pure_wheel(ctx, client, image=prepared.image, env=env,
+                                 src=ctx.sdist if from_sdist else ctx.source, out=out, job_label=job_label)
             else:
                 _record(ctx, result, shown)
             server = client.version().get("Version", "?")
@@ -117,8 +118,10 @@ class CibuildwheelEngine:
                    "build-frontend": "pip" if pure or not has_uv else "build[uv]"},
             image_digest=digest,
             effective_build_requires=[*house.declared, *house.dynamic],
-            isolation={"sandbox": {"kind": "container", "image": image.image, "user": "root",
-                                   "capabilities": list(BUILD_CAPABILITIES)},
+            isolation={"sandbox": {"kind": "container", "image": image.image, "user": build_user(ctx),
+                                   "capabilities": [],
+                                   "rootPhase": {"user": "root", "capabilities": list(prepared_image.ROOT_CAPABILITIES),
+                                                 "preparedImage": prepared.image, "reused": prepared.reused}},
                        "network": network(ctx), "limits": {"memory": ctx.settings.build_memory,
                                                            "processes": ctx.settings.build_pids},
                        "buildWheels": house.wheels},
@@ -130,26 +133,50 @@ def network(ctx: BuildContext) -> str:
     return "host" if ctx.options.network else "none"
 
 
+def build_user(ctx: BuildContext) -> str:
+    """The uid:gid package code runs as in the build container (the sandbox's unprivileged uid)."""
+    return f"{ctx.settings.sandbox_uid}:{ctx.settings.sandbox_uid}"
+
+
 def prepare_offline(ctx: BuildContext, client, *, image: str, digest: str, family: str, docker_host: str,  # type: ignore[no-untyped-def]
-                    frontend: str, job_label: str) -> wheelhouse.Wheelhouse:
-    """The build's inputs from the network, fetched before it starts: the wheelhouse, and meanwhile
-    (in a thread, its log appended afterwards) the recipe's system packages."""
+                    frontend: str, job_label: str) -> tuple[wheelhouse.Wheelhouse, prepared_image.Prepared]:
+    """The build's inputs, made before it starts: the wheelhouse, and meanwhile (in a thread, its log
+    appended afterwards) the prepared image: the recipe's system packages downloaded with the
+    network and installed with before-all in the root phase, or a prepared image reused."""
     packages = list(getattr(ctx.options.system_packages, family, [])) if family else []
+    env_script = container_environment(ctx)
+    script = before_all_script(ctx, family)
+    prepared_key = prepared_image.key(ctx, digest=digest, family=family, packages=packages, script=script,
+                                      env_script=env_script, user=build_user(ctx))
     log = io.StringIO()
+    labels = {JOB_LABEL: job_label}
+
+    def root_phase() -> prepared_image.Prepared:
+        if prepared_image.find(client, prepared_key) is None:
+            fetch_system_packages(ctx, docker_host=docker_host, image=image, family=family, packages=packages,
+                                  labels=labels, log=log)
+        sub = dataclasses.replace(ctx, log=log)
+        return prepared_image.prepare(
+            sub, client, image=image, prepared_key=prepared_key, script=script, env_script=env_script,
+            user=build_user(ctx), python=container_platform(ctx.platform).image_python(ctx.spec.python),
+            mounts={str(ctx.work / "system-packages"): PACKAGES_IN_CONTAINER,
+                    **({str(source): prepared_image.PROJECT_IN_ROOT_PHASE} if script else {})},
+            labels=labels)
+
+    source = ctx.source  # unpacked here, not in both threads
     with ThreadPoolExecutor(max_workers=1) as pool:
-        fetched = pool.submit(fetch_system_packages, ctx, docker_host=docker_host, image=image, family=family,
-                              packages=packages, labels={JOB_LABEL: job_label}, log=log)
+        fetched = pool.submit(root_phase)
         try:
             house = wheelhouse.prepare(ctx, client, image, digest=digest, frontend=frontend,
-                                       env_script=container_environment(ctx), labels={JOB_LABEL: job_label})
+                                       env_script=env_script, labels=labels)
         except BaseException:
             fetched.exception()  # waits for it: the wheelhouse's failure is the one reported
             raise
         finally:
             wait([fetched])
             ctx.log.write(log.getvalue())
-        fetched.result()
-    return house
+        prepared = fetched.result()
+    return house, prepared
 
 
 def fetch_system_packages(ctx: BuildContext, *, docker_host: str, image: str, family: str, packages: list[str],  # noqa: PLR0913
@@ -205,7 +232,7 @@ def cibw_environment(ctx: BuildContext, *, image: str, family: str, has_uv: bool
                      docker_host: str) -> dict[str, str]:
     """The host environment cibuildwheel runs with: clean of installer settings, private temp dirs."""
     _, selected = container_platform(ctx.platform).cibuildwheel_options(image)
-    for folder in ("tmp", "build-wheels", "system-packages"):  # the last two are mounted into the container
+    for folder in ("tmp", "build-wheels"):  # the last is mounted into the container
         (ctx.work / folder).mkdir(parents=True, exist_ok=True)
     tmp = ctx.work / "tmp"
     ca = ctx.work / "ca-bundle.crt"
@@ -226,9 +253,6 @@ def cibw_environment(ctx: BuildContext, *, image: str, family: str, has_uv: bool
         "DOCKER_CONFIG": str(ctx.work / "docker-config"),
         "TMPDIR": str(tmp),
     }, path_prepend=[Path(sys.executable).parent])
-    before_all = before_all_script(ctx, family)
-    if before_all:
-        env["CIBW_BEFORE_ALL"] = before_all
     before_build = [c.replace("{python}", "python") for c in ctx.options.before_build]
     if before_build:
         env["CIBW_BEFORE_BUILD"] = _script(before_build)
@@ -272,10 +296,9 @@ def engine_config(ctx: BuildContext, *, ca: Path, job_label: str) -> str:
             f"--memory-swap={ctx.settings.build_memory}", f"--pids-limit={ctx.settings.build_pids}",
             f"--volume={ca}:{CA_IN_CONTAINER}:ro",
             f"--volume={ctx.work / 'build-wheels'}:{WHEELS_IN_CONTAINER}:ro",
-            f"--volume={ctx.work / 'system-packages'}:{PACKAGES_IN_CONTAINER}:ro",
             f"--label={JOB_LABEL}={job_label}", "--security-opt=no-new-privileges",
-            # root in the container only as far as installing the recipe's system packages needs
-            "--cap-drop=ALL", *[f"--cap-add={cap}" for cap in BUILD_CAPABILITIES]]
+            # package code: an unprivileged user without any capability (root ran in the root phase)
+            f"--user={build_user(ctx)}", "--cap-drop=ALL"]
     return f"docker; create_args: {shlex.join(args)}; disable_host_mount: true"
 
 
@@ -293,13 +316,12 @@ def system_packages_command(manager: PackageManager, packages: list[str]) -> str
 
 
 def before_all_script(ctx: BuildContext, family: str) -> str | None:
-    commands = []
+    """The root phase's script (farm/worker/engines/prepared_image.py): the offline install of the
+    system packages, then the recipe's before-all."""
     packages = list(getattr(ctx.options.system_packages, family, [])) if family else []
     system = system_packages_command(ctx.platform.package_manager(family), packages) if packages else None
-    if system:
-        commands.append(system)
-    commands += [c.replace("{python}", "python") for c in ctx.options.before_all]
-    return _script(commands) if commands else None
+    return prepared_image.root_script(ctx, install=system,
+                                      before_all=[c.replace("{python}", "python") for c in ctx.options.before_all])
 
 
 def _script(commands: list[str]) -> str:
@@ -367,11 +389,13 @@ def build_pure_wheel(ctx: BuildContext, client, *, image: str, env: dict[str, st
         ctx.log.write("cibuildwheel refused a pure-Python wheel: building it with pip in the same image\n")
         script = (f"export {env['CIBW_ENVIRONMENT']}; "
                   f"exec {python} -m pip wheel --no-deps --wheel-dir /tmp/farm/out {target}")
-    limits = Limits(memory=ctx.settings.build_memory, pids=ctx.settings.build_pids)
+    limits = Limits(memory=ctx.settings.build_memory, pids=ctx.settings.build_pids, drop_capabilities=True)
+    uid = ctx.settings.sandbox_uid
     with Container(client, image, network=network(ctx), limits=limits, labels={JOB_LABEL: job_label},  # type: ignore[arg-type]
-                   read_only_files={str(ctx.work / "build-wheels"): WHEELS_IN_CONTAINER}) as box:
-        box.copy_into(ctx.work / "ca-bundle.crt", CA_IN_CONTAINER.rpartition("/")[0], name="ca-bundle.crt")
-        box.copy_into(src, "/tmp/farm")
+                   user=build_user(ctx), read_only_files={str(ctx.work / "build-wheels"): WHEELS_IN_CONTAINER,
+                                                          str(ctx.work / "ca-bundle.crt"): CA_IN_CONTAINER}) as box:
+        box.call(["mkdir", "-p", "/tmp/farm"])  # as the build user, who writes the tree and the wheel there
+        box.copy_into(src, "/tmp/farm", owner=uid)
         argv = ["sh", "-c", script]
         ctx.commands.append(shlex.join(argv))
         try:
