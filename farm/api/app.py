@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from farm import web
 from farm.api import routes_jobs, routes_releases, routes_workers
 from farm.config import Settings, get_settings
 from farm.errors import FarmError, NotFound, StateError, UpstreamError
@@ -28,7 +29,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from farm.index.channels import ensure_trees
 
     ensure_trees(settings)  # the channel and virtual-index trees exist, empty, before the first publish
-    app = FastAPI(title="Wheel Farm", version="0.1.0")
+    # No /docs or /redoc: their pages load Swagger UI and ReDoc from a CDN; /openapi.json stays.
+    app = FastAPI(title="Wheel Farm", version="0.1.0", docs_url=None, redoc_url=None)
     app.state.settings = settings
     own_storage()  # this process serves the storage; it never reaches it over HTTP itself
 
@@ -46,5 +48,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_jobs.router)
     app.include_router(routes_workers.router)
     app.include_router(routes_releases.router)
+    web.install(app)  # the dashboard at / and /ui/, and /metrics (farm/web)
     app.mount("/", index_app(settings.index))
     return app

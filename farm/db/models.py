@@ -61,7 +61,10 @@ class Job(Base):
     """One build target of one sdist: platform x Python, under one recipe and engine."""
 
     __tablename__ = "job"
-    __table_args__ = (Index("ix_job_state", "state"), Index("ix_job_cache_key", "cache_key"))
+    __table_args__ = (Index("ix_job_state", "state"), Index("ix_job_cache_key", "cache_key"),
+                      # the dashboard's seek-paged lists and /metrics (migration 0005)
+                      Index("ix_job_state_id", "state", "id"), Index("ix_job_platform_state_id", "platform", "state", "id"),
+                      Index("ix_job_source_id_id", "source_id", "id"))
     id: Mapped[int] = mapped_column(primary_key=True)
     submission_id: Mapped[int] = mapped_column(ForeignKey("submission.id"))
     source_id: Mapped[int] = mapped_column(ForeignKey("source.id"))

@@ -53,7 +53,7 @@ from farm.util.hashing import sha256_bytes, sha256_file
 TREES_JSON = "trees.json"
 SIDECARS = ("", ".metadata", ".provenance", ".provenance.json")
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
-_RESERVED = {"simple", "files", "keys", "api", "health", "docs", "openapi.json", "redoc"}
+_RESERVED = {"simple", "files", "keys", "api", "health", "docs", "openapi.json", "redoc", "ui", "metrics"}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,64 @@
+"""Sign-in for the dashboard: an API token (farm/tokens.py), kept in a cookie.
+
+The sign-in form posts the token; the dashboard checks it like the API does (`find_token` over the
+tokens the app accepts) and keeps it in an HttpOnly, SameSite=Strict cookie (Secure when the page
+came over HTTPS), so every page is checked against the tokens as they are now: a token removed from
+farm.toml signs its holder out. Reading needs the role `submit` (like `GET /api/jobs`), so a worker
+token does not sign in; `submit` and `admin` see the cancel and retry buttons.
+
+Every form that changes something carries a CSRF value derived from the token (an HMAC), checked
+on POST, besides the SameSite cookie.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from urllib.parse import quote
+
+from fastapi import HTTPException, Request
+
+from farm.api.auth import Principal, app_tokens
+from farm.tokens import find_token, role_allows
+
+COOKIE = "farm_token"
+READ_ROLE = "submit"
+
+
+def principal_for(request: Request, token: str | None) -> Principal | None:
+    if not token:
+        return None
+    found = find_token(token, app_tokens(request))
+    return Principal(found.name, found.role) if found is not None else None
+
+
+def viewer(request: Request) -> Principal | None:
+    """The signed-in principal allowed to read the dashboard, or None."""
+    who = principal_for(request, request.cookies.get(COOKIE))
+    return who if who is not None and role_allows(who.role, READ_ROLE) else None
+
+
+def can(who: Principal | None, role: str) -> bool:
+    return who is not None and role_allows(who.role, role)
+
+
+def csrf_value(request: Request) -> str:
+    token = request.cookies.get(COOKIE, "")
+    return hmac.new(hashlib.sha256(token.encode()).digest(), b"farm-dashboard-csrf", "sha256").hexdigest()
+
+
+def check_csrf(request: Request, value: str | None) -> None:
+    if not value or not hmac.compare_digest(value, csrf_value(request)):
+        raise HTTPException(403, "the form is stale or came from another site: reload the page and try again")
+
+
+def safe_next(target: str | None) -> str:
+    """A local path to go back to after sign-in (never another site)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+def signin_url(request: Request) -> str:
+    here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return f"/ui/signin?next={quote(here, safe='')}"
