@@ -17,6 +17,18 @@ if [ "$(uname -s)" = Linux ] && ! { command -v bwrap && command -v setpriv && co
 fi
 # nginx for the TLS reverse-proxy test (docs/nginx/farm.conf); never started as a service.
 bash scripts/install-nginx.sh
+# The dashboard's browser tests (tests/test_web.py) drive Debian's chromium with Playwright;
+# Playwright's own browser download is not used.
+if [ "$(uname -s)" = Linux ] && [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing chromium" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >&2
+        apt-get install -y -qq --no-install-recommends chromium >&2
+    else
+        echo "setup: /usr/bin/chromium is needed for the dashboard's browser tests: install chromium as root" >&2
+    fi
+fi
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
