@@ -31,7 +31,7 @@ from starlette.testclient import TestClient
 from farm.db.models import Job
 from farm.db.session import get_engine, session_scope
 from farm.storage import log_key
-from farm.tokens import create_token
+from farm.tokens import LOCAL_ADMIN_NAME, create_token
 from tests.test_metrics import add_job, pg_app
 
 CHROMIUM = "/usr/bin/chromium"
@@ -195,3 +195,175 @@ def test_log_stream_follows_the_file(signed_in: TestClient) -> None:
     with client.stream("GET", f"/ui/jobs/{job_id}/log/stream", headers={"Last-Event-ID": "1:18"}) as r:
         rest = [ln for ln in r.iter_lines() if ln.startswith("data:")]
     assert rest == ["data: line three", "data: failed"]
+
+
+# In headless Chromium, against a real farm ---------------------------------------------------------
+
+A11Y_CHECK = """() => {
+  const problems = [];
+  if (!document.title.trim()) problems.push('no title');
+  if (document.documentElement.lang !== 'en') problems.push('no lang');
+  if (document.querySelectorAll('h1').length !== 1) problems.push('h1 count ' + document.querySelectorAll('h1').length);
+  const levels = [...document.querySelectorAll('h1,h2,h3,h4')].map(h => +h.tagName[1]);
+  levels.forEach((l, i) => { if (i && l > levels[i - 1] + 1) problems.push('heading skips to h' + l); });
+  for (const el of document.querySelectorAll('input:not([type=hidden]), select, textarea')) {
+    const labelled = (el.id && document.querySelector('label[for="' + el.id + '"]')) || el.getAttribute('aria-label')
+      || el.closest('label');
+    if (!labelled) problems.push('unlabelled ' + el.outerHTML);
+  }
+  for (const b of document.querySelectorAll('button, a[href]')) {
+    if (!(b.textContent.trim() || b.getAttribute('aria-label'))) problems.push('unnamed ' + b.outerHTML);
+  }
+  for (const img of document.querySelectorAll('img')) if (!img.hasAttribute('alt')) problems.push('img without alt');
+  for (const el of document.querySelectorAll('[role=img]')) if (!el.getAttribute('aria-label')) problems.push('role=img without label');
+  for (const t of document.querySelectorAll('table')) {
+    if (!t.querySelector('caption')) problems.push('table without caption');
+    if (!t.querySelector('th')) problems.push('table without headers');
+  }
+  return problems;
+}"""
+
+
+@pytest.fixture(scope="module")
+def live_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator["Farm"]:
+    from tests.conftest import Farm, free_port
+
+    f = Farm(tmp_path_factory.mktemp("web-farm") / "home", free_port())
+    f.start()
+    yield f
+    f.stop()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = os.environ.get("FARM_TEST_ARTIFACTS")  # CI keeps this folder; else a temporary one
+    folder = Path(root) / "dashboard-screenshots" if root else tmp_path_factory.mktemp("dashboard-screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"\ndashboard screenshots: {folder}")
+    return folder
+
+
+def _status(farm: "Farm") -> dict[int, dict]:
+    out = farm.farm("status", "--json", "--limit", "50")
+    return {j["id"]: j for j in json.loads(out.stdout)}
+
+
+def _submit(farm: "Farm", sdist: Path) -> int:
+    before = set(_status(farm))
+    res = farm.farm("submit", str(sdist))
+    assert res.returncode == 0, res.stdout + res.stderr
+    new = sorted(set(_status(farm)) - before)
+    assert len(new) == 1, new
+    return new[0]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_dashboard_in_chromium_on_a_building_farm(live_farm: "Farm", shots: Path, tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.conftest import make_project, make_sdist
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: scripts/setup.sh installs Debian's chromium")
+    farm = live_farm
+    base = farm.url
+    httpx.get(base + "/metrics").raise_for_status()  # the first scrape: counting starts here
+    token = (farm.home / "admin.token").read_text().strip()
+    built = _submit(farm, make_sdist(make_project(tmp_path, "farmtest-web"), tmp_path / "dist-a"))
+    queued = _submit(farm, make_sdist(make_project(tmp_path, "farmtest-webtwo", c_extension=False), tmp_path / "dist-b"))
+
+    checked: list[str] = []
+
+    def check(page, name: str) -> None:  # type: ignore[no-untyped-def]
+        problems = page.evaluate(A11Y_CHECK)
+        assert problems == [], f"{name}: {problems}"
+        page.screenshot(path=str(shots / f"{len(checked):02d}-{name}.png"), full_page=True)
+        checked.append(name)
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        failed_requests: list[str] = []
+        page.on("requestfailed", lambda r: failed_requests.append(r.url))
+        page.on("request", lambda r: None if r.url.startswith((base, "data:")) else failed_requests.append(r.url))
+        try:
+            page.goto(base + "/")
+            assert page.url.startswith(base + "/ui/signin")
+            check(page, "signin")
+            page.get_by_label("API token").fill("farm_not-a-token")
+            page.get_by_role("button", name="Sign in").click()
+            expect(page.get_by_role("alert")).to_contain_text("not one this farm accepts")
+            page.get_by_label("API token").fill(token)
+            page.get_by_role("button", name="Sign in").click()
+            expect(page.get_by_role("heading", level=1)).to_have_text("Jobs")
+            expect(page.locator("form.signout")).to_contain_text(f"Signed in as {LOCAL_ADMIN_NAME} (admin)")
+            expect(page.locator(f'a[href="/ui/jobs/{built}"]')).to_be_visible()
+            check(page, "jobs")
+
+            # the job page while it builds: the log grows live over SSE
+            page.goto(f"{base}/ui/jobs/{built}")
+            log = page.locator("#log")
+            expect(log).to_contain_text(f"job {built} attempt 1", timeout=120_000)
+            first = len(log.inner_text())
+            expect(log).to_have_attribute("data-ended", "succeeded", timeout=1_200_000)
+            assert len(log.inner_text()) > first  # it grew while the page was open, never reloaded
+            assert "published" in log.inner_text() or "farmtest_web" in log.inner_text()
+            page.reload()
+            expect(page.locator(".headline .state")).to_have_text("succeeded")
+            expect(page.locator(".headline .test")).to_have_text("tests passed")
+            steps = page.locator("table.timeline tbody tr")
+            names = [steps.nth(i).locator("td").nth(1).inner_text() for i in range(steps.count())]
+            assert {"fetching", "building", "repairing", "verifying"} <= set(names), names
+            assert page.locator(".bar").first.evaluate("b => parseFloat(b.style.width)") > 0
+            wheel = page.locator("article.wheel a", has_text="wheel").first.get_attribute("href")
+            assert wheel and wheel.endswith(".whl")
+            assert httpx.get(base + wheel).status_code == 200
+            prov = httpx.get(base + wheel + ".provenance.json")
+            assert prov.status_code == 200 and prov.json()["subject"][0]["name"].endswith(".whl")
+            expect(page.get_by_role("button", name="Build again")).to_have_count(0)  # it succeeded
+            check(page, "job-succeeded")
+
+            # the project's matrix
+            page.goto(f"{base}/ui/projects/farmtest-web")
+            cell = page.locator("table.matrix td .cell").first
+            expect(cell.locator(".state")).to_have_text("succeeded")
+            expect(cell.locator(".test")).to_have_text("tests passed")
+            assert cell.get_by_role("link", name=re.compile("^log of")).get_attribute("href") == f"/ui/jobs/{built}/log"
+            check(page, "project")
+
+            # cancel the job queued behind it, then build it again
+            page.goto(f"{base}/ui/jobs/{queued}")
+            page.get_by_role("button", name=f"Cancel job {queued}").click()
+            expect(page.locator(".headline .state")).to_have_text("cancelled")
+            expect(page.locator("#log-status")).to_contain_text("ended", timeout=10_000)
+            check(page, "job-cancelled")
+            page.get_by_role("button", name="Build again").click()
+            expect(page.get_by_role("heading", level=1)).to_contain_text("farmtest-webtwo")
+            again = int(page.url.rsplit("/", 1)[1])
+            assert again > queued
+            expect(page.locator(".headline .state")).not_to_have_text("cancelled")
+
+            page.goto(f"{base}/ui/workers")
+            expect(page.locator("table.workers")).to_contain_text("cp311")
+            check(page, "workers")
+            page.goto(f"{base}/ui/channels")
+            expect(page.locator("table.entries")).to_contain_text("farmtest_web-0.1.0")
+            check(page, "channels")
+            page.goto(f"{base}/?state=cancelled")
+            expect(page.locator("table.jobs tbody tr")).to_have_count(1)
+            check(page, "jobs-cancelled")
+        finally:
+            page.screenshot(path=str(shots / "last.png"), full_page=True)
+            browser.close()
+    assert failed_requests == [], failed_requests  # nothing from another site, nothing broken
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(httpx.get(base + "/metrics").text) for s in f.samples}
+    steps_counted = {dict(k[1])["step"] for k, v in samples.items() if k[0] == "farm_step_duration_seconds_count"}
+    assert {"fetching", "building", "verifying"} <= steps_counted
+    assert sum(v for k, v in samples.items() if k[0] == "farm_publish_latency_seconds_count") >= 1
+    assert sum(v for k, v in samples.items() if k[0] == "farm_jobs_submitted_total") >= 3
+    assert any(k[0] == "farm_jobs" and dict(k[1])["state"] == "succeeded" for k in samples)

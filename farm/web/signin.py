@@ -2,8 +2,8 @@
 
 The sign-in form posts the token; the dashboard checks it like the API does (`find_token` over the
 tokens the app accepts) and keeps it in an HttpOnly, SameSite=Strict cookie (Secure when the page
-came over HTTPS), so every page is checked against the tokens as they are now: a token removed from
-farm.toml signs its holder out. Reading needs the role `submit` (like `GET /api/jobs`), so a worker
+came over HTTPS), and every request checks it against the tokens the API accepts, so a token removed
+from farm.toml signs its holder out once the API reads its tokens again (at its restart). Reading needs the role `submit` (like `GET /api/jobs`), so a worker
 token does not sign in; `submit` and `admin` see the cancel and retry buttons.
 
 Every form that changes something carries a CSRF value derived from the token (an HMAC), checked
