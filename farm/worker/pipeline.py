@@ -97,7 +97,7 @@ def run_job(spec: JobSpec, *, settings: Settings, storage: Storage, report: Repo
     log_path = storage.local_path(key) or settings.home / "logs" / f"job-{spec.job_id}-attempt-{spec.attempt}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    with open(log_path, "a", encoding="utf-8", errors="replace") as log:
+    with open(log_path, "a", encoding="utf-8", errors="replace", buffering=1) as log:  # line by line: followed live
         steps = Steps(spec, report, log, worker)
         log.write(f"job {spec.job_id} attempt {spec.attempt}: {spec.name} {spec.version} {spec.build_id} "
                   f"engine={spec.engine} recipe={spec.recipe_name or '(defaults)'} on {worker}\n")
