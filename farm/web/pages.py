@@ -3,7 +3,7 @@ matrix, workers and queues, channels and promotions; and sign-in.
 
 Server-rendered (Jinja2, autoescaped); the only script is the log follower (static/log.js). Every
 asset is in this package: the pages load nothing from another site (the Content-Security-Policy says
-so too). The queries are in farm/web/queries.py; cancel is the API's (farm.coordinator.reconcile.cancel)
+so too). The queries are in farm/web/queries.py; cancel is the API's (farm.coordinator.lifecycle.cancel)
 and retry submits the job's stored sdist again for the job's platform and Python
 (farm.coordinator.submit.submit), as `farm submit FILE` would.
 """
@@ -175,7 +175,7 @@ def job_log_stream(request: Request, job_id: int, start: str | None = Query(None
 
 @router.post("/ui/jobs/{job_id}/cancel", response_model=None)
 async def cancel(request: Request, job_id: int, csrf: str = Form("")) -> Response:
-    from farm.coordinator.reconcile import cancel as cancel_job
+    from farm.coordinator.lifecycle import cancel as cancel_job
 
     who = viewer(request)
     if who is None:
