@@ -179,6 +179,9 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("worker", help="a platform worker (Celery, the platform's queue)")
     s.add_argument("--platform")
     s.add_argument("--name", help="Celery node name before the @ (default worker-PLATFORM); distinct per worker on a host")
+    s.add_argument("--self-test", action="store_true", help="build, repair and verify a bundled sample sdist on this "
+                   "host with the configured platform and engine (no coordinator or broker), then exit")
+    s.add_argument("--keep", metavar="DIR", help="with --self-test: keep its work tree, logs and wheels in DIR")
     s.set_defaults(func=processes.cmd_worker)
 
     s = sub.add_parser("coordinator", help="the coordinator (Celery, the coordinator queue)")

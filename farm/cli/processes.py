@@ -22,12 +22,27 @@ def _celery_worker(queues: list[str], name: str) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from farm.coordinator.app import WORKER_TASKS, get_app
     from farm.worker.platforms import host_platform_name
 
     platform = args.platform or get_settings().platform or host_platform_name()
+    if getattr(args, "self_test", False):
+        return cmd_worker_self_test(platform, keep=getattr(args, "keep", None))
+    from farm.coordinator.app import WORKER_TASKS, get_app
+
     get_app(include=WORKER_TASKS)  # no coordinator task: a worker never imports the database modules
     return _celery_worker([platform], args.name or f"worker-{platform}")
+
+
+def cmd_worker_self_test(platform: str, *, keep: str | None = None) -> int:
+    """Build, repair and verify the bundled sample on this host, as this worker would (no coordinator,
+    broker or API); exit 0 when every step passed, 1 otherwise."""
+    from pathlib import Path
+
+    from farm.worker.selftest import run_selftest
+
+    folder = Path(keep).absolute() if keep else None
+    result = run_selftest(get_settings(), platform_name=platform, out=lambda line: print(line, flush=True), keep=folder)
+    return 0 if result.passed else 1
 
 
 def cmd_coordinator(args: argparse.Namespace) -> int:

@@ -12,13 +12,17 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import struct
 import sys
+import tempfile
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from packaging.tags import Tag, mac_platforms
+from packaging.utils import parse_wheel_filename
 
 from farm.errors import ConfigError, InfrastructureFault, PackageFailure
 from farm.recipes.schema import SystemPackages
@@ -48,6 +52,24 @@ _XCODE_TOOLS = ("otool", "install_name_tool")
 _SYSTEM = ("darwin", "Darwin", "posix")  # sys_platform, platform_system, os_name
 PACKAGE_MANAGER = PackageManager(family="brew", programs=("brew",), install=("install",))
 _MACOS_TAG = re.compile(r"^macosx_(\d+)_(\d+)_(\w+)$")
+# Where interpreters are looked for, below `_ROOT` (a fake tree in the tests): python.org's framework
+# builds, then Homebrew's python@X.Y formulae (Apple silicon prefix, then Intel's).
+_ROOT = Path("/")
+FRAMEWORK_VERSIONS = "Library/Frameworks/Python.framework/Versions"
+HOMEBREW_PREFIXES = ("opt/homebrew", "usr/local")
+_EXE_NAMES = (
+    "/Library/Frameworks/Python.framework/Versions/{v}/bin/python3",
+    "python{v}",
+    "/opt/homebrew/opt/python@{v}/bin/python{v}",
+    "/usr/local/opt/python@{v}/bin/python{v}",
+)
+_VERSION = re.compile(r"(\d+)\.(\d+)")
+# The first four bytes of a Mach-O file or a fat (universal) one, either byte order.
+_MACHO_MAGIC = {b"\xfe\xed\xfa\xce", b"\xce\xfa\xed\xfe", b"\xfe\xed\xfa\xcf", b"\xcf\xfa\xed\xfe",
+                b"\xca\xfe\xba\xbe", b"\xbe\xba\xfe\xca"}
+# Install names a wheel may load from outside itself: the system's, and its own (relative) ones.
+_SYSTEM_LIBRARIES = ("/usr/lib/", "/System/Library/", "@rpath/", "@loader_path/", "@executable_path/")
+_UNIVERSAL2 = ("arm64", "x86_64")
 
 
 @dataclass(frozen=True)
@@ -105,14 +127,30 @@ class MacOSPlatform:
         return SandboxExec(hidden=[Path.home(), settings.home]) if settings.sandbox else Unsandboxed()
 
     def interpreters(self, configured: Sequence[str]) -> list[Interpreter]:
-        # python.org's framework builds first: they are universal2 and target old macOS releases,
-        # unlike Homebrew's, which are built for the host's own release.
-        return find_interpreters(configured, exe_names=(
-            "/Library/Frameworks/Python.framework/Versions/{v}/bin/python3",
-            "python{v}",
-            "/opt/homebrew/opt/python@{v}/bin/python{v}",
-            "/usr/local/opt/python@{v}/bin/python{v}",
-        ))
+        """Paths as they are; a version (3.11) from python.org's framework build, then PATH, then
+        Homebrew. Nothing configured: every installed one (`installed_pythons`), then what the
+        host-wide discovery finds. python.org's come first: they are universal2 and target old
+        macOS releases, unlike Homebrew's, which are built for the host's own release."""
+        if configured:
+            return find_interpreters([self._locate(entry) for entry in configured], exe_names=())
+        found = {i.tag: i for i in probe_all(installed_pythons().values())}
+        for interp in find_interpreters([], exe_names=_EXE_NAMES):
+            found.setdefault(interp.tag, interp)
+        return sorted(found.values(), key=lambda i: i.version)
+
+    def _locate(self, entry: str) -> str:
+        if Path(entry).is_file() or not _VERSION.fullmatch(entry):
+            return entry  # a path (a missing one is reported when it is probed)
+        framework = framework_pythons().get(entry)
+        if framework is not None:
+            return str(framework)
+        if hit := shutil.which(f"python{entry}"):
+            return hit
+        brewed = homebrew_pythons().get(entry)
+        if brewed is not None:
+            return str(brewed)
+        raise ConfigError(f"no {self.name} interpreter for {entry!r} (tried {_ROOT / FRAMEWORK_VERSIONS}/{entry}/bin/"
+                          f"python3, python{entry} on PATH, Homebrew's python@{entry})")
 
     def offered_pythons(self, settings: Settings) -> list[Offer]:
         """The host's interpreters (builds on this platform run on the host, not in containers)."""
@@ -160,9 +198,13 @@ class MacOSPlatform:
         if missing:
             raise InfrastructureFault("repair", f"{', '.join(missing)} not found: delocate needs the Xcode "
                                       "command line tools (xcode-select --install)")
-        return repair_with("delocate-wheel", lambda out: self.repair_command(wheel, out, exclude), dest=dest,
-                           env=env, log=log, tag_ok=self.platform_tag_ok,
-                           wanted=f"{self.name} platform tag for macOS {self.target_dotted}")
+        repaired = repair_with("delocate-wheel", lambda out: self.repair_command(wheel, out, exclude), dest=dest,
+                               env=env, log=log, tag_ok=self.platform_tag_ok,
+                               wanted=f"{self.name} platform tag for macOS {self.target_dotted}")
+        problems = binary_problems(repaired)
+        if problems:
+            raise PackageFailure("repair", f"{repaired.name} after delocate: " + "; ".join(problems))
+        return repaired
 
     def package_manager(self, family: str | None = None) -> PackageManager:
         if family not in (None, "brew"):
@@ -205,3 +247,137 @@ def _installed(brew: str, formula: str) -> bool:
         return False
     return res.returncode == 0 and bool(res.output.strip())
 
+
+
+# Interpreters installed on a Mac -----------------------------------------------------------------
+
+
+def _by_version(items: Sequence[tuple[str, Path]]) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for version, exe in items:
+        if _VERSION.fullmatch(version) and exe.is_file() and os.access(exe, os.X_OK):
+            found.setdefault(version, exe)
+    return dict(sorted(found.items(), key=lambda kv: tuple(int(n) for n in kv[0].split("."))))
+
+
+def framework_pythons() -> dict[str, Path]:
+    """Version -> interpreter of python.org's installers (/Library/Frameworks/Python.framework/Versions/X.Y/bin/python3)."""
+    versions = _ROOT / FRAMEWORK_VERSIONS
+    return _by_version([(v.name, v / "bin" / "python3") for v in sorted(versions.iterdir())] if versions.is_dir() else [])
+
+
+def homebrew_pythons() -> dict[str, Path]:
+    """Version -> interpreter of Homebrew's python@X.Y formulae (PREFIX/opt/python@X.Y/bin/pythonX.Y)."""
+    items = []
+    for prefix in HOMEBREW_PREFIXES:
+        opt = _ROOT / prefix / "opt"
+        if opt.is_dir():
+            for formula in sorted(opt.glob("python@*")):
+                version = formula.name.removeprefix("python@")
+                items.append((version, formula / "bin" / f"python{version}"))
+    return _by_version(items)
+
+
+def installed_pythons() -> dict[str, Path]:
+    """Every CPython installed in the usual places, python.org's before Homebrew's of the same version."""
+    found = dict(homebrew_pythons())
+    found.update(framework_pythons())
+    return dict(sorted(found.items(), key=lambda kv: tuple(int(n) for n in kv[0].split("."))))
+
+
+def probe_all(paths: Sequence[Path] | object) -> list[Interpreter]:
+    """The interpreters among `paths` that run and are CPython; the others are left out."""
+    found: dict[str, Interpreter] = {}
+    for path in paths:  # type: ignore[attr-defined]
+        try:
+            [interp] = find_interpreters([str(path)], exe_names=())
+        except ConfigError:
+            continue
+        found.setdefault(interp.tag, interp)
+    return list(found.values())
+
+
+# What the Mach-O files in a wheel say (read with macholib, on any host) ------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class MachOBinary:
+    """One Mach-O file in a wheel: per architecture, the oldest macOS it runs on and what it loads."""
+
+    name: str  # its path inside the wheel
+    min_macos: dict[str, tuple[int, int]]  # arch (arm64, x86_64) -> LC_BUILD_VERSION / LC_VERSION_MIN_MACOSX
+    libraries: tuple[str, ...]  # the install names it loads (LC_LOAD_DYLIB and kin), every architecture's
+
+    @property
+    def archs(self) -> frozenset[str]:
+        return frozenset(self.min_macos)
+
+
+def macho_binaries(wheel: Path) -> list[MachOBinary]:
+    """Every Mach-O file (extension, dylib, executable) in `wheel`, read from its bytes: no Xcode tools,
+    so it runs on a Linux host too. Files with a Mach-O magic that do not parse are left out, as
+    delocate leaves them."""
+    from macholib.mach_o import CPU_TYPE_NAMES, LC_BUILD_VERSION, LC_VERSION_MIN_MACOSX
+    from macholib.MachO import MachO
+
+    found = []
+    with zipfile.ZipFile(wheel) as zf, tempfile.TemporaryDirectory(prefix="farm-macho-") as tmp:
+        for info in zf.infolist():
+            if info.is_dir():
+                continue
+            with zf.open(info) as member:
+                if member.read(4) not in _MACHO_MAGIC:
+                    continue
+            path = Path(tmp) / "binary"
+            path.write_bytes(zf.read(info))
+            try:
+                macho = MachO(str(path))
+            except (struct.error, ValueError):
+                continue
+            min_macos: dict[str, tuple[int, int]] = {}
+            libraries: list[str] = []
+            for header in macho.headers:
+                arch = CPU_TYPE_NAMES.get(header.header.cputype, str(header.header.cputype)).lower()
+                for load, command, _ in header.commands:
+                    if load.cmd == LC_BUILD_VERSION:
+                        version = command.minos
+                    elif load.cmd == LC_VERSION_MIN_MACOSX:
+                        version = command.version
+                    else:
+                        continue
+                    min_macos[arch] = (version >> 16 & 0xFFFF, version >> 8 & 0xFF)
+                    break
+                else:
+                    min_macos.setdefault(arch, (0, 0))
+                libraries += [name for _, _, name in header.walkRelocatables() if name not in libraries]
+            found.append(MachOBinary(name=info.filename, min_macos=min_macos, libraries=tuple(libraries)))
+    return found
+
+
+def binary_problems(wheel: Path) -> list[str]:
+    """Where the Mach-O files of a macOS wheel disagree with its platform tags: an architecture the
+    tag names that a binary lacks, a binary that needs a newer macOS than the tag says, or a library
+    loaded from outside the wheel and the system (what delocate vendors). Empty: consistent."""
+    _, _, _, tags = parse_wheel_filename(wheel.name)
+    wanted: dict[str, tuple[int, int]] = {}
+    for tag in tags:
+        match = _MACOS_TAG.match(tag.platform)
+        if match is None:
+            continue
+        version = (int(match[1]), int(match[2]))
+        for arch in _UNIVERSAL2 if match[3] == "universal2" else (match[3],):
+            wanted[arch] = min(wanted.get(arch, version), version)
+    problems = []
+    for binary in macho_binaries(wheel):
+        for arch, tagged in sorted(wanted.items()):
+            if arch not in binary.archs:
+                problems.append(f"{binary.name} has no {arch} code ({', '.join(sorted(binary.archs))} only)")
+                continue
+            needs = binary.min_macos[arch]
+            floor = max(tagged, (11, 0)) if arch == "arm64" else tagged  # arm64 code runs on 11.0 or later only
+            if needs > floor:
+                problems.append(f"{binary.name} ({arch}) needs macOS {needs[0]}.{needs[1]}, "
+                                f"newer than the tag's {tagged[0]}.{tagged[1]}")
+        outside = [lib for lib in binary.libraries if not lib.startswith(_SYSTEM_LIBRARIES)]
+        problems += [f"{binary.name} loads {lib}, which is neither in the wheel nor the system's" for lib in outside]
+    return problems

@@ -8,8 +8,10 @@ A Windows worker builds for one architecture queue: `windows-amd64`, `windows-ar
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
@@ -44,6 +46,17 @@ _SYSTEM = ("win32", "Windows", "nt")  # sys_platform, platform_system, os_name
 PACKAGE_MANAGER = PackageManager(family="choco", programs=("choco",), install=("install", "-y", "--no-progress"))
 # Chocolatey's exit codes for success, and success with a reboot pending.
 _CHOCO_OK = (0, 1641, 3010)
+# A line of `py -0p`: the launcher of 3.11 and later (` -V:3.11-32   C:\\...\\python.exe`, `*` after
+# the tag of the default) and the older one (` -3.9-64   C:\\...\\python.exe *`). Other
+# distributions (-V:Company/Tag) and free-threaded builds (3.13t) do not match.
+_LAUNCHER_LINE = re.compile(r"^\s*-(?:V:)?(\d+)\.(\d+)(?:-(64|32|arm64))?\s+(?:\*\s+)?(\S.*?)(?:\s+\*)?\s*$")
+_LAUNCHER_ARCH = {None: "amd64", "64": "amd64", "32": "x86", "arm64": "arm64"}
+# python.org's install folders: Python311, Python311-32, Python311-arm64.
+_INSTALL_FOLDER = re.compile(r"^Python(\d)(\d+)(-32|-arm64)?$")
+_FOLDER_ARCH = {None: "amd64", "-32": "x86", "-arm64": "arm64"}
+# The PE header's Machine field per queue architecture (IMAGE_FILE_MACHINE_*).
+PE_MACHINE = {"amd64": 0x8664, "x86": 0x014C, "arm64": 0xAA64}
+_PE_ARCH = {"win_amd64": "amd64", "win32": "x86", "win_arm64": "arm64"}
 
 
 @dataclass(frozen=True)
@@ -69,7 +82,52 @@ class WindowsPlatform:
         return f"{python}-{self.platform_tag}"
 
     def interpreters(self, configured: Sequence[str]) -> list[Interpreter]:
-        return find_interpreters([self._locate(entry) for entry in configured], exe_names=())
+        """Paths as they are, versions through `_locate`. Nothing configured: every interpreter of this
+        architecture the `py` launcher lists or python.org's install folders hold (`installed_pythons`),
+        then what the host-wide discovery finds."""
+        if configured:
+            return find_interpreters([self._locate(entry) for entry in configured], exe_names=())
+        found: dict[str, Interpreter] = {}
+        for path in self.installed_pythons().values():
+            try:
+                [interp] = find_interpreters([path], exe_names=())
+            except ConfigError:
+                continue
+            found.setdefault(interp.tag, interp)
+        for interp in find_interpreters([], exe_names=()):
+            found.setdefault(interp.tag, interp)
+        return sorted(found.values(), key=lambda i: i.version)
+
+    def installed_pythons(self) -> dict[str, str]:
+        """Version -> interpreter of this architecture: what `py -0p` lists, then python.org's
+        install folders (Program Files, %LOCALAPPDATA%\\Programs\\Python) for versions it did not list."""
+        found: dict[str, str] = {}
+        launcher = shutil.which("py")
+        if launcher is not None:
+            try:
+                res = run([launcher, "-0p"], timeout=60, check=False)
+            except OSError:
+                res = None
+            if res is not None and res.returncode == 0:
+                for version, arch, path in launcher_listing(res.output):
+                    if arch == self.arch and Path(path).is_file():
+                        found.setdefault(version, path)
+        for folder in self.install_roots():
+            if not folder.is_dir():
+                continue
+            for child in sorted(folder.iterdir()):
+                match = _INSTALL_FOLDER.match(child.name)
+                if match and _FOLDER_ARCH[match[3]] == self.arch and (child / "python.exe").is_file():
+                    found.setdefault(f"{match[1]}.{match[2]}", str(child / "python.exe"))
+        return dict(sorted(found.items(), key=lambda kv: tuple(int(n) for n in kv[0].split("."))))
+
+    def install_roots(self) -> list[Path]:
+        """The folders python.org's installer puts Python3XY folders in: for all users, then per user."""
+        variable = "ProgramFiles(x86)" if self.arch == "x86" else "ProgramFiles"
+        roots = [Path(os.environ.get(variable) or (r"C:\Program Files (x86)" if self.arch == "x86" else r"C:\Program Files"))]
+        if local := os.environ.get("LOCALAPPDATA"):
+            roots.append(Path(local) / "Programs" / "Python")
+        return roots
 
     def launcher_selector(self, version: str) -> str:
         """The `py` launcher's argument for CPython `version` of this architecture."""
@@ -153,9 +211,13 @@ class WindowsPlatform:
         program = tool("delvewheel")
         if not Path(program).is_file() and shutil.which(program) is None:
             raise InfrastructureFault("repair", "delvewheel is not installed on this worker (pip install delvewheel)")
-        return repair_with("delvewheel", lambda out: self.repair_command(wheel, out, exclude), dest=dest,
-                           env=clean_env(path_prepend=[Path(sys.executable).parent]), log=log,
-                           tag_ok=self.platform_tag_ok, wanted=f"{self.platform_tag} tag")
+        repaired = repair_with("delvewheel", lambda out: self.repair_command(wheel, out, exclude), dest=dest,
+                               env=clean_env(path_prepend=[Path(sys.executable).parent]), log=log,
+                               tag_ok=self.platform_tag_ok, wanted=f"{self.platform_tag} tag")
+        problems = binary_problems(repaired)
+        if problems:
+            raise PackageFailure("repair", f"{repaired.name} after delvewheel: " + "; ".join(problems))
+        return repaired
 
     def package_manager(self, family: str | None = None) -> PackageManager:
         if family not in (None, "choco"):
@@ -211,3 +273,40 @@ def choco_installed(choco: str) -> set[str]:
         raise InfrastructureFault("prepare", f"cannot list Chocolatey packages: {exc}") from exc
     return {line.split("|")[0].strip().lower() for line in listing.output.splitlines() if "|" in line}
 
+
+
+def launcher_listing(output: str) -> list[tuple[str, str, str]]:
+    """(version, architecture, interpreter path) of each CPython in `py -0p` output."""
+    found = []
+    for line in output.splitlines():
+        match = _LAUNCHER_LINE.match(line)
+        if match:
+            found.append((f"{match[1]}.{match[2]}", _LAUNCHER_ARCH[match[3]], match[4]))
+    return found
+
+
+def binary_problems(wheel: Path) -> list[str]:
+    """Where the DLLs and extension modules (.pyd, .dll) of a Windows wheel disagree with its
+    platform tag: a PE file built for another machine than the tag says. Read with pefile, on any host."""
+    import pefile
+
+    from farm.worker.platforms._common import wheel_tags
+
+    archs = {_PE_ARCH[t.split("-")[-1]] for t in wheel_tags(wheel) if t.split("-")[-1] in _PE_ARCH}
+    if len(archs) != 1:
+        return [] if not archs else [f"{wheel.name} names several Windows architectures"]
+    [arch] = archs
+    problems = []
+    with zipfile.ZipFile(wheel) as zf:
+        for info in zf.infolist():
+            if not info.filename.lower().endswith((".pyd", ".dll")):
+                continue
+            try:
+                pe = pefile.PE(data=zf.read(info), fast_load=True)
+            except pefile.PEFormatError as exc:
+                problems.append(f"{info.filename} is not a PE file ({exc})")
+                continue
+            if pe.FILE_HEADER.Machine != PE_MACHINE[arch]:
+                machine = pefile.MACHINE_TYPE.get(pe.FILE_HEADER.Machine, hex(pe.FILE_HEADER.Machine))
+                problems.append(f"{info.filename} is built for {machine}, not {arch}")
+    return problems
