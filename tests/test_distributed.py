@@ -199,7 +199,6 @@ COMPOSE_SERVICES = {"redis", "postgres", "init", "api", "coordinator", "worker-l
 
 def _interpolate(value: object) -> object:
     """compose.yaml's variables at their defaults: `${X:-default}` is default, `${X:?...}` is <X>."""
-    import re
 
     if isinstance(value, dict):
         return {k: _interpolate(v) for k, v in value.items()}
