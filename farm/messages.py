@@ -91,6 +91,9 @@ class JobSpec(_Msg):
     co_staged: list[StagedWheel] = Field(default_factory=list)
     # Shown with every upload to the API's storage: writes only this attempt's keys (farm.tokens).
     storage_capability: str = ""
+    # An intentional rebuild: the PEP 427 build tag its wheels get, and why (farm.coordinator.submit).
+    build_tag: str | None = None
+    rebuild_reason: str | None = None
 
 
 class StepReport(_Msg):

@@ -36,6 +36,8 @@ class RequirementRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     requirement: str = Field(min_length=1, max_length=500, examples=["pyyaml==6.0.2"])
     priority: int = Field(0, ge=0, le=9, description="higher is built first when workers are busy")
+    rebuild: str | None = Field(None, min_length=1, max_length=500,
+                                description="build again with the next wheel build tag, for this reason")
 
 
 class JobRef(BaseModel):
@@ -54,7 +56,8 @@ class SubmissionOut(BaseModel):
 _SUBMIT_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
         "file": {"type": "string", "format": "binary", "description": "the sdist (.tar.gz or .zip)"},
-        "priority": {"type": "integer", "minimum": 0, "maximum": 9, "default": 0}}}},
+        "priority": {"type": "integer", "minimum": 0, "maximum": 9, "default": 0},
+        "rebuild": {"type": "string", "minLength": 1, "maxLength": 500}}}},
     "application/json": {"schema": RequirementRequest.model_json_schema()},
 }}}
 
@@ -76,7 +79,8 @@ async def create_submission(request: Request, who: Principal = submitter) -> Sub
         # A requirement, never a path on the server (and no answer that tells whether one exists).
         if req.startswith(("/", ".", "~")) or req.endswith(SDIST_SUFFIXES):
             raise HTTPException(422, f"{req!r} is not a requirement like NAME==VERSION; upload files as multipart")
-        result = await run_in_threadpool(submit, req, settings=settings, from_file=False, priority=body.priority)
+        result = await run_in_threadpool(submit, req, settings=settings, from_file=False, priority=body.priority,
+                                         rebuild=body.rebuild)
         return _out(result)
     raise HTTPException(415, "send multipart/form-data with a `file` field, or JSON {\"requirement\": \"NAME==VERSION\"}")
 
@@ -96,6 +100,9 @@ async def _submit_upload(request: Request, settings: Settings) -> SubmissionOut:
         if not isinstance(upload, UploadFile) or not upload.filename:
             raise HTTPException(422, "the multipart body needs one file field named `file`")
         priority = _priority(form.get("priority", "0"))
+        rebuild = form.get("rebuild")
+        if rebuild is not None and (not isinstance(rebuild, str) or not rebuild.strip() or len(rebuild) > 500):
+            raise HTTPException(422, "rebuild: the reason for the rebuild, 1 to 500 characters")
         filename = PurePosixPath(upload.filename.replace("\\", "/")).name
         if (not filename.endswith(SDIST_SUFFIXES) or filename.startswith(".") or len(filename) > 200
                 or not filename.isprintable()):
@@ -112,7 +119,8 @@ async def _submit_upload(request: Request, settings: Settings) -> SubmissionOut:
                     if size > limit:
                         raise HTTPException(413, f"the sdist is larger than max_sdist_bytes ({limit})")
                     out.write(block)
-            result = await run_in_threadpool(submit, str(path), settings=settings, from_file=True, priority=priority)
+            result = await run_in_threadpool(submit, str(path), settings=settings, from_file=True, priority=priority,
+                                             rebuild=rebuild)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
     finally:

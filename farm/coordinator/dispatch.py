@@ -29,6 +29,7 @@ def job_spec(job: Job, settings: Settings, *, resume: str = "build",
         upstream_index=settings.upstream_index, resume=resume,  # type: ignore[arg-type]
         build=BuildRecord.load(job.staged) if resume == "verify" else None, priority=job.priority or 0,
         co_staged=list(co_staged or []), storage_capability=storage_capability(settings.home, job.id, job.attempt),
+        build_tag=job.build_tag, rebuild_reason=job.rebuild_reason,
     )
 
 

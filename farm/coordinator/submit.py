@@ -40,7 +40,7 @@ from farm.db.states import JobState
 from farm.errors import FarmError, IntakeRefused, SdistError, UpstreamError
 from farm.storage import get_storage, sdist_key
 from farm.util.archive import SDIST_SUFFIXES, Limits, check_project_name, inspect_sdist, is_file_request
-from farm.util.hashing import sha256_file
+from farm.util.hashing import sha256_bytes, sha256_file
 
 @dataclass(frozen=True, kw_only=True)
 class Submitted:
@@ -52,13 +52,17 @@ class Submitted:
 
 def submit(request: str, *, settings: Settings, kind: str | None = None, parent_job_id: int | None = None,
            only_platforms: Sequence[str] | None = None, only_pythons: Sequence[str] | None = None,
-           from_file: bool | None = None, priority: int = 0) -> Submitted:
+           from_file: bool | None = None, priority: int = 0, rebuild: str | None = None) -> Submitted:
     """Record a submission and its jobs; send their build messages after the commit.
 
     The sdist is copied into storage only once its jobs are planned, so a rejected submission
     leaves nothing behind. `from_file` says what `request` is (None: guess, a file if it exists).
     `priority` (0-9, higher first) orders the jobs' build messages where the broker supports it.
+    `rebuild` (the reason) builds again what was built already: each job gets the next PEP 427 build
+    tag of its target, so its wheels get new file names beside the published ones (which never change).
     """
+    if rebuild is not None and not rebuild.strip():
+        raise FarmError("a rebuild needs a reason (it is recorded with the job and in the provenance)")
     from_file = is_file_request(request) if from_file is None else from_file
     digest = _file_digest(Path(request)) if from_file else None
     with ExitStack() as stack:
@@ -83,7 +87,8 @@ def submit(request: str, *, settings: Settings, kind: str | None = None, parent_
                                     parent_job_id=parent_job_id)
             session.add(submission)
             session.flush()
-            to_send = _plan_jobs(session, submission, source, settings, only_platforms, only_pythons, priority)
+            to_send = _plan_jobs(session, submission, source, settings, only_platforms, only_pythons, priority,
+                                 rebuild=rebuild.strip() if rebuild else None)
             storage = get_storage()
             if pending is not None and not storage.exists(source.storage_key):
                 storage.put_file(source.storage_key, pending)
@@ -95,7 +100,7 @@ def submit(request: str, *, settings: Settings, kind: str | None = None, parent_
 
 def _plan_jobs(session: Session, submission: Submission, source: Source, settings: Settings,
                only_platforms: Sequence[str] | None, only_pythons: Sequence[str] | None,
-               priority: int = 0) -> list[Job]:
+               priority: int = 0, *, rebuild: str | None = None) -> list[Job]:
     targets = plan(name=source.name, version=source.version, sdist_sha256=source.sha256,
                    requires_python=source.requires_python, settings=settings,
                    only_platforms=only_platforms, only_pythons=only_pythons)
@@ -104,6 +109,15 @@ def _plan_jobs(session: Session, submission: Submission, source: Source, setting
                         f"(platforms {settings.platforms or 'host'}, Requires-Python {source.requires_python or 'any'})")
     to_send = []
     for t in targets:
+        if rebuild is not None:
+            tag = _next_build_tag(session, source, t.build_id)
+            job = Job(submission=submission, source=source, platform=t.platform, python=t.python, build_id=t.build_id,
+                      engine=t.engine, recipe_name=t.recipe_name, recipe_digest=t.recipe_digest, recipe=t.options,
+                      cache_key=sha256_bytes(f"{t.cache_key}+build-tag-{tag}".encode()), state=JobState.QUEUED,
+                      attempt=1, priority=priority, build_tag=tag, rebuild_reason=rebuild)
+            session.add(job)
+            to_send.append(job)
+            continue
         earlier = session.scalar(
             select(Job).where(Job.cache_key == t.cache_key, Job.cached_from_id.is_(None),
                               Job.state.notin_([JobState.FAILED, JobState.CANCELLED]),
@@ -124,6 +138,13 @@ def _plan_jobs(session: Session, submission: Submission, source: Source, setting
             to_send.append(job)
     session.flush()
     return to_send
+
+
+def _next_build_tag(session: Session, source: Source, build_id: str) -> str:
+    """One more than the highest build tag of this sdist's jobs for `build_id` (no tag counts as 0)."""
+    tags = session.scalars(select(Job.build_tag).where(Job.source_id == source.id, Job.build_id == build_id,
+                                                       Job.build_tag.is_not(None)))
+    return str(max((int(t) for t in tags if t and t.isdigit()), default=0) + 1)
 
 
 def _add_source(session: Session, values: dict) -> Source:

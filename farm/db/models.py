@@ -84,6 +84,10 @@ class Job(Base):
     failure_kind: Mapped[str | None] = mapped_column(String(16))  # package | infrastructure | internal | dependency
     log_key: Mapped[str | None] = mapped_column(Text)
     staged: Mapped[dict[str, Any]] = mapped_column(default=dict)  # wheel staged while in dep_wait
+    # An intentional rebuild of a version (`farm submit --rebuild REASON`): its wheels carry this
+    # PEP 427 build tag, so they get new file names beside the published ones (which never change).
+    build_tag: Mapped[str | None] = mapped_column(String(16))
+    rebuild_reason: Mapped[str | None] = mapped_column(Text)
     priority: Mapped[int] = mapped_column(default=0, server_default="0")  # higher goes first where the broker supports it
     heartbeat_at: Mapped[dt.datetime | None]  # last sign of life from the worker running it
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

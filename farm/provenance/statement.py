@@ -63,7 +63,9 @@ def statement(*, spec: JobSpec, wheel: Path, wheel_sha256: str | None = None, to
                 "internalParameters": {"options": spec.options, "buildRequires": build_requires,
                                        "upstreamIndex": spec.upstream_index,
                                        # the sandbox package code ran in, and whether a recipe granted it network
-                                       "isolation": isolation or {}},
+                                       "isolation": isolation or {},
+                                       **({"rebuild": {"buildTag": spec.build_tag, "reason": spec.rebuild_reason}}
+                                          if spec.build_tag else {})},
                 "resolvedDependencies": dependencies,
             },
             "runDetails": {

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import csv
+import hashlib
+import io
+import re
 import zipfile
 from collections.abc import Collection
 from email.message import Message
 from email.parser import BytesParser
 from pathlib import Path, PurePosixPath
+
+from packaging.utils import parse_wheel_filename
 
 # never imported by default: tests, examples, docs, and scripts that act when imported (setup.py)
 _NOT_MODULES = {"test", "tests", "testing", "docs", "doc", "examples", "example", "benchmarks", "bench", "setup",
@@ -143,3 +149,39 @@ def top_level_modules(wheel: Path) -> list[str]:
         if (site := _site_path(path)) is not None:
             tree.add(site)
     return _importable(tree, "", 0)
+
+
+def with_build_tag(wheel: Path, tag: str, dest_dir: Path) -> Path:
+    """A copy of `wheel` with build tag `tag` (PEP 427: digits first): in its file name, in the
+    `Build:` field of its WHEEL file, and in RECORD's line for WHEEL. Every other member is copied as
+    it is (same bytes, same compression). An intentional rebuild of a published version gets a new
+    file name this way, instead of other bytes under a name that is taken."""
+    if not re.fullmatch(r"\d[A-Za-z0-9_.]*", tag):
+        raise ValueError(f"build tag {tag!r}: must start with a digit (PEP 427)")
+    parse_wheel_filename(wheel.name)  # a valid wheel name, or InvalidWheelFilename
+    fields = wheel.name[:-4].split("-")
+    dest = Path(dest_dir) / ("-".join([fields[0], fields[1], tag, *fields[-3:]]) + ".whl")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(wheel) as src:
+        info = _dist_info(src.namelist())
+        wheel_meta = src.read(f"{info}/WHEEL").decode()
+        lines = [ln for ln in wheel_meta.splitlines() if not ln.startswith("Build:")]
+        new_meta = ("\n".join(lines).rstrip("\n") + f"\nBuild: {tag}\n").encode()
+        digest = base64.urlsafe_b64encode(hashlib.sha256(new_meta).digest()).rstrip(b"=").decode()
+        record_rows = []
+        for row in csv.reader(io.StringIO(src.read(f"{info}/RECORD").decode())):
+            if row and row[0] == f"{info}/WHEEL":
+                row = [row[0], f"sha256={digest}", str(len(new_meta))]
+            record_rows.append(row)
+        out = io.StringIO()
+        csv.writer(out, lineterminator="\n").writerows(record_rows)
+        new_record = out.getvalue().encode()
+        with zipfile.ZipFile(dest, "w") as dst:
+            for item in src.infolist():
+                if item.filename == f"{info}/WHEEL":
+                    dst.writestr(item, new_meta, compress_type=item.compress_type)
+                elif item.filename == f"{info}/RECORD":
+                    dst.writestr(item, new_record, compress_type=item.compress_type)
+                else:
+                    dst.writestr(item, src.read(item.filename), compress_type=item.compress_type)
+    return dest

@@ -30,7 +30,7 @@ from farm.recipes.schema import Options
 from farm.storage import Storage, log_key, staged_key, wheel_key
 from farm.provenance import statement
 from farm.util.hashing import sha256_file
-from farm.util.wheel import read_metadata
+from farm.util.wheel import read_metadata, with_build_tag
 from farm.worker import verify
 from farm.worker.attest import attest
 from farm.worker.engines import BuildContext, get_engine
@@ -221,6 +221,9 @@ def _steps(spec: JobSpec, *, settings: Settings, storage: Storage, steps: Steps,
         with steps.step(JobState.REPAIRING):
             wheels = out.wheels if out.repaired else [
                 platform.repair(w, work / "repaired", exclude=options.repair_exclude, log=log) for w in out.wheels]
+            if spec.build_tag:  # an intentional rebuild: new file names beside the published ones
+                wheels = [with_build_tag(w, spec.build_tag, work / "tagged") for w in wheels]
+                log.write(f"rebuild with build tag {spec.build_tag}: {spec.rebuild_reason}\n")
             for w in wheels:
                 # the coordinator checks again before publishing (it does not trust the worker); this
                 # only fails an impostor build before it is verified and uploaded

@@ -1,0 +1,58 @@
+"""Intentional rebuilds: a published file name never changes, so a rebuild of the same version gets a
+PEP 427 build tag (`-1`, `-2`, ...) and the reason is recorded on the job and in the provenance.
+
+Bad inputs covered: a rebuild without a reason, and a build tag that does not start with a digit.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from packaging.utils import parse_wheel_filename
+
+from farm.errors import FarmError
+from farm.util.wheel import with_build_tag
+from tests.index_helpers import make_wheel
+
+
+def test_a_build_tag_renames_the_wheel_and_keeps_it_valid(tmp_path: Path) -> None:
+    wheel = make_wheel(tmp_path / "in", "tagme", "1.0", tag="cp311-cp311-manylinux_2_31_x86_64")
+    tagged = with_build_tag(wheel, "2", tmp_path / "out")
+    assert tagged.name == "tagme-1.0-2-cp311-cp311-manylinux_2_31_x86_64.whl"
+    assert parse_wheel_filename(tagged.name)[2] == (2, "")
+    with zipfile.ZipFile(wheel) as a, zipfile.ZipFile(tagged) as b:
+        assert b.read("tagme-1.0.dist-info/WHEEL").decode().endswith("Build: 2\n")
+        for name in a.namelist():
+            if not name.endswith(("/WHEEL", "/RECORD")):
+                assert a.read(name) == b.read(name)
+    # pip checks RECORD's hashes when it installs (the tag is for this interpreter: a pure wheel here)
+    pure = with_build_tag(with_build_tag(make_wheel(tmp_path / "p", "tagpure", "1.0"), "1", tmp_path / "p1"),
+                          "3", tmp_path / "p3")
+    assert pure.name == "tagpure-1.0-3-py3-none-any.whl"
+    with zipfile.ZipFile(pure) as zf:
+        assert zf.read("tagpure-1.0.dist-info/WHEEL").decode().count("Build:") == 1
+    target = tmp_path / "site"
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", str(target),
+                           str(pure)], capture_output=True, text=True, env={"PIP_CONFIG_FILE": "/dev/null",
+                                                                           "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    assert (target / "tagpure" / "__init__.py").is_file()
+
+
+def test_a_build_tag_must_start_with_a_digit(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="must start with a digit"):
+        with_build_tag(make_wheel(tmp_path, "tagbad", "1.0"), "x1", tmp_path / "out")
+
+
+def test_a_rebuild_needs_a_reason(farm_home: Path) -> None:
+    from farm.cli import main
+    from farm.config import get_settings
+    from farm.coordinator.submit import submit
+
+    assert main(["init"]) == 0
+    with pytest.raises(FarmError, match="a rebuild needs a reason"):
+        submit("anything==1.0", settings=get_settings(), rebuild="  ")
