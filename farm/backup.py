@@ -123,6 +123,10 @@ def restore(archive: Path, settings: Settings) -> dict[str, Any]:
                 os.chmod(target, 0o600)
             dump = Path(work) / ("database.sqlite" if kind == "sqlite" else "database.pgdump")
             _load_database(settings.db_url, dump)
+    from farm.db.migrate import is_current, upgrade
+
+    if not is_current():  # a backup of an older farm: its schema is brought up to this one's
+        upgrade()
     _rewrite_index(settings)
     return manifest
 

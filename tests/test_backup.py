@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import tarfile
 from pathlib import Path
 
@@ -69,13 +70,17 @@ def _roundtrip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first_db: str | 
     before = _served(get_settings().index)
     assert len(before) >= 4  # staging, dev (two each), stable, prod
     archive = tmp_path / "farm-backup.tar"
-    manifest = backup.backup(get_settings(), archive)
+    code, out = _farm("backup", str(archive))
+    assert code == 0 and "holds the signing key" in out, out
+    with tarfile.open(archive) as tar:
+        manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
     assert archive.stat().st_mode & 0o077 == 0  # it holds the signing key
     assert "home/keys/farm.key" in manifest["members"]
     assert not any(m.startswith("index/") for m in manifest["members"])  # written again on restore
 
     _switch_home(monkeypatch, tmp_path / "b", second_db)
-    backup.restore(archive, get_settings())
+    code, out = _farm("restore", str(archive))
+    assert code == 0, out
     assert _served(get_settings().index) == before
     for requirement in ("bkone==1.0", "bktwo==2.0"):
         code, out = _farm("verify", requirement)
@@ -85,8 +90,8 @@ def _roundtrip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first_db: str | 
     assert {f.filename for f in simple.read_project(get_settings().index, "bkone")} == {
         "bkone-1.0-py3-none-any.whl", "bkone-1.1-py3-none-any.whl"}
 
-    with pytest.raises(BackupError, match="restore needs an empty farm"):
-        backup.restore(archive, get_settings())
+    code, out = _farm("restore", str(archive))
+    assert code == BackupError.exit_code and "restore needs an empty farm" in out, out
 
 
 def test_sqlite_farm_backed_up_and_restored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

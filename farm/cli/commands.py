@@ -27,7 +27,7 @@ OnBackend = Callable[[argparse.Namespace, Backend], int]
 def cmd_submit(args: argparse.Namespace, backend: Backend) -> int:
     job_ids: list[int] = []
     for request in args.requests:
-        sub = backend.submit(request, priority=args.priority)
+        sub = backend.submit(request, priority=args.priority, rebuild=args.rebuild)
         render.lines(render.submitted_lines(sub))
         job_ids += [j["id"] for j in sub["jobs"]]
     if not args.wait:
@@ -155,6 +155,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.add_argument("--priority", type=int, default=0, choices=range(10), metavar="0-9",
                    help="higher is built first when workers are busy (default 0)")
+    s.add_argument("--rebuild", metavar="REASON", help="build again what was built already: the wheels get the "
+                   "next build tag (-1, -2, ...) beside the published ones; REASON goes into the job and provenance")
     on_backend(s, cmd_submit)
 
     s = sub.add_parser("status", help="jobs with state and step durations")

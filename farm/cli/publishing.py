@@ -147,6 +147,26 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    from farm.backup import backup
+
+    manifest = backup(get_settings(), Path(args.dest))
+    size = Path(args.dest).stat().st_size
+    print(f"backup    {args.dest}  ({len(manifest['members'])} files, {size / 1e6:.1f} MB, database {manifest['database']}); "
+          "it holds the signing key: keep it as safe as the farm")
+    return EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from farm.backup import restore
+
+    settings = get_settings()
+    manifest = restore(Path(args.archive), settings)
+    print(f"restored  {args.archive} (made {manifest['created']} by farm {manifest['farm']}) into {settings.home}; "
+          "the index was written again from the database")
+    return EXIT_OK
+
+
 def add_commands(sub: Any) -> None:
     s = sub.add_parser("init", help="create the farm's state, database, signing key and index trees")
     s.set_defaults(func=cmd_init)
@@ -179,6 +199,14 @@ def add_commands(sub: Any) -> None:
     s.add_argument("pin", metavar="NAME==VERSION")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_show)
+
+    s = sub.add_parser("backup", help="the database, key, configuration and storage in one tar file (the farm may run)")
+    s.add_argument("dest", metavar="FILE.tar")
+    s.set_defaults(func=cmd_backup)
+
+    s = sub.add_parser("restore", help="a backup into an empty farm (FARM_HOME, database); the index is rewritten")
+    s.add_argument("archive", metavar="FILE.tar")
+    s.set_defaults(func=cmd_restore)
 
     s = sub.add_parser("gc", help="apply the retention policy; never removes what a channel serves")
     s.add_argument("--dry-run", action="store_true")

@@ -60,15 +60,17 @@ class ApiClient:
                        "with its FARM_HOME, where `farm up` keeps admin.token)")
         return FarmError(f"{method} {path}: HTTP {resp.status_code}: {detail}")
 
-    def submit_file(self, path: Path, *, priority: int = 0) -> SubmissionView:
+    def submit_file(self, path: Path, *, priority: int = 0, rebuild: str | None = None) -> SubmissionView:
         if not path.is_file():
             raise FarmError(f"{path}: no such file")
+        data = {"priority": str(priority), **({"rebuild": rebuild} if rebuild is not None else {})}
         with open(path, "rb") as f:
-            return self._call("POST", "/api/submissions", data={"priority": str(priority)},
+            return self._call("POST", "/api/submissions", data=data,
                               files={"file": (path.name, f, "application/octet-stream")}).json()
 
-    def submit_requirement(self, requirement: str, *, priority: int = 0) -> SubmissionView:
-        return self._call("POST", "/api/submissions", json={"requirement": requirement, "priority": priority}).json()
+    def submit_requirement(self, requirement: str, *, priority: int = 0, rebuild: str | None = None) -> SubmissionView:
+        body = {"requirement": requirement, "priority": priority, **({"rebuild": rebuild} if rebuild is not None else {})}
+        return self._call("POST", "/api/submissions", json=body).json()
 
     def yank(self, pin: str, *, reason: str | None = None, undo: bool = False) -> list[str]:
         return list(self._call("POST", "/api/releases/yank", json={"pin": pin, "reason": reason, "undo": undo})
@@ -102,10 +104,10 @@ class RemoteBackend:
     def __init__(self, api: ApiClient) -> None:
         self.api = api
 
-    def submit(self, request: str, *, priority: int) -> SubmissionView:
+    def submit(self, request: str, *, priority: int, rebuild: str | None = None) -> SubmissionView:
         if is_file_request(request):
-            return self.api.submit_file(Path(request), priority=priority)
-        return self.api.submit_requirement(request, priority=priority)
+            return self.api.submit_file(Path(request), priority=priority, rebuild=rebuild)
+        return self.api.submit_requirement(request, priority=priority, rebuild=rebuild)
 
     def jobs(self, *, submission: int | None, limit: int, active: bool) -> list[JobView]:
         return self.api.jobs(submission=submission, limit=limit, active=active)
