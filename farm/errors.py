@@ -65,6 +65,7 @@ def error_class(name: str) -> type[FarmError]:
 EXIT_OK = 0
 EXIT_JOBS_FAILED = 1  # `submit --wait`: every job ended, not all of them succeeded
 EXIT_NOT_VERIFIED = 1  # `farm verify`: a check failed
+EXIT_DOCTOR_FOUND = 1  # `farm doctor`: it found differences it did not fix (without --fix)
 EXIT_USAGE = 2  # argparse: the command line is not one `farm` knows
 EXIT_INTERRUPTED = 130  # Ctrl-C
 EXIT_BROKEN_PIPE = 141  # the reader of stdout left (`farm status | head`)

@@ -129,3 +129,16 @@ def test_a_project_list_that_disagrees_with_the_pages_is_rewritten(settings, tmp
     root = json.loads((settings.index / "simple" / "index.json").read_bytes())
     assert [p["name"] for p in root["projects"]] == ["docroot"]
     assert os.path.isfile(settings.index / "simple" / "index.html")
+
+
+def test_farm_doctor_reports_then_fixes(settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    wheel = make_wheel(tmp_path / "w", "doccli", "1.0")
+    publish_wheel(settings, wheel, version="1.0")
+    simple.write_project(settings.index, "doccli", [])
+    assert main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert "missing-listing" in out and "1 not fixed (run with --fix)" in out
+    assert main(["doctor", "--fix", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["fixed"] is True
+    assert main(["doctor", "--deep"]) == 0
+    assert "the index agrees with the database" in capsys.readouterr().out

@@ -188,3 +188,28 @@ def test_after_a_broker_restart_queued_jobs_of_an_empty_queue_are_sent_again_at_
     assert done.broker_restarted and done.resent == [job_id]
     assert [s.attempt for s in sent] == [2]
     assert reconcile_once(settings, identity=lambda: "run-2", **kw).resent == []  # once
+
+
+def test_a_publish_that_fails_with_a_bug_fails_the_job_as_internal_instead_of_looping(
+        settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """A bug in the publish path (not a fault of the disk or the network) is no reason to try again
+    every reconciler pass: the job fails as `internal`, its traceback in the error, nothing listed."""
+    from farm.coordinator import events
+    from farm.coordinator.reconcile import _finish_publishes
+    from farm.messages import JobEvent
+
+    wheel = make_wheel(tmp_path, "order-bug", "1.0")
+    job_id, report = prepare_job(settings, wheel, version="1.0")
+    _to_uploading(job_id)
+
+    def bug(*a, **kw):  # type: ignore[no-untyped-def]
+        raise KeyError("a bug in the farm")
+
+    monkeypatch.setattr(simple, "add_file", bug)
+    events.apply_event(JobEvent(job_id=job_id, attempt=1, worker="w1", state="publishing", artifacts=[report]),
+                       settings)
+    state, error, staged = _job_state(job_id)
+    assert state == "failed" and events.PENDING not in staged
+    assert error.startswith("publishing failed: internal error: KeyError") and "Traceback" in error
+    assert _listed(settings, "order-bug") == []
+    assert _finish_publishes(settings) == []

@@ -56,3 +56,40 @@ def test_a_rebuild_needs_a_reason(farm_home: Path) -> None:
     assert main(["init"]) == 0
     with pytest.raises(FarmError, match="a rebuild needs a reason"):
         submit("anything==1.0", settings=get_settings(), rebuild="  ")
+
+
+@pytest.mark.slow
+def test_a_rebuild_publishes_a_build_tagged_wheel_beside_the_first(running_farm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Through `farm up`: the first build publishes `NAME-V-TAGS.whl`; `submit --rebuild REASON` of the
+    same sdist builds again and publishes `NAME-V-1-TAGS.whl` beside it (the first is unchanged and
+    still served), its provenance records the reason, and pip installs the rebuild (the higher tag)."""
+    import hashlib
+    import json
+
+    import httpx
+
+    from tests.conftest import installed_and_run, make_project, make_sdist
+
+    farm = running_farm
+    sdist = make_sdist(make_project(tmp_path, "farmtest-rebuild"), tmp_path / "dist")
+    first = farm.farm("submit", "--wait", "--timeout", "600", str(sdist))
+    assert first.returncode == 0, first.stdout + first.stderr
+    files = {f["filename"]: f for f in httpx.get(f"{farm.url}/simple/farmtest-rebuild/", headers={
+        "Accept": "application/vnd.pypi.simple.v1+json"}).json()["files"]}
+    (original,) = files
+    before = hashlib.sha256(httpx.get(f"{farm.url}/files/farmtest-rebuild/{original}").content).hexdigest()
+
+    again = farm.farm("submit", "--wait", "--timeout", "600", "--rebuild", "libfoo security fix", str(sdist))
+    assert again.returncode == 0, again.stdout + again.stderr
+    files = {f["filename"]: f for f in httpx.get(f"{farm.url}/simple/farmtest-rebuild/", headers={
+        "Accept": "application/vnd.pypi.simple.v1+json"}).json()["files"]}
+    tagged = original.replace("-0.1.0-", "-0.1.0-1-")
+    assert set(files) == {original, tagged}
+    assert files[original]["hashes"]["sha256"] == before  # the published file never changed
+    prov = httpx.get(files[tagged]["provenance"]).json()
+    statement = json.loads(__import__("base64").b64decode(
+        prov["attestation_bundles"][0]["attestations"][0]["envelope"]["statement"]))
+    assert statement["predicate"]["buildDefinition"]["internalParameters"]["rebuild"] == {
+        "buildTag": "1", "reason": "libfoo security fix"}
+    code = "import importlib.metadata as m, farmtest_rebuild; print(m.distribution('farmtest-rebuild').read_text('WHEEL'))"
+    assert "Build: 1" in installed_and_run(farm.index_url, tmp_path, "farmtest-rebuild==0.1.0", code)

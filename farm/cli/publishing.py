@@ -14,7 +14,7 @@ from typing import Any
 
 from farm.cli import ensure_db, render
 from farm.config import get_settings
-from farm.errors import EXIT_NOT_VERIFIED, EXIT_OK, UsageError
+from farm.errors import EXIT_DOCTOR_FOUND, EXIT_NOT_VERIFIED, EXIT_OK, UsageError
 
 
 def _db() -> None:
@@ -147,6 +147,24 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from farm.db.session import session_scope
+    from farm.index import doctor
+
+    _db()
+    with session_scope() as session:
+        findings = doctor.examine(session, get_settings(), fix=args.fix, deep=args.deep, grace=args.grace)
+    if args.json:
+        print(json.dumps([f.as_dict() for f in findings], indent=1))
+    else:
+        for f in findings:
+            print(f)
+        left = sum(not f.fixed for f in findings)
+        print(f"doctor: {len(findings)} finding(s)" + (f", {left} not fixed (run with --fix)" if left else "")
+              if findings else "doctor: the index agrees with the database")
+    return EXIT_OK if all(f.fixed for f in findings) else EXIT_DOCTOR_FOUND
+
+
 def cmd_backup(args: argparse.Namespace) -> int:
     from farm.backup import backup
 
@@ -199,6 +217,15 @@ def add_commands(sub: Any) -> None:
     s.add_argument("pin", metavar="NAME==VERSION")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_show)
+
+    s = sub.add_parser("doctor", help="compare the index with the database: orphan and missing files and listings, "
+                                      "changed bytes, temporary files; --fix repairs them")
+    s.add_argument("--fix", action="store_true", help="repair what is found")
+    s.add_argument("--deep", action="store_true", help="also hash every served file against its record")
+    s.add_argument("--grace", type=float, default=600.0,
+                   help="leave files younger than this many seconds alone (a publish may be writing them)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_doctor)
 
     s = sub.add_parser("backup", help="the database, key, configuration and storage in one tar file (the farm may run)")
     s.add_argument("dest", metavar="FILE.tar")

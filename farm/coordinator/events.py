@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import traceback
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -29,7 +30,7 @@ from farm.coordinator.publish import PublishRefused, publish
 from farm.db.models import Job, Step, utcnow
 from farm.db.session import session_scope
 from farm.db.states import RUNNING, TERMINAL, JobState, forward_path
-from farm.errors import StateError, classify, fault_of
+from farm.errors import StateError, classify, fault_of, internal_error
 from farm.messages import ArtifactReport, BuildRecord, JobEvent, StepReport
 
 log = logging.getLogger(__name__)
@@ -115,8 +116,15 @@ def finish_publish(job_id: int, settings: Settings) -> bool | None:
                 succeed(session, job, settings)
         return True
     except Exception as exc:
-        if classify(exc) != "infrastructure":
-            raise
+        if classify(exc) != "infrastructure":  # a bug in the farm: the job fails visibly, never loops
+            log.error("job %s: publishing failed", job_id, exc_info=exc)
+            with session_scope() as session:
+                job = session.get(Job, job_id, with_for_update=True)
+                if job is not None and job.state == JobState.PUBLISHING:
+                    job.staged = {k: v for k, v in job.staged.items() if k != PENDING}
+                    fail(session, job, f"publishing failed: {internal_error(exc)}\n"
+                         + "".join(traceback.format_exception(exc))[-4000:], "internal")
+            return True
         fault = fault_of(exc)
         log.warning("job %s: publishing failed, to be tried again: %s", job_id, fault)
         with session_scope() as session:
