@@ -53,6 +53,7 @@ class BuildRecord(_Msg):
     image_digest: str | None = None  # the build image (container engines)
     build_requires: list[str] | None = None  # the build requirements installed, as resolved
     isolation: dict[str, Any] | None = None  # the sandbox package code ran in, its network and limits
+    adjustments: dict[str, Any] = Field(default_factory=dict)  # retries and patches that made the build work
     timings: dict[str, float] = Field(default_factory=dict)  # step -> seconds
     started: float | None = None  # unix time the building attempt started
     rounds: int = 0  # dep_wait rounds so far (counted by the coordinator)

@@ -33,7 +33,8 @@ def _iso(ts: float) -> str:
 def statement(*, spec: JobSpec, wheel: Path, wheel_sha256: str | None = None, tools: dict[str, str],
               commands: list[str], timings: dict[str, float], started: float, finished: float,
               verification: dict[str, Any], image_digest: str | None, build_requires: list[str] | None,
-              isolation: dict[str, Any] | None = None, worker: str | None = None) -> dict[str, Any]:
+              isolation: dict[str, Any] | None = None, worker: str | None = None,
+              adjustments: dict[str, Any] | None = None) -> dict[str, Any]:
     dependencies: list[dict[str, Any]] = [
         {"name": spec.sdist.filename, "uri": f"farm-storage:{spec.sdist.storage_key}",
          "digest": {"sha256": spec.sdist.sha256}},
@@ -65,7 +66,10 @@ def statement(*, spec: JobSpec, wheel: Path, wheel_sha256: str | None = None, to
                                        # the sandbox package code ran in, and whether a recipe granted it network
                                        "isolation": isolation or {},
                                        **({"rebuild": {"buildTag": spec.build_tag, "reason": spec.rebuild_reason}}
-                                          if spec.build_tag else {})},
+                                          if spec.build_tag else {}),
+                                       # what the farm changed to make it build (build requirements as of
+                                       # the release, patches applied); absent when nothing was
+                                       **({"adjustments": adjustments} if adjustments else {})},
                 "resolvedDependencies": dependencies,
             },
             "runDetails": {

@@ -346,6 +346,16 @@ Keys of `override` are project names, compared normalized. An override for a req
 sdist does not declare adds it. An sdist without `pyproject.toml` is treated as declaring
 the legacy setuptools backend's requirements.
 
+`build-requires-as-of` (a key of its own, beside `[build-requires]`) is the other way to build an
+old sdist: its build requirements resolved as they were when it was released (uv's
+`--exclude-newer` at the upload time the upstream index gives, PEP 700 `upload-time`; for a
+file the index lacks, the time its PKG-INFO was written). By default (`"auto"`) a build that
+fails is tried once more that way, in a fresh tree, unless the failure names missing system
+packages or hit a timeout; the job's log shows the retry and the provenance records it
+(`internalParameters.adjustments.buildRequiresAsOf`: the time, where it came from, the versions
+installed and the first attempt's failure). `"release"` builds that way from the start;
+`"today"` never does.
+
 ### `[source]` and `patches`
 
 `source` builds another sdist of the same project and version instead of the submitted one (a

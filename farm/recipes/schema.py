@@ -8,7 +8,7 @@ Option names follow cibuildwheel's where the concept is the same (`environment`,
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -153,6 +153,10 @@ class Options(_Model):
     before_build: list[ShellCommand] = Field(default_factory=list, description="Commands run in the source tree before each build")
     config_settings: dict[str, str | list[str]] = Field(default_factory=dict, description="PEP 517 config settings passed to the backend")
     build_requires: BuildRequires = Field(default_factory=BuildRequires, description="Overrides of the sdist's build requirements")
+    build_requires_as_of: Literal["auto", "release", "today"] = Field(
+        "auto", description="Resolve build requirements as of: `today`; `release`, the sdist's upload time "
+        "(uv's `--exclude-newer`, for old sdists that today's backends reject); `auto`, today and, if the build "
+        "fails, once more as of the release")
     system_packages: SystemPackages = Field(default_factory=SystemPackages, description="System packages per platform family")
     repair_exclude: list[str] = Field(default_factory=list, description="Libraries the repair tool must not graft (auditwheel/delocate/delvewheel --exclude)")
     test_requires: list[RequirementStr] = Field(default_factory=list, description="Requirements installed (from the farm's index) for the tests")

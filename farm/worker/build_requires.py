@@ -3,17 +3,24 @@
 Old sdists declare build requirements that today's backends or compilers reject (an unpinned
 Cython 3, a retired setuptools plugin). The recipe's `build-requires` rewrites `[build-system]
 requires` of the tree's pyproject.toml; a tree without one gets the legacy setuptools backend.
+
+Without a recipe, a failed build is tried once more with its build requirements resolved as they
+were when the sdist was released (`release_time`, uv's `--exclude-newer`); a recipe's
+`build-requires-as-of = "release"` does that from the start, `"today"` never.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import tomllib
+from dataclasses import dataclass
 
+import httpx
 import tomli_w
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from farm.errors import PackageFailure
+from farm.errors import PackageFailure, UpstreamError
 from farm.recipes.schema import BuildRequires
 from farm.worker.source import SdistSource
 
@@ -61,3 +68,39 @@ def _parse(text: bytes | None) -> dict:
         return tomllib.loads(text.decode())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise PackageFailure("build", f"the sdist's pyproject.toml is not valid TOML: {exc}") from exc
+
+
+# Build requirements as of the sdist's release -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AsOf:
+    """A point in time build requirements are resolved as of (uv's `--exclude-newer`), and where it came from."""
+
+    time: dt.datetime
+    origin: str  # "upstream upload-time" or "the sdist's PKG-INFO time"
+
+    @property
+    def exclude_newer(self) -> str:
+        return self.time.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def record(self) -> dict[str, str]:
+        return {"time": self.exclude_newer, "origin": self.origin}
+
+
+def release_time(name: str, version: str, source: SdistSource, upstream_index: str) -> AsOf | None:
+    """When this sdist was released: the upstream index's PEP 700 `upload-time` of `name==version`,
+    else the time its PKG-INFO was written into the archive (a submitted file the index lacks); None
+    when neither is known."""
+    from farm.index.upstream import Upstream
+
+    try:
+        with Upstream(upstream_index) as upstream:
+            found = upstream.find_sdist(name, version).upload_time
+    except (UpstreamError, httpx.HTTPError, OSError):
+        found = None
+    if found is not None:
+        return AsOf(found if found.tzinfo else found.replace(tzinfo=dt.UTC), "upstream upload-time")
+    if source.timestamp > 315532800:  # 1980-01-01 is what an sdist without a time gets
+        return AsOf(dt.datetime.fromtimestamp(source.timestamp, dt.UTC), "the sdist's PKG-INFO time")
+    return None

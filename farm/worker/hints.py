@@ -39,9 +39,12 @@ def missing_system_dependencies(output: str) -> list[str]:
 def build_failure(message: str, output: str) -> PackageFailure:
     """The build step's PackageFailure, led by what the output says is missing, if anything."""
     missing = missing_system_dependencies(output)
+    failure_missing = list(missing)
     if missing:
         hint = ("a recipe's `system-packages` installs system libraries (docs/recipes.md)"
                 if any(not m.endswith("(host the build downloads from)") for m in missing)
                 else "the build fetches from the network at build time; give the worker access or vendor the sources")
         message = f"the build output reports missing: {', '.join(missing)}; {hint}\n{message}"
-    return PackageFailure("build", message)
+    failure = PackageFailure("build", message)
+    failure.missing = failure_missing  # type: ignore[attr-defined]  # read by the engines' retries
+    return failure

@@ -10,6 +10,7 @@ overrides, test commands using `{project}`) asks for `path` and gets the tree, u
 from __future__ import annotations
 
 import gzip
+import shutil
 import io
 import tarfile
 from collections.abc import Sequence
@@ -42,6 +43,16 @@ class SdistSource:
         """The unpacked tree (unpacked on first use, with the archive checks of `extract_sdist`)."""
         name, version = self._expect or (None, None)
         return extract_sdist(self.sdist, self._dest, self._limits, expect_name=name, expect_version=version)
+
+    def fresh(self) -> SdistSource:
+        """The same sdist (patched, if it was) unpacked anew where this one was: for a second build attempt
+        that must not see what the first one left in the tree."""
+        if self.is_unpacked:
+            shutil.rmtree(self.path, ignore_errors=True)
+        again = SdistSource(self.sdist, self._dest, self._limits, expect=self._expect)
+        again.patched = list(self.patched)
+        again.__dict__["timestamp"] = self.timestamp  # the original sdist's, not the repacked one's
+        return again
 
     def apply_patches(self, patches: Sequence[Patch], log: TextIO) -> None:
         """Apply a recipe's patches to the tree, then pack the patched tree as the sdist that engines

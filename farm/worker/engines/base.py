@@ -50,6 +50,9 @@ class BuildOutput:
     image_digest: str | None = None
     effective_build_requires: list[str] | None = None
     isolation: dict[str, object] = field(default_factory=dict)  # what package code ran in, for provenance
+    # what the farm changed to make the build work (build requirements as of the release, system
+    # packages it found): recorded in the provenance's internalParameters
+    adjustments: dict[str, object] = field(default_factory=dict)
 
 
 class Engine(Protocol):

@@ -13,6 +13,7 @@ runner), so that only the hooks run package code, and only inside the sandbox:
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from build import BuildBackendException, BuildException, ProjectBuilder
 
-from farm.errors import ConfigError, PackageFailure
+from farm.errors import CommandTimeout, ConfigError, PackageFailure
 from farm.util.cmd import CommandFailed, clean_env, run
 from farm.worker import build_requires
 from farm.worker.engines.base import BuildContext, BuildOutput
@@ -32,6 +33,44 @@ class NativeEngine:
     name = "native"
 
     def build(self, ctx: BuildContext) -> BuildOutput:
+        """Build; with `build-requires-as-of = "auto"` (the default) a failed build is tried once more
+        with its build requirements as of the sdist's release, in a fresh tree and build environment."""
+        mode = ctx.options.build_requires_as_of
+        as_of = self._as_of(ctx) if mode == "release" else None
+        if mode == "release" and as_of is None:
+            ctx.log.write("build requirements as of the release: the release time is unknown; resolving as of today\n")
+        try:
+            return self._build(ctx, as_of)
+        except PackageFailure as exc:
+            if mode != "auto" or getattr(exc, "missing", None) or isinstance(exc, CommandTimeout):
+                raise  # what is missing from the system, or a timeout, is not cured by older build requirements
+            as_of = self._as_of(ctx)
+            if as_of is None:
+                ctx.log.write("\nnot retried as of the release: its time is unknown\n")
+                raise
+            ctx.log.write(f"\n===== retry: build requirements as of the release, {as_of.exclude_newer} "
+                          f"({as_of.origin}) =====\n")
+            first = str(exc).splitlines()[0][:300]
+            ctx.src = ctx.src.fresh()
+            shutil.rmtree(ctx.work / "build-env", ignore_errors=True)
+            shutil.rmtree(ctx.work / "built", ignore_errors=True)
+            try:
+                out = self._build(ctx, as_of)
+            except PackageFailure as again:
+                raise PackageFailure("build", f"{str(again).removeprefix('build: ')}\n(also tried with the build "
+                                     f"requirements as of the release, {as_of.exclude_newer}; the first attempt "
+                                     f"failed with: {first})") from again
+            resolved = out.adjustments["buildRequiresAsOf"]["resolved"]  # type: ignore[index]
+            out.adjustments["buildRequiresAsOf"] = {**as_of.record(), "retry": True, "resolved": resolved,
+                                                    "firstFailure": first}
+            ctx.log.write(f"built with the build requirements as of {as_of.exclude_newer}: {', '.join(resolved)}\n")
+            return out
+
+    @staticmethod
+    def _as_of(ctx: BuildContext) -> build_requires.AsOf | None:
+        return build_requires.release_time(ctx.spec.name, ctx.spec.version, ctx.src, ctx.spec.upstream_index)
+
+    def _build(self, ctx: BuildContext, as_of: build_requires.AsOf | None) -> BuildOutput:
         interp = _interpreter(ctx)
         family, packages = ctx.platform.system_packages(ctx.options.system_packages)
         ctx.platform.install_system_packages(packages, mode=ctx.settings.system_packages, log=ctx.log)
@@ -58,9 +97,9 @@ class NativeEngine:
         try:
             builder = ProjectBuilder(ctx.source, python_executable=python, runner=hook_runner)
             declared = sorted(builder.build_system_requires)
-            self._install(ctx, python, declared)
+            self._install(ctx, python, declared, as_of)
             dynamic = sorted(set(builder.get_requires_for_build("wheel", settings)) - set(declared))
-            self._install(ctx, python, dynamic)
+            self._install(ctx, python, dynamic, as_of)
             wheel = Path(builder.build("wheel", out, settings))
         except BuildBackendException as exc:  # the hook runner's failure, or the backend's own
             if isinstance(exc.exception, PackageFailure):
@@ -74,6 +113,8 @@ class NativeEngine:
             effective_build_requires=[*declared, *dynamic] if effective is None else [*effective, *dynamic],
             isolation={"sandbox": ctx.sandbox.describe(), "network": ctx.options.network,
                        "limits": ctx.limits.describe()},
+            adjustments={"buildRequiresAsOf": {**as_of.record(), "retry": False, "resolved": _installed(python)}}
+            if as_of else {},
         )
 
     def _policy(self, ctx: BuildContext, interpreter: Path, benv: Path) -> Policy:
@@ -94,13 +135,16 @@ class NativeEngine:
         except CommandFailed as exc:
             raise build_failure(failure_message(exc), exc.result.output) from exc
 
-    def _install(self, ctx: BuildContext, python: str, requirements: Iterable[str]) -> None:
-        """Build requirements into the build environment, by the farm: wheels only, from the configured index."""
+    def _install(self, ctx: BuildContext, python: str, requirements: Iterable[str],
+                 as_of: build_requires.AsOf | None = None) -> None:
+        """Build requirements into the build environment, by the farm: wheels only, from the configured
+        index; as of a time (uv's `--exclude-newer`) when given one."""
         reqs = list(requirements)
         if not reqs:
             return
         argv = [uv_bin(), "pip", "install", "--quiet", "--no-config", "--python", python, "--no-build",
-                "--index-url", ctx.spec.upstream_index, *reqs]
+                "--index-url", ctx.spec.upstream_index,
+                *(["--exclude-newer", as_of.exclude_newer] if as_of else []), *reqs]
         try:
             ctx.record(run(argv, env=clean_env(_uv_cache()), log=ctx.log, timeout=ctx.settings.build_timeout))
         except CommandFailed as exc:
@@ -115,6 +159,13 @@ def build_env(ctx: BuildContext) -> dict[str, str]:
     for key, value in ctx.options.environment.items():
         env[key] = os.path.expandvars(value) if "$" in value else value
     return env
+
+
+def _installed(python: str) -> list[str]:
+    """What the build environment holds, `name==version` (recorded when resolved as of a time)."""
+    res = run([uv_bin(), "pip", "freeze", "--no-config", "--python", python], env=clean_env(_uv_cache()), timeout=120,
+              check=False)
+    return sorted(line.strip() for line in res.output.splitlines() if "==" in line)
 
 
 def _uv_cache() -> dict[str, str]:
