@@ -1,10 +1,29 @@
-"""API tokens: made once, shown once, kept only as their sha256 in `$FARM_HOME/farm.toml`.
+"""API tokens: made once, shown once, kept only as their sha256 in the database (table `api_token`).
 
-Roles: `submit` (submit and read jobs), `worker` (storage for remote workers), `admin` (all).
+Roles, and what each may do (`GRANTS`; `admin` may do everything):
+
+| role | may |
+|---|---|
+| `read` | download from private channels |
+| `upload` | read, and upload to a channel's legacy upload API (`/<channel>/legacy/`) |
+| `submit` | read, submit builds and read jobs |
+| `promote` | submit, and promote and yank releases |
+| `admin` | everything |
+| `worker` | the storage of remote workers, nothing else |
+
+A token may be limited to one channel (`--channel`): it reads and uploads there only. It may expire
+(`--expires DATE`). `farm token revoke NAME` marks it revoked; every request looks its token up in the
+database, so the next request with it is refused, with no restart.
+
+Tokens in `farm.toml` (`[[tokens]]`, sha256 only, the form before the database held them) are
+imported into the database when the API starts and by every `farm token` command; an imported
+token is then managed like any other (listed, revoked). One whose sha256 the database already holds,
+revoked or not, is never imported again, so removing it from `farm.toml` is not needed to revoke it.
 
 The local admin token: `farm up` makes one on first start, `$FARM_HOME/admin.token` (mode 0600,
-the token itself, for the CLI on this host). The API trusts it by its sha256 (`api_tokens`), like
-any configured token; the local CLI sends it to a loopback `--server` when no token is given.
+the token itself, for the CLI on this host). The API trusts it by its sha256 (`local_admin_config`),
+read from the file, not the database; the local CLI sends it to a loopback `--server` when no
+token is given. Deleting the file revokes it.
 
 Storage capabilities: the coordinator gives every attempt of a job a capability, an HMAC of
 (job id, attempt) under a secret only the server's processes read (`$FARM_HOME/storage-capability.key`,
@@ -14,6 +33,7 @@ storage accepts a write only for the keys of that job and attempt (farm/api/rout
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import os
@@ -22,15 +42,27 @@ import secrets
 import tempfile
 import tomllib
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import tomli_w
 
 from farm.config import Settings, TokenConfig
-from farm.errors import ConfigError
+from farm.errors import ConfigError, NotFound
 
-ROLES = ("submit", "worker", "admin")
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+ROLES = ("read", "upload", "submit", "promote", "admin", "worker")
+GRANTS: dict[str, frozenset[str]] = {
+    "read": frozenset({"read"}),
+    "upload": frozenset({"read", "upload"}),
+    "submit": frozenset({"read", "submit"}),
+    "promote": frozenset({"read", "submit", "promote"}),
+    "worker": frozenset({"worker"}),
+}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -39,7 +71,7 @@ def hash_token(token: str) -> str:
 
 
 def role_allows(role: str, needed: str) -> bool:
-    return role == "admin" or role == needed
+    return role == "admin" or needed in GRANTS.get(role, frozenset())
 
 
 def find_token(token: str, tokens: Iterable[TokenConfig]) -> TokenConfig | None:
@@ -52,16 +84,171 @@ def find_token(token: str, tokens: Iterable[TokenConfig]) -> TokenConfig | None:
     return found
 
 
+def _new_secret() -> str:
+    return "farm_" + secrets.token_urlsafe(32)
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise ConfigError(f"token name {name!r}: letters, digits, '.', '_' and '-', at most 64")
+    return name
+
+
+# Tokens in the database ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenInfo:
+    """A token as the API knows it (never the secret)."""
+
+    name: str
+    role: str
+    channel: str | None = None
+    created_at: dt.datetime | None = None
+    expires_at: dt.datetime | None = None
+    revoked_at: dt.datetime | None = None
+    origin: str = "cli"
+
+    def state(self, now: dt.datetime | None = None) -> str:
+        now = now or _utcnow()
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        return "active"
+
+    def may_use(self, channel: str) -> bool:
+        return self.channel is None or self.channel == channel
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def parse_expiry(text: str) -> dt.datetime:
+    """`--expires`: a date (YYYY-MM-DD, the token works until that day begins, UTC) or an ISO date-time."""
+    try:
+        when = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ConfigError(f"--expires {text!r}: expected a date (YYYY-MM-DD) or an ISO date-time") from None
+    if when.tzinfo is not None:
+        when = when.astimezone(dt.UTC).replace(tzinfo=None)
+    if when <= _utcnow():
+        raise ConfigError(f"--expires {text!r} is in the past")
+    return when
+
+
+def _info(row: object) -> TokenInfo:
+    return TokenInfo(name=row.name, role=row.role, channel=row.channel, created_at=row.created_at,  # type: ignore[attr-defined]
+                     expires_at=row.expires_at, revoked_at=row.revoked_at, origin=row.origin)  # type: ignore[attr-defined]
+
+
+def issue(session: Session, settings: Settings, name: str, role: str, *, channel: str | None = None,
+          expires: dt.datetime | None = None) -> str:
+    """A new random token `name` with `role` (limited to `channel` when given); only its sha256 is stored.
+    The token itself is returned once and never again."""
+    from sqlalchemy import select
+
+    from farm.db.models import ApiToken
+
+    check_name(name)
+    if role not in ROLES:
+        raise ConfigError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
+    if channel is not None:
+        from farm.index.channels import layout
+
+        known = layout(settings).channels
+        if channel not in known:
+            raise ConfigError(f"--channel {channel!r}: not a channel of this farm ({', '.join(known)})")
+        if role in ("admin", "worker"):
+            raise ConfigError(f"a {role} token is not limited to a channel")
+    import_config_tokens(session, settings)
+    if session.scalar(select(ApiToken.id).where(ApiToken.name == name)) is not None:
+        raise ConfigError(f"a token named {name!r} exists already (revoked ones keep their name)")
+    token = _new_secret()
+    session.add(ApiToken(name=name, role=role, channel=channel, sha256=hash_token(token), expires_at=expires,
+                         origin="cli"))
+    session.flush()
+    return token
+
+
+def revoke(session: Session, settings: Settings, name: str) -> TokenInfo:
+    """Mark token `name` revoked (at once: the API looks every token up per request)."""
+    from sqlalchemy import select
+
+    from farm.db.models import ApiToken
+
+    import_config_tokens(session, settings)
+    row = session.scalar(select(ApiToken).where(ApiToken.name == name))
+    if row is None:
+        if name == LOCAL_ADMIN_NAME:
+            raise ConfigError(f"{name} is the token in {local_admin_path(settings.home)}: delete that file to revoke it")
+        raise NotFound(f"no token named {name!r}")
+    if row.revoked_at is None:
+        row.revoked_at = _utcnow()
+        session.flush()
+    return _info(row)
+
+
+def list_tokens(session: Session, settings: Settings) -> list[TokenInfo]:
+    from sqlalchemy import select
+
+    from farm.db.models import ApiToken
+
+    import_config_tokens(session, settings)
+    return [_info(r) for r in session.scalars(select(ApiToken).order_by(ApiToken.name))]
+
+
+def lookup(session: Session, token: str) -> TokenInfo | None:
+    """The database's token for the secret `token` (revoked and expired ones too: the caller decides)."""
+    from sqlalchemy import select
+
+    from farm.db.models import ApiToken
+
+    row = session.scalar(select(ApiToken).where(ApiToken.sha256 == hash_token(token)))
+    return None if row is None else _info(row)
+
+
+def import_config_tokens(session: Session, settings: Settings) -> list[str]:
+    """Copy the `farm.toml` tokens the database does not hold (by sha256, and by name) into it; their names."""
+    from sqlalchemy import select
+
+    from farm.db.models import ApiToken
+
+    if not settings.tokens:
+        return []
+    held = set(session.scalars(select(ApiToken.sha256)))
+    names = set(session.scalars(select(ApiToken.name)))
+    added = []
+    for t in settings.tokens:
+        if t.sha256 in held:
+            continue
+        name = t.name if t.name not in names else f"{t.name}.toml-{t.sha256[:8]}"
+        session.add(ApiToken(name=name, role=t.role, channel=None, sha256=t.sha256, origin="farm.toml"))
+        held.add(t.sha256)
+        names.add(name)
+        added.append(name)
+    if added:
+        session.flush()
+    return added
+
+
+# Tokens in farm.toml (the form before the database; imported by `import_config_tokens`) ----------------
+
+
+CONFIG_ROLES = ("submit", "worker", "admin")
+
+
 def create_token(home: Path, name: str, role: str) -> str:
-    """A new random token for `name` with `role`; its hash is appended to `home/farm.toml`.
+    """A new random token for `name` with `role`; its hash is appended to `home/farm.toml` (for a farm
+    set up from files, before its database exists; `issue` makes one in the database).
 
     The rest of the file is kept as it is (the entry is appended as a `[[tokens]]` table); only a
     file that spells `tokens` as an inline array is rewritten as a whole.
     """
-    if role not in ROLES:
-        raise ConfigError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
-    if not _NAME.match(name):
-        raise ConfigError(f"token name {name!r}: letters, digits, '.', '_' and '-', at most 64")
+    if role not in CONFIG_ROLES:
+        raise ConfigError(f"unknown role {role!r} for farm.toml; one of {', '.join(CONFIG_ROLES)}")
+    check_name(name)
     path = home / "farm.toml"
     text = path.read_text() if path.is_file() else ""
     try:
@@ -73,7 +260,7 @@ def create_token(home: Path, name: str, role: str) -> str:
         raise ConfigError(f"{path}: tokens must be a list of tables")
     if any(isinstance(t, dict) and t.get("name") == name for t in existing):
         raise ConfigError(f"{path}: a token named {name!r} exists already")
-    token = "farm_" + secrets.token_urlsafe(32)
+    token = _new_secret()
     entry = {"name": name, "role": role, "sha256": hash_token(token)}
     TokenConfig.model_validate(entry)
     sep = "" if not text else "\n" if text.endswith("\n") else "\n\n"

@@ -18,7 +18,7 @@ from farm.index.promote import promote_and_publish, yank_and_rewrite
 from farm.util.names import check_pin, check_text
 
 router = APIRouter(prefix="/api/releases", tags=["releases"])
-admin = Depends(require("admin"))
+admin = Depends(require("promote"))  # promote and yank: role promote (or admin)
 Pin = Annotated[str, Field(min_length=3, max_length=300, examples=["pyyaml==6.0.2"]), AfterValidator(check_pin)]
 
 

@@ -2,7 +2,8 @@
 chosen once per command line, the farm's own database or a farm's HTTP API (`--server URL`).
 
 - `commands.py`: the parser, `main`, and submit, status, logs, cancel, yank, promote (each written
-  once, over a `Backend`), recipes, images, tokens, the database;
+  once, over a `Backend`), recipes, images, the database;
+- `tokens.py`: token create, list, revoke (in this host's farm database);
 - `backend.py`: the `Backend` protocol, the views it returns, and the local backend (this host's
   FARM_HOME and database);
 - `remote.py`: the remote backend, a client of the farm's API; it never imports the database;

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from farm.cli import processes, publishing, render
+from farm.cli import processes, publishing, render, tokens
 from farm.cli.backend import Backend, choose
 from farm.config import get_settings, reset_settings
 from farm.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, FarmError, RecipeError
@@ -95,17 +95,6 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     from farm.images import cli_build
 
     return cli_build(args)
-
-
-def cmd_token_create(args: argparse.Namespace) -> int:
-    from farm.tokens import create_token
-
-    home = get_settings().home
-    token = create_token(home, args.name, args.role)
-    print(token)
-    print(f"token {args.name!r} ({args.role}): shown only now; its sha256 was added to {home / 'farm.toml'}",
-          file=sys.stderr)
-    return EXIT_OK
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -209,11 +198,7 @@ def parser() -> argparse.ArgumentParser:
     add_arguments(s)
     s.set_defaults(func=cmd_image_build)
 
-    token = sub.add_parser("token", help="API tokens").add_subparsers(dest="token_command", required=True)
-    s = token.add_parser("create", help="make a token, print it once, add its sha256 to $FARM_HOME/farm.toml")
-    s.add_argument("name")
-    s.add_argument("--role", required=True, choices=["submit", "worker", "admin"])
-    s.set_defaults(func=cmd_token_create)
+    tokens.add_commands(sub)  # token create list revoke
 
     db = sub.add_parser("db", help="database").add_subparsers(dest="db_command", required=True)
     s = db.add_parser("upgrade", help="apply migrations")

@@ -140,7 +140,8 @@ class Artifact(Base):
     __table_args__ = (Index("uq_artifact_live_filename_key", "filename_key", unique=True,
                             sqlite_where=LIVE, postgresql_where=LIVE),)
     id: Mapped[int] = mapped_column(primary_key=True)
-    job_id: Mapped[int] = mapped_column(ForeignKey("job.id"), index=True)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("job.id"), index=True)  # None: uploaded, not built here
+    uploaded_by: Mapped[str | None] = mapped_column(String(64))  # the token that uploaded it (farm/api/routes_upload.py)
     filename: Mapped[str] = mapped_column(String(300))
     filename_key: Mapped[str | None] = mapped_column(String(300))
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
@@ -157,7 +158,7 @@ class Artifact(Base):
     metadata_sha256: Mapped[str | None] = mapped_column(String(64))  # of its METADATA file (PEP 658), for page rewrites
     removed_at: Mapped[dt.datetime | None]  # `farm gc` removed its files; the record stays
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
-    job: Mapped[Job] = relationship(back_populates="artifacts", foreign_keys=[job_id])
+    job: Mapped[Job | None] = relationship(back_populates="artifacts", foreign_keys=[job_id])
     provenance: Mapped[Provenance | None] = relationship(back_populates="artifact", uselist=False)
     channels: Mapped[list[ChannelEntry]] = relationship(back_populates="artifact", cascade="all, delete-orphan")
     uploads: Mapped[list[Upload]] = relationship(back_populates="artifact", cascade="all, delete-orphan")
@@ -201,6 +202,21 @@ class Provenance(Base):
     envelope: Mapped[dict[str, Any] | None]  # the signed PEP 740-style provenance object (farm/provenance/sign.py)
     keyid: Mapped[str | None] = mapped_column(String(100))  # the farm key that signed it
     artifact: Mapped[Artifact] = relationship(back_populates="provenance")
+
+
+class ApiToken(Base):
+    """An API token (farm/tokens.py): its sha256, never the secret; revoked and expired ones are kept."""
+
+    __tablename__ = "api_token"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    channel: Mapped[str | None] = mapped_column(String(64))  # None: every channel
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime | None]
+    revoked_at: Mapped[dt.datetime | None]
+    origin: Mapped[str] = mapped_column(String(16), default="cli")  # cli | farm.toml (imported at start)
 
 
 class Dependency(Base):
