@@ -149,6 +149,10 @@ class Settings(BaseSettings):
     virtual_indexes: dict[str, list[str]] = Field(
         default_factory=lambda: {"prod": ["stable"], "dev": ["staging", "stable"]},
         description="indexes merged from channels in order (first wins per file name), served at /<name>/simple/")
+    private_channels: list[str] = Field(default_factory=list, description="channels whose pages and files need a token "
+                                        "(role read or more); a virtual index listing one is private too")
+    upload_binaries: list[str] = Field(default_factory=list, description="channels that take uploaded compiled wheels "
+                                       "for platforms the farm builds (default: only pure wheels and other platforms)")
     upload_targets: dict[str, UploadTarget] = Field(default_factory=dict, description="other indexes (`farm publish-to`)")
     gc_keep_versions: dict[str, int] = Field(default_factory=lambda: {"staging": 10},
                                              description="`farm gc`: newest versions kept per project in these channels")
