@@ -110,6 +110,10 @@ class SdistError(FarmError):
     exit_code = 4
 
 
+class WheelError(SdistError):
+    """An uploaded wheel that is not acceptable: its archive, tags, WHEEL, METADATA or RECORD (farm/util/wheel_check.py)."""
+
+
 class UpstreamError(FarmError):
     """The upstream index does not have what was asked for, or its file does not match its record."""
 
@@ -304,3 +308,12 @@ class IntakeRefused(FarmError):
     """The intake policy (farm/coordinator/intake.py) refuses a release; the message names the rule."""
 
     exit_code = 10
+
+
+class AccessRefused(FarmError):
+    """A request whose token does not admit it: `status` 401 (no valid token) or 403 (a token of another
+    role or channel). farm/api/auth.py raises it; the API answers with `status`."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail

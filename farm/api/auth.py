@@ -26,6 +26,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from farm.config import Settings
+from farm.errors import AccessRefused as Refused
 from farm.errors import ConfigError
 from farm.tokens import TokenInfo, hash_token, import_config_tokens, local_admin_config, lookup, role_allows
 
@@ -43,14 +44,6 @@ class Principal:
     name: str
     role: str
     channel: str | None = None  # the one channel the token is limited to; None: all
-
-
-class Refused(Exception):
-    """A request whose token does not admit it: `status` 401 (who are you?) or 403 (not this)."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.detail = status, detail
 
 
 def app_settings(request: Request) -> Settings:
@@ -135,3 +128,47 @@ def require(role: str):  # type: ignore[no-untyped-def]
 
     check.__name__ = f"require_{role}"
     return check
+
+
+def private_trees(settings: Settings) -> dict[str, list[str]]:
+    """Per private tree (channels and virtual indexes; "" for the top-level tree) the private channels
+    it serves: a channel in `private_channels`, and any virtual index that lists one."""
+    from farm.index.channels import layout
+
+    lay = layout(settings)
+    private = set(settings.private_channels)
+    found: dict[str, list[str]] = {}
+    for tree in lay.trees():
+        members = [c for c in lay.members(tree) if c in private]
+        if members:
+            found[tree] = members
+    if lay.first in found:
+        found[""] = found[lay.first]
+    return found
+
+
+def index_guard(settings: Settings):  # type: ignore[no-untyped-def]
+    """The index's guard (farm/index/serve.py): a private tree needs a token of role read (or more)
+    for every private channel it serves; 401 with `WWW-Authenticate: Basic` without one, 403 for a
+    token of another channel. Public trees need none."""
+    from starlette.concurrency import run_in_threadpool
+    from starlette.responses import PlainTextResponse, Response
+
+    guarded = private_trees(settings)
+
+    async def guard(request: Request, tree: str) -> Response | None:
+        channels = guarded.get(tree)
+        if not channels:
+            return None
+        secret = secret_from_header(request.headers.get("authorization"))
+        try:
+            who = await run_in_threadpool(identify, settings, secret, request.app.state if "app" in request.scope else None)
+            for channel in channels:
+                authorize(who, "read", channel)
+        except Refused as exc:
+            headers = {"WWW-Authenticate": BASIC_REALM} if exc.status == 401 else None
+            word = "Unauthorized" if exc.status == 401 else "Forbidden"
+            return PlainTextResponse(f"{exc.status} {word}: {exc.detail}\n", status_code=exc.status, headers=headers)
+        return None
+
+    return guard

@@ -9,7 +9,7 @@
 - `.dist-info/RECORD`: every member listed once with its sha256 (urlsafe base64, PEP 376/427) and
   size, and every listed file present, except RECORD itself and its signatures.
 
-`WheelError` (a `SdistError`, exit 4: a file that is not acceptable) says what is wrong and where.
+`WheelError` (farm/errors.py; a `SdistError`, exit 4) says what is wrong and where.
 """
 
 from __future__ import annotations
@@ -27,12 +27,8 @@ from pathlib import Path, PurePosixPath
 from packaging.tags import Tag
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
-from farm.errors import SdistError
+from farm.errors import WheelError
 from farm.util.archive import Limits
-
-
-class WheelError(SdistError):
-    """An uploaded wheel that is not acceptable."""
 
 
 @dataclass(frozen=True, kw_only=True)
