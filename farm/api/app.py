@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from farm import web
-from farm.api import routes_jobs, routes_releases, routes_upload, routes_workers
+from farm.api import auth, routes_jobs, routes_releases, routes_upload, routes_workers
 from farm.config import Settings, get_settings
 from farm.errors import FarmError, NotFound, StateError, UpstreamError
 from farm.index.serve import index_app
@@ -50,5 +50,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_releases.router)
     app.include_router(routes_upload.router)  # /<channel>/legacy/
     web.install(app)  # the dashboard at / and /ui/, and /metrics (farm/web)
-    app.mount("/", index_app(settings.index))
+    app.mount("/", index_app(settings.index, guard=auth.index_guard(settings)))  # private channels
     return app

@@ -6,6 +6,12 @@
     /keys/farm.pub            the farm's public key (farm/provenance/keys.py)
     /<tree>/simple/ ...       channels and virtual indexes (farm/index/channels.py)
 
+A private channel (`private_channels`), and a virtual index that lists one, is served only to a
+token of role read or more for it (the API's guard, farm/api/auth.py `index_guard`): none or an
+unknown one 401 with `WWW-Authenticate: Basic`, a token for another channel 403. pip, uv and the
+others send it from the index URL (`http://__token__:TOKEN@host/<channel>/simple/`), PIP_INDEX_URL or
+.netrc. A static web server in front knows nothing of tokens: serve private channels from the API.
+
 `/simple` and `/simple/<project>` redirect to the slash form, and non-normalized project names to
 the normalized one. A name that cannot be a project (farm/util/names.py) is 404 before any file is
 looked up, and so is a file in a tree whose folder does not exist yet (a channel before its first
@@ -25,7 +31,7 @@ from __future__ import annotations
 
 import gzip
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 from urllib.parse import unquote, urljoin
@@ -37,7 +43,7 @@ from starlette.datastructures import Headers
 from starlette.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import NotModifiedResponse, PathLike, StaticFiles
-from starlette.types import Scope
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from farm.index.serve_trees import tree_dispatcher
 from farm.index.simple import HTML_TYPE, JSON_TYPE, absolute_provenance
@@ -105,10 +111,36 @@ def negotiate(accept: str | None, offers: Sequence[str] = OFFERS) -> str | None:
     return chosen
 
 
-def index_app(root: Path, *, trees: bool = True) -> Starlette:
+# (the request, the tree it reads: "" for the top-level tree) -> an answer that refuses it, or None
+Guard = Callable[[Request, str], Awaitable[Response | None]]
+
+
+def index_app(root: Path, *, trees: bool = True, guard: Guard | None = None) -> ASGIApp:
     """An ASGI app serving the index below `root` (see `farm.index.simple` for the layout), and with
-    `trees` the channel and virtual-index trees below it at /<name>/simple/ (farm/index/serve_trees.py)."""
-    root = Path(root)
+    `trees` the channel and virtual-index trees below it at /<name>/simple/ (farm/index/serve_trees.py).
+
+    With `guard`, every request for a page or file is first shown to it with the tree it reads (""
+    for the top-level tree, which is the first channel's); the public keys are never guarded. The
+    API passes `farm.api.auth.index_guard` (private channels)."""
+    app = _index_app(Path(root), trees=trees)
+    if guard is None:
+        return app
+
+    async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            first = scope["path"].lstrip("/").split("/", 1)[0]
+            if first != "keys":
+                tree = "" if first in ("", "simple", "files") else first
+                refusal = await guard(Request(scope), tree)
+                if refusal is not None:
+                    await refusal(scope, receive, send)
+                    return
+        await app(scope, receive, send)
+
+    return guarded
+
+
+def _index_app(root: Path, *, trees: bool) -> Starlette:
     simple = root / "simple"
 
     def page(request: Request, folder: Path, *, project: bool = False) -> Response:
@@ -186,7 +218,7 @@ def index_app(root: Path, *, trees: bool = True) -> Starlette:
             Mount("/files", app=Files(directory=root / "files", check_dir=False), name="files"),
             Route("/keys/", keys_list, methods=methods),
             Mount("/keys", app=Files(directory=root / "keys", check_dir=False), name="keys"),
-            *([Mount("/{tree}", app=tree_dispatcher(root, lambda folder: index_app(folder, trees=False)))]
+            *([Mount("/{tree}", app=tree_dispatcher(root, lambda folder: _index_app(folder, trees=False)))]
               if trees else []),
         ]
     )
