@@ -1,9 +1,9 @@
 """Sign-in for the dashboard: an API token (farm/tokens.py), kept in a cookie.
 
-The sign-in form posts the token; the dashboard checks it like the API does (`find_token` over the
-tokens the app accepts) and keeps it in an HttpOnly, SameSite=Strict cookie (Secure when the page
-came over HTTPS), and every request checks it against the tokens the API accepts, so a token removed
-from farm.toml signs its holder out once the API reads its tokens again (at its restart). Reading needs the role `submit` (like `GET /api/jobs`), so a worker
+The sign-in form posts the token; the dashboard checks it as the API does (`farm.api.auth.identify`:
+the database's tokens and the local admin token) and keeps it in an HttpOnly, SameSite=Strict cookie
+(Secure when the page came over HTTPS). Every request checks it again, so a revoked or expired token
+signs its holder out on the next page. Reading needs the role `submit` (like `GET /api/jobs`), so a worker
 token does not sign in; `submit` and `admin` see the cancel and retry buttons.
 
 Every form that changes something carries a CSRF value derived from the token (an HMAC), checked
@@ -18,8 +18,8 @@ from urllib.parse import quote
 
 from fastapi import HTTPException, Request
 
-from farm.api.auth import Principal, app_tokens
-from farm.tokens import find_token, role_allows
+from farm.api.auth import Principal, Refused, app_settings, identify
+from farm.tokens import role_allows
 
 COOKIE = "farm_token"
 READ_ROLE = "submit"
@@ -28,8 +28,10 @@ READ_ROLE = "submit"
 def principal_for(request: Request, token: str | None) -> Principal | None:
     if not token:
         return None
-    found = find_token(token, app_tokens(request))
-    return Principal(found.name, found.role) if found is not None else None
+    try:
+        return identify(app_settings(request), token, request.app.state)
+    except Refused:
+        return None
 
 
 def viewer(request: Request) -> Principal | None:
