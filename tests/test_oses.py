@@ -459,3 +459,123 @@ def test_self_test_names_the_step_a_host_cannot_do(tmp_path):
     failing = [line for line in res.stdout.splitlines() if "FAIL" in line]
     assert "repairing" in failing[0] and "xcode-select --install" in res.stdout
     assert "self-test FAILED: 0 of 1 Pythons" in res.stdout
+
+
+# worker configuration, service definitions and the CI workflow (real files, parsed and checked) ----
+
+
+def farm_args(argv: list[str]):
+    """`argv` (after the program) parsed by the farm's own command-line parser."""
+    from farm.cli.commands import parser
+
+    return parser().parse_args(argv)
+
+
+@pytest.mark.parametrize("family", ["macos", "windows"])
+def test_worker_configuration_uses_the_api_and_no_shared_folder(family, tmp_path, monkeypatch):
+    """workers/*/farm.toml as $FARM_HOME/farm.toml: valid settings, storage over the farm's API
+    (HttpStorage with the token), verification from the API's index, nothing on a shared folder."""
+    from farm.config import get_settings, reset_settings
+    from farm.storage import get_storage
+    from farm.storage_http import HttpStorage
+
+    for name in [k for k in os.environ if k.startswith("FARM_")]:
+        monkeypatch.delenv(name)
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(WORKERS / family / "farm.toml", home / "farm.toml")
+    raw = tomllib.loads((home / "farm.toml").read_text())
+    monkeypatch.setenv("FARM_HOME", str(home))
+    monkeypatch.setattr("farm.storage._owner", False)  # a worker process (an in-process API test may have owned it)
+    reset_settings()
+    try:
+        settings = get_settings()
+        assert {"storage_root", "index_root", "farm_index_url"}.isdisjoint(raw)
+        assert settings.server_url.startswith("http") and settings.token and settings.broker_url.startswith("redis://")
+        assert get_platform(settings.platform).family == family and settings.engine == "native"
+        storage = get_storage()
+        assert isinstance(storage, HttpStorage) and storage.base_url == settings.server_url
+        assert storage._headers == {"Authorization": f"Bearer {settings.token}"}
+        assert settings.verify_index_url == settings.server_url + "/simple/"
+    finally:
+        reset_settings()
+
+
+def test_launchd_plist_runs_a_worker_the_cli_accepts():
+    """workers/macos/org.wheel-farm.worker.plist, parsed as launchd does (plistlib): the program is
+    the venv's farm, its arguments are a `farm worker` command the parser accepts for a macOS queue,
+    FARM_HOME, working folder and logs agree, and Homebrew is on PATH."""
+    plist = plistlib.loads((WORKERS / "macos" / "org.wheel-farm.worker.plist").read_bytes())
+    assert plist["Label"] == "org.wheel-farm.worker" and plist["UserName"] == "farm"
+    program, *argv = plist["ProgramArguments"]
+    assert program.endswith("/bin/farm") and Path(program).is_absolute()
+    args = farm_args(argv)
+    assert args.command == "worker" and not args.self_test
+    config = tomllib.loads((WORKERS / "macos" / "farm.toml").read_text())
+    assert args.platform == config["platform"] and get_platform(args.platform).family == "macos"
+    env = plist["EnvironmentVariables"]
+    home = env["FARM_HOME"]
+    assert plist["WorkingDirectory"] == home and plist["StandardOutPath"].startswith(home + "/logs/")
+    assert plist["StandardErrorPath"] == plist["StandardOutPath"]
+    assert "/opt/homebrew/bin" in env["PATH"].split(":") and "/usr/bin" in env["PATH"].split(":")
+    assert plist["KeepAlive"] is True and plist["RunAtLoad"] is True
+    assert not any(k.startswith("FARM_") and k != "FARM_HOME" for k in env)  # the rest is in farm.toml
+
+
+def test_windows_service_definition_runs_a_worker_the_cli_accepts():
+    """workers/windows/farm-worker.xml (WinSW) and install-service.ps1: the service runs the venv's
+    Scripts\\farm.exe with a `farm worker` command the parser accepts, restarts it on failure, and
+    the install script's own farm command (the self-test) is one the parser accepts too."""
+    root = ET.parse(WORKERS / "windows" / "farm-worker.xml").getroot()
+    assert root.tag == "service" and root.findtext("id") == "farm-worker"
+    assert root.findtext("executable").endswith("\\Scripts\\farm.exe")
+    args = farm_args(root.findtext("arguments").split())
+    assert args.command == "worker" and get_platform(args.platform).family == "windows"
+    home = root.findtext("workingdirectory")
+    assert {e.get("name"): e.get("value") for e in root.findall("env")}["FARM_HOME"] == home
+    assert root.findtext("logpath").startswith(home) and root.find("onfailure").get("action") == "restart"
+    assert root.find("serviceaccount") is None  # no password in the repository
+
+    script = (WORKERS / "windows" / "install-service.ps1").read_text()
+    calls_of_farm = [line.split("& $farm ", 1)[1] for line in script.splitlines() if "& $farm " in line]
+    assert calls_of_farm == ["worker --self-test --platform $Platform"]
+    for platform in ("windows-amd64", "windows-arm64", "windows-x86"):
+        assert f"'{platform}'" in script  # the ValidateSet
+        args = farm_args(calls_of_farm[0].replace("$Platform", platform).split())
+        assert args.self_test and args.platform == platform
+    # what the script sets in the XML is there to be set
+    for element in ("executable", "arguments", "name", "workingdirectory", "logpath"):
+        assert f"$xml.service.{element} = " in script and root.find(element) is not None
+    assert "$xml.service.serviceaccount" in script and "RemoveChild" in script
+
+
+def test_github_actions_workflow_runs_the_self_test_on_macos_and_windows():
+    """workers/github-actions/self-test.yml (it cannot run here): valid YAML, one job per runner whose
+    queue is of that runner's OS, every `farm` command in it accepted by the parser, and the Pythons
+    it configures valid settings."""
+    import json
+
+    import yaml
+
+    from farm.config import Settings
+
+    workflow = yaml.safe_load((WORKERS / "github-actions" / "self-test.yml").read_text())
+    job = workflow["jobs"]["self-test"]
+    runs = {(m["os"], m["platform"]) for m in job["strategy"]["matrix"]["include"]}
+    assert {os_ for os_, _ in runs} >= {"macos-latest", "windows-latest"}
+    for os_, platform in runs:
+        assert get_platform(platform).family == os_.split("-")[0]
+    lines = [line.strip() for step in job["steps"] for line in step.get("run", "").splitlines()]
+    farm_lines = [line for line in lines if line.startswith("farm ")]
+    assert farm_lines and any("--self-test" in line for line in farm_lines)
+    for line in farm_lines:
+        for _, platform in runs:
+            argv = shlex.split(line.replace("${{ matrix.platform }}", platform))[1:]
+            args = farm_args([a.replace("$RUNNER_TEMP", "/tmp") for a in argv])
+            assert args.command == "worker" and args.self_test and args.platform == platform
+    assert "python -m pip install ." in lines
+    pythons = json.loads(job["env"]["FARM_PYTHONS"])
+    assert Settings(pythons=pythons).pythons == ["3.9", "3.12", "3.13"]
+    setup = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/setup-python"))
+    offered = setup["with"]["python-version"].split()
+    assert set(pythons) <= set(offered) and tuple(map(int, offered[-1].split("."))) >= (3, 11)  # farm's own
