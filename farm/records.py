@@ -10,7 +10,9 @@ Retention (`farm gc`), in this order:
    (with `removed_at`), so `farm find` and `farm show` still answer.
 3. sweep files older than `gc_min_age_days` that nothing references: index files no page of their
    tree lists, stored wheels of removed artifacts and of jobs that published nothing, logs of ended
-   jobs that have no live artifact, storage folders of jobs the database does not know.
+   jobs that have no live artifact, storage folders of jobs the database does not know. With
+   `--logs-older-than DAYS`, also the logs of ended jobs older than that whose wheels are still served
+   (the provenance and the step summaries in the database stay).
 
 Never removed: a file any tree's page lists, the stored wheel of an artifact any channel lists (both
 checked again right before each deletion), sdists (the inputs of every record), files of jobs
@@ -168,7 +170,7 @@ def render(data: Any, indent: int = 0) -> str:
 
 
 def gc(settings: Settings, *, dry_run: bool = False, keep: int | None = None,
-       min_age_days: float | None = None) -> dict[str, Any]:
+       min_age_days: float | None = None, logs_older_than_days: float | None = None) -> dict[str, Any]:
     from farm.db.session import session_scope
 
     lay = layout(settings)
@@ -216,9 +218,11 @@ def gc(settings: Settings, *, dry_run: bool = False, keep: int | None = None,
             for project in sorted(touched):
                 regenerate(session, settings, project)
     # 3. sweep
+    logs_cutoff = None if logs_older_than_days is None else time.time() - logs_older_than_days * 86400
+    report["logs_older_than_days"] = logs_older_than_days
     with session_scope() as session:
         protected = _protected(session, settings, lay)
-        for path in _unreferenced(session, settings, lay):
+        for path in _unreferenced(session, settings, lay, logs_cutoff=logs_cutoff):
             try:
                 st = path.stat()
             except FileNotFoundError:
@@ -256,7 +260,7 @@ def _protected(session: Session, settings: Settings, lay: Any) -> set[Path]:
     return keep
 
 
-def _unreferenced(session: Session, settings: Settings, lay: Any) -> list[Path]:
+def _unreferenced(session: Session, settings: Settings, lay: Any, *, logs_cutoff: float | None = None) -> list[Path]:
     from farm.storage import get_storage
 
     out: list[Path] = []
@@ -303,8 +307,8 @@ def _unreferenced(session: Session, settings: Settings, lay: Any) -> list[Path]:
             stem = key.removesuffix(statement.SUFFIX)
             if stem in live_keys:
                 continue
-            if p.name.endswith(".log") and live:
-                continue
+            if p.name.endswith(".log") and live and (logs_cutoff is None or p.stat().st_mtime > logs_cutoff):
+                continue  # a published wheel's log is kept, unless older than --logs-older-than
             out.append(p)
     return out
 

@@ -142,3 +142,28 @@ def test_gc_keeps_n_versions_and_never_deletes_what_a_channel_serves(settings, t
     # farm verify still passes for what is served.
     code, out, _ = _farm("verify", "recgc==1.0", "--offline")
     assert code == 0, out
+
+
+def test_gc_logs_older_than_removes_old_logs_of_served_wheels_only(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Log retention: `farm gc --logs-older-than DAYS` removes the build logs of ended jobs older than
+    DAYS even though their wheels are served; younger logs and the wheels themselves stay."""
+    from farm.db.models import Artifact
+    from farm.db.session import session_scope
+    from farm.storage import log_key
+
+    publish_wheel(settings, make_wheel(tmp_path / "w", "reclog", "1.0"), version="1.0")
+    publish_wheel(settings, make_wheel(tmp_path / "w", "reclog", "2.0"), version="2.0")
+    with session_scope() as s:
+        jobs = {a.version: a.job_id for a in s.query(Artifact).filter_by(name="reclog")}
+    logs = {v: settings.storage / log_key(j, 1) for v, j in jobs.items()}
+    for v, path in logs.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"build log of {v}\n")
+    old = 1_000_000  # 1970: older than any retention
+    os.utime(logs["1.0"], (old, old))
+    report = json.loads(_farm("gc", "--min-age-days", "0", "--json")[1])
+    assert report["deleted_files"] == [] and all(p.exists() for p in logs.values())  # kept by default
+    report = json.loads(_farm("gc", "--min-age-days", "0", "--logs-older-than", "30", "--json")[1])
+    assert report["deleted_files"] == [str(logs["1.0"])]
+    assert not logs["1.0"].exists() and logs["2.0"].exists()
+    assert len(_served(settings)["staging"]) == 2  # the wheels stay

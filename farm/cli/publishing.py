@@ -142,7 +142,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
     from farm.records import gc
 
     _db()
-    result = gc(get_settings(), dry_run=args.dry_run, keep=args.keep, min_age_days=args.min_age_days)
+    result = gc(get_settings(), dry_run=args.dry_run, keep=args.keep, min_age_days=args.min_age_days,
+                logs_older_than_days=args.logs_older_than)
     render.record(result, args.json)
     return EXIT_OK
 
@@ -239,5 +240,7 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--dry-run", action="store_true")
     s.add_argument("--keep", type=int, help="versions kept per project in each pruned channel (overrides config)")
     s.add_argument("--min-age-days", type=float, help="only remove files older than this (overrides config)")
+    s.add_argument("--logs-older-than", type=float, metavar="DAYS",
+                   help="also remove the build logs of ended jobs older than DAYS, even where their wheels are served")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_gc)
