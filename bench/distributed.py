@@ -44,8 +44,9 @@ sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 import httpx
 from embedded import bare, by_hand, fetch_sdist, say
 
-from tests.cluster import Cluster, RedisServer, drop_database, free_port, pg_database
-from tests.conftest import make_project, make_sdist
+from tests.helpers.env import free_port
+from tests.helpers.servers import Cluster, RedisServer, drop_database, pg_database
+from tests.helpers.sdists import make_project, make_sdist
 
 DEFAULT_SDISTS = ["pyyaml==6.0.2", "msgpack==1.1.0", "markupsafe==3.0.2", "simplejson==3.19.3", "wrapt==1.17.2",
                   "ujson==5.10.0"]

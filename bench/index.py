@@ -44,7 +44,8 @@ sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
 
-from tests.index_servers import DevpiServer, PypiServer, free_port  # noqa: E402
+from tests.helpers.env import free_port  # noqa: E402
+from tests.helpers.servers import DevpiServer, PypiServer  # noqa: E402
 
 JSON = "application/vnd.pypi.simple.v1+json"
 BIG = "benchproj"
@@ -64,7 +65,7 @@ def log(msg: str) -> None:
 
 
 def make_wheels(work: Path, n_big: int, n_set: int) -> tuple[list[tuple[Path, str]], list[tuple[Path, str]]]:
-    from tests.index_helpers import make_wheel
+    from tests.helpers.wheels import make_wheel
 
     big = [(make_wheel(work / "wheels" / "big", BIG, f"{i // 100}.{i % 100}"), f"{i // 100}.{i % 100}")
            for i in range(n_big)]
@@ -113,7 +114,7 @@ def farm_publish_all(wheels: list[tuple[Path, str]], page_url: str | None) -> di
     clock runs from publish() until the served page lists the file; the job's rows, its stored wheel
     and its statement are made before, as a worker leaves them (not timed)."""
     from farm.config import get_settings
-    from tests.index_helpers import prepare_job, publish_prepared
+    from tests.helpers.farms import prepare_job, publish_prepared
 
     settings = get_settings()
     timings: dict[int, float] = {}

@@ -42,7 +42,7 @@ from farm.worker.sandbox import job_limits
 from farm.worker.source import SdistSource
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.conftest import cached_sdist  # noqa: E402  (the same cached, sha256-checked upstream sdists)
+from tests.helpers.sdists import cached_sdist  # noqa: E402  (the same cached, sha256-checked upstream sdists)
 
 DEFAULT_SDISTS = ["pyyaml==6.0.2", "msgpack==1.1.0", "markupsafe==3.0.2"]
 UPSTREAM = "https://pypi.org/simple/"

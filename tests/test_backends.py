@@ -18,8 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from tests import backends
-from tests.conftest import Farm, cached_sdist, free_port, installed_and_run, make_sdist
+from tests.helpers import backends
+from tests.helpers.env import free_port, installed_and_run
+from tests.helpers.farms import Farm
+from tests.helpers.sdists import cached_sdist, make_sdist
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 

@@ -25,8 +25,9 @@ from farm.cli import main
 from farm.config import get_settings, reset_settings
 from farm.errors import BackupError
 from farm.index import simple
-from tests.cluster import drop_database, pg_database
-from tests.index_helpers import make_wheel, publish_wheel
+from tests.helpers.servers import drop_database, pg_database
+from tests.helpers.farms import publish_wheel
+from tests.helpers.wheels import make_wheel
 
 
 def _farm(*args: str) -> tuple[int, str]:

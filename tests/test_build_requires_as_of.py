@@ -22,7 +22,9 @@ from farm.recipes.schema import Options
 from farm.util.archive import Limits
 from farm.worker.build_requires import AsOf, release_time
 from farm.worker.source import SdistSource
-from tests.conftest import Farm, free_port, make_project, make_sdist
+from tests.helpers.env import free_port
+from tests.helpers.farms import Farm
+from tests.helpers.sdists import make_project, make_sdist
 
 
 def test_the_release_time_falls_back_to_the_sdists_own_time(tmp_path: Path) -> None:

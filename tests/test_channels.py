@@ -20,7 +20,8 @@ with warnings.catch_warnings():
     from starlette.testclient import TestClient
 
 from farm.cli import main
-from tests.index_helpers import make_wheel, publish_wheel
+from tests.helpers.farms import publish_wheel
+from tests.helpers.wheels import make_wheel
 
 JSON = "application/vnd.pypi.simple.v1+json"
 
@@ -222,7 +223,7 @@ def test_wheel_changed_in_storage_is_not_published(settings, tmp_path: Path) -> 
     from farm.db.session import session_scope
     from farm.errors import InfrastructureFault
     from farm.storage import get_storage
-    from tests.index_helpers import prepare_job, publish_prepared
+    from tests.helpers.farms import prepare_job, publish_prepared
 
     wheel = make_wheel(tmp_path / "src", "swapped", "1.0")
     job_id, report = prepare_job(settings, wheel, version="1.0")

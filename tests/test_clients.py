@@ -26,8 +26,9 @@ import pytest
 from pypi_simple import ACCEPT_HTML_ONLY, ACCEPT_JSON_ONLY, PyPISimple
 
 from farm.util.cmd import Result, clean_env, run
-from tests.conftest import CACHE
-from tests.index_helpers import make_wheel, publish_wheel
+from tests.helpers.env import CACHE
+from tests.helpers.farms import publish_wheel
+from tests.helpers.wheels import make_wheel
 from tests.test_index import _Server
 
 CLIENTS = CACHE / "clients"

@@ -41,7 +41,7 @@ from farm.worker.engines.cibuildwheel import (
 from farm.worker.platforms import get_platform
 from farm.worker.platforms.linux import LinuxPlatform
 from farm.worker.verify_container import ContainerVerifyResult, verify_in_container
-from tests.conftest import cached_sdist
+from tests.helpers.sdists import cached_sdist
 from tests.test_images import build_image_result, client, docker_host, verify_image_result  # noqa: F401
 
 PYYAML = "pyyaml==6.0.2"

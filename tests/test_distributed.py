@@ -24,7 +24,8 @@ import httpx
 import pytest
 
 from farm.tokens import create_token
-from tests.conftest import ROOT, free_port, make_project, make_sdist, pip_install_from
+from tests.helpers.env import ROOT, free_port, pip_install_from
+from tests.helpers.sdists import make_project, make_sdist
 from tests.test_api import drop_database, pg_database
 
 REDIS_DB = 13

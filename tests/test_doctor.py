@@ -19,7 +19,8 @@ import pytest
 from farm.cli import main
 from farm.db.session import session_scope
 from farm.index import doctor, simple
-from tests.index_helpers import make_wheel, publish_wheel
+from tests.helpers.farms import publish_wheel
+from tests.helpers.wheels import make_wheel
 
 
 @pytest.fixture

@@ -21,8 +21,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import (Farm, cached_sdist, free_port, installed_and_run, installer_env, make_project, make_sdist,
-                            pip_install_from, uv_bin)
+from tests.helpers.env import free_port, installed_and_run, installer_env, pip_install_from, uv_bin
+from tests.helpers.farms import Farm
+from tests.helpers.sdists import cached_sdist, make_project, make_sdist
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 

@@ -15,7 +15,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import Farm, cached_sdist, free_port
+from tests.helpers.env import free_port
+from tests.helpers.farms import Farm
+from tests.helpers.sdists import cached_sdist
 from tests.test_images import build_image_result, client, docker_host, run_in, verify_image_result  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker, pytest.mark.network]
@@ -73,7 +75,7 @@ def test_hostile_package_cannot_touch_the_farm_through_containers(container_farm
     import uuid
     from pathlib import Path
 
-    from tests.conftest import make_project, make_sdist
+    from tests.helpers.sdists import make_project, make_sdist
     from tests.hostile import assert_blocked, hostile_project, privileges, sdist
 
     victim_sdist = make_sdist(make_project(tmp_path, "farmtest-cvictim", c_extension=False), tmp_path / "vdist")

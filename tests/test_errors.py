@@ -176,7 +176,7 @@ def test_command_failed_message_keeps_its_shape() -> None:
 
 def test_the_farms_index_away_is_an_infrastructure_fault() -> None:
     from farm.worker.verify import FarmIndex
-    from tests.conftest import free_port
+    from tests.helpers.env import free_port
 
     with pytest.raises(InfrastructureFault, match="the farm's index"):
         FarmIndex(f"http://127.0.0.1:{free_port()}/simple/").files("six")

@@ -1,5 +1,5 @@
 """Faults injected into a real distributed farm: PostgreSQL, our own redis-server, and separate
-`farm coordinator` / `farm worker` processes (tests/cluster.py), building real sdists.
+`farm coordinator` / `farm worker` processes (tests/helpers/servers.py), building real sdists.
 
 Injected: a worker SIGKILLed in the middle of a build, the broker restarted while jobs wait in it,
 the coordinator SIGKILLed and restarted while jobs run, a build message lost after the commit, 50
@@ -32,8 +32,8 @@ from typing import Any
 
 import pytest
 
-from tests.cluster import Cluster, RedisServer, drop_database, pg_database
-from tests.conftest import make_project, make_sdist
+from tests.helpers.servers import Cluster, RedisServer, drop_database, pg_database
+from tests.helpers.sdists import make_project, make_sdist
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 

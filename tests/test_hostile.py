@@ -28,7 +28,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Farm, free_port, make_project, make_sdist
+from tests.helpers.env import free_port
+from tests.helpers.farms import Farm
+from tests.helpers.sdists import make_project, make_sdist
 from tests.hostile import (allocating_project, assert_blocked, forking_project, hostile_project, impostor_project,
                            sdist, writing_project)
 

@@ -41,7 +41,8 @@ from farm.db.session import session_scope
 from farm.errors import FarmError, SdistError
 from farm.messages import ArtifactReport, JobEvent
 from farm.util.archive import inspect_sdist
-from tests.index_helpers import artifact, make_wheel, prepare_job, publish_wheel
+from tests.helpers.farms import artifact, prepare_job, publish_wheel
+from tests.helpers.wheels import make_wheel
 from tests.test_archive import LIMITS, D, F, Z, pkg_info, sdist_members, write_tar, write_zip
 from tests.test_channels import _farm
 from tests.test_signing import settings  # noqa: F401 - the fixture: `farm init`, migrated database
@@ -169,7 +170,7 @@ def _database(dialect: str, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no
     if dialect == "sqlite":
         yield
         return
-    from tests.cluster import drop_database, pg_database
+    from tests.helpers.servers import drop_database, pg_database
 
     name, url = pg_database("farmtest_immutable")
     monkeypatch.setenv("FARM_DATABASE_URL", url)

@@ -20,8 +20,10 @@ from pathlib import Path
 import pytest
 
 from farm.util.wheel import top_level_modules
-from tests.backends import C_SOURCE
-from tests.conftest import UPSTREAM, Farm, free_port, installer_env, make_sdist, uv_bin
+from tests.helpers.backends import C_SOURCE
+from tests.helpers.env import UPSTREAM, free_port, installer_env, uv_bin
+from tests.helpers.farms import Farm
+from tests.helpers.sdists import make_sdist
 
 
 def _wheel(tmp: Path, files: dict[str, str], *, top_level: str | None = None, record: bool = True,

@@ -640,7 +640,7 @@ def test_cycle_wheels_beside_the_index_satisfy_requirements_and_downloads(tmp_pa
     from farm.config import Settings
     from farm.worker import verify
     from farm.worker.platforms import get_platform
-    from tests.index_helpers import make_wheel
+    from tests.helpers.wheels import make_wheel
 
     index_root = tmp_path / "index"
     simple.write_root(index_root, [])

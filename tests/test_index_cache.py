@@ -54,7 +54,7 @@ def test_placed_files_are_world_readable(tmp_path: Path) -> None:
     import stat
 
     from farm.index.simple import add_file
-    from tests.index_helpers import make_wheel
+    from tests.helpers.wheels import make_wheel
 
     wheel = make_wheel(tmp_path / "src", "permdemo", "1.0")
     os.chmod(wheel, 0o600)

@@ -12,7 +12,9 @@ import httpx
 import pytest
 from pypi_simple import ProjectPage
 
-from tests.conftest import Farm, free_port, make_project, make_sdist, pip_install_from
+from tests.helpers.env import free_port, pip_install_from
+from tests.helpers.farms import Farm
+from tests.helpers.sdists import make_project, make_sdist
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 

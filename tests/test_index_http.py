@@ -25,7 +25,8 @@ with warnings.catch_warnings():
 from farm.index import simple
 from farm.index.serve import index_app, media_type_of
 from farm.index.simple import IndexFile, write_project, write_root
-from tests.index_helpers import make_wheel, publish_wheel
+from tests.helpers.farms import publish_wheel
+from tests.helpers.wheels import make_wheel
 from tests.test_index import _Server
 
 JSON = "application/vnd.pypi.simple.v1+json"

@@ -22,7 +22,9 @@ from farm.util.archive import Limits
 from farm.util.hashing import digest_json
 from farm.worker import patches
 from farm.worker.source import SdistSource
-from tests.conftest import Farm, free_port, installed_and_run, make_project, make_sdist
+from tests.helpers.env import free_port, installed_and_run
+from tests.helpers.farms import Farm
+from tests.helpers.sdists import make_project, make_sdist
 
 
 def _git_diff(tmp: Path, before: dict[str, str], after: dict[str, str]) -> str:

@@ -32,7 +32,7 @@ from farm.worker.platforms._common import wheel_tags
 from farm.worker.platforms.linux import LinuxPlatform
 from farm.worker.platforms.macos import MacOSPlatform
 from farm.worker.platforms.windows import WindowsPlatform, choco_list_command
-from tests.conftest import CACHE, UPSTREAM, installer_env
+from tests.helpers.env import CACHE, UPSTREAM, installer_env
 
 PYTHONS = ("cp39", "cp310", "cp311", "cp312", "cp313")
 WINDOWS_WHEEL = "MarkupSafe-3.0.2-cp311-cp311-win_amd64.whl"

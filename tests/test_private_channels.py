@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from farm.util.cmd import run
-from tests.index_helpers import make_wheel
+from tests.helpers.wheels import make_wheel
 from tests.test_clients import _env, pip_venv
 from tests.test_index import _Server
 from tests.test_uploads import Farm, form_upload

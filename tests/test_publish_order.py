@@ -21,7 +21,8 @@ import pytest
 from farm.cli import main
 from farm.db.session import session_scope
 from farm.index import doctor, simple
-from tests.index_helpers import make_wheel, prepare_job
+from tests.helpers.farms import prepare_job
+from tests.helpers.wheels import make_wheel
 
 
 @pytest.fixture
@@ -132,7 +133,7 @@ def test_a_failed_job_lists_nothing_and_its_files_leave_every_folder(
         settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from farm.coordinator.lifecycle import fail
     from farm.db.models import Job
-    from tests.index_helpers import publish_prepared
+    from tests.helpers.farms import publish_prepared
 
     wheel = make_wheel(tmp_path, "order-d", "1.0")
     job_id, report = prepare_job(settings, wheel, version="1.0")
@@ -150,7 +151,7 @@ def test_a_failed_job_lists_nothing_and_its_files_leave_every_folder(
 def test_a_finished_job_stops_a_redelivered_build_message(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from farm.liveness import stop_reason
     from farm.storage import get_storage
-    from tests.index_helpers import publish_prepared
+    from tests.helpers.farms import publish_prepared
 
     wheel = make_wheel(tmp_path, "order-e", "1.0")
     job_id, report = prepare_job(settings, wheel, version="1.0")

@@ -16,7 +16,7 @@ from packaging.utils import parse_wheel_filename
 
 from farm.errors import FarmError
 from farm.util.wheel import with_build_tag
-from tests.index_helpers import make_wheel
+from tests.helpers.wheels import make_wheel
 
 
 def test_a_build_tag_renames_the_wheel_and_keeps_it_valid(tmp_path: Path) -> None:
@@ -68,7 +68,8 @@ def test_a_rebuild_publishes_a_build_tagged_wheel_beside_the_first(running_farm,
 
     import httpx
 
-    from tests.conftest import installed_and_run, make_project, make_sdist
+    from tests.helpers.env import installed_and_run
+    from tests.helpers.sdists import make_project, make_sdist
 
     farm = running_farm
     sdist = make_sdist(make_project(tmp_path, "farmtest-rebuild"), tmp_path / "dist")

@@ -14,7 +14,8 @@ import pytest
 from pypi_simple import ProjectPage
 
 from farm.cli import main
-from tests.index_helpers import make_wheel, publish_wheel
+from tests.helpers.farms import publish_wheel
+from tests.helpers.wheels import make_wheel
 
 
 @pytest.fixture

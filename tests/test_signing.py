@@ -16,7 +16,8 @@ from pypi_simple import ProjectPage
 from farm.cli import main
 from farm.errors import SigningError
 from farm.provenance import keys, sign
-from tests.index_helpers import make_wheel, publish_wheel
+from tests.helpers.farms import publish_wheel
+from tests.helpers.wheels import make_wheel
 
 HOST = "http://farm.invalid/"  # no public_url: the placeholder origin the server replaces (farm/index/simple.py)
 

@@ -20,7 +20,7 @@ import pytest
 from farm.errors import InfrastructureFault, NotFound
 from farm.storage import StorageConflict
 from farm.storage_http import SHA256_HEADER, HttpStorage
-from tests.conftest import free_port
+from tests.helpers.env import free_port
 
 
 class _Store(BaseHTTPRequestHandler):

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from farm.cli import main
-from tests.index_helpers import make_wheel, publish_wheel
-from tests.index_servers import DevpiServer, PypiServer
+from tests.helpers.farms import publish_wheel
+from tests.helpers.wheels import make_wheel
+from tests.helpers.servers import DevpiServer, PypiServer
 
 
 def _farm(*args: str) -> tuple[int, str, str]:

@@ -24,8 +24,9 @@ import pytest
 
 from farm.config import get_settings
 from farm.tokens import create_token
-from tests.conftest import free_port, installer_env
-from tests.index_helpers import make_wheel, publish_wheel
+from tests.helpers.env import free_port, installer_env
+from tests.helpers.farms import publish_wheel
+from tests.helpers.wheels import make_wheel
 
 CONF = Path(__file__).resolve().parent.parent / "docs" / "nginx" / "farm.conf"
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),

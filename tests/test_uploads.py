@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from farm.util.cmd import run
-from tests.index_helpers import _record_hash, make_wheel
+from tests.helpers.wheels import _record_hash, make_wheel
 from tests.test_clients import _client_env, _env, pip_venv, tool_venv
 from tests.test_index import _Server
 from tests.test_submit import make_good

@@ -226,7 +226,8 @@ A11Y_CHECK = """() => {
 
 @pytest.fixture(scope="module")
 def live_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator["Farm"]:
-    from tests.conftest import Farm, free_port
+    from tests.helpers.env import free_port
+    from tests.helpers.farms import Farm
 
     f = Farm(tmp_path_factory.mktemp("web-farm") / "home", free_port())
     f.start()
@@ -251,7 +252,7 @@ TICKS = 10
 def slow_project(root: Path) -> Path:
     """A C-extension project whose setup.py prints a line a second for TICKS seconds: a build
     whose log grows while the browser watches."""
-    from tests.conftest import make_project
+    from tests.helpers.sdists import make_project
 
     proj = make_project(root, "farmtest-web")
     setup = proj / "setup.py"
@@ -281,7 +282,7 @@ def _submit(farm: "Farm", sdist: Path) -> int:
 def test_dashboard_in_chromium_on_a_building_farm(live_farm: "Farm", shots: Path, tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    from tests.conftest import make_project, make_sdist  # noqa: F401
+    from tests.helpers.sdists import make_project, make_sdist  # noqa: F401
 
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: scripts/setup.sh installs Debian's chromium")

@@ -17,7 +17,8 @@ from pypi_simple import IndexPage, ProjectPage
 
 from farm.cli import main
 from farm.util.cmd import clean_env
-from tests.index_helpers import make_wheel, publish_wheel
+from tests.helpers.farms import publish_wheel
+from tests.helpers.wheels import make_wheel
 
 
 @pytest.fixture
@@ -102,7 +103,7 @@ def test_yank_unknown_version_fails(settings) -> None:  # type: ignore[no-untype
 @pytest.mark.slow
 def test_pip_and_uv_skip_a_yanked_file_unless_pinned(two_versions, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from farm.index.serve import index_app
-    from tests.conftest import uv_bin
+    from tests.helpers.env import uv_bin
     from tests.test_index import _Server
 
     settings = two_versions

@@ -1,15 +1,17 @@
-"""Helpers for the publishing-end tests: wheels made by hand, and published through the coordinator's
-real publish path (signing, channels, pages) from database rows made here instead of a build."""
+"""The farm in tests: run in process (its publish path driven from database rows made here instead
+of a build) or as a real `farm up` in its own FARM_HOME."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
+import subprocess
+import sys
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from farm.config import Settings
 from farm.db.models import Artifact, Job, Source, Submission
@@ -18,34 +20,40 @@ from farm.messages import ArtifactReport, JobSpec, SdistRef
 from farm.storage import get_storage, wheel_key
 
 
-def _record_hash(data: bytes) -> str:
-    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+class Farm:
+    """A running `farm up` in its own FARM_HOME, driven through the real `farm` command."""
 
+    def __init__(self, home: Path, port: int) -> None:
+        self.home, self.port = home, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.index_url = f"{self.url}/simple/"
+        self.env = {**os.environ, "FARM_HOME": str(home)}
+        self.proc: subprocess.Popen[bytes] | None = None
 
-def make_wheel(folder: Path, name: str, version: str, *, tag: str = "py3-none-any", requires: tuple[str, ...] = (),
-               requires_python: str | None = None, size_pad: int = 0) -> Path:
-    """A valid wheel of one package `<name>` (module name: `-` -> `_`) with any tag."""
-    dist = name.replace("-", "_")
-    info = f"{dist}-{version}.dist-info"
-    meta = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}", "Summary: farm index test package"]
-    if requires_python:
-        meta.append(f"Requires-Python: {requires_python}")
-    meta += [f"Requires-Dist: {r}" for r in requires]
-    members = {
-        f"{dist}/__init__.py": f"VERSION = {version!r}\n{'#' * size_pad}\n".encode(),
-        f"{info}/METADATA": ("\n".join(meta) + "\n\nA package for the index tests.\n").encode(),
-        f"{info}/WHEEL": f"Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: {tag}\n".encode(),
-    }
-    record = "".join(f"{p},{_record_hash(d)},{len(d)}\n" for p, d in members.items()) + f"{info}/RECORD,,\n"
-    members[f"{info}/RECORD"] = record.encode()
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{dist}-{version}-{tag}.whl"
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        for member, data in members.items():
-            zi = zipfile.ZipInfo(member, date_time=(2020, 1, 1, 0, 0, 0))
-            zi.external_attr = 0o644 << 16
-            zf.writestr(zi, data, compress_type=zipfile.ZIP_DEFLATED)
-    return path
+    def start(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen([sys.executable, "-m", "farm.cli", "up", "--port", str(self.port)],
+                                     env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("farm up did not answer within 60 s")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def farm(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "farm.cli", *args], env=self.env, capture_output=True,
+                              text=True, timeout=timeout)
 
 
 def prepare_job(settings: Settings, wheel: Path, *, version: str, platform: str = "linux-x86_64",

@@ -1,0 +1,49 @@
+"""The test environment: repository paths, free loopback ports, and pip/uv runs that ignore this
+machine's pip configuration."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from farm.util.cmd import clean_env
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+CACHE = Path.home() / ".cache" / "wheel-farm"
+UPSTREAM = "https://pypi.org/simple/"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def installer_env(**extra: str) -> dict[str, str]:
+    """The environment for pip/uv in tests: no host pip.conf, find-links or extra indexes."""
+    return clean_env(extra)
+
+
+def pip_install_from(index_url: str, venv: Path, *packages: str) -> subprocess.CompletedProcess[str]:
+    """A fresh venv, then plain pip with only the farm's index."""
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    return subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--index-url", index_url, *packages],
+                          env=installer_env(), capture_output=True, text=True, timeout=300)
+
+
+def installed_and_run(index_url: str, tmp_path: Path, requirement: str, code: str) -> str:
+    """pip-install `requirement` from `index_url` into a fresh venv, run `code` there; its stdout."""
+    pip = pip_install_from(index_url, tmp_path / "venv", requirement)
+    assert pip.returncode == 0, pip.stdout + pip.stderr
+    out = subprocess.run([str(tmp_path / "venv" / "bin" / "python"), "-c", code], capture_output=True, text=True,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def uv_bin() -> str:
+    from uv import find_uv_bin
+
+    return find_uv_bin()
