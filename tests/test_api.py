@@ -17,127 +17,26 @@ import os
 import subprocess
 import sys
 import tomllib
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
 import pytest
-from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
 import farm.cli
 import farm.storage
 from farm.api.app import create_app
-from farm.config import Settings, get_settings, reset_settings
-from farm.coordinator.app import reset_app
+from farm.config import get_settings, reset_settings
 from farm.errors import ConfigError, InfrastructureFault, NotFound
 from farm.storage import LocalStorage, get_storage
-from farm.storage_http import SHA256_HEADER, HttpStorage
+from farm.storage_http import HttpStorage, SHA256_HEADER
 from farm.tokens import CAPABILITY_HEADER, create_token, hash_token
-from tests.test_submit import StaticIndex, make_good, populate
-
-PG = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-def pg_database(prefix: str) -> tuple[str, str]:
-    """Create a fresh PostgreSQL database; return (its name, its SQLAlchemy URL)."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return name, f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-
-
-def drop_database(name: str) -> None:
-    with psycopg.connect(PG, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@dataclass
-class Api:
-    home: Path
-    settings: Settings
-    client: TestClient
-    tokens: dict[str, str]  # role -> token
-    upstream: StaticIndex
-
-    def h(self, role: str | None) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.tokens[role]}"} if role else {}
-
-
-@pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    root = tmp_path_factory.mktemp("api")
-    home = root / "home"
-    home.mkdir()
-    (home / "farm.toml").write_text('# kept\nbuild_timeout = 1200.0\n')
-    tokens = {role: create_token(home, f"t-{role}", role) for role in ("submit", "worker", "admin")}
-    upstream = StaticIndex(root / "upstream")
-    populate(upstream, root / "upstream-build")
-    db_name, db_url = pg_database("farmtest_api")
-    with pytest.MonkeyPatch.context() as mp:
-        for var in list(os.environ):
-            if var.startswith("FARM_"):
-                mp.delenv(var)
-        mp.setenv("FARM_HOME", str(home))
-        mp.setenv("FARM_DATABASE_URL", db_url)
-        mp.setenv("FARM_UPSTREAM_INDEX", upstream.url)
-        reset_settings()
-        reset_app()
-        farm.cli._db_ready = False
-        farm.cli.ensure_db()
-        settings = get_settings()
-        try:
-            with TestClient(create_app(settings)) as client:
-                yield Api(home=home, settings=settings, client=client, tokens=tokens, upstream=upstream)
-        finally:
-            upstream.stop()
-            from farm.db.session import engine_for
-
-            engine_for(db_url).dispose()
-            engine_for.cache_clear()
-            reset_settings()
-            reset_app()
-            farm.cli._db_ready = False
-            drop_database(db_name)
-
-
-def submission_count() -> int:
-    from farm.db.models import Submission
-    from farm.db.session import session_scope
-
-    with session_scope() as s:
-        return s.scalar(select(func.count()).select_from(Submission)) or 0
+from tests.helpers.api import Api, api, capability, live_job, submission_count, upload  # noqa: F401 - fixtures
+from tests.helpers.sdists import make_good
 
 
 def storage_files(api: Api) -> set[str]:
     root = api.settings.storage
     return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} if root.exists() else set()
-
-
-def upload(api: Api, path: Path, role: str | None = "submit", name: str | None = None):  # type: ignore[no-untyped-def]
-    with open(path, "rb") as f:
-        return api.client.post("/api/submissions", headers=api.h(role),
-                               files={"file": (name or path.name, f, "application/octet-stream")})
-
-
-def capability(job_id: int) -> str:
-    """The storage capability the coordinator sends with the job's current attempt (its JobSpec)."""
-    from farm.coordinator.dispatch import job_spec
-    from farm.db.models import Job
-    from farm.db.session import session_scope
-
-    with session_scope() as s:
-        return job_spec(s.get(Job, job_id), get_settings()).storage_capability
-
-
-def live_job(api: Api, tmp_path: Path, name: str) -> tuple[int, dict[str, str]]:
-    """A job just submitted (queued, attempt 1) and the header with its storage capability."""
-    resp = upload(api, make_good(tmp_path / f"in-{name}", name, "1.0"))
-    assert resp.status_code == 201, resp.text
-    job_id = resp.json()["jobs"][0]["id"]
-    return job_id, {CAPABILITY_HEADER: capability(job_id)}
 
 
 def put(api: Api, key: str, data: bytes, role: str | None = "worker", digest: str | None = "auto",  # type: ignore[no-untyped-def]

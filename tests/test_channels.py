@@ -4,8 +4,6 @@ dependencies), virtual indexes merge channels in order, and every tree is served
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import subprocess
 import sys
@@ -14,6 +12,9 @@ from pathlib import Path
 
 import pytest
 from pypi_simple import IndexPage, ProjectPage
+
+from tests.helpers.farms import _farm
+
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -32,13 +33,6 @@ def settings(farm_home: Path):  # type: ignore[no-untyped-def]
 
     assert main(["init"]) == 0
     return get_settings()
-
-
-def _farm(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(args))
-    return code, out.getvalue(), err.getvalue()
 
 
 def _listed(tree: Path, project: str) -> list[str]:
@@ -198,7 +192,7 @@ def test_trees_are_served(settings, tmp_path: Path) -> None:  # type: ignore[no-
 def test_pip_installs_from_prod_only_what_is_stable(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from farm.index.serve import index_app
     from farm.util.cmd import clean_env
-    from tests.test_index import _Server
+    from tests.helpers.indexes import _Server
 
     src = tmp_path / "src"
     publish_wheel(settings, make_wheel(src, "chpip", "1.0"), version="1.0")

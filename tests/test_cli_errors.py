@@ -61,19 +61,10 @@ from farm.config import reset_settings
 from farm.db.models import Source
 from farm.db.session import session_scope
 from farm.errors import FarmError, NoFarm, SdistError
-from tests.test_submit import (
-    BAD,
-    EVIL_NAMES,
-    PLATFORMS,
-    Bad,
-    StaticIndex,
-    home_tree,
-    make_good,
-    populate,
-    rows,
-    sha256_of,
-    tree,
-)
+from tests.helpers.indexes import StaticIndex, populate
+from tests.helpers.intake import BAD, Bad, EVIL_NAMES, PLATFORMS, home_tree, rows, sha256_of, tree
+from tests.helpers.sdists import make_good
+
 
 ROOT = Path(__file__).resolve().parent.parent
 MAIN_SETS = ("FARM_HOME", "FARM_SERVER_URL", "FARM_TOKEN")  # `main` sets these for --home, --server, --token

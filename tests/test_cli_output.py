@@ -24,7 +24,8 @@ from farm.cli.render import STATUS_COLUMNS, wait
 from farm.config import get_settings, reset_settings
 from farm.errors import EXIT_JOBS_FAILED, WaitTimeout
 from farm.tokens import ensure_local_admin_token
-from tests.test_submit import make_good
+from tests.helpers.sdists import make_good
+
 
 Run = Callable[..., tuple[int, str, str]]
 

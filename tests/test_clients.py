@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import importlib.util
 import io
-import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,15 +24,13 @@ from typing import Any
 import pytest
 from pypi_simple import ACCEPT_HTML_ONLY, ACCEPT_JSON_ONLY, PyPISimple
 
-from farm.util.cmd import Result, clean_env, run
-from tests.helpers.env import CACHE
+from farm.util.cmd import Result, run
+from tests.helpers.clients import UV, _env, pip_venv, tool_venv
 from tests.helpers.farms import publish_wheel
+from tests.helpers.indexes import _Server
 from tests.helpers.wheels import make_wheel
-from tests.test_index import _Server
 
-CLIENTS = CACHE / "clients"
-UV = Path(sys.executable).parent / "uv"
-UPSTREAM = "https://pypi.org/simple/"
+
 JSON = "application/vnd.pypi.simple.v1+json"
 CHECK = ("import clientdemo_alpha as a, clientdemo_beta as b; print(a.VERSION, b.VERSION)")
 
@@ -87,39 +84,6 @@ def farm_index(farm_home: Path, tmp_path: Path) -> Iterator[tuple[_Server, Recor
     app = RecordingIndex(index_app(settings.index))
     with _Server(app) as server:
         yield server, app
-
-
-def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    return clean_env({"UV_CACHE_DIR": str(tmp_path / "uv-cache"), "UV_PYTHON_DOWNLOADS": "never",
-                      "PIP_NO_CACHE_DIR": "1", "PIP_NO_INPUT": "1", **extra})
-
-
-def _client_env() -> dict[str, str]:
-    """For installing the clients themselves (from the upstream index, through the shared cache)."""
-    return clean_env({"UV_CACHE_DIR": str(CLIENTS / "uv-cache"), "UV_PYTHON_DOWNLOADS": "never"})
-
-
-def tool_venv(name: str, *requirements: str) -> Path:
-    """A venv with `requirements` installed, kept in the cache; its bin folder."""
-    venv = CLIENTS / "venvs" / name
-    marker = venv / ".farm-requirements"
-    if not (marker.is_file() and marker.read_text() == " ".join(requirements)):
-        shutil.rmtree(venv, ignore_errors=True)
-        env = _client_env()
-        run([UV, "venv", "--quiet", "--python", sys.executable, venv], env=env, timeout=300)
-        run([UV, "pip", "install", "--quiet", "--python", venv / "bin" / "python", "--default-index", UPSTREAM,
-             *requirements], env=env, timeout=600)
-        marker.write_text(" ".join(requirements))
-    return venv / "bin"
-
-
-def pip_venv(folder: Path, pip: str) -> Path:
-    """A fresh venv holding exactly `pip` (a requirement); its python."""
-    env = _client_env()
-    run([UV, "venv", "--quiet", "--python", sys.executable, folder], env=env, timeout=300)
-    python = folder / "bin" / "python"
-    run([UV, "pip", "install", "--quiet", "--python", python, "--default-index", UPSTREAM, pip], env=env, timeout=600)
-    return python
 
 
 def _installed(python: Path, env: dict[str, str]) -> str:

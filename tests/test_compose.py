@@ -25,8 +25,9 @@ import httpx
 import pytest
 
 from tests.helpers.env import ROOT, free_port, installed_and_run
+from tests.helpers.images import CACHE, _Log, docker_host_or_skip, image_builder_or_skip
 from tests.helpers.sdists import make_project, make_sdist
-from tests.test_images import CACHE, _Log, docker_host_or_skip, image_builder_or_skip
+
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker, pytest.mark.network]
 

@@ -29,20 +29,13 @@ from farm.messages import JobSpec, SdistRef
 from farm.recipes.schema import Options
 from farm.worker.engines.base import BuildContext, BuildOutput
 from farm.worker.engines.cibuildwheel import (
-    CibuildwheelEngine,
-    before_all_script,
-    choose_image,
-    cibw_environment,
-    config_settings,
-    engine_config,
-    repair_command,
-    system_packages_command,
-)
+    CibuildwheelEngine, before_all_script, choose_image, cibw_environment, config_settings, engine_config, repair_command, system_packages_command)
 from farm.worker.platforms import get_platform
 from farm.worker.platforms.linux import LinuxPlatform
 from farm.worker.verify_container import ContainerVerifyResult, verify_in_container
+from tests.helpers.images import build_image_result, client, docker_host, verify_image_result  # noqa: F401
 from tests.helpers.sdists import cached_sdist
-from tests.test_images import build_image_result, client, docker_host, verify_image_result  # noqa: F401
+
 
 PYYAML = "pyyaml==6.0.2"
 LIBYAML_CHECK = '{python} -c "import yaml; assert yaml.__with_libyaml__, yaml.__file__; print(yaml.dump({1: 2}))"'

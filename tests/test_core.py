@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from farm.db.states import TERMINAL, TRANSITIONS, JobState, check_transition
+from farm.db.states import JobState, TERMINAL, TRANSITIONS, check_transition
 from farm.errors import StateError
 
 
@@ -117,7 +117,7 @@ def test_events_move_state_and_drop_stale_or_illegal(farm_home: Path, tmp_path: 
     from farm.db.models import Job, Step
     from farm.db.session import session_scope
     from farm.messages import JobEvent, StepReport
-    from tests.test_archive import sdist_members, write_tar
+    from tests.helpers.sdists import sdist_members, write_tar
 
     sent: list = []
     monkeypatch.setattr(dispatch, "send", lambda specs: sent.extend(specs))

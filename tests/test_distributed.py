@@ -11,7 +11,6 @@ on 127.0.0.1 only.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -24,9 +23,10 @@ import httpx
 import pytest
 
 from farm.tokens import create_token
-from tests.helpers.env import ROOT, free_port, pip_install_from
+from tests.helpers.env import ROOT, base_env, free_port, pip_install_from
 from tests.helpers.sdists import make_project, make_sdist
-from tests.test_api import drop_database, pg_database
+from tests.helpers.servers import drop_database, pg_database
+
 
 REDIS_DB = 13
 REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
@@ -37,12 +37,6 @@ def flush_redis() -> None:
     import redis
 
     redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB).flushdb()
-
-
-def base_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
-    env.update(extra)
-    return env
 
 
 @dataclass

@@ -17,8 +17,9 @@ import pytest
 
 from tests.helpers.env import free_port
 from tests.helpers.farms import Farm
+from tests.helpers.images import build_image_result, client, docker_host, run_in, verify_image_result  # noqa: F401
 from tests.helpers.sdists import cached_sdist
-from tests.test_images import build_image_result, client, docker_host, run_in, verify_image_result  # noqa: F401
+
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker, pytest.mark.network]
 

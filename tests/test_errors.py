@@ -20,17 +20,9 @@ import pytest
 
 import farm.errors
 from farm.errors import (
-    CommandFailed,
-    ConfigError,
-    FarmError,
-    InfrastructureFault,
-    JobStopped,
-    NotFound,
-    PackageFailure,
-    StorageConflict,
-    classify,
-)
+    CommandFailed, ConfigError, FarmError, InfrastructureFault, JobStopped, NotFound, PackageFailure, StorageConflict, classify)
 from farm.messages import JobEvent, JobSpec
+
 
 ROOT = Path(__file__).resolve().parent.parent
 _ERROR_NAME = re.compile(r"(Error|Fault|Failure|Exception|Stopped|Refused|Invalid|Exists|Mismatch|Conflict|Timeout|"
@@ -195,7 +187,7 @@ def job(farm_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tup
     from farm.coordinator.events import apply_event
     from farm.coordinator.submit import submit
     from farm.worker import task
-    from tests.test_archive import sdist_members, write_tar
+    from tests.helpers.sdists import sdist_members, write_tar
 
     monkeypatch.setenv("FARM_HEARTBEAT_INTERVAL", "600")
     sent: list[JobSpec] = []

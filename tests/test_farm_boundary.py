@@ -30,15 +30,14 @@ from farm.config import get_settings, reset_settings
 from farm.errors import ConfigError
 from farm.messages import StepReport
 from farm.storage import LocalStorage, StorageConflict, staged_key, wheel_key
-from farm.storage_http import SHA256_HEADER, HttpStorage
-from farm.tokens import (CAPABILITY_HEADER, ensure_local_admin_token, hash_token, local_admin_path,
-                         read_local_admin_token)
-from tests.helpers.env import free_port
+from farm.storage_http import HttpStorage, SHA256_HEADER
+from farm.tokens import (
+    CAPABILITY_HEADER, ensure_local_admin_token, hash_token, local_admin_path, read_local_admin_token)
+from tests.helpers.api import Api, api, capability, live_job, submission_count  # noqa: F401
+from tests.helpers.env import base_env, free_port
 from tests.helpers.farms import Farm
+from tests.helpers.messages import _age, _event, _sizes
 from tests.helpers.sdists import make_project, make_sdist
-from tests.test_api import Api, api, capability, live_job, submission_count  # noqa: F401
-from tests.test_distributed import base_env
-from tests.test_reconcile import _age, _event, _sizes
 
 
 def _job_state(api: Api, job_id: int) -> tuple[str, int]:

@@ -16,13 +16,13 @@ from urllib.parse import unquote
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
 from farm.storage_http import SHA256_HEADER
-from tests.test_api import Api, api  # noqa: F401  (the fixture: this module's farm, app and tokens)
+from tests.helpers.api import Api, api  # noqa: F401  (the fixture: this module's farm, app and tokens)
+
 
 JSON = {"Content-Type": "application/json"}
 MULTIPART = {"Content-Type": "multipart/form-data; boundary=xx"}

@@ -41,13 +41,15 @@ from farm.db.session import session_scope
 from farm.errors import FarmError, SdistError
 from farm.messages import ArtifactReport, JobEvent
 from farm.util.archive import inspect_sdist
-from tests.helpers.farms import artifact, prepare_job, publish_wheel
+from tests.helpers.farms import (  # noqa: F401 - the fixture: `farm init`, migrated database
+    _farm, artifact, prepare_job, publish_wheel, settings)
+from tests.helpers.indexes import index  # noqa: F401 - env and index are fixtures
+from tests.helpers.intake import (  # noqa: F401 - env and index are fixtures
+    Bad, PLATFORMS, _file, _req, _tar, _zip, check_refused, env, rows, sha256_of, tree)
+from tests.helpers.sdists import (  # noqa: F401 - env and index are fixtures
+    D, F, LIMITS, Z, make_good, pkg_info, sdist_members, write_tar, write_zip)
 from tests.helpers.wheels import make_wheel
-from tests.test_archive import LIMITS, D, F, Z, pkg_info, sdist_members, write_tar, write_zip
-from tests.test_channels import _farm
-from tests.test_signing import settings  # noqa: F401 - the fixture: `farm init`, migrated database
-from tests.test_submit import (  # noqa: F401 - env and index are fixtures
-    PLATFORMS, Bad, _file, _req, _tar, _zip, check_refused, env, index, make_good, rows, sha256_of, tree)
+
 
 KELVIN = "\u212a"  # KELVIN SIGN: lowercases to "k"
 LONG_S = "\u017f"  # LATIN SMALL LETTER LONG S: casefolds to "s"

@@ -8,7 +8,6 @@ import errno
 import hashlib
 import json
 import os
-import socket
 import sys
 import threading
 import time
@@ -19,9 +18,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-import uvicorn
 from packaging.utils import canonicalize_name
 from pypi_simple import IndexPage, ProjectPage
+
+from tests.helpers.indexes import _Server
+
 
 with warnings.catch_warnings():  # newer Starlette asks for `httpx2` and warns about `httpx`
     warnings.simplefilter("ignore")
@@ -477,43 +478,6 @@ def test_serve_sees_new_pages(client: TestClient, index: Path, tmp_path: Path) -
 
 
 # Real clients ----------------------------------------------------------------------------------
-
-
-class _Server:
-    """uvicorn serving an app on 127.0.0.1 in a thread, recording every requested path."""
-
-    def __init__(self, app: object) -> None:
-        self.paths: list[str] = []
-
-        async def recording(scope, receive, send):  # type: ignore[no-untyped-def]
-            if scope["type"] == "http":
-                self.paths.append(scope["path"])
-            await app(scope, receive, send)  # type: ignore[operator]
-
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(recording, log_level="warning", lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self) -> _Server:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the index server did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        self.sock.close()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/simple/"
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import httpx
 import pytest
 from pypi_simple import ProjectPage
 
+
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
@@ -27,7 +28,7 @@ from farm.index.serve import index_app, media_type_of
 from farm.index.simple import IndexFile, write_project, write_root
 from tests.helpers.farms import publish_wheel
 from tests.helpers.wheels import make_wheel
-from tests.test_index import _Server
+from tests.helpers.indexes import _Server
 
 JSON = "application/vnd.pypi.simple.v1+json"
 V1HTML = "application/vnd.pypi.simple.v1+html"

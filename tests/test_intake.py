@@ -10,19 +10,20 @@ time the index does not give (fail-closed), and malformed policy entries in the 
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import datetime as dt
 import pytest
 
 from farm.config import Settings
 from farm.coordinator.intake import IntakePolicy, Release
 from farm.errors import ConfigError, IntakeRefused
-from tests.test_submit import make_good
+from tests.helpers.sdists import make_good
+
 
 NOW = dt.datetime(2026, 12, 2, 12, 0, tzinfo=dt.UTC)
 

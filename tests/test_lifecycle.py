@@ -18,6 +18,7 @@ import pytest
 
 from farm.messages import BuildRecord, JobEvent, StagedWheel, StepReport
 
+
 COORDINATOR = Path(__file__).resolve().parent.parent / "farm" / "coordinator"
 
 
@@ -36,7 +37,7 @@ def sent(farm_home: Path, monkeypatch: pytest.MonkeyPatch) -> list:
 def _submit(tmp_path: Path, name: str = "foo", version: str = "1.0") -> int:
     from farm.config import get_settings
     from farm.coordinator.submit import submit
-    from tests.test_archive import sdist_members, write_tar
+    from tests.helpers.sdists import sdist_members, write_tar
 
     sdist = tmp_path / f"{name}-{version}.tar.gz"
     if not sdist.exists():

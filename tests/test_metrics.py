@@ -8,52 +8,17 @@ histograms and counters count what happened after the first scrape, once each: s
 
 from __future__ import annotations
 
-import datetime as dt
-import os
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
+import datetime as dt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-import farm.cli
-from farm.api.app import create_app
-from farm.config import get_settings, reset_settings
-from farm.coordinator.app import reset_app
-from farm.db.models import Artifact, Job, Source, Step, Submission, utcnow
+from farm.db.models import Artifact, Job, Step, utcnow
 from farm.db.session import session_scope
-from tests.test_api import drop_database, pg_database
-
-
-@contextmanager
-def pg_app(home: Path) -> Iterator[TestClient]:
-    """The API app on a fresh PostgreSQL database with FARM_HOME `home` (tokens made before it are accepted)."""
-    home.mkdir(exist_ok=True)
-    db_name, db_url = pg_database("farmtest_web")
-    with pytest.MonkeyPatch.context() as mp:
-        for var in list(os.environ):
-            if var.startswith("FARM_"):
-                mp.delenv(var)
-        mp.setenv("FARM_HOME", str(home))
-        mp.setenv("FARM_DATABASE_URL", db_url)
-        reset_settings()
-        reset_app()
-        farm.cli._db_ready = False
-        farm.cli.ensure_db()
-        try:
-            with TestClient(create_app(get_settings())) as c:
-                yield c
-        finally:
-            from farm.db.session import engine_for
-
-            engine_for(db_url).dispose()
-            engine_for.cache_clear()
-            reset_settings()
-            reset_app()
-            farm.cli._db_ready = False
-            drop_database(db_name)
+from tests.helpers.api import add_job, pg_app
 
 
 @pytest.fixture
@@ -72,25 +37,6 @@ def scrape(client: TestClient) -> dict[str, dict[tuple, float]]:
         for s in family.samples:
             out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
     return out
-
-
-_n = iter(range(1, 10**6))
-
-
-def add_job(session, *, state: str, platform: str = "linux-x86_64", worker: str | None = None,  # type: ignore[no-untyped-def]
-            heartbeat_age: float | None = None, cached_from: int | None = None, created_ago: float = 0) -> Job:
-    i = next(_n)
-    sub = Submission(kind="requirement", request=f"p{i}==1.0")
-    src = Source(sha256=f"{i:064x}", name=f"p{i}", version="1.0", filename=f"p{i}-1.0.tar.gz", size=1,
-                 storage_key=f"sdists/x/p{i}-1.0.tar.gz")
-    now = utcnow()
-    job = Job(submission=sub, source=src, platform=platform, python="cp311", build_id=f"cp311-{platform}",
-              engine="native", recipe_digest="0" * 64, cache_key=f"{i:064x}", state=state, worker=worker,
-              cached_from_id=cached_from, created_at=now - dt.timedelta(seconds=created_ago),
-              heartbeat_at=None if heartbeat_age is None else now - dt.timedelta(seconds=heartbeat_age))
-    session.add(job)
-    session.flush()
-    return job
 
 
 def add_step(session, job: Job, name: str, seconds: float | None, *, ended_ago: float = 0) -> Step:  # type: ignore[no-untyped-def]

@@ -34,10 +34,10 @@ from packaging.utils import parse_wheel_filename
 from farm.errors import ConfigError, PackageFailure
 from farm.worker.platforms import get_platform
 from farm.worker.platforms.macos import MacOSPlatform, binary_problems, macho_binaries
-from farm.worker.platforms.windows import WindowsPlatform, launcher_listing
-from farm.worker.platforms.windows import binary_problems as pe_problems
+from farm.worker.platforms.windows import WindowsPlatform, binary_problems as pe_problems, launcher_listing
 from tests.helpers.env import CACHE, ROOT, UPSTREAM, installer_env
-from tests.test_platforms import FAKE_DELOCATE, bin_on_path, calls, fake_tool  # noqa: F401 - fixture
+from tests.helpers.platforms import FAKE_DELOCATE, bin_on_path, calls, fake_tool  # noqa: F401 - fixture
+
 
 MAC_ARM64 = "MarkupSafe-3.0.2-cp311-cp311-macosx_11_0_arm64.whl"
 MAC_UNIVERSAL2 = "MarkupSafe-3.0.2-cp311-cp311-macosx_10_9_universal2.whl"

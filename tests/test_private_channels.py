@@ -18,10 +18,10 @@ import httpx
 import pytest
 
 from farm.util.cmd import run
+from tests.helpers.clients import _env, pip_venv
+from tests.helpers.indexes import _Server
+from tests.helpers.uploads import Farm, form_upload
 from tests.helpers.wheels import make_wheel
-from tests.test_clients import _env, pip_venv
-from tests.test_index import _Server
-from tests.test_uploads import Farm, form_upload
 
 
 @dataclass

@@ -173,7 +173,7 @@ def test_after_a_broker_restart_queued_jobs_of_an_empty_queue_are_sent_again_at_
     from farm.coordinator import dispatch
     from farm.coordinator.reconcile import reconcile_once
     from farm.coordinator.submit import submit
-    from tests.test_archive import sdist_members, write_tar
+    from tests.helpers.sdists import sdist_members, write_tar
 
     sent: list = []
     monkeypatch.setattr(dispatch, "send", sent.extend)

@@ -9,13 +9,13 @@ cancelling a job that ended (an error).
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from pathlib import Path
 
 import pytest
 
 from farm.messages import COORDINATOR_QUEUE, Heartbeat, JobEvent, StepReport
+from tests.helpers.messages import _age, _event, _sizes
 
 
 @pytest.fixture
@@ -33,31 +33,12 @@ def farm(farm_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # t
 def _submit(tmp_path: Path, name: str = "foo", version: str = "1.0") -> int:
     from farm.config import get_settings
     from farm.coordinator.submit import submit
-    from tests.test_archive import sdist_members, write_tar
+    from tests.helpers.sdists import sdist_members, write_tar
 
     sdist = tmp_path / f"{name}-{version}.tar.gz"
     if not sdist.exists():  # the same file again: the same job inputs (the cache key)
         write_tar(sdist, sdist_members(f"{name}-{version}", name, version))
     return submit(str(sdist), settings=get_settings()).jobs[0][0]
-
-
-def _event(job_id: int, state: str, attempt: int = 1, **kw) -> None:  # type: ignore[no-untyped-def]
-    from farm.config import get_settings
-    from farm.coordinator.events import apply_event
-
-    apply_event(JobEvent(job_id=job_id, attempt=attempt, worker="w1", state=state, **kw), get_settings())
-
-
-def _age(job_id: int, seconds: float, *, heartbeat: bool = True) -> None:
-    """Make the job look `seconds` old: its last change and (when `heartbeat`) its last heartbeat."""
-    from farm.db.models import Job, utcnow
-    from farm.db.session import session_scope
-
-    then = utcnow() - dt.timedelta(seconds=seconds)
-    with session_scope() as s:
-        job = s.get(Job, job_id)
-        job.updated_at = then
-        job.heartbeat_at = then if heartbeat else None
 
 
 def _job(job_id: int):  # type: ignore[no-untyped-def]
@@ -68,10 +49,6 @@ def _job(job_id: int):  # type: ignore[no-untyped-def]
         job = s.get(Job, job_id)
         s.expunge(job)
         return job
-
-
-def _sizes(**per_queue: int | None):  # type: ignore[no-untyped-def]
-    return lambda queues: {q: per_queue.get(q.replace("-", "_"), 0) for q in queues}
 
 
 def test_heartbeats_count_for_the_current_attempt_only(farm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -16,20 +16,11 @@ from pypi_simple import ProjectPage
 from farm.cli import main
 from farm.errors import SigningError
 from farm.provenance import keys, sign
-from tests.helpers.farms import publish_wheel
+from tests.helpers.farms import publish_wheel, settings  # noqa: F401 - fixtures
 from tests.helpers.wheels import make_wheel
 
+
 HOST = "http://farm.invalid/"  # no public_url: the placeholder origin the server replaces (farm/index/simple.py)
-
-
-@pytest.fixture
-def settings(farm_home: Path):  # type: ignore[no-untyped-def]
-    from farm.cli import ensure_db
-    from farm.config import get_settings
-
-    assert main(["init"]) == 0
-    ensure_db()
-    return get_settings()
 
 
 def test_dsse_pae_matches_the_spec() -> None:
@@ -234,7 +225,7 @@ def test_verify_checks_the_upstream_record(settings, tmp_path: Path) -> None:  #
 
     from farm.index.serve import index_app
     from farm.index.simple import IndexFile, write_project, write_root
-    from tests.test_index import _Server
+    from tests.helpers.indexes import _Server
 
     upstream = tmp_path / "upstream"
     sdist_sha = hashlib.sha256(b"the real sdist").hexdigest()

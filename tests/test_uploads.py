@@ -12,67 +12,22 @@ a read token (403), a token for another channel (403).
 
 from __future__ import annotations
 
-
-import contextlib
-import io
 import zipfile
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import pytest
 
 from farm.util.cmd import run
+from tests.helpers.clients import _env, pip_venv, tool_venv
+from tests.helpers.sdists import make_good
+from tests.helpers.uploads import Farm, farm, form_upload  # noqa: F401 - fixtures
 from tests.helpers.wheels import _record_hash, make_wheel
-from tests.test_clients import _client_env, _env, pip_venv, tool_venv
-from tests.test_index import _Server
-from tests.test_submit import make_good
-
-
-@dataclass
-class Farm:
-    server: _Server
-    tokens: dict[str, str]
-    home: Path
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server.port}{path}"
-
-
-@pytest.fixture
-def farm(farm_home: Path) -> Iterator[Farm]:
-    from farm.api.app import create_app
-    from farm.cli import main
-    from farm.config import get_settings
-    from farm.db.session import session_scope
-    from farm.tokens import issue
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        assert main(["init"]) == 0
-    settings = get_settings()
-    with session_scope() as s:
-        tokens = {"upload": issue(s, settings, "uploader", "upload"),
-                  "read": issue(s, settings, "reader", "read"),
-                  "stable-only": issue(s, settings, "stable-only", "upload", channel="stable")}
-    with _Server(create_app(settings)) as server:
-        yield Farm(server, tokens, farm_home)
 
 
 def stored(home: Path) -> list[str]:
     """Every file below the farm's storage and index `files` folders (what an upload could leave)."""
     return sorted(str(p.relative_to(home)) for root in ("storage", "index/files") if (home / root).exists()
                   for p in (home / root).rglob("*") if p.is_file())
-
-
-def form_upload(farm: Farm, wheel: Path, token: str | None, channel: str = "staging",
-                **fields: str) -> httpx.Response:
-    data = {":action": "file_upload", "protocol_version": "1", "filetype": "bdist_wheel",
-            "name": wheel.name.split("-")[0], "version": wheel.name.split("-")[1], **fields}
-    auth = None if token is None else ("__token__", token)
-    with open(wheel, "rb") as f:
-        return httpx.post(farm.url(f"/{channel}/legacy/"), data=data, files={"content": (wheel.name, f)},
-                          auth=auth, timeout=60)
 
 
 def rewrite(wheel: Path, out: Path, change: dict[str, bytes], *, fix_record: bool) -> Path:

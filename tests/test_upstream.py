@@ -19,20 +19,17 @@ from __future__ import annotations
 
 import hashlib
 import html
-import io
 import json
-import os
 import threading
 from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from farm.errors import UpstreamError
 from farm.index.upstream import Upstream, UpstreamFile
-
-JSON_TYPE = "application/vnd.pypi.simple.v1+json"
+from tests.helpers.indexes import JSON_TYPE, _Handler
 
 
 # A static index ----------------------------------------------------------------------------------
@@ -91,28 +88,6 @@ def _write_repo(root: Path) -> None:
              "hashes": {}, "yanked": False},
         ],
     }))
-
-
-class _Handler(SimpleHTTPRequestHandler):
-    """Static files; a folder's index.json is served instead of index.html when JSON is accepted."""
-
-    requests: list[tuple[str, str]]
-
-    def send_head(self):  # type: ignore[no-untyped-def]
-        self.requests.append((self.path, self.headers.get("Accept", "")))
-        folder = self.translate_path(self.path)
-        page = os.path.join(folder, "index.json")
-        if self.path.endswith("/") and JSON_TYPE in self.headers.get("Accept", "") and os.path.isfile(page):
-            body = Path(page).read_bytes()
-            self.send_response(200)
-            self.send_header("Content-Type", JSON_TYPE)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            return io.BytesIO(body)
-        return super().send_head()
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ page is checked for accessibility basics (title, one h1, lang, labelled fields, 
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import re
@@ -23,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import datetime as dt
 import httpx
 import pytest
 from sqlalchemy import event
@@ -32,7 +32,8 @@ from farm.db.models import Job
 from farm.db.session import get_engine, session_scope
 from farm.storage import log_key
 from farm.tokens import LOCAL_ADMIN_NAME, create_token
-from tests.test_metrics import add_job, pg_app
+from tests.helpers.api import add_job, pg_app
+
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -125,7 +126,7 @@ def test_seek_paging_walks_every_job_once_without_offset_or_count(signed_in: Tes
 
 
 def test_cancel_and_retry_through_the_page(signed_in: TestClient, tmp_path: Path) -> None:
-    from tests.test_submit import make_good
+    from tests.helpers.sdists import make_good
 
     client = signed_in
     token = client.cookies["farm_token"]

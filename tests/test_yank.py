@@ -104,7 +104,7 @@ def test_yank_unknown_version_fails(settings) -> None:  # type: ignore[no-untype
 def test_pip_and_uv_skip_a_yanked_file_unless_pinned(two_versions, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from farm.index.serve import index_app
     from tests.helpers.env import uv_bin
-    from tests.test_index import _Server
+    from tests.helpers.indexes import _Server
 
     settings = two_versions
     assert _farm("yank", "yankdemo==1.1", "--reason", "do not use")[0] == 0

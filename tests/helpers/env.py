@@ -3,12 +3,14 @@ machine's pip configuration."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from farm.util.cmd import clean_env
+
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 CACHE = Path.home() / ".cache" / "wheel-farm"
@@ -47,3 +49,9 @@ def uv_bin() -> str:
     from uv import find_uv_bin
 
     return find_uv_bin()
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
+    env.update(extra)
+    return env

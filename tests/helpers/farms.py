@@ -3,7 +3,9 @@ of a build) or as a real `farm up` in its own FARM_HOME."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 import subprocess
 import sys
@@ -12,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+from farm.cli import main
 from farm.config import Settings
 from farm.db.models import Artifact, Job, Source, Submission
 from farm.db.session import session_scope
@@ -123,3 +127,20 @@ def artifact(artifact_id: int) -> Artifact:
         assert art is not None
         session.expunge(art)
         return art
+
+
+def _farm(*args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def settings(farm_home: Path):  # type: ignore[no-untyped-def]
+    from farm.cli import ensure_db
+    from farm.config import get_settings
+
+    assert main(["init"]) == 0
+    ensure_db()
+    return get_settings()

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
+import tarfile
 import textwrap
+import warnings
+import zipfile
 from pathlib import Path
 
+from farm.util.archive import Limits
 from tests.helpers.backends import C_SOURCE
 from tests.helpers.env import CACHE, UPSTREAM, installer_env, uv_bin
 
@@ -67,3 +72,75 @@ def cached_sdist(requirement: str) -> Path:
         return upstream.download(upstream.find_sdist(name, version), folder)
 
 
+LIMITS = Limits(max_bytes=10 << 20, max_unpacked_bytes=1 << 20, max_members=100)
+
+
+def pkg_info(name: str = "foo", version: str = "1.0", requires_python: str | None = ">=3.9") -> bytes:
+    lines = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
+    if requires_python:
+        lines.append(f"Requires-Python: {requires_python}")
+    return ("\n".join(lines) + "\n\nA project.\n").encode()
+
+
+PYPROJECT = b'[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
+
+
+def F(name: str, data: bytes = b"x", mode: int = 0o644) -> tuple[tarfile.TarInfo, bytes]:
+    ti = tarfile.TarInfo(name)
+    ti.size, ti.mode = len(data), mode
+    return ti, data
+
+
+def D(name: str) -> tuple[tarfile.TarInfo, None]:
+    ti = tarfile.TarInfo(name)
+    ti.type, ti.mode = tarfile.DIRTYPE, 0o755
+    return ti, None
+
+
+def L(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tuple[tarfile.TarInfo, None]:
+    ti = tarfile.TarInfo(name)
+    ti.type, ti.linkname = kind, target
+    return ti, None
+
+
+def sdist_members(top: str = "foo-1.0", name: str = "foo", version: str = "1.0", *, meta: bytes | None = None):
+    return [
+        D(top),
+        F(f"{top}/PKG-INFO", pkg_info(name, version) if meta is None else meta),
+        F(f"{top}/pyproject.toml", PYPROJECT),
+        D(f"{top}/src"),
+        F(f"{top}/src/{name.lower()}.py", b"print('hello')\n"),
+        F(f"{top}/run.sh", b"#!/bin/sh\necho hi\n", 0o755),
+        L(f"{top}/src/README", "../pyproject.toml"),
+    ]
+
+
+def write_tar(path: Path, members, *, fmt: int = tarfile.PAX_FORMAT) -> Path:
+    with tarfile.open(path, "w:gz", format=fmt) as tf:
+        for ti, data in members:
+            tf.addfile(ti, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def Z(name: str, data: bytes = b"x", *, mode: int | None = None) -> tuple[zipfile.ZipInfo, bytes]:
+    zi = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))
+    zi.compress_type = zipfile.ZIP_DEFLATED
+    if mode is not None:
+        zi.create_system = 3
+        zi.external_attr = mode << 16
+    return zi, data
+
+
+def write_zip(path: Path, members) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # duplicate names are one of the hostile cases
+        for zi, data in members:
+            zf.writestr(zi, data)
+    return path
+
+
+def make_good(folder: Path, name: str = "good", version: str = "1.0", *, requires_python: str | None = ">=3.9") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    top = f"{name}-{version}"
+    return write_tar(folder / f"{top}.tar.gz",
+                     sdist_members(top, name, version, meta=pkg_info(name, version, requires_python)))

@@ -1,0 +1,87 @@
+"""Image builds for the container tests: the Docker host (skipped without one), the build and verify
+images built once per session, and running commands in them."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from farm.images import default_ca_bundle
+from farm.images.debootstrap import ImageResult, build_image, build_verify_image
+
+
+CACHE = Path(os.environ.get("FARM_TEST_CACHE", Path.home() / ".cache" / "wheel-farm"))
+
+
+SUITE = "bullseye"
+
+
+def docker_host_or_skip() -> str:
+    """The engine the Docker tests use, or a skip that says how to start it."""
+    from farm.containers import docker_answers
+
+    host = os.environ.get("DOCKER_HOST", "")
+    if not host:
+        pytest.skip('DOCKER_HOST is not set: start the private engine with eval "$(scripts/docker-up.sh)"')
+    reason = docker_answers(host)
+    if reason:
+        pytest.skip(f"the Docker engine does not answer: {reason}")
+    return host
+
+
+def image_builder_or_skip() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("building images needs root (debootstrap, chroot)")
+    for tool in ("debootstrap", "unshare", "tar"):
+        if not shutil.which(tool):
+            pytest.skip(f"{tool} is not installed (scripts/docker-up.sh installs debootstrap)")
+
+
+class _Log(io.StringIO):
+    """Keeps the image build's log for the failure report and echoes it for `pytest -s`."""
+
+    def write(self, text: str) -> int:
+        sys.stderr.write(text)
+        return super().write(text)
+
+
+@pytest.fixture(scope="module")
+def docker_host() -> str:
+    return docker_host_or_skip()
+
+
+@pytest.fixture(scope="module")
+def build_image_result(docker_host: str) -> ImageResult:
+    image_builder_or_skip()
+    return build_image(suite=SUITE, ca_bundle=default_ca_bundle(), cache_dir=CACHE, log=_Log(),
+                       docker_host=docker_host)
+
+
+@pytest.fixture(scope="module")
+def verify_image_result(docker_host: str) -> ImageResult:
+    image_builder_or_skip()
+    return build_verify_image(suite=SUITE, ca_bundle=default_ca_bundle(), cache_dir=CACHE, log=_Log(),
+                              docker_host=docker_host)
+
+
+@pytest.fixture(scope="module")
+def client(docker_host: str) -> Iterator[object]:
+    from farm.containers import docker_client
+
+    c = docker_client(docker_host)
+    yield c
+    c.close()
+
+
+def run_in(client, image: str, script: str, *, network: str = "none", user: str | None = None) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+    from farm.containers import Container
+
+    with Container(client, image, network=network, user=user) as box:  # type: ignore[arg-type]
+        result = box.call(["sh", "-c", script], check=False, timeout=120)
+    return result.exit_code, result.output
