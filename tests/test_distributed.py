@@ -48,6 +48,8 @@ class Cluster:
     client_home: Path
     tokens: dict[str, str]
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    server_env: dict[str, str] = field(default_factory=dict)
+    port: int = 0
 
     def log(self, name: str) -> str:
         return (self.root / f"{name}.log").read_text(errors="replace")
@@ -88,13 +90,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("distributed")
     port = free_port()
     c = Cluster(root=root, url=f"http://127.0.0.1:{port}", server_home=root / "server",
-                worker_home=root / "worker", client_home=root / "client", tokens={})
+                worker_home=root / "worker", client_home=root / "client", tokens={}, port=port)
     for home in (c.server_home, c.worker_home, c.client_home):
         home.mkdir()
     c.tokens = {role: create_token(c.server_home, f"{role}-1", role) for role in ("submit", "worker", "admin")}
     db_name, db_url = pg_database("farmtest_dist")
     flush_redis()
     server_env = base_env(FARM_HOME=str(c.server_home), FARM_DATABASE_URL=db_url, FARM_BROKER_URL=REDIS_URL)
+    c.server_env = server_env
     worker_env = base_env(FARM_HOME=str(c.worker_home), FARM_DATABASE_URL=NOWHERE_DB, FARM_FORBID_DB="1",
                           FARM_BROKER_URL=REDIS_URL, FARM_SERVER_URL=c.url, FARM_TOKEN=c.tokens["worker"])
     try:
@@ -235,3 +238,51 @@ def test_compose_services_and_loopback_ports() -> None:
     assert ":<FARM_REDIS_PASSWORD>@" in services["worker-linux"]["environment"]["FARM_BROKER_URL"]
     assert "listen_addresses=127.0.0.1" in (ROOT / "workers/linux/farm-postgres.sh").read_text()
     assert "FARM_DATABASE_URL" not in services["worker-linux"]["environment"]
+
+
+def _job(cluster: Cluster, job_id: int) -> dict:
+    resp = httpx.get(f"{cluster.url}/api/jobs/{job_id}", headers={"Authorization": f"Bearer {cluster.tokens['submit']}"},
+                     timeout=10)
+    resp.raise_for_status()
+    return resp.json()
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_api_stopped_for_30_s_mid_build_the_build_is_delivered_once(cluster: Cluster, tmp_path: Path) -> None:
+    """Fault: the API (the remote worker's storage) goes away for 30 s while a build runs. The worker
+    keeps its finished wheel on its disk and retries; when the API is back the result is delivered
+    once: the job succeeds on its first attempt (nothing rebuilt, nothing failed because of the
+    fault), one artifact row, and pip installs it."""
+    src = make_project(tmp_path / "src", "distslow", version="0.1.0", c_extension=True)
+    setup = src / "setup.py"
+    setup.write_text("import time\ntime.sleep(6)  # a build that takes a while\n" + setup.read_text())
+    sdist = make_sdist(src, tmp_path / "dist")
+    sub = cluster.farm("submit", str(sdist))
+    assert sub.returncode == 0, sub.stdout + sub.stderr
+    found = re.search(r"^job (\d+):", sub.stdout, re.MULTILINE)
+    assert found, sub.stdout
+    job_id = int(found.group(1))
+    deadline = time.monotonic() + 300
+    while _job(cluster, job_id)["state"] not in ("building", "repairing", "verifying"):
+        assert time.monotonic() < deadline, _job(cluster, job_id)
+        time.sleep(0.2)
+    api = cluster.procs["api"]
+    api.terminate()
+    api.wait(timeout=30)
+    time.sleep(30)  # the build ends meanwhile; its uploads find no API
+    _start(cluster, "api", ["api", "--port", str(cluster.port)], cluster.server_env)
+    _wait_health(cluster)
+    back = time.monotonic()
+    while (job := _job(cluster, job_id))["state"] not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() - back < 300, job
+        time.sleep(0.5)
+    recovered = time.monotonic() - back
+    assert job["state"] == "succeeded", job
+    assert job["attempt"] == 1, job  # delivered, not rebuilt
+    print(f"API outage 30 s: job {job_id} succeeded {recovered:.1f} s after the API came back")
+    pip = pip_install_from(cluster.url + "/simple/", tmp_path / "venv", "distslow==0.1.0")
+    assert pip.returncode == 0, pip.stdout + pip.stderr
+    files = httpx.get(f"{cluster.url}/simple/distslow/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}).json()
+    assert len(files["files"]) == 1
+
