@@ -7,7 +7,6 @@ The embedded default needs nothing: SQLite, a server-less broker and local stora
 from __future__ import annotations
 
 import os
-import sys
 import tomllib
 from functools import lru_cache
 from pathlib import Path
@@ -88,7 +87,7 @@ class Settings(BaseSettings):
     engine: Literal["native", "cibuildwheel"] = "native"
     platform: str = Field("", description="this worker's platform queue; default: the host's")
     platforms: list[str] = Field(default_factory=list, description="platforms the coordinator plans builds for; default: the host's")
-    pythons: list[str] = Field(default_factory=list, description="native engine interpreters (paths or versions); default: this interpreter")
+    pythons: list[str] = Field(default_factory=list, description="native engine interpreters (paths or versions); default: every CPython 3 the host has (this one, PATH, pyenv, uv)")
     system_packages: Literal["install", "check", "ignore"] = Field(
         "install", description="native engine: what to do with a recipe's system packages on the host")
     # Intake policy (farm/coordinator/intake.py): what the farm takes in from upstream --------------
@@ -201,7 +200,8 @@ class Settings(BaseSettings):
 
     @property
     def interpreters(self) -> list[str]:
-        return self.pythons or [sys.executable]
+        """The configured interpreters; empty: the platform finds every CPython the host has."""
+        return list(self.pythons)
 
 
 @lru_cache(maxsize=1)

@@ -17,6 +17,7 @@ COORDINATOR_QUEUE = "coordinator"
 BUILD_TASK = "farm.worker.build"
 EVENT_TASK = "farm.coordinator.event"
 HEARTBEAT_TASK = "farm.coordinator.heartbeat"
+REGISTER_TASK = "farm.coordinator.register"
 
 
 class _Msg(BaseModel):
@@ -140,3 +141,24 @@ class Heartbeat(_Msg):
     attempt: int
     worker: str
     sent_at: float  # unix time on the worker
+
+
+class OfferedPython(_Msg):
+    """A Python a worker builds for (cp311), and the build image that carries it (None: the host's)."""
+
+    python: str
+    image: str | None = None
+
+
+class WorkerRegistration(_Msg):
+    """What a worker serves: sent when `farm worker` starts and again every `interval` seconds
+    (farm.worker.heartbeat); the coordinator plans the build matrix from these (farm.coordinator.workers).
+    `leaving`: the worker stops; it serves nothing from now on."""
+
+    worker: str  # the Celery node name, distinct per worker
+    platform: str  # the queue it consumes
+    engine: str
+    pythons: list[OfferedPython]
+    interval: float  # seconds until the next registration
+    sent_at: float  # unix time on the worker
+    leaving: bool = False

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 # The helpers live in tests/helpers/; these names stay importable from here for older imports.
-from tests.helpers.env import (CACHE, ROOT, UPSTREAM, free_port, installed_and_run,  # noqa: F401
+from tests.helpers.env import (CACHE, ONE_PYTHON, ROOT, UPSTREAM, free_port, installed_and_run,  # noqa: F401
                                installer_env, pip_install_from, uv_bin)
 from tests.helpers.farms import Farm
 from tests.helpers.sdists import cached_sdist, make_project, make_sdist  # noqa: F401
@@ -23,6 +23,7 @@ def farm_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
 
     home = tmp_path / "farm"
     monkeypatch.setenv("FARM_HOME", str(home))
+    monkeypatch.setenv("FARM_PYTHONS", ONE_PYTHON)
     reset_settings()
     reset_app()
     import farm.cli

@@ -165,9 +165,9 @@ def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
         result = c.run("submit", str(good))
         assert result.returncode == 0, result.stderr
         lines = result.stdout.splitlines()
-        assert len(lines) == len(PLATFORMS)
+        assert len(lines) == 1  # a pure-Python sdist: one job serves every platform (coordinator/plan.py)
         assert all(re.fullmatch(r"job \d+: good 1\.0 cp\d+-manylinux_\w+ queued", line) for line in lines), lines
-        assert len(list((home / "broker" / "queue").glob("*.msg"))) == len(PLATFORMS)
+        assert len(list((home / "broker" / "queue").glob("*.msg"))) == 1
         yield c
     finally:
         index.stop()
@@ -177,7 +177,7 @@ def test_good_submission_recorded(cli: Cli) -> None:
     r = cli.rows()
     assert [(s[1], s[2], s[3], s[7]) for s in r["source"]] == [(cli.good_digest, "good", "1.0", None)]
     assert len(r["submission"]) == 1 and r["submission"][0][1] == "file"
-    assert len(r["job"]) == len(PLATFORMS) and all(j[8] == "queued" for j in r["job"])
+    assert len(r["job"]) == 1 and all(j[8] == "queued" for j in r["job"])
     assert cli.stored_good() == cli.good_digest
 
 

@@ -51,7 +51,8 @@ class JobView(TypedDict):
 class Backend(Protocol):
     poll_interval: float  # seconds between two looks at the jobs of a `--wait`
 
-    def submit(self, request: str, *, priority: int, rebuild: str | None = None) -> SubmissionView: ...
+    def submit(self, request: str, *, priority: int, rebuild: str | None = None,
+               platforms: list[str] | None = None, pythons: list[str] | None = None) -> SubmissionView: ...
 
     def jobs(self, *, submission: int | None, limit: int, active: bool) -> list[JobView]: ...
 
@@ -99,13 +100,16 @@ class LocalBackend:
 
         ensure_db(create=create)
 
-    def submit(self, request: str, *, priority: int, rebuild: str | None = None) -> SubmissionView:
+    def submit(self, request: str, *, priority: int, rebuild: str | None = None,
+               platforms: list[str] | None = None, pythons: list[str] | None = None) -> SubmissionView:
         from farm.coordinator.submit import submit
 
         self._db(create=True)
-        result = submit(request, settings=self.settings, priority=priority, rebuild=rebuild)
-        return {"submission_id": result.submission_id, "name": result.name, "version": result.version,
-                "jobs": [{"id": i, "build_id": b, "state": s} for i, b, s in result.jobs]}
+        result = submit(request, settings=self.settings, priority=priority, rebuild=rebuild,
+                        only_platforms=platforms or None, only_pythons=pythons or None)
+        return {"submission_id": result.submission_id, "name": result.name, "version": result.version,  # type: ignore[typeddict-unknown-key]
+                "jobs": [{"id": i, "build_id": b, "state": s} for i, b, s in result.jobs],
+                "warnings": result.warnings}
 
     def jobs(self, *, submission: int | None, limit: int, active: bool) -> list[JobView]:
         from farm.db.session import session_scope

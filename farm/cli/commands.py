@@ -27,8 +27,11 @@ OnBackend = Callable[[argparse.Namespace, Backend], int]
 def cmd_submit(args: argparse.Namespace, backend: Backend) -> int:
     job_ids: list[int] = []
     for request in args.requests:
-        sub = backend.submit(request, priority=args.priority, rebuild=args.rebuild)
+        sub = backend.submit(request, priority=args.priority, rebuild=args.rebuild, platforms=args.platform,
+                             pythons=args.python)
         render.lines(render.submitted_lines(sub))
+        for warning in sub.get("warnings", []):
+            print(f"farm: warning: {warning}", file=sys.stderr, flush=True)
         job_ids += [j["id"] for j in sub["jobs"]]
     if not args.wait:
         return EXIT_OK
@@ -146,6 +149,10 @@ def parser() -> argparse.ArgumentParser:
                    help="higher is built first when workers are busy (default 0)")
     s.add_argument("--rebuild", metavar="REASON", help="build again what was built already: the wheels get the "
                    "next build tag (-1, -2, ...) beside the published ones; REASON goes into the job and provenance")
+    s.add_argument("--python", action="append", default=[], metavar="3.12",
+                   help="only for this Python (repeat for more); default: every Python the workers offer")
+    s.add_argument("--platform", action="append", default=[], metavar="linux-aarch64",
+                   help="only for this platform (repeat for more); default: the configured ones")
     on_backend(s, cmd_submit)
 
     s = sub.add_parser("status", help="jobs with state and step durations")

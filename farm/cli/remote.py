@@ -104,7 +104,10 @@ class RemoteBackend:
     def __init__(self, api: ApiClient) -> None:
         self.api = api
 
-    def submit(self, request: str, *, priority: int, rebuild: str | None = None) -> SubmissionView:
+    def submit(self, request: str, *, priority: int, rebuild: str | None = None,
+               platforms: list[str] | None = None, pythons: list[str] | None = None) -> SubmissionView:
+        if platforms or pythons:
+            raise FarmError("--python and --platform are not sent through --server yet: submit on the farm's host")
         if is_file_request(request):
             return self.api.submit_file(Path(request), priority=priority, rebuild=rebuild)
         return self.api.submit_requirement(request, priority=priority, rebuild=rebuild)

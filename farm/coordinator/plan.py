@@ -1,17 +1,37 @@
-"""Plan: from one sdist and its recipe to build targets (platform x Python) with their cache keys."""
+"""Plan: from one sdist and its recipe to build targets (platform x Python) with their cache keys.
+
+The matrix is what the workers serve (farm.coordinator.workers): the configured platforms (none
+configured: those live workers serve, else this host's), each with the Pythons its workers offer,
+less those Requires-Python or the recipe's build/skip selectors leave out. `--platform` and
+`--python` select a subset; a selected pair no worker offers is planned all the same, and
+`Target.unserved` says why it will wait.
+
+What the sdist builds decides how many jobs (`sdist_kind`, read from the archive before any
+build): a pure-Python wheel (`py3-none-any`) is built once, in one job, with the newest Python it
+admits; an abi3 wheel once per platform, with the oldest. The worker verifies such a wheel on the
+oldest and newest Python it admits (farm.worker.verify.targets_for).
+"""
 
 from __future__ import annotations
 
+import re
+import tarfile
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from farm.config import Settings
 from farm.recipes import LoadedRecipe, default_options, find_recipe
+from farm.coordinator.workers import Workers, python_sort_key, python_tag
 from farm.util.hashing import digest_json
 from farm.worker.platforms import get_platform, host_platform_name
+
+SdistKind = Literal["platform", "abi3", "pure"]
 
 DEFAULTS_DIGEST = digest_json({"recipe": None, "options": default_options().model_dump(mode="json")})
 
@@ -27,20 +47,25 @@ class Target:
     options: dict[str, Any]
     image: str | None
     cache_key: str
+    kind: SdistKind = "platform"
+    unserved: str | None = None  # why no live worker will take the job (None: one will)
 
 
-def platforms_for(settings: Settings, recipe: LoadedRecipe | None) -> list[str]:
-    configured = settings.platforms or [host_platform_name()]
+def platforms_for(settings: Settings, recipe: LoadedRecipe | None, workers: Workers | None = None,
+                  only: Sequence[str] | None = None) -> list[str]:
+    """The configured platforms (none configured: those live workers serve, else this host's),
+    or the `only` ones asked for (which may be others), less those the recipe leaves out."""
+    configured = settings.platforms or (workers.live_platforms() if workers else []) or [host_platform_name()]
+    chosen = [p for p in only if get_platform(p)] if only else configured
     if recipe is not None and recipe.recipe.platforms is not None:
-        return [p for p in configured if p in recipe.recipe.platforms]
-    return configured
+        return [p for p in chosen if p in recipe.recipe.platforms]
+    return chosen
 
 
-def pythons_for(settings: Settings, platform: str) -> list[tuple[str, str | None]]:
-    """(python tag, image) pairs this farm builds on `platform`: what a worker of that platform with
-    these settings offers (`Platform.offered_pythons`), asked of this host's configuration for now;
-    the workers are to report it themselves (issue 10)."""
-    return [(offer.python, offer.image) for offer in get_platform(platform).offered_pythons(settings)]
+def pythons_for(settings: Settings, platform: str, workers: Workers | None = None) -> list[tuple[str, str | None]]:
+    """(python tag, image) pairs this farm builds on `platform`, oldest first: what its workers offer
+    (farm.coordinator.workers; before any registered, what a worker with these settings offers)."""
+    return (workers or Workers(settings)).offers(platform)
 
 
 def _admits(requires_python: str | None, python: str) -> bool:
@@ -53,25 +78,83 @@ def _admits(requires_python: str | None, python: str) -> bool:
     return spec.contains(f"{python[2]}.{python[3:]}", prereleases=True)
 
 
+_COMPILED = re.compile(r"\.(c|cc|cpp|cxx|h|hpp|pyx|pxd|f|f90|f95|rs|go|m|mm|swig|i)$|(^|/)(Cargo\.toml|CMakeLists\.txt|"
+                       r"meson\.build|binding\.gyp)$", re.IGNORECASE)
+_ABI3 = re.compile(r"py_limited_api|Py_LIMITED_API|py-api\s*=\s*[\"']cp3|[\"']abi3|abi3-py3", re.IGNORECASE)
+_BUILD_FILES = ("setup.py", "setup.cfg", "pyproject.toml", "Cargo.toml", "CMakeLists.txt")
+_SETUP_EXT = re.compile(r"\b(Extension|ext_modules|cythonize|CFFI|cffi_modules|build_ext)\b")
+
+
+@lru_cache(maxsize=256)
+def _kind_of(path: str, _size: int, _mtime: float) -> SdistKind:
+    names: list[str] = []
+    texts: list[str] = []
+    try:
+        if path.endswith(".zip"):
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+                for n in names:
+                    if n.count("/") <= 1 and n.rsplit("/", 1)[-1] in _BUILD_FILES:
+                        texts.append(zf.read(n)[:1_000_000].decode("utf-8", "replace"))
+        else:
+            with tarfile.open(path) as tf:
+                for member in tf:
+                    names.append(member.name)
+                    if member.isfile() and member.name.count("/") <= 1 and member.name.rsplit("/", 1)[-1] in _BUILD_FILES:
+                        f = tf.extractfile(member)
+                        texts.append(f.read(1_000_000).decode("utf-8", "replace") if f else "")
+    except (OSError, tarfile.TarError, zipfile.BadZipFile):
+        return "platform"
+    compiled = any(_COMPILED.search(n) for n in names) or any(_SETUP_EXT.search(t) for t in texts)
+    if not compiled:
+        return "pure"
+    return "abi3" if any(_ABI3.search(t) for t in texts) else "platform"
+
+
+def sdist_kind(path: Path | None) -> SdistKind:
+    """What the sdist at `path` builds, read from its file list and build files without building:
+    `pure` (no compiled sources, no extension modules), `abi3` (a limited-API extension), else
+    `platform`. A heuristic that errs towards `platform` (a job per Python), which is never wrong,
+    only slower; None (the file is not at hand) is `platform`."""
+    if path is None or not path.is_file():
+        return "platform"
+    st = path.stat()
+    return _kind_of(str(path), st.st_size, st.st_mtime)
+
+
 def plan(*, name: str, version: str, sdist_sha256: str, requires_python: str | None, settings: Settings,
-         only_platforms: Sequence[str] | None = None, only_pythons: Sequence[str] | None = None) -> list[Target]:
+         only_platforms: Sequence[str] | None = None, only_pythons: Sequence[str] | None = None,
+         kind: SdistKind = "platform", workers: Workers | None = None) -> list[Target]:
+    workers = workers or Workers(settings)
     recipe = find_recipe(name, version, settings.all_recipe_dirs)
     digest = recipe.digest if recipe else DEFAULTS_DIGEST
+    wanted = [python_tag(p) for p in only_pythons or []]
     targets = []
-    for platform_name in platforms_for(settings, recipe):
-        if only_platforms and platform_name not in only_platforms:
-            continue
+    for platform_name in platforms_for(settings, recipe, workers, only_platforms):
         platform = get_platform(platform_name)
-        for python, image in pythons_for(settings, platform_name):
-            if (only_pythons and python not in only_pythons) or not _admits(requires_python, python):
+        offered = dict(pythons_for(settings, platform_name, workers))
+        pairs = sorted({**offered, **{p: offered.get(p) for p in wanted}}.items(),
+                       key=lambda item: python_sort_key(item[0]))
+        candidates = []
+        for python, image in pairs:
+            if (wanted and python not in wanted) or not _admits(requires_python, python):
                 continue
             build_id = platform.build_identifier(python)
             if recipe is not None and not recipe.selects(build_id):
                 continue
+            candidates.append((python, image, build_id))
+        if kind == "pure" and candidates:
+            candidates = candidates[-1:]  # the newest Python builds it; verified on the oldest too
+        elif kind == "abi3" and candidates:
+            candidates = candidates[:1]  # the oldest: the wheel installs on every newer one
+        for python, image, build_id in candidates:
             options = (recipe.options_for(build_id, version) if recipe else default_options()).model_dump(mode="json")
             key = digest_json({"sdist": sdist_sha256, "recipe": digest, "options": options, "engine": settings.engine,
                                "python": python, "platform": platform_name, "image": image})
             targets.append(Target(platform=platform_name, python=python, build_id=build_id, engine=settings.engine,
                                   recipe_name=recipe.path.name if recipe else None, recipe_digest=digest,
-                                  options=options, image=image, cache_key=key))
+                                  options=options, image=image, cache_key=key, kind=kind,
+                                  unserved=workers.unserved(platform_name, python)))
+    if kind == "pure" and targets:  # one job in all: the wheel is the same on every platform; a served one
+        return [next((t for t in targets if t.unserved is None), targets[0])]
     return targets

@@ -21,7 +21,7 @@ import platform as _platform
 import tempfile
 from contextlib import ExitStack
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 from farm.config import Settings
 from farm.coordinator import dispatch
 from farm.coordinator.intake import IntakePolicy, Release
-from farm.coordinator.plan import plan
+from farm.coordinator.plan import SdistKind, plan, sdist_kind
 from farm.db.models import Artifact, Job, Source, Submission, utcnow
 from farm.db.session import session_scope
 from farm.db.states import JobState
@@ -48,6 +48,7 @@ class Submitted:
     name: str
     version: str
     jobs: list[tuple[int, str, JobState]]  # (job id, build id, state)
+    warnings: list[str] = field(default_factory=list)  # jobs no live worker serves, and why
 
 
 def submit(request: str, *, settings: Settings, kind: str | None = None, parent_job_id: int | None = None,
@@ -87,26 +88,29 @@ def submit(request: str, *, settings: Settings, kind: str | None = None, parent_
                                     parent_job_id=parent_job_id)
             session.add(submission)
             session.flush()
-            to_send = _plan_jobs(session, submission, source, settings, only_platforms, only_pythons, priority,
-                                 rebuild=rebuild.strip() if rebuild else None)
             storage = get_storage()
+            builds = sdist_kind(pending if pending is not None else storage.local_path(source.storage_key))
+            to_send, warnings = _plan_jobs(session, submission, source, settings, only_platforms, only_pythons,
+                                           priority, rebuild=rebuild.strip() if rebuild else None, kind=builds)
             if pending is not None and not storage.exists(source.storage_key):
                 storage.put_file(source.storage_key, pending)
             result = Submitted(submission_id=submission.id, name=source.name, version=source.version,
-                               jobs=[(j.id, j.build_id, j.state) for j in submission.jobs])
+                               jobs=[(j.id, j.build_id, j.state) for j in submission.jobs], warnings=warnings)
             dispatch.send_after_commit(session, [dispatch.job_spec(j, settings) for j in to_send])
     return result
 
 
 def _plan_jobs(session: Session, submission: Submission, source: Source, settings: Settings,
                only_platforms: Sequence[str] | None, only_pythons: Sequence[str] | None,
-               priority: int = 0, *, rebuild: str | None = None) -> list[Job]:
+               priority: int = 0, *, rebuild: str | None = None,
+               kind: SdistKind = "platform") -> tuple[list[Job], list[str]]:
     targets = plan(name=source.name, version=source.version, sdist_sha256=source.sha256,
                    requires_python=source.requires_python, settings=settings,
-                   only_platforms=only_platforms, only_pythons=only_pythons)
+                   only_platforms=only_platforms, only_pythons=only_pythons, kind=kind)
     if not targets:
         raise FarmError(f"{source.name} {source.version}: no build target on this farm "
                         f"(platforms {settings.platforms or 'host'}, Requires-Python {source.requires_python or 'any'})")
+    warnings = [f"{t.build_id}: {t.unserved}" for t in targets if t.unserved]
     to_send = []
     for t in targets:
         if rebuild is not None:
@@ -137,7 +141,7 @@ def _plan_jobs(session: Session, submission: Submission, source: Source, setting
         if earlier is None:
             to_send.append(job)
     session.flush()
-    return to_send
+    return to_send, warnings
 
 
 def _next_build_tag(session: Session, source: Source, build_id: str) -> str:

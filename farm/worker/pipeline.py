@@ -241,11 +241,11 @@ def _steps(spec: JobSpec, *, settings: Settings, storage: Storage, steps: Steps,
 
     with steps.step(JobState.VERIFYING):
         cycle = _cycle_wheels(spec, wheels, work=work, storage=storage, log=log)
-        target = verify.Target.for_job(spec.python, platform, settings)
+        targets = verify.targets_for(wheels, spec.python, platform, settings)
         index = verify.FarmIndex(settings.verify_index_url)
         beside = sorted(cycle.glob("*.whl")) if cycle else []
-        missing = sorted({m for w in wheels for m in verify.missing_requirements(
-            verify.requirements_for(w, options, target.env), index=index, target=target, beside=beside)})
+        missing = sorted({m for w in wheels for t in targets for m in verify.missing_requirements(
+            verify.requirements_for(w, options, t.env), index=index, target=t, beside=beside)})
         if missing:
             log.write(f"the farm's index lacks: {', '.join(missing)}; waiting for them\n")
             staged = []
@@ -255,10 +255,10 @@ def _steps(spec: JobSpec, *, settings: Settings, storage: Storage, steps: Steps,
                 staged.append(StagedWheel(filename=w.name, sha256=sha256_file(w), storage_key=k))
             verification = None
         else:
-            verification = [verify.verify(wheel=w, target=target, settings=settings, options=options,
-                                          project=source, work=work, log=log, find_links=cycle,
-                                          sandbox=platform.sandbox(settings), limits=job_limits(settings, options),
-                                          early=early if i == 0 else None) for i, w in enumerate(wheels)]
+            verification = [verify.verify_all(wheel=w, targets=targets, settings=settings, options=options,
+                                              project=source, work=work, log=log, find_links=cycle,
+                                              sandbox=platform.sandbox(settings), limits=job_limits(settings, options),
+                                              early=early if i == 0 else None) for i, w in enumerate(wheels)]
             failed = [v for v in verification if not v.passed]
             if failed:
                 raise PackageFailure("verify", f"tests failed in a clean environment:\n{failed[0].detail}")

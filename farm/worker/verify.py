@@ -65,11 +65,14 @@ class VerifyOutcome:
     commands: list[str] = field(default_factory=list)
     seconds: float = 0.0
     detail: str = ""
+    pythons: list[str] = field(default_factory=list)  # more than one: a pure or abi3 wheel, each verified
+    markers: dict[str, str] = field(default_factory=dict)  # the PEP 508 environment requirements were read for
 
     def record(self) -> dict[str, Any]:
         return {"passed": self.passed, "environment": self.environment, "imports": self.imports,
                 "testCommand": self.test_command, "commands": self.commands, "seconds": round(self.seconds, 3),
-                "detail": self.detail[-2000:]}
+                "detail": self.detail[-2000:], **({"pythons": self.pythons} if self.pythons else {}),
+                **({"markerEnvironment": self.markers} if self.markers else {})}
 
 
 @lru_cache(maxsize=32)
@@ -129,14 +132,28 @@ class Target:
         if interp is None and image is None:
             raise InfrastructureFault("verify", f"this worker can verify {python_tag} neither on the host (no "
                                       f"interpreter) nor in a container (no verify image for {platform.name})")
-        if interp is not None:
-            env = marker_environment(str(interp.path))
-        else:  # the host's markers with the target's Python version
-            env = {**marker_environment(sys.executable), "python_version": f"{version[0]}.{version[1]}",
-                   "python_full_version": f"{version[0]}.{version[1]}.0",
-                   "implementation_version": f"{version[0]}.{version[1]}.0"}
+        # The target's markers, known before any build (the coordinator can tell them too): not the
+        # worker's interpreter's, nor the host's, which may differ from the target's platform.
+        env = platform.marker_environment(python_tag)
         return cls(python=version, interp=interp, image=image, env=env,
                    tags=frozenset(platform.supported_tags(version)))
+
+
+def targets_for(wheels: Sequence[Path], python_tag: str, platform: Platform, settings: Settings) -> list[Target]:
+    """What the job's wheels are verified for: the job's Python; for pure-Python and abi3 wheels (one
+    job builds them for every Python) the oldest and the newest Python this worker has that they
+    admit (Requires-Python, and an abi3 wheel's floor), host interpreters or verification images."""
+    tags = {str(t) for w in wheels for t in parse_wheel_filename(w.name)[3]}
+    if not tags or not all(t.endswith("-any") or "-abi3-" in t for t in tags):
+        return [Target.for_job(python_tag, platform, settings)]
+    floor = min(((int(t.split("-")[0][2]), int(t.split("-")[0][3:])) for t in tags if "-abi3-" in t), default=(0, 0))
+    specs = [SpecifierSet(rp) for w in wheels if (rp := read_metadata(w).get("Requires-Python"))]
+    have = {i.tag for i in platform.interpreters(settings.interpreters)}
+    have |= {p for image in settings.verify_images.get(platform.name, []) for p in image.pythons}
+    admitted = sorted((v for tag in have if tag[2:].isdigit() and (v := (int(tag[2]), int(tag[3:]))) >= floor
+                       and all(s.contains(f"{v[0]}.{v[1]}", prereleases=True) for s in specs)))
+    chosen = [f"cp{v[0]}{v[1]}" for v in dict.fromkeys([admitted[0], admitted[-1]])] if admitted else [python_tag]
+    return [Target.for_job(tag, platform, settings) for tag in chosen]
 
 
 def missing_requirements(requirements: Sequence[Requirement], *, index: FarmIndex, target: Target,
@@ -269,6 +286,30 @@ def verify_on_host(*, wheel: Path, interp: Interpreter, index_url: str, options:
     return outcome
 
 
+def verify_all(*, wheel: Path, targets: Sequence[Target], log: TextIO, early: VerifyBox | None = None,
+               **kw: Any) -> VerifyOutcome:
+    """`verify` on each target in turn (a pure or abi3 wheel: its oldest and newest Python), as one
+    outcome: passed if every one passed; the first failure's detail."""
+    outcomes = []
+    for i, target in enumerate(targets):
+        if len(targets) > 1:
+            log.write(f"verify {wheel.name} for Python {target.python[0]}.{target.python[1]}\n")
+        outcomes.append(verify(wheel=wheel, target=target, log=log, early=early if i == 0 else None, **kw))
+        if not outcomes[-1].passed:
+            break
+    first = outcomes[0]
+    if len(outcomes) == 1:
+        first.markers = targets[0].env
+        return first
+    failed = next((o for o in outcomes if not o.passed), None)
+    return VerifyOutcome(
+        passed=failed is None, environment="; ".join(o.environment for o in outcomes),
+        install_command=" ; ".join(o.install_command for o in outcomes), imports=first.imports,
+        test_command=first.test_command, commands=[c for o in outcomes for c in o.commands],
+        seconds=sum(o.seconds for o in outcomes), detail=failed.detail if failed else "",
+        pythons=[f"{t.python[0]}.{t.python[1]}" for t in targets[:len(outcomes)]], markers=targets[0].env)
+
+
 def requirements_for(wheel: Path, options: Options, env: dict[str, str]) -> list[Requirement]:
     reqs = runtime_requirements(wheel, env)
     try:
@@ -279,4 +320,5 @@ def requirements_for(wheel: Path, options: Options, env: dict[str, str]) -> list
 
 
 __all__ = ["FarmIndex", "Target", "VerifyOutcome", "dependency_wheels", "marker_environment",
-           "missing_requirements", "requirements_for", "venv_python", "verify", "verify_on_host"]
+           "missing_requirements", "requirements_for", "targets_for", "venv_python", "verify", "verify_all",
+           "verify_on_host"]

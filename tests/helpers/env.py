@@ -3,6 +3,7 @@ machine's pip configuration."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -15,6 +16,9 @@ from farm.util.cmd import clean_env
 ROOT = Path(__file__).resolve().parent.parent.parent
 CACHE = Path.home() / ".cache" / "wheel-farm"
 UPSTREAM = "https://pypi.org/simple/"
+# The farm builds for every CPython a worker finds; tests build for the one running them unless
+# they ask for a matrix (tests/test_matrix.py), so each sdist is one job as before.
+ONE_PYTHON = json.dumps([sys.executable])
 
 
 def free_port() -> int:

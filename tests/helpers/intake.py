@@ -242,10 +242,12 @@ class Env:
 @pytest.fixture
 def env(farm_home: Path, tmp_path: Path, index: StaticIndex, monkeypatch: pytest.MonkeyPatch) -> Env:
     for var in list(os.environ):
-        if var.startswith("FARM_") and var != "FARM_HOME":
+        if var.startswith("FARM_") and var not in ("FARM_HOME", "FARM_PYTHONS"):
             monkeypatch.delenv(var)
     monkeypatch.setenv("FARM_UPSTREAM_INDEX", index.url)
     monkeypatch.setenv("FARM_PLATFORMS", json.dumps(PLATFORMS))
+    # Submission itself, one job per platform: how many jobs a pure or abi3 sdist makes is tests/test_matrix.py's.
+    monkeypatch.setattr("farm.coordinator.submit.sdist_kind", lambda path: "platform")
     reset_settings()
     farm.cli.ensure_db()
     sent: list[JobSpec] = []

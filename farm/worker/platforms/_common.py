@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -53,7 +54,10 @@ def probe_interpreter(path: str) -> Interpreter:
 
 
 def find_interpreters(configured: Sequence[str], *, exe_names: Sequence[str]) -> list[Interpreter]:
-    """Each entry is a path to an interpreter or a version like 3.11 looked up on PATH."""
+    """Each entry is a path to an interpreter or a version like 3.11 looked up on PATH; nothing
+    configured: every CPython this host has (`discover_interpreters`)."""
+    if not configured:
+        return discover_interpreters(tuple(exe_names))
     found: dict[str, Interpreter] = {}
     for entry in configured:
         path = entry
@@ -66,6 +70,44 @@ def find_interpreters(configured: Sequence[str], *, exe_names: Sequence[str]) ->
         interp = probe_interpreter(path)
         found.setdefault(interp.tag, interp)
     return list(found.values())
+
+
+DISCOVERED_MINORS = range(6, 20)  # CPython 3.6 ... 3.19 looked for by name
+
+
+def _candidates(exe_names: Sequence[str]) -> list[str]:
+    """Where CPythons are looked for, in this order: the farm's own interpreter, PATH (and the
+    platform's usual places, `exe_names`), pyenv's versions, uv's managed Pythons."""
+    paths = [sys.executable]
+    for minor in reversed(DISCOVERED_MINORS):
+        for name in exe_names:
+            exe = name.format(v=f"3.{minor}")
+            hit = exe if Path(exe).is_absolute() and Path(exe).is_file() else shutil.which(exe)
+            if hit and "shims" not in Path(hit).parts:  # pyenv's shims: its versions are read below
+                paths.append(hit)
+    pyenv = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
+    uv = Path(os.environ.get("UV_PYTHON_INSTALL_DIR") or Path(os.environ.get("XDG_DATA_HOME")
+                                                                 or Path.home() / ".local" / "share") / "uv" / "python")
+    for root in (pyenv, uv):
+        if root.is_dir():
+            for version in sorted(root.iterdir()):
+                paths += [str(p) for p in (version / "bin" / "python3", version / "python.exe") if p.is_file()]
+    return paths
+
+
+@lru_cache(maxsize=8)
+def discover_interpreters(exe_names: tuple[str, ...] = ("python{v}",)) -> list[Interpreter]:
+    """Every CPython 3 this host has, one per version (the first found wins: the farm's own, then
+    PATH, pyenv, uv), oldest first. What cannot be run, or is no CPython 3, is left out."""
+    found: dict[str, Interpreter] = {}
+    for path in _candidates(exe_names):
+        try:
+            interp = probe_interpreter(path)
+        except ConfigError:
+            continue
+        if interp.version[0] == 3:
+            found.setdefault(interp.tag, interp)
+    return sorted(found.values(), key=lambda i: i.version)
 
 
 def host_offers(platform: Platform, settings: Settings) -> list[Offer]:

@@ -1,0 +1,184 @@
+"""The build matrix: Pythons learned from the workers' registrations, one job per (platform, Python)
+that Requires-Python admits, a pure-Python sdist built once, and a reason for jobs nobody serves.
+
+The slow tests build real sdists with the embedded farm for several of this machine's CPythons
+(pyenv's 3.9, 3.11 and 3.13) and install what it published with each of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from farm.config import get_settings
+from farm.coordinator import workers
+from farm.coordinator.plan import plan, sdist_kind
+from farm.messages import OfferedPython, WorkerRegistration
+from farm.worker.heartbeat import RegistrationThread
+from tests.helpers.env import free_port, installer_env
+from tests.helpers.farms import Farm
+from tests.helpers.sdists import make_project, make_sdist
+
+PYENV = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
+MATRIX = ("3.9", "3.11", "3.13")
+
+
+def pyenv_python(version: str) -> Path | None:
+    found = sorted(PYENV.glob(f"{version}.*/bin/python3")) if PYENV.is_dir() else []
+    return found[-1] if found else None
+
+
+def reg(worker: str, platform: str, pythons: list[str], *, leaving: bool = False) -> WorkerRegistration:
+    return WorkerRegistration(worker=worker, platform=platform, engine="native", interval=20.0, sent_at=time.time(),
+                              pythons=[OfferedPython(python=p) for p in pythons], leaving=leaving)
+
+
+def plan_for(requires_python: str | None = ">=3.8", **kw) -> list[tuple[str, str, str | None]]:  # type: ignore[no-untyped-def]
+    targets = plan(name="demo", version="1.0", sdist_sha256="0" * 64, requires_python=requires_python,
+                   settings=get_settings(), **kw)
+    return [(t.platform, t.python, t.unserved) for t in targets]
+
+
+def test_the_matrix_comes_from_the_workers_registrations(farm_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FARM_PLATFORMS", json.dumps(["linux-x86_64", "linux-aarch64"]))
+    settings = get_settings()
+    workers.record(reg("a@host", "linux-x86_64", ["cp39", "cp313"]), settings)
+    workers.record(reg("b@host", "linux-x86_64", ["cp311"]), settings)
+    workers.record(reg("c@arm", "linux-aarch64", ["cp312"]), settings)
+    assert plan_for() == [("linux-x86_64", "cp39", None), ("linux-x86_64", "cp311", None),
+                          ("linux-x86_64", "cp313", None), ("linux-aarch64", "cp312", None)]
+    assert plan_for(">=3.10") == [("linux-x86_64", "cp311", None), ("linux-x86_64", "cp313", None),
+                                  ("linux-aarch64", "cp312", None)]
+    # --python / --platform select a subset; a pair nobody offers is planned with its reason
+    assert plan_for(only_pythons=["3.13"], only_platforms=["linux-x86_64"]) == [("linux-x86_64", "cp313", None)]
+    ((platform, python, why),) = plan_for(only_pythons=["3.12"], only_platforms=["linux-x86_64"])
+    assert (platform, python) == ("linux-x86_64", "cp312")
+    assert why is not None and "no live worker of linux-x86_64 builds for cp312" in why and "cp39, cp311, cp313" in why
+    # pure: one job in all, the newest Python; abi3: one per platform, the oldest
+    assert plan_for(kind="pure") == [("linux-x86_64", "cp313", None)]
+    assert plan_for(kind="abi3") == [("linux-x86_64", "cp39", None), ("linux-aarch64", "cp312", None)]
+    # the aarch64 worker leaves: its offer stays on record for planning, with the reason
+    workers.record(reg("c@arm", "linux-aarch64", [], leaving=True), settings)
+    ((_, python, why),) = plan_for(only_platforms=["linux-aarch64"])
+    assert python == "cp312" and why is not None and why.startswith("no live worker serves linux-aarch64")
+    assert "c@arm, left" in why
+    # a worker that stopped registering is gone after three intervals
+    later = workers.Workers(settings, now=time.time() + 61)
+    assert later.unserved("linux-x86_64", "cp39") is not None and later.live() == []
+
+
+def test_a_platform_no_worker_ever_served_says_so(farm_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FARM_PLATFORMS", json.dumps(["linux-x86_64", "macos-arm64"]))
+    rows = plan_for(only_platforms=["macos-arm64"])
+    assert rows and all(why and "no live worker serves macos-arm64" in why and "farm worker --platform macos-arm64"
+                        in why for _, _, why in rows)
+    # this host's platform before any worker registered: the local worker of `farm up` is assumed
+    assert all(why is None for _, _, why in plan_for(only_platforms=["linux-x86_64"]))
+
+
+def test_a_worker_registers_at_start_again_and_leaving(farm_home: Path) -> None:
+    sent: list[WorkerRegistration] = []
+    thread = RegistrationThread(["linux-x86_64"], worker="w@h", settings=get_settings(), send=sent.append)
+    thread.interval = 0.05
+    thread.start()
+    deadline = time.monotonic() + 10
+    while len(sent) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    thread.stop(leaving=True)
+    assert len(sent) >= 3 and sent[-1].leaving and not sent[-1].pythons
+    import sys
+
+    here = f"cp{sys.version_info[0]}{sys.version_info[1]}"
+    assert [p.python for p in sent[0].pythons] == [here]  # FARM_PYTHONS: this interpreter only (conftest)
+    assert sent[0].platform == "linux-x86_64" and sent[0].worker == "w@h"
+
+
+def test_sdist_kind_is_read_from_the_archive(tmp_path: Path) -> None:
+    pure = make_sdist(make_project(tmp_path / "p", "puredemo", c_extension=False), tmp_path / "out-p")
+    native = make_sdist(make_project(tmp_path / "c", "cdemo"), tmp_path / "out-c")
+    abi3 = make_project(tmp_path / "a", "abidemo")
+    (abi3 / "setup.cfg").write_text("[bdist_wheel]\npy_limited_api = cp39\n")
+    abi3_sdist = make_sdist(abi3, tmp_path / "out-a")
+    assert (sdist_kind(pure), sdist_kind(native), sdist_kind(abi3_sdist)) == ("pure", "platform", "abi3")
+    assert sdist_kind(None) == "platform"
+
+
+# Real builds ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def matrix_farm(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    pythons = [pyenv_python(v) for v in MATRIX]
+    if not all(pythons):
+        pytest.skip(f"pyenv lacks one of CPython {', '.join(MATRIX)}")
+    farm = Farm(tmp_path_factory.mktemp("matrix") / "home", free_port())
+    farm.env["FARM_PYTHONS"] = json.dumps([str(p) for p in pythons])
+    farm.start()
+    yield farm
+    farm.stop()
+
+
+def installed(python: Path, index_url: str, venv: Path, requirement: str, code: str) -> str:
+    subprocess.run([str(python), "-m", "venv", str(venv)], check=True)
+    pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--index-url", index_url, requirement],
+                         env=installer_env(), capture_output=True, text=True, timeout=300)
+    assert pip.returncode == 0, pip.stdout + pip.stderr
+    out = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, cwd=venv)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+@pytest.mark.slow
+def test_a_c_extension_is_built_for_every_python_the_worker_offers(matrix_farm: Farm, tmp_path: Path) -> None:
+    project = make_project(tmp_path, "matrixc")
+    # pyenv's 3.9 links extensions --as-needed: this one would then need no libc at all, and auditwheel
+    # (the repair step) refuses a module whose libc it cannot tell. Real extensions call into libc.
+    setup = project / "setup.py"
+    setup.write_text(setup.read_text().replace('["matrixc/_native.c"])',
+                                               '["matrixc/_native.c"], extra_link_args=["-Wl,--no-as-needed", "-lc"])'))
+    sdist = make_sdist(project, tmp_path / "dist")
+    res = matrix_farm.farm("submit", "--wait", str(sdist))
+    assert res.returncode == 0, res.stdout + res.stderr
+    built = sorted(line.split()[-1] for line in res.stdout.splitlines() if "published" in line)
+    assert [w.split("-")[2] for w in built] == ["cp311", "cp313", "cp39"], built
+    # the worker registered what it offers, and the coordinator recorded it
+    (record,) = [json.loads(p.read_text()) for p in (matrix_farm.home / "storage" / "workers").glob("*.json")]
+    assert sorted(record["pythons"]) == ["cp311", "cp313", "cp39"] and record["platform"] == "linux-x86_64"
+    for version in MATRIX:
+        python = pyenv_python(version)
+        assert python is not None
+        out = installed(python, matrix_farm.index_url, tmp_path / f"venv{version}", "matrixc",
+                        "import sys, matrixc; print(sys.version_info[:2], matrixc.add(2, 3))")
+        assert out == f"({version.replace('.', ', ')}) 5"
+
+
+@pytest.mark.slow
+def test_a_pure_sdist_is_built_once_and_installs_on_the_oldest_and_newest(matrix_farm: Farm, tmp_path: Path) -> None:
+    sdist = make_sdist(make_project(tmp_path, "matrixpure", c_extension=False), tmp_path / "dist")
+    res = matrix_farm.farm("submit", "--wait", str(sdist))
+    assert res.returncode == 0, res.stdout + res.stderr
+    jobs = [line for line in res.stdout.splitlines() if "queued" in line]
+    assert len(jobs) == 1 and "cp313" in jobs[0], res.stdout
+    published = [line.split()[-1] for line in res.stdout.splitlines() if "published" in line]
+    assert published == ["matrixpure-0.1.0-py3-none-any.whl"]
+    job_id = jobs[0].split()[1].rstrip(":")
+    log = matrix_farm.farm("logs", job_id).stdout
+    assert "for Python 3.9" in log and "for Python 3.13" in log  # verified on the oldest and the newest
+    for version in ("3.9", "3.13"):
+        python = pyenv_python(version)
+        assert python is not None
+        assert installed(python, matrix_farm.index_url, tmp_path / f"venv{version}", "matrixpure",
+                         "import matrixpure; print(matrixpure.add(2, 3))") == "5"
+
+
+@pytest.mark.slow
+def test_a_platform_no_worker_serves_is_no_silent_queue(matrix_farm: Farm, tmp_path: Path) -> None:
+    sdist = make_sdist(make_project(tmp_path, "matrixaarch"), tmp_path / "dist")
+    res = matrix_farm.farm("submit", "--platform", "linux-aarch64", "--python", "3.11", str(sdist))
+    assert res.returncode == 0, res.stderr
+    assert "warning: cp311-manylinux_aarch64: no live worker serves linux-aarch64" in res.stderr
