@@ -33,6 +33,8 @@ Run = Callable[..., tuple[int, str, str]]
 @pytest.fixture
 def run(farm_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Iterator[Run]:
     monkeypatch.setenv("FARM_PLATFORMS", json.dumps(["linux-x86_64", "linux-aarch64"]))
+    # one job per platform even for a pure sdist: the output is under test here, the matrix in tests/test_matrix.py
+    monkeypatch.setattr("farm.coordinator.submit.sdist_kind", lambda path: "platform")
     for var in ("FARM_SERVER_URL", "FARM_TOKEN"):  # `main` sets them for --server, --token: undone after the test
         monkeypatch.setenv(var, "")
         monkeypatch.delenv(var)
@@ -98,7 +100,9 @@ def test_wait_timeout_is_not_a_failure(run: Run, tmp_path: Path) -> None:
     """No worker runs: the jobs stay queued, `--wait` gives up after --timeout with its own exit code."""
     code, out, err = run("submit", str(make_good(tmp_path / "a", "good", "1.0")), "--wait", "--timeout", "0.2")
     assert code == WaitTimeout.exit_code == 124, err
-    assert err.startswith("farm: error: timed out after 0 s waiting for jobs [") and "farm status" in err, err
+    warning, error = err.splitlines()  # no worker serves linux-aarch64: said at once, not a silent queue
+    assert warning.startswith("farm: warning: cp") and "manylinux_aarch64: no live worker serves linux-aarch64" in warning, err
+    assert error.startswith("farm: error: timed out after 0 s waiting for jobs [") and "farm status" in err, err
     assert out.count("queued\n") == 4  # two submitted, then two seen queued by the wait loop
     code, table, _ = run("status")
     assert table.count("queued") == 2  # they go on
