@@ -162,7 +162,7 @@ def test_a_pure_sdist_is_built_once_and_installs_on_the_oldest_and_newest(matrix
     sdist = make_sdist(make_project(tmp_path, "matrixpure", c_extension=False), tmp_path / "dist")
     res = matrix_farm.farm("submit", "--wait", str(sdist))
     assert res.returncode == 0, res.stdout + res.stderr
-    jobs = [line for line in res.stdout.splitlines() if "queued" in line]
+    jobs = [line for line in res.stdout.splitlines() if line.endswith(" queued") and ": queued" not in line]
     assert len(jobs) == 1 and "cp313" in jobs[0], res.stdout
     published = [line.split()[-1] for line in res.stdout.splitlines() if "published" in line]
     assert published == ["matrixpure-0.1.0-py3-none-any.whl"]
