@@ -10,18 +10,15 @@ time the index does not give (fail-closed), and malformed policy entries in the 
 
 from __future__ import annotations
 
-import hashlib
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import datetime as dt
 from pathlib import Path
 
-import datetime as dt
 import pytest
 
 from farm.config import Settings
 from farm.coordinator.intake import IntakePolicy, Release
 from farm.errors import ConfigError, IntakeRefused
+from tests.helpers.indexes import StaticIndex
 from tests.helpers.sdists import make_good
 
 
@@ -82,67 +79,19 @@ def test_malformed_policy_entries_are_configuration_errors(entry: str, problem: 
 # At submit, against a real upstream index over HTTP (PEP 691 JSON with PEP 700 upload times) ------
 
 
-class _JsonIndex:
-    """An upstream index serving JSON project pages with upload times, and the files."""
-
-    def __init__(self, root: Path) -> None:
-        self.root, self.pages = root, {}
-        (root / "files").mkdir(parents=True)
-        pages = self.pages
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                parts = self.path.strip("/").split("/")
-                if parts[0] == "simple" and len(parts) == 2 and parts[1] in pages:
-                    body = json.dumps(pages[parts[1]]).encode()
-                    ctype = "application/vnd.pypi.simple.v1+json"
-                elif parts[0] == "files" and len(parts) == 2 and (root / "files" / parts[1]).is_file():
-                    body, ctype = (root / "files" / parts[1]).read_bytes(), "application/octet-stream"
-                else:
-                    self.send_response(404)
-                    self.end_headers()
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/simple/"
-
-    def add(self, name: str, version: str, uploaded: dt.datetime | None) -> None:
-        sdist = make_good(self.root / "build", name, version)
-        data = sdist.read_bytes()
-        (self.root / "files" / sdist.name).write_bytes(data)
-        page = self.pages.setdefault(name, {"meta": {"api-version": "1.1"}, "name": name, "files": []})
-        entry = {"filename": sdist.name, "url": f"../../files/{sdist.name}",
-                 "hashes": {"sha256": hashlib.sha256(data).hexdigest()}}
-        if uploaded is not None:
-            entry["upload-time"] = uploaded.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        page["files"].append(entry)
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def upstream(tmp_path: Path):  # type: ignore[no-untyped-def]
-    index = _JsonIndex(tmp_path / "upstream")
+    index = StaticIndex(tmp_path / "upstream")
     now = dt.datetime.now(dt.UTC)
-    index.add("lib", "1.0", now - dt.timedelta(days=30))
-    index.add("lib", "1.1", now - dt.timedelta(days=1))
-    index.add("nodate", "1.0", None)
+    for name, version, uploaded in [("lib", "1.0", now - dt.timedelta(days=30)),
+                                    ("lib", "1.1", now - dt.timedelta(days=1)), ("nodate", "1.0", None)]:
+        sdist = make_good(tmp_path / "build", name, version)
+        index.add(name, sdist.name, sdist.read_bytes(), uploaded=uploaded)
     yield index
     index.stop()
 
 
-def _submit_with(monkeypatch: pytest.MonkeyPatch, upstream: _JsonIndex, request: str, **env: str):  # type: ignore[no-untyped-def]
+def _submit_with(monkeypatch: pytest.MonkeyPatch, upstream: StaticIndex, request: str, **env: str):  # type: ignore[no-untyped-def]
     from farm.config import get_settings, reset_settings
     from farm.coordinator.submit import submit
 
@@ -164,7 +113,7 @@ def _submissions() -> int:
             (s.scalar(select(func.count()).select_from(Source)) or 0)
 
 
-def test_submit_takes_the_newest_release_the_cool_down_admits(farm_home: Path, upstream: _JsonIndex,
+def test_submit_takes_the_newest_release_the_cool_down_admits(farm_home: Path, upstream: StaticIndex,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     from farm.cli import main
 

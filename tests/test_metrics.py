@@ -8,10 +8,10 @@ histograms and counters count what happened after the first scrape, once each: s
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 
-import datetime as dt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient

@@ -13,6 +13,7 @@ page is checked for accessibility basics (title, one h1, lang, labelled fields, 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -22,7 +23,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import datetime as dt
 import httpx
 import pytest
 from sqlalchemy import event

@@ -3,13 +3,13 @@ queries on what it recorded."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import datetime as dt
 import pytest
 from sqlalchemy import func, select
 from starlette.testclient import TestClient

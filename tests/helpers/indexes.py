@@ -4,8 +4,10 @@ HTML and PEP 691 JSON pages (StaticIndex, _Handler), and the farm's own ASGI app
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
+import json
 import os
 import socket
 import threading
@@ -83,7 +85,9 @@ class _Server:
 
 
 class StaticIndex:
-    """A PEP 503 index in a folder (simple/<project>/index.html, files/), served until stop()."""
+    """A static upstream index in a folder, served until stop(): each project page is written both as
+    PEP 503 HTML (simple/<project>/index.html) and as PEP 691 JSON (index.json, with PEP 700 upload
+    times when given), the JSON one served when the client accepts it; the files are in files/."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -91,6 +95,7 @@ class StaticIndex:
         (root / "files").mkdir()
         self.requests: list[tuple[str, str]] = []
         self._links: dict[str, list[str]] = {}
+        self._files: dict[str, list[dict[str, object]]] = {}
         handler = type("Handler", (_Handler,), {"requests": self.requests})
 
         def make(*args: object, **kwargs: object) -> _Handler:
@@ -104,17 +109,26 @@ class StaticIndex:
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/simple/"
         self.files_url = self.url.removesuffix("simple/") + "files/"
 
-    def add(self, project: str, filename: str, data: bytes, *, digest: str | None = "auto") -> str | None:
-        """Serve `data` as `filename` of `project`; the link carries `digest` (default: the true sha256)."""
+    def add(self, project: str, filename: str, data: bytes, *, digest: str | None = "auto",
+            uploaded: dt.datetime | None = None) -> str | None:
+        """Serve `data` as `filename` of `project`; the link carries `digest` (default: the true sha256)
+        and, on the JSON page, the upload time `uploaded` (none if not given)."""
         (self.root / "files" / filename).write_bytes(data)
         if digest == "auto":
             digest = hashlib.sha256(data).hexdigest()
         fragment = f"#sha256={digest}" if digest else ""
         self._links.setdefault(project, []).append(f'<a href="../../files/{filename}{fragment}">{filename}</a><br/>')
+        entry: dict[str, object] = {"filename": filename, "url": f"../../files/{filename}",
+                                    "hashes": {"sha256": digest} if digest else {}}
+        if uploaded is not None:
+            entry["upload-time"] = uploaded.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        self._files.setdefault(project, []).append(entry)
         folder = self.root / "simple" / project
         folder.mkdir(exist_ok=True)
         (folder / "index.html").write_text("<!DOCTYPE html>\n<html><body>\n" + "\n".join(self._links[project])
                                            + "\n</body></html>\n")
+        (folder / "index.json").write_text(json.dumps({"meta": {"api-version": "1.1"}, "name": project,
+                                                       "files": self._files[project]}))
         return digest
 
     def stop(self) -> None:

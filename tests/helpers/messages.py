@@ -1,4 +1,5 @@
-"""Worker messages made by hand: events, heartbeats and step reports as a worker sends them."""
+"""What the reconciler sees, made by hand: a worker's job event applied in process, a job aged (its last
+change and heartbeat moved back), and queue lengths as the broker would report them."""
 
 from __future__ import annotations
 
