@@ -13,6 +13,9 @@ Per round, alternating which goes first:
          in-process `submit()` call until http://127.0.0.1:PORT/simple/<project>/ lists the wheel.
          That includes the clean-container verification, attestation and publishing. Step durations
          come from `farm status --json`, command times from the job log.
+         The farm's root phase (system packages and before-all, as root) makes a prepared image
+         that later builds with the same inputs reuse for a day: the warm-up round makes it (unless
+         an earlier run did) and the counted rounds reuse it; the report says which.
 
 One warm-up round (not counted) first; medians over `--rounds` (default 3). Needs the private Docker
 engine (`eval "$(scripts/docker-up.sh)"`), the bullseye images (`farm image build --suite bullseye
@@ -173,6 +176,9 @@ def farm_path(sdist: Path, work: Path) -> dict[str, Any]:
         result["commands"] = commands_in_log(log_text)
         result["cibw_reported"] = _cibw_reported(log_text)
         result["cibw_logged"] = sorted(line.strip() for line in log_text.splitlines() if line.startswith("  CIBW_"))
+        # The root phase (system packages, before-all): made in this job, or a prepared image reused.
+        result["root_phase"] = "reused" if re.search(r"^prepared image \S+ reused", log_text, re.M) else "made"
+        result["probed"] = "get_requires_for_build_wheel" in log_text
     finally:
         farm.stop()
     return result
@@ -192,7 +198,8 @@ def one_round(n: int, sdist: Path, root: Path, *, image: str, docker_host: str, 
         out[path] = res
         extra = ""
         if path == "farm":
-            extra = "  (" + " ".join(f"{k}={v:.1f}" for k, v in res["steps"].items()) + ")"
+            extra = "  (" + " ".join(f"{k}={v:.1f}" for k, v in res["steps"].items()) + \
+                f"; root phase {res['root_phase']}, backend hook {'asked' if res['probed'] else 'not asked'})"
         say(f"{label}: {path}: {res['total']:.2f} s (load average before: {load:.2f}){extra}")
     return out
 
@@ -227,6 +234,8 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     s["ratio_overhead"] = (s["plain"] + s["overhead"]) / s["plain"]
     s["startup"] = median([r["farm"]["startup"] for r in rounds])
     s["wheels"] = sorted({r[p]["wheel"] for r in rounds for p in PATHS})
+    s["root_phase"] = [r["farm"]["root_phase"] for r in rounds]
+    s["probed"] = [r["farm"]["probed"] for r in rounds]
     return s
 
 
@@ -248,6 +257,8 @@ def render(s: dict[str, Any], rounds: int, cibw: dict[str, str]) -> str:
               "", "Commands inside the farm's steps (median seconds, from the job log):", ""]
     for step, names in s["farm_commands"].items():
         lines.append(f"- {step}: " + ", ".join(f"{n} {v:.2f}" for n, v in names.items()))
+    lines += ["", "Root phase per counted round (made, or a prepared image reused): "
+              + ", ".join(s["root_phase"]) + "; backend hook asked: " + ", ".join(map(str, s["probed"]))]
     lines += ["", "Wheels: " + ", ".join(s["wheels"]), "", "CIBW_* variables of the plain run (the engine's):", ""]
     lines += [f"    {k}={v}" for k, v in sorted(cibw.items())]
     verdict = "met" if s["ratio"] <= TARGET else "NOT met"
@@ -281,8 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     started = time.time()
     try:
+        warm = None
         if not args.no_warmup:
-            one_round(0, sdist, root, image=build.tag, docker_host=docker_host, warmup=True)
+            warm = one_round(0, sdist, root, image=build.tag, docker_host=docker_host, warmup=True)
         rounds = [one_round(n, sdist, root, image=build.tag, docker_host=docker_host, warmup=False)
                   for n in range(args.rounds)]
     finally:
@@ -295,12 +307,16 @@ def main(argv: list[str] | None = None) -> int:
         say(f"WARNING: the farm's job log shows CIBW_ variables {sorted(logged ^ set(cibw))} differently")
     print()
     print(render(summary, args.rounds, cibw))
+    if warm is not None:
+        print(f"\nWarm-up round (not counted; root phase {warm['farm']['root_phase']}): farm "
+              f"{warm['farm']['total']:.2f} s, plain {warm['plain']['total']:.2f} s, "
+              f"{warm['farm']['total'] / warm['plain']['total']:.2f}×")
     if args.json:
         args.json.write_text(json.dumps({
             "date": dt.datetime.now().isoformat(timespec="seconds"), "argv": sys.argv,
             "python": platform.python_version(), "platform": platform.platform(), "cores": os.cpu_count(),
             "images": {"build": [build.tag, build.digest], "verify": [verify.tag, verify.digest]},
-            "seconds": round(time.time() - started), "summary": summary, "rounds": rounds}, indent=1, default=str))
+            "seconds": round(time.time() - started), "summary": summary, "rounds": rounds, "warmup": warm}, indent=1, default=str))
     return 0
 
 

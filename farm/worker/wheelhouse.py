@@ -6,9 +6,11 @@
    downloaded as wheels (`pip download --only-binary :all: --no-deps` with the target's tags), from
    the job's upstream index with the host's pip/uv configuration removed.
 2. Package code, in a short-lived container of the build image (no network, no capabilities,
-   memory and process limits, uid 65534): a venv from the image's interpreter gets the wheels of 1
-   installed offline, then `get_requires_for_build_wheel` runs (pyproject_hooks' `_in_process.py`,
-   driven by pypa/build's `ProjectBuilder`); what it adds (cmake, ninja, wheel...) is downloaded as in 1.
+   memory and process limits, uid 65534), only when the offline build misses a requirement (most
+   backends add nothing): a venv from the image's interpreter gets the wheels of 1 installed
+   offline, then `get_requires_for_build_wheel` runs (pyproject_hooks' `_in_process.py`, driven by
+   pypa/build's `ProjectBuilder`); what it adds (cmake, ninja, wheel...) is downloaded as in 1 and
+   the build runs again. The answer is remembered per sdist, image, recipe and front end.
 
 The folder (`WHEELS_IN_CONTAINER`) is mounted read-only into the build container and is the only
 place its front end installs from. A requirement without a wheel for the target fails the job.
@@ -16,7 +18,7 @@ place its front end installs from. A requirement without a wheel for the target 
 
 from __future__ import annotations
 
-import io
+import json
 import os
 import re
 import shlex
@@ -24,7 +26,6 @@ import sys
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -67,6 +68,8 @@ class Wheelhouse:
     path: Path
     declared: list[str]
     dynamic: list[str] = field(default_factory=list)
+    target: Target | None = None
+    probed: bool = False  # the backend's hook was asked (or its answer was known)
     seconds: float = 0.0
 
     @property
@@ -149,63 +152,107 @@ def _run(ctx: BuildContext, argv: list, *, env: Mapping[str, str], t: Target) ->
 
 
 # Step 2: the backend's dynamic requirements, in a container -----------------------------------
-def prepare(ctx: BuildContext, client, image: str, *, digest: str, frontend: str, env_script: str,  # type: ignore[no-untyped-def]
-            labels: Mapping[str, str]) -> Wheelhouse:
-    """Fill `ctx.work/build-wheels` with every wheel the build's front end will install."""
+# The backend's answer per sdist, image, recipe and front end (this worker's memory).
+_ASKED: dict[str, list[str]] = {}
+
+
+def prepare(ctx: BuildContext, client, image: str, *, digest: str, frontend: str,  # type: ignore[no-untyped-def]
+            libc: tuple[str, int, int] | None = None) -> Wheelhouse:
+    """Fill `ctx.work/build-wheels` with the declared build requirements, and what the backend's hook
+    asked for when this worker already knows its answer for this sdist, image and recipe.
+
+    The hook is not asked here: most backends add nothing, so the build runs first and the probe
+    (`add_dynamic`) only when its offline front end misses a requirement. `libc` is the image's C
+    library when known (a prepared image's label); else a short container asks `ldd`."""
     from docker.errors import DockerException
 
     start = time.monotonic()
     dest = ctx.work / "build-wheels"
     dest.mkdir(parents=True, exist_ok=True)
+    platform = container_platform(ctx.platform)
     try:
-        t, declared, asked = _probe(ctx, client, image, dest, digest=digest, frontend=frontend, env_script=env_script,
-                                    labels=labels)
+        t = target(ctx.spec.python, platform, libc or image_libc(client, image, digest))
     except DockerException as exc:
         raise InfrastructureFault("build", f"the Docker engine failed while the wheelhouse was prepared: {exc}") from exc
-    dynamic = sorted(set(checked(list(asked), "asks for")) - set(declared))
+    declared = declared_requirements(ctx, frontend)
+    ctx.log.write(f"build requirements for {t.describe()}: {', '.join(declared)}\n")
+    known = _ASKED.get(_probe_key(ctx, digest, frontend))
+    dynamic = sorted(set(known or []) - set(declared))
     if dynamic:
-        ctx.log.write(f"the build backend adds: {', '.join(dynamic)}\n")
-        download(ctx, [*declared, *dynamic], dest, t, name="build-requires-all")
-    house = Wheelhouse(path=dest, declared=declared, dynamic=dynamic, seconds=time.monotonic() - start)
+        ctx.log.write(f"the build backend adds (its answer for this sdist, image and recipe): {', '.join(dynamic)}\n")
+    download(ctx, [*declared, *dynamic], dest, t, name="build-requires")
+    house = Wheelhouse(path=dest, declared=declared, dynamic=dynamic, target=t, probed=known is not None,
+                       seconds=time.monotonic() - start)
     ctx.log.write(f"wheelhouse for the offline build ({house.seconds:.1f} s): {', '.join(house.wheels)}\n")
     return house
 
 
-def _probe(ctx: BuildContext, client, image: str, dest: Path, *, digest: str, frontend: str, env_script: str,  # type: ignore[no-untyped-def]
-           labels: Mapping[str, str]) -> tuple[Target, list[str], set[str]]:
-    """The target, the declared requirements (downloaded into `dest`) and what the backend's hook asks for."""
-    from build import BuildBackendException, BuildException, ProjectBuilder
+def add_dynamic(ctx: BuildContext, client, image: str, house: Wheelhouse, *, digest: str, frontend: str,  # type: ignore[no-untyped-def]
+                env_script: str, labels: Mapping[str, str]) -> list[str]:
+    """Ask the backend's `get_requires_for_build_wheel` (package code: in a container without network,
+    capabilities or root) and download what it adds to the wheelhouse; return what is new."""
+    from docker.errors import DockerException
+
+    start = time.monotonic()
+    try:
+        asked = _probe(ctx, client, image, house, frontend=frontend, env_script=env_script, labels=labels)
+    except DockerException as exc:
+        raise InfrastructureFault("build", f"the Docker engine failed while the backend was asked: {exc}") from exc
+    answer = checked(sorted(asked), "asks for")
+    _ASKED[_probe_key(ctx, digest, frontend)] = answer
+    house.probed = True
+    new = sorted(set(answer) - set(house.declared) - set(house.dynamic))
+    if new:
+        ctx.log.write(f"the build backend adds: {', '.join(new)}\n")
+        house.dynamic = sorted([*house.dynamic, *new])
+        assert house.target is not None
+        download(ctx, [*house.declared, *house.dynamic], house.path, house.target, name="build-requires-all")
+    house.seconds += time.monotonic() - start
+    return new
+
+
+def _probe_key(ctx: BuildContext, digest: str, frontend: str) -> str:
+    inputs = [ctx.spec.sdist.sha256, digest, ctx.spec.recipe_digest, frontend, ctx.spec.python,
+              sorted((k, str(v)) for k, v in ctx.options.config_settings.items())]
+    return json.dumps(inputs)
+
+
+def image_libc(client, image: str, digest: str) -> tuple[str, int, int]:  # type: ignore[no-untyped-def]
+    """The image's C library (`ldd --version` in a short container without network; remembered per digest)."""
+    if digest not in _LIBC:
+        limits = Limits(memory="256m", pids=64, drop_capabilities=True)
+        with Container(client, image, network="none", limits=limits, lifetime=60) as box:
+            _LIBC[digest] = parse_libc(box.call(["sh", "-c", "ldd --version 2>&1 | head -n 2; true"]).output)
+    return _LIBC[digest]
+
+
+def declared_requirements(ctx: BuildContext, frontend: str) -> list[str]:
+    """`[build-system] requires` of the (recipe-adjusted) tree, read on the host: no package code runs."""
+    from build import BuildException, ProjectBuilder
+
+    try:
+        declared = sorted(ProjectBuilder(ctx.source).build_system_requires)
+    except BuildException as exc:  # pyproject.toml's [build-system] is unusable
+        raise PackageFailure("build", str(exc)) from exc
+    if frontend == "pip" and build_requires.declared(ctx.src) == build_requires.LEGACY_REQUIRES:
+        declared.append("wheel")  # what older pips add for a project without [build-system]
+    return checked(declared, "declares")
+
+
+def _probe(ctx: BuildContext, client, image: str, house: Wheelhouse, *, frontend: str, env_script: str,  # type: ignore[no-untyped-def]
+           labels: Mapping[str, str]) -> set[str]:
+    """What the backend's hook asks for, in a container of the build image with the wheelhouse installed."""
+    from build import BuildBackendException, ProjectBuilder
 
     limits = Limits(memory=ctx.settings.build_memory, pids=ctx.settings.build_pids, drop_capabilities=True)
-    platform = container_platform(ctx.platform)
-    python = platform.image_python(ctx.spec.python)
+    python = container_platform(ctx.platform).image_python(ctx.spec.python)
     with Container(client, image, network="none", limits=limits, labels=labels,
-                   read_only_files={str(dest): WHEELS_IN_CONTAINER}) as box:
-        if digest not in _LIBC:
-            _LIBC[digest] = parse_libc(box.call(["sh", "-c", "ldd --version 2>&1 | head -n 2; true"]).output)
-        t = target(ctx.spec.python, platform, _LIBC[digest])
-        try:
-            builder = ProjectBuilder(ctx.source, python_executable=f"{_ENV}/bin/python",
-                                     runner=_hook_runner(ctx, box, env_script=env_script, python=python))
-            declared = sorted(builder.build_system_requires)
-        except BuildException as exc:  # pyproject.toml's [build-system] is unusable
-            raise PackageFailure("build", str(exc)) from exc
-        if frontend == "pip" and build_requires.declared(ctx.src) == build_requires.LEGACY_REQUIRES:
-            declared.append("wheel")  # what older pips add for a project without [build-system]
-        declared = checked(declared, "declares")
-        ctx.log.write(f"build requirements for {t.describe()}: {', '.join(declared)}\n")
+                   read_only_files={str(house.path): WHEELS_IN_CONTAINER}) as box:
+        builder = ProjectBuilder(ctx.source, python_executable=f"{_ENV}/bin/python",
+                                 runner=_hook_runner(ctx, box, env_script=env_script, python=python))
         uv = frontend != "pip"
-        staging = io.StringIO()  # the container's side runs meanwhile, logged afterwards
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            staged = pool.submit(_stage, ctx, box, python, uv=uv, log=staging)
-            try:
-                download(ctx, declared, dest, t, name="build-requires")
-            finally:
-                try:
-                    staged.result()
-                finally:
-                    ctx.log.write(staging.getvalue())
-        _in_container(ctx, box, _install_argv(python, declared, uv=uv), uv=uv, log=ctx.log)
+        _stage(ctx, box, python, uv=uv, log=ctx.log)
+        _in_container(ctx, box, _install_argv(python, [*house.declared, *house.dynamic], uv=uv), uv=uv, log=ctx.log)
         settings = {k: list(v) if isinstance(v, list) else v for k, v in ctx.options.config_settings.items()}
         try:
             with warnings.catch_warnings(record=True) as said:  # the backend's warnings go to the job log
@@ -213,14 +260,12 @@ def _probe(ctx: BuildContext, client, image: str, dest: Path, *, digest: str, fr
                 asked = builder.get_requires_for_build("wheel", settings)
             ctx.log.write("".join(f"warning from the build backend: {w.message}\n" for w in said))
         except BuildBackendException as exc:
-            # The probe has no system packages or before-all: the build itself shows the real error.
-            ctx.log.write(f"get_requires_for_build_wheel failed in the probe container ({exc}); building with the "
-                          "declared requirements only\n")
+            ctx.log.write(f"get_requires_for_build_wheel failed in the probe container ({exc})\n")
             asked = set()
-    return t, declared, set(asked)
+    return set(asked)
 
 
-def _stage(ctx: BuildContext, box: Container, python: str, *, uv: bool, log: io.StringIO) -> None:
+def _stage(ctx: BuildContext, box: Container, python: str, *, uv: bool, log: TextIO) -> None:
     """The source tree (owned by the hook's user) and an empty venv of the image's interpreter."""
     box.copy_into(ctx.source, _BOX, name="src", owner=65534)
     venv = ["uv", "venv", "--quiet", "--python", python, _ENV] if uv else [python, "-m", "venv", "--without-pip", _ENV]

@@ -90,20 +90,25 @@ class CibuildwheelEngine:
             ctx.log.write("".join(f"  {k}={v}\n" for k, v in sorted(shown.items())))
             pure = False
             try:
-                result = run(argv, cwd=cwd, env=env, log=ctx.log, timeout=ctx.settings.cibuildwheel_timeout)
+                self._cibuildwheel(ctx, argv, cwd=cwd, env=env, shown=shown)
+                result_output = ""
             except CommandFailed as exc:
-                _record(ctx, exc.result, shown)
-                if exc.timed_out:
-                    raise CommandTimeout("build", str(exc)) from exc
-                if docker_client_fault(exc.result.output):
-                    raise InfrastructureFault("build", str(exc)) from exc
-                if PURE_WHEEL_REFUSED not in exc.result.output:
-                    raise build_failure(offline_hint(exc.result.output) + str(exc), exc.result.output) from exc
-                pure = True
-                build_pure_wheel(ctx, client, image=prepared.image, env=env,
-                                 src=ctx.sdist if from_sdist else ctx.source, out=out, job_label=job_label)
-            else:
-                _record(ctx, result, shown)
+                result_output = exc.result.output
+                if missing_requirement(result_output) and not house.probed and wheelhouse.add_dynamic(
+                        ctx, client, image.image, house, digest=digest, frontend=frontend,
+                        env_script=container_environment(ctx), labels={JOB_LABEL: job_label}):
+                    ctx.log.write("building again with what the backend added to the wheelhouse\n")
+                    try:
+                        self._cibuildwheel(ctx, argv, cwd=cwd, env=env, shown=shown)
+                        result_output = ""
+                    except CommandFailed as again:
+                        exc, result_output = again, again.result.output
+                if result_output:
+                    if PURE_WHEEL_REFUSED not in result_output:
+                        raise build_failure(offline_hint(result_output) + str(exc), result_output) from exc
+                    pure = True
+                    build_pure_wheel(ctx, client, image=prepared.image, env=env,
+                                     src=ctx.sdist if from_sdist else ctx.source, out=out, job_label=job_label)
             server = client.version().get("Version", "?")
         finally:
             _remove_job_containers(client, job_label)
@@ -126,6 +131,22 @@ class CibuildwheelEngine:
                                                            "processes": ctx.settings.build_pids},
                        "buildWheels": house.wheels},
         )
+
+
+    @staticmethod
+    def _cibuildwheel(ctx: BuildContext, argv: list, *, cwd: Path, env: dict[str, str], shown: dict[str, str]) -> None:
+        """One cibuildwheel run, recorded; a timeout or an engine fault is raised as such, a package's
+        failure as CommandFailed."""
+        try:
+            result = run(argv, cwd=cwd, env=env, log=ctx.log, timeout=ctx.settings.cibuildwheel_timeout)
+        except CommandFailed as exc:
+            _record(ctx, exc.result, shown)
+            if exc.timed_out:
+                raise CommandTimeout("build", str(exc)) from exc
+            if docker_client_fault(exc.result.output):
+                raise InfrastructureFault("build", str(exc)) from exc
+            raise
+        _record(ctx, result, shown)
 
 
 def network(ctx: BuildContext) -> str:
@@ -151,8 +172,11 @@ def prepare_offline(ctx: BuildContext, client, *, image: str, digest: str, famil
     log = io.StringIO()
     labels = {JOB_LABEL: job_label}
 
+    found = prepared_image.find(client, prepared_key)
+    libc = prepared_image.libc(client, found) if found else None
+
     def root_phase() -> prepared_image.Prepared:
-        if prepared_image.find(client, prepared_key) is None:
+        if found is None:
             fetch_system_packages(ctx, docker_host=docker_host, image=image, family=family, packages=packages,
                                   labels=labels, log=log)
         sub = dataclasses.replace(ctx, log=log)
@@ -167,8 +191,7 @@ def prepare_offline(ctx: BuildContext, client, *, image: str, digest: str, famil
     with ThreadPoolExecutor(max_workers=1) as pool:
         fetched = pool.submit(root_phase)
         try:
-            house = wheelhouse.prepare(ctx, client, image, digest=digest, frontend=frontend,
-                                       env_script=env_script, labels=labels)
+            house = wheelhouse.prepare(ctx, client, image, digest=digest, frontend=frontend, libc=libc)
         except BaseException:
             fetched.exception()  # waits for it: the wheelhouse's failure is the one reported
             raise
@@ -352,13 +375,18 @@ def image_facts(client, image: str, digest: str) -> tuple[str, bool]:  # type: i
 _NOT_IN_WHEELHOUSE = ("was not found in the cache", "No matching distribution found for")
 
 
+def missing_requirement(output: str) -> bool:
+    """Whether the offline front end failed for a requirement the wheelhouse lacks."""
+    return any(m in output for m in _NOT_IN_WHEELHOUSE)
+
+
 def offline_hint(output: str) -> str:
     """A first line for a build that asked for a requirement the wheelhouse lacks, else nothing."""
-    if not any(m in output for m in _NOT_IN_WHEELHOUSE):
+    if not missing_requirement(output):
         return ""
     return ("the build's front end asked for a requirement that is not in the farm's wheelhouse (the build "
-            "container has no network; the backend may ask for more there than in the farm's probe, e.g. "
-            "because of the recipe's system packages)\n")
+            "container has no network; the backend may ask for more there than in the farm's probe of its "
+            "hook, e.g. because of the recipe's system packages)\n")
 
 
 def docker_client_fault(output: str) -> bool:

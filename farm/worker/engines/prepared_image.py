@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shlex
 import time
 from collections.abc import Mapping, Sequence
@@ -34,10 +35,12 @@ from farm.containers import Container, ContainerCommandFailed, Limits
 from farm.errors import CommandTimeout, InfrastructureFault
 from farm.worker.engines.base import BuildContext
 from farm.worker.hints import build_failure
+from farm.worker.platforms.linux import parse_libc
 
 REPOSITORY = "wheel-farm/prepared"
 KEY_LABEL = "farm.prepared-key"
 MADE_LABEL = "farm.prepared-at"
+LIBC_LABEL = "farm.libc"  # the image's C library: "glibc-2.31", "musl-1.2"
 MAX_AGE = 24 * 3600.0
 PROJECT_IN_ROOT_PHASE = "/farm/project"
 HOME = "/farm/home"
@@ -87,6 +90,12 @@ def find(client, prepared_key: str) -> str | None:  # type: ignore[no-untyped-de
     return best[1] if best else None
 
 
+def libc(client, image_id: str) -> tuple[str, int, int] | None:  # type: ignore[no-untyped-def]
+    """The C library the root phase found in a prepared image, as `parse_libc` gives it (None: not recorded)."""
+    m = re.fullmatch(r"(glibc|musl)-(\d+)\.(\d+)", (client.images.get(image_id).labels or {}).get(LIBC_LABEL, ""))
+    return (m.group(1), int(m.group(2)), int(m.group(3))) if m else None
+
+
 def _made(image) -> float:  # type: ignore[no-untyped-def]
     try:
         return float((image.labels or {}).get(MADE_LABEL, "0"))
@@ -126,11 +135,12 @@ def prepare(ctx: BuildContext, client, *, image: str, prepared_key: str, script:
                         raise CommandTimeout("build", f"the root phase (system packages, before-all) timed out: {exc}") from exc
                     raise build_failure(f"the recipe's system packages or before-all failed: {exc}",
                                         exc.result.output) from exc
-            box.call(["sh", "-c", own], timeout=120)
-            made = str(int(time.time()))
+            kind, major, minor = parse_libc(box.call(["sh", "-c", f"{own} && (ldd --version 2>&1 | head -n 2; true)"],
+                                                     timeout=120).output)
+            made, label = str(int(time.time())), f"{kind}-{major}.{minor}"
             committed = box.commit(REPOSITORY, prepared_key[:16], changes=[
-                f"LABEL {KEY_LABEL}={prepared_key} {MADE_LABEL}={made}", f"ENV HOME={HOME}", f"USER {user}",
-                'CMD ["/bin/bash"]'])
+                f"LABEL {KEY_LABEL}={prepared_key} {MADE_LABEL}={made} {LIBC_LABEL}={label}", f"ENV HOME={HOME}",
+                f"USER {user}", 'CMD ["/bin/bash"]'])
     except DockerException as exc:
         raise InfrastructureFault("build", f"the Docker engine failed while the build image was prepared: {exc}") from exc
     _remove_older(client, prepared_key, keep=committed)
