@@ -21,7 +21,7 @@ One warm-up round (not counted) first; medians over `--rounds` (default 3). Need
 engine (`eval "$(scripts/docker-up.sh)"`), the bullseye images (`farm image build --suite bullseye
 [--verify]`, made here if missing) and https://pypi.org/simple/ (build requirements, apt archive).
 
-    .venv/bin/python bench/containers.py [--rounds 3] [--json results.json] [--work DIR]
+    .venv/bin/python bench/containers.py [--rounds 3] [--json results.json] [--work DIR] [--fresh-root-phase]
 """
 
 from __future__ import annotations
@@ -184,13 +184,29 @@ def farm_path(sdist: Path, work: Path) -> dict[str, Any]:
     return result
 
 
-def one_round(n: int, sdist: Path, root: Path, *, image: str, docker_host: str, warmup: bool) -> dict[str, Any]:
+def forget_prepared_images(docker_host: str) -> None:
+    """Remove the farm's prepared images (`--fresh-root-phase`): the next farm build makes its own."""
+    from farm.containers import docker_client
+    from farm.worker.engines.prepared_image import KEY_LABEL
+
+    client = docker_client(docker_host)
+    try:
+        for prepared in client.images.list(filters={"label": KEY_LABEL}):
+            client.images.remove(prepared.id, force=True)
+    finally:
+        client.close()
+
+
+def one_round(n: int, sdist: Path, root: Path, *, image: str, docker_host: str, warmup: bool,
+              fresh: bool = False) -> dict[str, Any]:
     order = PATHS if n % 2 == 0 else PATHS[::-1]
     label = "warm-up" if warmup else f"round-{n}"
     out: dict[str, Any] = {}
     for path in order:
         work = root / label / path
         work.mkdir(parents=True)
+        if fresh and path == "farm":
+            forget_prepared_images(docker_host)
         load = os.getloadavg()[0]
         res = farm_path(sdist, work) if path == "farm" else plain_path(sdist, work, image=image,
                                                                         docker_host=docker_host)
@@ -273,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sdist", default="pyyaml==6.0.2", help="NAME==VERSION with a recipe (default pyyaml==6.0.2)")
     p.add_argument("--rounds", type=int, default=3, help="counted rounds (default 3), after one warm-up round")
     p.add_argument("--no-warmup", action="store_true")
+    p.add_argument("--fresh-root-phase", action="store_true",
+                   help="remove the farm's prepared images before each farm build, so that every one downloads "
+                        "and installs the system packages (as the plain run does)")
     p.add_argument("--json", type=Path, help="write every measurement here")
     p.add_argument("--work", type=Path, help="keep work folders (logs, wheels) here instead of a temporary folder")
     args = p.parse_args(argv)
@@ -294,9 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         warm = None
         if not args.no_warmup:
-            warm = one_round(0, sdist, root, image=build.tag, docker_host=docker_host, warmup=True)
-        rounds = [one_round(n, sdist, root, image=build.tag, docker_host=docker_host, warmup=False)
-                  for n in range(args.rounds)]
+            warm = one_round(0, sdist, root, image=build.tag, docker_host=docker_host, warmup=True,
+                             fresh=args.fresh_root_phase)
+        rounds = [one_round(n, sdist, root, image=build.tag, docker_host=docker_host, warmup=False,
+                            fresh=args.fresh_root_phase) for n in range(args.rounds)]
     finally:
         if args.work is None:
             shutil.rmtree(root, ignore_errors=True)
