@@ -89,26 +89,19 @@ class CibuildwheelEngine:
             shown = {k: v for k, v in env.items() if k.startswith("CIBW_")}
             ctx.log.write("".join(f"  {k}={v}\n" for k, v in sorted(shown.items())))
             pure = False
-            try:
-                self._cibuildwheel(ctx, argv, cwd=cwd, env=env, shown=shown)
-                result_output = ""
-            except CommandFailed as exc:
-                result_output = exc.result.output
-                if missing_requirement(result_output) and not house.probed and wheelhouse.add_dynamic(
-                        ctx, client, image.image, house, digest=digest, frontend=frontend,
-                        env_script=container_environment(ctx), labels={JOB_LABEL: job_label}):
-                    ctx.log.write("building again with what the backend added to the wheelhouse\n")
-                    try:
-                        self._cibuildwheel(ctx, argv, cwd=cwd, env=env, shown=shown)
-                        result_output = ""
-                    except CommandFailed as again:
-                        exc, result_output = again, again.result.output
-                if result_output:
-                    if PURE_WHEEL_REFUSED not in result_output:
-                        raise build_failure(offline_hint(result_output) + str(exc), result_output) from exc
-                    pure = True
-                    build_pure_wheel(ctx, client, image=prepared.image, env=env,
-                                     src=ctx.sdist if from_sdist else ctx.source, out=out, job_label=job_label)
+            failed = self._cibuildwheel(ctx, argv, cwd=cwd, env=env, shown=shown)
+            if failed and missing_requirement(failed.result.output) and not house.probed and wheelhouse.add_dynamic(
+                    ctx, client, image.image, house, digest=digest, frontend=frontend,
+                    env_script=container_environment(ctx), labels={JOB_LABEL: job_label}):
+                ctx.log.write("building again with what the backend added to the wheelhouse\n")
+                failed = self._cibuildwheel(ctx, argv, cwd=cwd, env=env, shown=shown)
+            if failed:
+                output = failed.result.output
+                if PURE_WHEEL_REFUSED not in output:
+                    raise build_failure(offline_hint(output) + str(failed), output) from failed
+                pure = True
+                build_pure_wheel(ctx, client, image=prepared.image, env=env,
+                                 src=ctx.sdist if from_sdist else ctx.source, out=out, job_label=job_label)
             server = client.version().get("Version", "?")
         finally:
             _remove_job_containers(client, job_label)
@@ -134,9 +127,10 @@ class CibuildwheelEngine:
 
 
     @staticmethod
-    def _cibuildwheel(ctx: BuildContext, argv: list, *, cwd: Path, env: dict[str, str], shown: dict[str, str]) -> None:
-        """One cibuildwheel run, recorded; a timeout or an engine fault is raised as such, a package's
-        failure as CommandFailed."""
+    def _cibuildwheel(ctx: BuildContext, argv: list, *, cwd: Path, env: dict[str, str],
+                      shown: dict[str, str]) -> CommandFailed | None:
+        """One cibuildwheel run, recorded: None when it succeeded, its failure when the package's; a
+        timeout or an engine fault is raised as such."""
         try:
             result = run(argv, cwd=cwd, env=env, log=ctx.log, timeout=ctx.settings.cibuildwheel_timeout)
         except CommandFailed as exc:
@@ -145,8 +139,9 @@ class CibuildwheelEngine:
                 raise CommandTimeout("build", str(exc)) from exc
             if docker_client_fault(exc.result.output):
                 raise InfrastructureFault("build", str(exc)) from exc
-            raise
+            return exc
         _record(ctx, result, shown)
+        return None
 
 
 def network(ctx: BuildContext) -> str:
