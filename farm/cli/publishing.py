@@ -3,7 +3,8 @@ reindex, find, show, gc (yank and promote, which also run over the API, are in `
 Registered by `farm.cli.parser()`; the work lives in farm/index/, farm/provenance/ and
 farm/records.py.
 
-Only `init` creates a farm; the others raise `NoFarm` where there is none (`verify --no-db` needs none)."""
+Only `init` creates a farm; the others raise `NoFarm` where there is none (`verify` of a URL, of an
+index's NAME==VERSION, of a file with --key away from a farm, or with --no-db needs none and makes none)."""
 
 from __future__ import annotations
 
@@ -43,48 +44,84 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from farm.db.session import session_scope
-    from farm.index.promote import parse_pin
-    from farm.provenance.verify import load_keys, served_copies, verify_copy, verify_wheel
+    from farm.provenance import remote
 
-    settings = get_settings()
-    if not args.no_db:
-        _db()
-    keys = load_keys(settings, Path(args.key) if args.key else None)
-    session_cm = None if args.no_db else session_scope()
-    reports = []
-    with session_cm if session_cm is not None else _Null() as session:
-        target = args.target
-        if target.endswith(".whl") or Path(target).exists():
-            reports.append(verify_wheel(Path(target), settings=settings, session=session, keys=keys,
-                                        provenance=Path(args.provenance) if args.provenance else None,
-                                        offline=args.offline))
-        else:
-            if session is None:
-                raise UsageError("NAME==VERSION needs the database")
-            # Every served copy (each tree listing the file), against the record and the signature.
-            for copy in served_copies(settings, session, *parse_pin(target)):
-                reports.append(verify_copy(copy, settings=settings, session=session, keys=keys,
-                                           provenance=Path(args.provenance) if args.provenance else None,
-                                           offline=args.offline))
+    target = args.target
+    local_file = not remote.is_url(target) and (target.endswith(".whl") or Path(target).exists())
+    if args.index or remote.is_url(target) or (local_file and (args.no_db or (args.key and not _farm_here()))):
+        reports = _verify_remote(args, remote)  # no farm read or made: only the key and what is served
+    else:
+        reports = _verify_local(args, local_file)
     if args.json:
         print(json.dumps([r.as_dict() for r in reports], indent=1))
     else:
         for r in reports:
             print(r.wheel)
             for c in r.checks:
-                mark = {True: "ok  ", False: "FAIL", None: "skip"}[c.ok]
+                mark = {True: "ok  ", False: "FAIL", None: "warn" if c.detail.startswith("warning") else "skip"}[c.ok]
                 print(f"  {mark}  {c.name:<12} {c.detail}")
             print("  verified" if r.ok else "  NOT VERIFIED")
     return EXIT_OK if reports and all(r.ok for r in reports) else EXIT_NOT_VERIFIED
 
 
-class _Null:
-    def __enter__(self) -> None:
-        return None
+def _farm_here() -> bool:
+    """Whether a farm exists where the settings point (its database), without making one."""
+    from farm.cli import _check_farm_exists
+    from farm.errors import NoFarm
 
-    def __exit__(self, *exc: object) -> None:
-        return None
+    try:
+        _check_farm_exists()
+    except NoFarm:
+        return False
+    return True
+
+
+def _verify_remote(args: argparse.Namespace, remote: Any) -> list[Any]:
+    from farm.provenance.keys import keyid_of, load_public
+
+    if not args.key and args.no_db and not args.index and not remote.is_url(args.target):
+        from farm.provenance.verify import load_keys
+
+        return [remote.verify_file(Path(args.target), keys=load_keys(get_settings(), None), provenance=args.provenance,
+                                   offline=args.offline)]
+    if not args.key:
+        raise UsageError("verifying a URL, an index or a wheel away from its farm needs the farm's public key: "
+                         "--key farm.pub (served at <index>/keys/farm.pub; take it from a source you trust)")
+    pub = load_public(Path(args.key).read_bytes(), args.key)
+    keys = {keyid_of(pub): pub}
+    target = args.target
+    if args.index or (remote.is_url(target) and not target.split("#", 1)[0].endswith(".whl")):
+        index, pin = (args.index, target) if args.index else (target, args.pin)
+        if not pin:
+            raise UsageError("with an index URL, name the version: farm verify INDEX_URL NAME==VERSION --key KEY")
+        return [remote.verify_url(url, keys=keys, provenance=prov, listed_sha256=sha, offline=args.offline)
+                for url, sha, prov in remote.wheels_of(index, pin)]
+    if remote.is_url(target):
+        return [remote.verify_url(target, keys=keys, provenance=args.provenance, offline=args.offline)]
+    return [remote.verify_file(Path(target), keys=keys, provenance=args.provenance, offline=args.offline)]
+
+
+def _verify_local(args: argparse.Namespace, local_file: bool) -> list[Any]:
+    from farm.db.session import session_scope
+    from farm.index.promote import parse_pin
+    from farm.provenance.verify import load_keys, served_copies, verify_copy, verify_wheel
+
+    settings = get_settings()
+    _db()
+    keys = load_keys(settings, Path(args.key) if args.key else None)
+    reports = []
+    with session_scope() as session:
+        if local_file:
+            reports.append(verify_wheel(Path(args.target), settings=settings, session=session, keys=keys,
+                                        provenance=Path(args.provenance) if args.provenance else None,
+                                        offline=args.offline))
+        else:
+            # Every served copy (each tree listing the file), against the record and the signature.
+            for copy in served_copies(settings, session, *parse_pin(args.target)):
+                reports.append(verify_copy(copy, settings=settings, session=session, keys=keys,
+                                           provenance=Path(args.provenance) if args.provenance else None,
+                                           offline=args.offline))
+    return reports
 
 
 def cmd_publish_to(args: argparse.Namespace) -> int:
@@ -191,12 +228,17 @@ def add_commands(sub: Any) -> None:
     s.set_defaults(func=cmd_init)
 
     s = sub.add_parser("verify", help="check a wheel's signed provenance (signature, digest, sdist, verification); "
-                                      "NAME==VERSION: every served copy, also against the farm's record")
-    s.add_argument("target", metavar="WHEEL|NAME==VERSION")
-    s.add_argument("--key", help="public key (PEM) to verify with; default the farm's")
-    s.add_argument("--provenance", help="the .provenance document; default beside the wheel, the index, the database")
+                                      "NAME==VERSION: every served copy, also against the farm's record; a URL "
+                                      "(wheel or index) with --key: from anywhere, no farm needed")
+    s.add_argument("target", metavar="WHEEL|URL|NAME==VERSION")
+    s.add_argument("pin", nargs="?", metavar="NAME==VERSION", help="with an index URL: the version to check")
+    s.add_argument("--key", help="public key (PEM) to verify with; default the farm's (needed away from the farm)")
+    s.add_argument("--index", metavar="URL", help="check NAME==VERSION as this index serves it (with --key; no farm)")
+    s.add_argument("--provenance", help="the .provenance document (file or URL); default beside the wheel, the "
+                                        "index, the database")
     s.add_argument("--offline", action="store_true", help="do not ask the upstream index about the sdist")
-    s.add_argument("--no-db", action="store_true", help="without the farm's database (the sdist check is skipped)")
+    s.add_argument("--no-db", action="store_true", help="without the farm's database (needs --key; the sdist is "
+                                                        "checked upstream)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_verify)
 

@@ -47,11 +47,11 @@ from farm.errors import ConfigError, DigestMismatch, SigningError
 from farm.index import simple
 from farm.index.simple import IndexFile
 from farm.provenance import keys
-from farm.provenance.sign import document_bytes
+from farm.provenance.sign import INTOTO_SUFFIX, document_bytes, intoto_bundle
 from farm.util.hashing import sha256_bytes, sha256_file
 
 TREES_JSON = "trees.json"
-SIDECARS = ("", ".metadata", ".provenance", ".provenance.json")
+SIDECARS = ("", ".metadata", ".provenance", ".provenance.json", INTOTO_SUFFIX)
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _RESERVED = {"simple", "files", "keys", "api", "health", "docs", "openapi.json", "redoc", "ui", "metrics"}
 
@@ -327,7 +327,8 @@ def _place(session: Session, lay: Layout, tree: Path, row: _Row) -> None:
     folder = tree / "files" / art.name
     target = folder / art.filename
     if target.is_file() and target.stat().st_size == art.size and (folder / f"{art.filename}.metadata").is_file() \
-            and (not row.signed or (folder / f"{art.filename}.provenance").is_file()):
+            and (not row.signed or ((folder / f"{art.filename}.provenance").is_file()
+                                    and (folder / f"{art.filename}{INTOTO_SUFFIX}").is_file())):
         return
     folder.mkdir(parents=True, exist_ok=True)
     src = checked_source(lay, art, f"copy it into {tree}")
@@ -340,12 +341,13 @@ def _place(session: Session, lay: Layout, tree: Path, row: _Row) -> None:
         simple._atomic_write(folder / f"{art.filename}.metadata", meta)
     prov = session.scalar(select(Provenance).where(Provenance.artifact_id == art.id))
     if prov is not None and prov.envelope is not None:
+        simple._atomic_write(folder / f"{art.filename}{INTOTO_SUFFIX}", intoto_bundle(prov.envelope))
         simple._atomic_write(folder / f"{art.filename}.provenance", document_bytes(prov.envelope))
 
 
 def _link_sidecars(src_folder: Path, dest_folder: Path, filename: str) -> None:
     dest_folder.mkdir(parents=True, exist_ok=True)
-    for suffix in (".provenance", ".provenance.json"):
+    for suffix in (".provenance", ".provenance.json", INTOTO_SUFFIX):
         src = src_folder / f"{filename}{suffix}"
         if src.is_file():
             dest = dest_folder / f"{filename}{suffix}"

@@ -24,7 +24,7 @@ carries ETag and Last-Modified, and `If-None-Match` (`*` included) and `If-Modif
 Provenance links a page holds below the placeholder origin (a farm without `public_url`) are served
 absolute, from the request's own URL (`simple.absolute_provenance`). Media types: pages as negotiated, distributions
 `application/octet-stream` (as PyPI), `.metadata` `text/plain`, provenance JSON `application/json`,
-keys `text/plain`.
+the in-toto bundle `.intoto.jsonl` `application/jsonl` (JSON Lines), keys `text/plain`.
 """
 
 from __future__ import annotations
@@ -233,6 +233,7 @@ MEDIA_TYPES: tuple[tuple[str, str], ...] = (
     (".metadata", "text/plain; charset=utf-8"),
     (".provenance", "application/json"),
     (".provenance.json", "application/json"),
+    (".intoto.jsonl", "application/jsonl"),
     (".json", "application/json"),
     (".pub", "text/plain; charset=utf-8"),
     (".pem", "text/plain; charset=utf-8"),

@@ -27,6 +27,9 @@ signature made with the farm's own long-lived key; the layout only follows PEP 7
 find the statement where they look for it. `envelope` is PEP 740's pair (the same signature over the
 same PAE), `dsse_envelope` is the standard DSSE JSON of it for DSSE tools. `key_url` is relative to
 the provenance file's URL.
+
+Beside it, `files/<project>/<wheel>.intoto.jsonl` (`intoto_bundle`): the same DSSE envelope alone,
+as an in-toto bundle for in-toto tools.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from farm.provenance.keys import keyid_of
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 PUBLISHER_KIND = "wheel-farm"
 SUFFIX = ".provenance"  # the document's name beside the wheel in an index tree
+INTOTO_SUFFIX = ".intoto.jsonl"  # the same signed statement as an in-toto bundle (one DSSE envelope per line)
 
 
 # DSSE --------------------------------------------------------------------------------------------
@@ -148,6 +152,14 @@ def verify_provenance(obj: dict[str, Any], keys: dict[str, Ed25519PublicKey]) ->
 def keyid(obj: dict[str, Any]) -> str:
     """The key id a document made by `provenance_object` names."""
     return str(obj["attestation_bundles"][0]["attestations"][0]["verification_material"]["keyid"])
+
+
+def intoto_bundle(obj: dict[str, Any]) -> bytes:
+    """The served `<wheel>.intoto.jsonl` of a document made by `provenance_object`: an in-toto bundle
+    (https://github.com/in-toto/attestation/blob/main/spec/v1/bundle.md), JSON Lines with one DSSE
+    envelope per line; here exactly one, the document's `dsse_envelope`, on one line ending in a newline."""
+    env = obj["attestation_bundles"][0]["attestations"][0]["dsse_envelope"]
+    return json.dumps(env, sort_keys=True, separators=(",", ":")).encode() + b"\n"
 
 
 def document_bytes(obj: dict[str, Any]) -> bytes:

@@ -5,6 +5,7 @@ that lists it appears:
 
     files/<project>/<wheel>.provenance.json   the worker's statement, unsigned: its canonical JSON
     files/<project>/<wheel>.provenance        the signed document (farm.provenance.sign)
+    files/<project>/<wheel>.intoto.jsonl      its DSSE envelope alone, as an in-toto bundle
 
 and the `provenance` row: the statement, the sha256 of its canonical JSON, where the worker stored
 it, and (once the page is written) the signed document and the key id. Index trees that copy the
@@ -55,5 +56,6 @@ def beside(settings: Settings, wheel_target: Path, stmt: dict[str, Any]) -> tupl
 
 
 def document(wheel_target: Path, obj: dict[str, Any]) -> None:
-    """`<wheel>.provenance` beside the (future) wheel, written atomically."""
+    """`<wheel>.intoto.jsonl` and `<wheel>.provenance` beside the (future) wheel, each written atomically."""
+    simple._atomic_write(wheel_target.with_name(wheel_target.name + sign.INTOTO_SUFFIX), sign.intoto_bundle(obj))
     simple._atomic_write(wheel_target.with_name(wheel_target.name + sign.SUFFIX), sign.document_bytes(obj))
