@@ -219,3 +219,39 @@ def test_upstream_sdist_with_other_bytes_fails(farm_home: Path, tmp_path: Path, 
             r = remote.verify(remote.wheel_url)
             assert r.returncode == 1, r.stdout + r.stderr
             assert "FAIL  sdist" in r.stdout and "not the one the wheel was built from" in r.stdout
+
+
+_PYPI_ATTESTATIONS_CHECK = r"""
+import json, sys
+from pydantic import ValidationError
+from pypi_attestations import Envelope, Provenance
+doc = json.loads(sys.stdin.read())
+att = doc["attestation_bundles"][0]["attestations"][0]
+env = Envelope.model_validate(att["envelope"])
+errors = []
+try:
+    Provenance.model_validate(doc)
+except ValidationError as exc:
+    errors = [[str(p) for p in e["loc"]] for e in exc.errors()]
+print(json.dumps({"statement": env.statement.decode(), "errors": errors}))
+"""
+
+
+def test_pypi_attestations_reads_what_matches_pep_740(remote: Remote) -> None:
+    """pypi-attestations (PEP 740's reference models) parses the farm's `envelope` (the signed statement
+    comes out byte for byte) and refuses the document exactly where it departs from PEP 740: no
+    Trusted Publisher kind, no Sigstore certificate, no transparency log entries (docs/security.md)."""
+    from tests.test_clients import tool_venv
+
+    python = tool_venv("pypi-attestations", "pypi-attestations==0.0.31") / "python"
+    doc = httpx.get(remote.wheel_url + ".provenance").content
+    r = subprocess.run([str(python), "-c", _PYPI_ATTESTATIONS_CHECK], input=doc.decode(), capture_output=True,
+                       text=True, timeout=120, check=True)
+    out = json.loads(r.stdout)
+    dsse = json.loads(doc)["attestation_bundles"][0]["attestations"][0]["dsse_envelope"]
+    assert out["statement"].encode() == base64.b64decode(dsse["payload"])
+    assert sorted(".".join(e[2:]) for e in out["errors"]) == [
+        "attestations.0.verification_material.certificate",
+        "attestations.0.verification_material.transparency_entries",
+        "publisher",
+    ]

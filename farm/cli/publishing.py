@@ -48,6 +48,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     target = args.target
     local_file = not remote.is_url(target) and (target.endswith(".whl") or Path(target).exists())
+    if args.no_db and not (local_file or remote.is_url(target) or args.index):
+        raise UsageError("NAME==VERSION needs the farm's database, or an index to read it from: --index URL --key KEY")
     if args.index or remote.is_url(target) or (local_file and (args.no_db or (args.key and not _farm_here()))):
         reports = _verify_remote(args, remote)  # no farm read or made: only the key and what is served
     else:
