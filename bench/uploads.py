@@ -1,0 +1,161 @@
+"""Benchmark: upload-to-installable for a pure-Python wheel into a project that already holds N files
+(default 2,000): the farm (`/<channel>/legacy/`, farm/api/routes_upload.py) against pypiserver and
+devpi-server (tests/helpers/servers.py), all on 127.0.0.1, in one run.
+
+One measurement: the clock starts when `twine upload` is started and stops when
+`pip download --no-deps NAME==VERSION` from that server's index first succeeds (pip is retried at
+once until it does). Client start-up (twine, pip) is inside the clock for every server alike.
+
+Filling (not timed): the farm's project gets N wheels through the coordinator's publish (as
+bench/index.py; signed provenance, pages of the first channel and its virtual index), pypiserver's
+and devpi's through their upload APIs. Then `--rounds` rounds, each uploading one new version to
+every server in turn (the order rotates each round, so load from other processes falls on all).
+
+    .venv/bin/python bench/uploads.py --json /tmp/bench-uploads/results.json
+    .venv/bin/python bench/uploads.py --report /tmp/bench-uploads/results.json    # the Markdown table
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.index import FarmServer, _machine, farm_publish_all, log, upload_all  # noqa: E402
+from tests.helpers.servers import DevpiServer, PypiServer  # noqa: E402
+
+NAME = "uploadproj"
+BIN = Path(sys.executable).parent
+
+
+def make_wheels(work: Path, n: int, rounds: int) -> tuple[list[tuple[Path, str]], list[tuple[Path, str]]]:
+    from tests.helpers.wheels import make_wheel
+
+    fill = [(make_wheel(work / "wheels" / "fill", NAME, f"{i // 100}.{i % 100}"), f"{i // 100}.{i % 100}")
+            for i in range(n)]
+    measured = [(make_wheel(work / "wheels" / "measured", NAME, f"999.{r}"), f"999.{r}") for r in range(rounds)]
+    return fill, measured
+
+
+def upload_to_installable(wheel: Path, version: str, *, upload_url: str, username: str, password: str,
+                          index_url: str, work: Path, timeout: float = 300) -> dict[str, float]:
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
+    env.pop("PIP_INDEX_URL", None)
+    dest = work / "downloads" / f"{version}-{time.monotonic_ns()}"
+    start = time.perf_counter()
+    r = subprocess.run([str(BIN / "twine"), "upload", "--non-interactive", "--disable-progress-bar",
+                        "--repository-url", upload_url, "-u", username, "-p", password, str(wheel)],
+                       capture_output=True, text=True, env=env, timeout=timeout)
+    uploaded = time.perf_counter() - start
+    if r.returncode != 0:
+        raise RuntimeError(f"twine upload to {upload_url}: {r.stdout}{r.stderr}")
+    tries = 0
+    while True:
+        tries += 1
+        d = subprocess.run([str(BIN / "pip"), "download", "--no-deps", "--no-cache-dir", "--quiet", "--dest", str(dest),
+                            "--index-url", index_url, f"{NAME}=={version}"], capture_output=True, text=True, env=env,
+                           timeout=timeout)
+        if d.returncode == 0:
+            break
+        if time.perf_counter() - start > timeout:
+            raise RuntimeError(f"{index_url}: {NAME}=={version} not installable after {timeout} s: {d.stderr[-500:]}")
+    total = time.perf_counter() - start
+    shutil.rmtree(dest, ignore_errors=True)
+    return {"total_s": round(total, 3), "upload_s": round(uploaded, 3), "pip_tries": tries}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--files", type=int, default=2000)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--work", type=Path, default=Path("/tmp/bench-uploads"))
+    p.add_argument("--json", type=Path)
+    p.add_argument("--report", type=Path, metavar="JSON", help="print the Markdown table of an earlier run's --json")
+    args = p.parse_args()
+    if args.report:
+        print(report(json.loads(args.report.read_text())))
+        return 0
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
+    work = args.work.absolute()
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    home = work / "farm"
+    os.environ["FARM_HOME"] = str(home)
+    started = time.time()
+    fill, measured = make_wheels(work, args.files, args.rounds)
+    log(f"made {len(fill)} + {len(measured)} wheels")
+    result: dict[str, Any] = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "files": len(fill),
+                              "rounds": args.rounds, "machine": _machine(), "runs": {}, "load": {}}
+
+    from farm.cli import main as farm_main
+    from farm.config import get_settings
+    from farm.db.session import session_scope
+    from farm.tokens import issue
+
+    assert farm_main(["init"]) == 0
+    farm_publish_all(fill, None)
+    settings = get_settings()
+    with session_scope() as s:
+        token = issue(s, settings, "bench-uploader", "upload")
+    first = settings.channels[0]
+    log(f"farm filled with {len(fill)} files")
+    with FarmServer(home) as farm, PypiServer(work / "pypiserver") as pypi, DevpiServer(work / "devpi") as devpi:
+        upload_all("pypiserver", pypi, fill, None)
+        log("pypiserver filled")
+        upload_all("devpi", devpi, fill, None)
+        log("devpi filled")
+        targets = {
+            "farm": dict(upload_url=f"{farm.url}{first}/legacy/", username="__token__", password=token,
+                         index_url=f"{farm.url}{first}/simple/"),
+            "pypiserver": dict(upload_url=pypi.url, username=pypi.username, password=pypi.password,
+                               index_url=pypi.index_url),
+            "devpi": dict(upload_url=devpi.url, username=devpi.username, password=devpi.password,
+                          index_url=devpi.index_url),
+        }
+        names = list(targets)
+        for r, (wheel, version) in enumerate(measured):
+            order = names[r % len(names):] + names[:r % len(names)]
+            for name in order:
+                m = upload_to_installable(wheel, version, work=work, **targets[name])
+                m["load1"] = round(os.getloadavg()[0], 2)
+                result["runs"].setdefault(name, []).append(m)
+                log(f"round {r} {name}: {m['total_s']} s (twine {m['upload_s']} s, pip tries {m['pip_tries']})")
+    result["seconds"] = round(time.time() - started, 1)
+    result["load"]["end"] = os.getloadavg()
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
+    print(report(result))
+    return 0
+
+
+def report(result: dict[str, Any]) -> str:
+    med = {name: statistics.median(m["total_s"] for m in runs) for name, runs in result["runs"].items()}
+    up = {name: statistics.median(m["upload_s"] for m in runs) for name, runs in result["runs"].items()}
+    farm = med.get("farm")
+    lines = [f"{result['files']} files in the project before each upload, {result['rounds']} rounds, "
+             f"{result['date']}, load average at the end {', '.join(f'{x:.1f}' for x in result['load']['end'])}",
+             "",
+             "| server | upload-to-installable, median s | min - max s | twine upload, median s | vs the farm |",
+             "|---|---|---|---|---|"]
+    for name, runs in result["runs"].items():
+        totals = [m["total_s"] for m in runs]
+        ratio = "1" if name == "farm" or farm is None else f"{med[name] / farm:.2f}x the farm's time"
+        lines.append(f"| {name} | {med[name]:.2f} | {min(totals):.2f} - {max(totals):.2f} | {up[name]:.2f} | {ratio} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
