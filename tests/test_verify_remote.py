@@ -33,8 +33,8 @@ from starlette.routing import Route
 
 from tests.helpers.env import free_port
 from tests.helpers.farms import publish_wheel
+from tests.helpers.indexes import _Server
 from tests.helpers.wheels import make_wheel
-from tests.test_index import _Server
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME, VERSION = "remotepkg", "1.0"
@@ -241,7 +241,7 @@ def test_pypi_attestations_reads_what_matches_pep_740(remote: Remote) -> None:
     """pypi-attestations (PEP 740's reference models) parses the farm's `envelope` (the signed statement
     comes out byte for byte) and refuses the document exactly where it departs from PEP 740: no
     Trusted Publisher kind, no Sigstore certificate, no transparency log entries (docs/security.md)."""
-    from tests.test_clients import tool_venv
+    from tests.helpers.clients import tool_venv
 
     python = tool_venv("pypi-attestations", "pypi-attestations==0.0.31") / "python"
     doc = httpx.get(remote.wheel_url + ".provenance").content
