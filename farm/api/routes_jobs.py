@@ -40,6 +40,24 @@ class RequirementRequest(BaseModel):
                                 description="build again with the next wheel build tag, for this reason")
 
 
+class RequirementItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    requirement: str = Field(min_length=1, max_length=500)
+    sha256: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = Field(default_factory=list, max_length=64)
+    origin: str = Field("", max_length=1000)
+
+
+class RequirementsRequest(BaseModel):
+    """A requirements file, read by the client (farm/cli/requirements.py): its requirements with their
+    markers and --hash digests; markers are evaluated here, for this farm's targets."""
+
+    model_config = ConfigDict(extra="forbid")
+    request: str = Field(min_length=1, max_length=1000, description="the file as the client named it")
+    items: list[RequirementItem] = Field(min_length=1, max_length=2000)
+    priority: int = Field(0, ge=0, le=9)
+    rebuild: str | None = Field(None, min_length=1, max_length=500)
+
+
 class JobRef(BaseModel):
     id: int
     build_id: str
@@ -83,6 +101,32 @@ async def create_submission(request: Request, who: Principal = submitter) -> Sub
                                          rebuild=body.rebuild)
         return _out(result)
     raise HTTPException(415, "send multipart/form-data with a `file` field, or JSON {\"requirement\": \"NAME==VERSION\"}")
+
+
+class RequirementsOut(BaseModel):
+    submission_id: int
+    sources: list[SubmissionOut]
+    skipped: list[str]
+
+
+@router.post("/submissions/requirements", status_code=201, response_model=RequirementsOut,
+             summary="Submit a requirements file as one submission (its requirements, markers and sha256 hashes)")
+async def create_requirements_submission(body: RequirementsRequest, request: Request,
+                                         who: Principal = submitter) -> RequirementsOut:
+    from farm.cli.requirements import Item
+    from farm.coordinator.submit import submit_many
+
+    settings = app_settings(request)
+    for i in body.items:
+        r = i.requirement.strip()
+        if r.startswith(("/", ".", "~")) or r.endswith(SDIST_SUFFIXES):
+            raise HTTPException(422, f"{r!r} is not a requirement like NAME==VERSION; upload files as multipart")
+    items = [Item(request=i.requirement.strip(), from_file=False, sha256=frozenset(i.sha256), origin=i.origin)
+             for i in body.items]
+    result = await run_in_threadpool(submit_many, items, settings=settings, request=body.request,
+                                     priority=body.priority, rebuild=body.rebuild)
+    return RequirementsOut(submission_id=result.sources[0].submission_id,
+                           sources=[_out(r) for r in result.sources], skipped=result.skipped)
 
 
 async def _submit_upload(request: Request, settings: Settings) -> SubmissionOut:

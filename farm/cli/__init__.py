@@ -3,6 +3,7 @@ chosen once per command line, the farm's own database or a farm's HTTP API (`--s
 
 - `commands.py`: the parser, `main`, and submit, status, logs, cancel, yank, promote (each written
   once, over a `Backend`), recipes, images, the database;
+- `requirements.py`: requirements files read as pip reads them, into one submission's items;
 - `tokens.py`: token create, list, revoke (in this host's farm database);
 - `backend.py`: the `Backend` protocol, the views it returns, and the local backend (this host's
   FARM_HOME and database);

@@ -12,7 +12,9 @@ import getpass
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 if TYPE_CHECKING:
+    from farm.cli.requirements import Item
     from farm.config import Settings
+    from farm.coordinator.submit import SubmittedMany
 
 
 class JobRef(TypedDict):
@@ -28,6 +30,15 @@ class SubmissionView(TypedDict):
     name: str
     version: str
     jobs: list[JobRef]
+
+
+class RequirementsView(TypedDict):
+    """A requirements file's one submission: a `SubmissionView` per sdist, and the lines skipped
+    for their markers (the API's `RequirementsOut`)."""
+
+    submission_id: int
+    sources: list[SubmissionView]
+    skipped: list[str]
 
 
 class JobView(TypedDict):
@@ -54,6 +65,9 @@ class Backend(Protocol):
     def submit(self, request: str, *, priority: int, rebuild: str | None = None,
                platforms: list[str] | None = None, pythons: list[str] | None = None) -> SubmissionView: ...
 
+    def submit_requirements(self, label: str, items: list[Item], *, priority: int,
+                            rebuild: str | None = None) -> RequirementsView: ...
+
     def jobs(self, *, submission: int | None, limit: int, active: bool) -> list[JobView]: ...
 
     def jobs_by_id(self, job_ids: list[int]) -> list[JobView]: ...
@@ -65,6 +79,13 @@ class Backend(Protocol):
     def yank(self, pin: str, *, reason: str | None, undo: bool) -> list[str]: ...
 
     def promote(self, pin: str, *, to: str, upload: bool) -> list[str]: ...
+
+
+def requirements_view(result: SubmittedMany) -> RequirementsView:
+    sources: list[SubmissionView] = [
+        {"submission_id": r.submission_id, "name": r.name, "version": r.version,
+         "jobs": [{"id": i, "build_id": b, "state": str(st)} for i, b, st in r.jobs]} for r in result.sources]
+    return {"submission_id": result.sources[0].submission_id, "sources": sources, "skipped": result.skipped}
 
 
 def choose() -> Backend:
@@ -110,6 +131,14 @@ class LocalBackend:
         return {"submission_id": result.submission_id, "name": result.name, "version": result.version,  # type: ignore[typeddict-unknown-key]
                 "jobs": [{"id": i, "build_id": b, "state": s} for i, b, s in result.jobs],
                 "warnings": result.warnings}
+
+    def submit_requirements(self, label: str, items: list[Item], *, priority: int,
+                            rebuild: str | None = None) -> RequirementsView:
+        from farm.coordinator.submit import submit_many
+
+        self._db(create=True)
+        result = submit_many(items, settings=self.settings, request=label, priority=priority, rebuild=rebuild)
+        return requirements_view(result)
 
     def jobs(self, *, submission: int | None, limit: int, active: bool) -> list[JobView]:
         from farm.db.session import session_scope

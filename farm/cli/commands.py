@@ -25,7 +25,22 @@ OnBackend = Callable[[argparse.Namespace, Backend], int]
 
 
 def cmd_submit(args: argparse.Namespace, backend: Backend) -> int:
+    from farm.cli.requirements import read
+
     job_ids: list[int] = []
+    for file in args.requirements:  # a file is one submission
+        found = read(Path(file))
+        for note in found.ignored:
+            print(f"farm: ignored: {note}", file=sys.stderr)
+        if not found.items:
+            raise FarmError(f"{file}: no requirement in it")
+        many = backend.submit_requirements(file, found.items, priority=args.priority, rebuild=args.rebuild)
+        print(f"submission {many['submission_id']}: {file}: {len(many['sources'])} sdist(s)")
+        for skipped in many["skipped"]:
+            print(f"skipped {skipped}")
+        for sub in many["sources"]:
+            render.lines(render.submitted_lines(sub))
+            job_ids += [j["id"] for j in sub["jobs"]]
     for request in args.requests:
         sub = backend.submit(request, priority=args.priority, rebuild=args.rebuild, platforms=args.platform,
                              pythons=args.python)
@@ -108,20 +123,6 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def read_requirements(path: Path) -> list[str]:
-    """Lines of a requirements file, without comments, blank lines and pip options."""
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise FarmError(f"{path}: {exc.strerror}") from None
-    out = []
-    for line in lines:
-        line = line.split(" #", 1)[0].strip()
-        if line and not line.startswith(("#", "-")):
-            out.append(line)
-    return out
-
-
 # the parser -------------------------------------------------------------------------------------
 
 
@@ -140,7 +141,8 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("submit", help="submit sdist files or NAME==VERSION requirements")
     s.add_argument("requests", nargs="*", metavar="PATH.tar.gz|NAME==VERSION")
     s.add_argument("-r", "--requirements", action="append", default=[], metavar="FILE",
-                   help="a requirements file: one NAME==VERSION (or sdist path) per line")
+                   help="a requirements file, read as pip reads it (continuations, --hash, -r, -c, extras, markers); "
+                   "one submission per file")
     s.add_argument("--wait", action="store_true", help="block until the jobs end; exit 1 if one failed, "
                    "124 if --timeout passed first")
     s.add_argument("--timeout", type=float, default=3600, help="seconds --wait waits (default %(default).0f)")
@@ -239,8 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         reset_settings()
     try:
         if args.command == "submit":
-            args.requests = [*args.requests, *(line for f in args.requirements for line in read_requirements(Path(f)))]
-            if not args.requests:
+            if not args.requests and not args.requirements:
                 raise FarmError("nothing to submit: give sdist paths, requirements, or -r FILE")
         command: OnBackend | None = getattr(args, "on_backend", None)
         if command is not None:

@@ -17,8 +17,9 @@ from typing import Any
 
 import httpx
 
-from farm.cli.backend import JobView, SubmissionView
-from farm.errors import FarmError, NotFound, StateError, error_class
+from farm.cli.backend import JobView, RequirementsView, SubmissionView
+from farm.cli.requirements import Item
+from farm.errors import FarmError, NotFound, StateError, UsageError, error_class
 from farm.util.archive import is_file_request
 
 
@@ -111,6 +112,16 @@ class RemoteBackend:
         if is_file_request(request):
             return self.api.submit_file(Path(request), priority=priority, rebuild=rebuild)
         return self.api.submit_requirement(request, priority=priority, rebuild=rebuild)
+
+    def submit_requirements(self, label: str, items: list[Item], *, priority: int,
+                            rebuild: str | None = None) -> RequirementsView:
+        files = [i for i in items if i.from_file]
+        if files:
+            raise UsageError(f"{files[0].origin}: an sdist path in a requirements file is not sent to a --server; "
+                             "submit the file on its own (it is uploaded)")
+        body = {"request": label, "priority": priority, **({"rebuild": rebuild} if rebuild is not None else {}),
+                "items": [{"requirement": i.request, "sha256": sorted(i.sha256), "origin": i.origin} for i in items]}
+        return self.api._call("POST", "/api/submissions/requirements", json=body).json()
 
     def jobs(self, *, submission: int | None, limit: int, active: bool) -> list[JobView]:
         return self.api.jobs(submission=submission, limit=limit, active=active)

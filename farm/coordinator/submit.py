@@ -10,6 +10,11 @@ The intake policy (farm/coordinator/intake.py: allow and deny lists, a release c
 before anything is recorded: a range takes the newest release the policy admits, an exact pin that
 it refuses is `IntakeRefused` with the rule's reason; dependencies the farm submits get the same.
 
+A requirements file is one submission (`submit_many`): its items' sdists are all resolved and
+checked first (a `--hash` too: the sdist's sha256 must be one of the line's), then one `submission`
+row holds the jobs of them all (each job names its own source); markers are evaluated for the farm's
+targets and a line none of them admits is skipped.
+
 Two submissions of the same new sdist at once (several CLIs, API requests) record one `source` row:
 it is inserted with INSERT ... ON CONFLICT (sha256) DO NOTHING and then read back, so the second
 waits for the first's transaction and reuses its row instead of failing on the unique sha256.
@@ -23,6 +28,7 @@ from contextlib import ExitStack
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import InvalidSdistFilename, canonicalize_name, parse_sdist_filename
@@ -65,25 +71,9 @@ def submit(request: str, *, settings: Settings, kind: str | None = None, parent_
     if rebuild is not None and not rebuild.strip():
         raise FarmError("a rebuild needs a reason (it is recorded with the job and in the provenance)")
     from_file = is_file_request(request) if from_file is None else from_file
-    digest = _file_digest(Path(request)) if from_file else None
     with ExitStack() as stack:
         with session_scope() as session:
-            if digest is not None:
-                source = session.scalar(select(Source).where(Source.sha256 == digest))
-                pending = None
-                if source is None:
-                    info = _inspect_file(Path(request), digest, settings)
-                    _admit(settings, Release(info["name"], info["version"], upstream=False))
-                    source = _add_source(session, info)
-                    pending = Path(request)
-                else:  # a known sdist was inspected when it was first accepted; its name must still fit
-                    _check_known_name(Path(request).name, source)
-                    _admit(settings, Release(source.name, source.version, upstream=False))
-            else:
-                tmp_root = settings.home / "tmp"
-                tmp_root.mkdir(parents=True, exist_ok=True)
-                tmp = stack.enter_context(tempfile.TemporaryDirectory(dir=tmp_root))
-                source, pending = _from_requirement(request, session, settings, Path(tmp), kind=kind)
+            source, pending = _source_for(request, from_file, session, settings, stack, kind=kind)
             submission = Submission(kind=kind or ("file" if from_file else "requirement"), request=request,
                                     parent_job_id=parent_job_id)
             session.add(submission)
@@ -98,6 +88,120 @@ def submit(request: str, *, settings: Settings, kind: str | None = None, parent_
                                jobs=[(j.id, j.build_id, j.state) for j in submission.jobs], warnings=warnings)
             dispatch.send_after_commit(session, [dispatch.job_spec(j, settings) for j in to_send])
     return result
+
+
+class Item(Protocol):
+    """One line of a requirements file (farm/cli/requirements.py's `Item`, the API's body): a
+    requirement or an sdist path, and the sha256 digests its sdist must have (empty: unchecked)."""
+
+    request: str
+    from_file: bool
+    sha256: frozenset[str]
+    origin: str  # FILE:LINE, for the messages
+
+
+@dataclass(frozen=True, kw_only=True)
+class SubmittedMany:
+    sources: list[Submitted]  # one per sdist, all of one submission
+    skipped: list[str]  # items whose marker admits none of the farm's targets
+
+
+def target_environments(settings: Settings) -> list[dict[str, str]]:
+    """The PEP 508 marker environment of every target the farm plans (its platforms x their Pythons)."""
+    from farm.coordinator.plan import platforms_for, pythons_for
+    from farm.worker.platforms import marker_environment
+
+    return [marker_environment(platform, python) for platform in platforms_for(settings, None)
+            for python, _ in pythons_for(settings, platform)]
+
+
+def _marker_admits(item: Item, environments: list[dict[str, str]]) -> bool:
+    if item.from_file:
+        return True
+    try:
+        marker = Requirement(item.request).marker
+    except InvalidRequirement as exc:
+        raise FarmError(f"{item.origin or item.request}: {item.request!r} is not a requirement: {exc}") from None
+    return marker is None or any(marker.evaluate(dict(env)) for env in environments)
+
+
+def submit_many(items: Sequence[Item], *, settings: Settings, request: str, priority: int = 0,
+                rebuild: str | None = None) -> SubmittedMany:
+    """One submission (kind `requirements`, `request` the file as given) holding the jobs of every
+    item's sdist. An item whose marker admits none of the farm's targets is skipped; every other is
+    resolved and checked (its hashes too) before anything is recorded, and one that fails refuses
+    the whole submission with the item's origin in the reason."""
+    if rebuild is not None and not rebuild.strip():
+        raise FarmError("a rebuild needs a reason (it is recorded with the job and in the provenance)")
+    environments = target_environments(settings)
+    skipped = [f"{i.origin or i.request}: {i.request} (its marker admits none of this farm's targets)"
+               for i in items if not _marker_admits(i, environments)]
+    items = [i for i in items if _marker_admits(i, environments)]
+    if not items:
+        raise FarmError(f"{request}: nothing to submit" + (f" ({len(skipped)} line(s) skipped for their markers)"
+                                                           if skipped else ""))
+    with ExitStack() as stack:
+        with session_scope() as session:
+            resolved: list[tuple[Source, Path | None]] = []
+            for item in items:
+                try:
+                    resolved.append(_source_for(item.request, item.from_file, session, settings, stack,
+                                                sha256=item.sha256))
+                except FarmError as exc:
+                    raise type(exc)(f"{item.origin or item.request}: {exc}") from None
+            submission = Submission(kind="requirements", request=request)
+            session.add(submission)
+            session.flush()
+            to_send: list[Job] = []
+            per_source: list[tuple[Source, list[Job]]] = []
+            seen: set[int] = set()
+            for source, _ in resolved:
+                if source.id in seen:  # two lines, one sdist
+                    continue
+                seen.add(source.id)
+                before = len(submission.jobs)
+                to_send += _plan_jobs(session, submission, source, settings, None, None, priority,
+                                      rebuild=rebuild.strip() if rebuild else None)
+                per_source.append((source, list(submission.jobs[before:])))
+            storage = get_storage()
+            for source, pending in resolved:
+                if pending is not None and not storage.exists(source.storage_key):
+                    storage.put_file(source.storage_key, pending)
+            results = [Submitted(submission_id=submission.id, name=source.name, version=source.version,
+                                 jobs=[(j.id, j.build_id, j.state) for j in jobs]) for source, jobs in per_source]
+            dispatch.send_after_commit(session, [dispatch.job_spec(j, settings) for j in to_send])
+    return SubmittedMany(sources=results, skipped=skipped)
+
+
+def _source_for(request: str, from_file: bool, session: Session, settings: Settings, stack: ExitStack, *,
+                kind: str | None = None, sha256: frozenset[str] = frozenset()) -> tuple[Source, Path | None]:
+    """The Source `request` names (an sdist file, or a requirement fetched upstream) and the file
+    still to be stored (None if the farm has it). `sha256`, when given, must hold the sdist's digest:
+    a mismatch is refused before anything is recorded or downloaded."""
+    if from_file:
+        digest = _file_digest(Path(request))
+        _check_hash(request, digest, sha256, SdistError)
+        source = session.scalar(select(Source).where(Source.sha256 == digest))
+        if source is None:
+            info = _inspect_file(Path(request), digest, settings)
+            _admit(settings, Release(info["name"], info["version"], upstream=False))
+            return _add_source(session, info), Path(request)
+        # a known sdist was inspected when it was first accepted; its name must still fit
+        _check_known_name(Path(request).name, source)
+        _admit(settings, Release(source.name, source.version, upstream=False))
+        return source, None
+    tmp_root = settings.home / "tmp"
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    tmp = stack.enter_context(tempfile.TemporaryDirectory(dir=tmp_root))
+    return _from_requirement(request, session, settings, Path(tmp), kind=kind, sha256=sha256)
+
+
+def _check_hash(request: str, digest: str, allowed: frozenset[str], error: type[FarmError] = UpstreamError) -> None:
+    """pip's --hash check: `digest` must be one of `allowed` (when any is given); `SdistError` for a
+    file, `UpstreamError` for the upstream sdist."""
+    if allowed and digest not in allowed:
+        raise error(f"{request}: the sdist's sha256 is {digest}, which is not among the --hash values "
+                           f"given ({', '.join(sorted(allowed))}); nothing was recorded")
 
 
 def _plan_jobs(session: Session, submission: Submission, source: Source, settings: Settings,
@@ -206,7 +310,7 @@ def _admit(settings: Settings, release: Release, policy: IntakePolicy | None = N
 
 
 def _from_requirement(request: str, session: Session, settings: Settings, tmp: Path, *,
-                      kind: str | None = None) -> tuple[Source, Path | None]:
+                      kind: str | None = None, sha256: frozenset[str] = frozenset()) -> tuple[Source, Path | None]:
     """The Source for a requirement, and the downloaded file still to be stored (None if known)."""
     try:
         req = Requirement(request)
@@ -225,6 +329,7 @@ def _from_requirement(request: str, session: Session, settings: Settings, tmp: P
         # its age was checked when it was taken in).
         for known in session.scalars(select(Source).where(Source.name == name, Source.upstream_url.is_not(None))):
             if Version(known.version) == version:
+                _check_hash(request, known.sha256, sha256)
                 _admit(settings, Release(known.name, known.version, upstream=False))
                 return known, None
     from farm.index.upstream import Upstream, UpstreamFile
@@ -251,6 +356,7 @@ def _from_requirement(request: str, session: Session, settings: Settings, tmp: P
             file = found
         if not file.sha256:
             raise UpstreamError(f"{file.url}: the index gives no sha256, so the download cannot be checked")
+        _check_hash(request, file.sha256, sha256)
         known = session.scalar(select(Source).where(Source.sha256 == file.sha256))
         if known is not None:
             if known.name != name or Version(known.version) != Version(file.version):
@@ -266,4 +372,4 @@ def _from_requirement(request: str, session: Session, settings: Settings, tmp: P
     return source, path
 
 
-__all__ = ["SDIST_SUFFIXES", "Submitted", "is_file_request", "submit"]
+__all__ = ["SDIST_SUFFIXES", "Item", "Submitted", "is_file_request", "SubmittedMany", "submit", "submit_many", "target_environments"]
