@@ -214,7 +214,7 @@ def test_openapi_fuzz_never_5xx(api: Api) -> None:
                   suppress_health_check=list(HealthCheck))
         def no_server_error(case: Any) -> None:
             resp = case.call(headers=api.h("admin"))
-            if resp.status_code == 502 and case.path == "/api/submissions" and api.upstream.url in resp.text:
+            if resp.status_code == 502 and case.path.startswith("/api/submissions") and api.upstream.url in resp.text:
                 return
             case.validate_response(resp, checks=[not_a_server_error])
 
