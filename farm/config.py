@@ -196,12 +196,28 @@ class Settings(BaseSettings):
 
     @property
     def all_recipe_dirs(self) -> list[Path]:
-        return [*self.recipes_dirs, Path(__file__).resolve().parent.parent / "recipes"]
+        return [*self.recipes_dirs, builtin_recipe_dir()]
 
     @property
     def interpreters(self) -> list[str]:
         """The configured interpreters; empty: the platform finds every CPython the host has."""
         return list(self.pythons)
+
+
+def builtin_recipe_dir() -> Path:
+    """The built-in recipes: the package `farm.recipes.builtin` of an installed farm (the wheel maps
+    the repository's top-level `recipes/` there), else `recipes/` beside the `farm` package of a
+    source checkout."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("farm.recipes.builtin")
+    except ImportError:
+        spec = None
+    for location in (spec.submodule_search_locations or []) if spec is not None else []:
+        if Path(location).is_dir():
+            return Path(location)
+    return Path(__file__).resolve().parent.parent / "recipes"
 
 
 @lru_cache(maxsize=1)

@@ -92,7 +92,17 @@ def cmd_promote(args: argparse.Namespace, backend: Backend) -> int:
 def cmd_recipe_check(args: argparse.Namespace) -> int:
     from farm.recipes import check_paths
 
+    from farm.config import builtin_recipe_dir
+
     paths = [Path(p) for p in args.paths] or get_settings().all_recipe_dirs
+    if not args.paths:  # the folders the farm searches: say which, and what each holds
+        builtin = builtin_recipe_dir()
+        if not sorted(builtin.glob("*.toml")):
+            raise RecipeError([(str(builtin), "", "no built-in recipe here: this copy of the farm is incomplete")])
+        for folder in paths:
+            names = sorted(p.stem for p in folder.glob("*.toml")) if folder.is_dir() else []
+            kind = "built-in" if folder == builtin else "recipes_dirs"
+            print(f"{folder} ({kind}): {', '.join(names) if names else 'no recipes'}")
     problems = check_paths([p for p in paths if p.exists()] if not args.paths else paths)
     for file, key, message in problems:
         print(f"{file}: {key or '<root>'}: {message}")

@@ -3,7 +3,7 @@
 Install the Wheel Farm worker as the Windows service "farm-worker" (WinSW), after its self-test.
 
 .DESCRIPTION
-Run as an administrator, after the farm is installed in a venv (pip install wheel-farm) and
+Run as an administrator, after the farm is installed in a venv (pip install dist\wheel_farm-*.whl, built with uv build --wheel) and
 FARM_HOME\farm.toml is written (workers\windows\farm.toml). The worker first builds, repairs and
 verifies the bundled sample on this host (`farm worker --self-test`); only a host that passes gets
 the service. The service runs as -Credential (a local user, not LocalSystem: builds run package
@@ -22,7 +22,7 @@ param(
 $ErrorActionPreference = 'Stop'
 
 $farm = Join-Path $Venv 'Scripts\farm.exe'
-if (-not (Test-Path $farm)) { throw "$farm not found: py -3.12 -m venv $Venv; $Venv\Scripts\pip install wheel-farm" }
+if (-not (Test-Path $farm)) { throw "$farm not found: py -3.12 -m venv $Venv; $Venv\Scripts\pip install dist\wheel_farm-*.whl (uv build --wheel in a checkout)" }
 if (-not (Test-Path (Join-Path $FarmHome 'farm.toml'))) { throw "$FarmHome\farm.toml not found (workers\windows\farm.toml)" }
 New-Item -ItemType Directory -Force -Path (Join-Path $FarmHome 'logs') | Out-Null
 
