@@ -37,14 +37,14 @@ def test_requires_python_admits_only_pythons_with_extraction_filters() -> None:
 
 
 def test_worker_readmes_install_the_farm_from_its_wheel() -> None:
-    readmes = sorted((ROOT / "workers").glob("*/README.md"))
-    assert len(readmes) == 3
+    readmes = [ROOT / "workers" / platform / "README.md" for platform in ("linux", "macos", "windows")]
     for readme in readmes:
         text = readme.read_text()
         assert "wheel_farm-" in text and ".whl" in text, readme
         assert "uv build --wheel" in text, readme
     # nowhere an install from an index that has no wheel-farm
-    for doc in [*readmes, *(ROOT / "docs").glob("workers-*.md"), *(ROOT / "workers").glob("*/*.ps1")]:
+    for doc in [*(ROOT / "workers").glob("*/README.md"), *(ROOT / "docs").glob("workers-*.md"),
+                *(ROOT / "workers").glob("*/*.ps1")]:
         assert "pip install wheel-farm" not in doc.read_text(), doc
 
 
