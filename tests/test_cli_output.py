@@ -22,7 +22,7 @@ from farm.cli.backend import LocalBackend
 from farm.cli.remote import ApiClient
 from farm.cli.render import STATUS_COLUMNS, wait
 from farm.config import get_settings, reset_settings
-from farm.errors import EXIT_JOBS_FAILED, WaitTimeout
+from farm.errors import EXIT_JOBS_FAILED, NotFound, WaitTimeout
 from farm.tokens import ensure_local_admin_token
 from tests.helpers.sdists import make_good
 
@@ -114,3 +114,100 @@ def test_wait_on_jobs_that_did_not_succeed(run: Run, tmp_path: Path, capsys: pyt
     assert wait(LocalBackend(get_settings()), ids, timeout=5, quiet=True) == EXIT_JOBS_FAILED == 1
     err = capsys.readouterr().err
     assert [line.split(":")[0] for line in err.splitlines()] == [f"job {i} cancelled" for i in sorted(ids)]
+
+
+def _remote(monkeypatch: pytest.MonkeyPatch, http: TestClient, token: str) -> None:
+    """`--server http://testserver` goes to `http`; a read over the API must never open the local database."""
+    monkeypatch.setattr("farm.cli.remote.client_from_settings", lambda: ApiClient("http://testserver", token, client=http))
+
+    def no_db(*, create: bool = True) -> None:
+        raise AssertionError("a command with --server opened the local database")
+
+    monkeypatch.setattr("farm.cli.ensure_db", no_db)
+    monkeypatch.setattr("farm.cli.publishing.ensure_db", no_db)
+
+
+def test_show_find_and_logs_are_the_same_with_server(run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    sdist = make_good(tmp_path / "a", "good", "1.0")
+    code, out, err = run("submit", str(sdist))
+    job = int(re.findall(r"^job (\d+):", out, re.MULTILINE)[0])
+    digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
+    reads = [("show", "good==1.0"), ("show", "good==1.0", "--json"), ("find", "--sha256", digest[:12]),
+             ("find", "--sha256", digest, "--json"), ("status", "--json"), ("logs", str(job)),
+             ("logs", str(job), "--json")]
+    local = [run(*args) for args in reads]
+    assert all(code == 0 for code, _, _ in local), local
+    assert "good" in local[0][1] and json.loads(local[1][1])["name"] == "good"
+    assert json.loads(local[3][1])["kind"] == "sdist"
+    assert json.loads(local[6][1]) == {"job": job, "log": local[5][1]}
+    missing_local = run("show", "absent==1.0")
+    token, _ = ensure_local_admin_token(get_settings().home)
+    with TestClient(create_app(get_settings())) as http:
+        _remote(monkeypatch, http, token)
+        remote = [run("--server", "http://testserver", *args) for args in reads]
+        missing_remote = run("--server", "http://testserver", "show", "absent==1.0")
+        bad_pin = run("--server", "http://testserver", "show", "not a pin")
+    for args, l, r in zip(reads, local, remote, strict=True):
+        if "--json" in args:
+            assert json.loads(r[1]) == json.loads(l[1]), args
+        else:
+            assert r == l, (args, [(a, b) for a, b in zip(r[1].splitlines(), l[1].splitlines(), strict=False) if a != b])
+    assert missing_remote[0] == missing_local[0] == NotFound.exit_code and "no record of absent==1.0" in missing_remote[2]
+    assert bad_pin[0] != 0 and "NAME==VERSION" in bad_pin[2]
+
+
+@pytest.mark.parametrize("args", [("show", "good==1.0"), ("find", "--sha256", "0123456789abcdef"), ("status",),
+                                  ("logs", "1"), ("logs", "1", "--json"), ("status", "--json")])
+def test_reads_with_server_create_no_database(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """The real command in a folder with no farm, its server unreachable: an error that names the
+    server, and nothing created here (no ./.farm, no database)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
+    result = subprocess.run([sys.executable, "-m", "farm.cli", "--server", url, "--token", "t", *args], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and url in result.stderr and "ConnectError" in result.stderr, result
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_logs_follow_prints_the_log_as_it_grows_until_the_job_ends(run: Run, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import threading
+    import time
+
+    from farm.cli.render import follow
+    from farm.storage import get_storage, log_key
+
+    job = _submit(run, tmp_path / "a", "good", "1.0")[0]
+    backend = LocalBackend(get_settings())
+    seen: list[str] = []
+
+    def build() -> None:  # a worker writing the log line by line, then the job ending
+        storage = get_storage()
+        text = ""
+        for line in ("fetching\n", "building\n", "repairing\n"):
+            time.sleep(0.3)
+            text += line
+            storage.put_bytes(log_key(job, 1), text.encode(), replace=True)
+            time.sleep(0.3)
+            seen.append(capsys.readouterr().out)  # what follow printed so far
+        backend.cancel(job)
+
+    thread = threading.Thread(target=build)
+    capsys.readouterr()
+    thread.start()
+    assert follow(backend, job, poll=0.05) == 0
+    thread.join()
+    rest = capsys.readouterr().out
+    assert seen == ["fetching\n", "building\n", "repairing\n"]  # each line as it came, none twice
+    assert rest.startswith("\n[cancelled]")  # the end: the job's state and reason, then follow returns
+    code, _, err = run("logs", str(job), "--follow", "--json")
+    assert code == 2 and "give one of them" in err

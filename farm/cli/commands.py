@@ -16,7 +16,7 @@ from pathlib import Path
 from farm.cli import processes, publishing, render, tokens
 from farm.cli.backend import Backend, choose
 from farm.config import get_settings, reset_settings
-from farm.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, FarmError, RecipeError
+from farm.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, FarmError, RecipeError, UsageError
 
 OnBackend = Callable[[argparse.Namespace, Backend], int]
 
@@ -63,7 +63,15 @@ def cmd_status(args: argparse.Namespace, backend: Backend) -> int:
 
 
 def cmd_logs(args: argparse.Namespace, backend: Backend) -> int:
-    sys.stdout.write(backend.log(args.job))
+    if args.follow:
+        if args.json:
+            raise UsageError("--follow prints the log as it grows; --json prints it once: give one of them")
+        return render.follow(backend, args.job)
+    text = backend.log(args.job)
+    if args.json:
+        print(json.dumps({"job": args.job, "log": text}, indent=1))
+    else:
+        sys.stdout.write(text)
     return EXIT_OK
 
 
@@ -176,6 +184,8 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("logs", help="a job's log")
     s.add_argument("job", type=int)
+    s.add_argument("-f", "--follow", action="store_true", help="print the log as it grows until the job ends")
+    s.add_argument("--json", action="store_true", help='{"job": N, "log": TEXT}')
     on_backend(s, cmd_logs)
 
     s = sub.add_parser("cancel", help="cancel jobs: nothing of theirs is published; workers stop at the next step")

@@ -1,5 +1,6 @@
 """`farm` sub-commands of the publishing end, on this host's farm: init, verify, publish-to,
-reindex, find, show, gc (yank and promote, which also run over the API, are in `commands`).
+reindex, find, show, gc (yank and promote, which also run over the API, are in `commands`);
+find and show read from a farm's API with `--server`.
 Registered by `farm.cli.parser()`; the work lives in farm/index/, farm/provenance/ and
 farm/records.py.
 
@@ -9,7 +10,9 @@ index's NAME==VERSION, of a file with --key away from a farm, or with --no-db ne
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -155,10 +158,37 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _server() -> Any:
+    """The API client when a server URL is set (`--server`): show and find read from there."""
+    if not get_settings().server_url:
+        return None
+    from farm.cli.remote import client_from_settings
+
+    return client_from_settings()
+
+
+_DATETIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?([+-]\d\d:\d\d)?")
+
+
+def _with_dates(data: Any) -> Any:
+    """A record read from the API with its times as datetimes again (JSON has them as `str(datetime)`),
+    so it prints as the local one does."""
+    if isinstance(data, dict):
+        return {k: _with_dates(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_with_dates(v) for v in data]
+    if isinstance(data, str) and _DATETIME.fullmatch(data):
+        return dt.datetime.fromisoformat(data)
+    return data
+
+
 def cmd_find(args: argparse.Namespace) -> int:
     from farm.db.session import session_scope
     from farm.records import find_sha256
 
+    if (api := _server()) is not None:
+        render.record(_with_dates(api.find(args.sha256)), args.json)
+        return EXIT_OK
     _db()
     with session_scope() as session:
         found = find_sha256(session, args.sha256)
@@ -170,6 +200,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     from farm.db.session import session_scope
     from farm.records import show
 
+    if (api := _server()) is not None:
+        render.record(_with_dates(api.show(args.pin)), args.json)
+        return EXIT_OK
     _db()
     with session_scope() as session:
         found = show(session, get_settings(), args.pin)

@@ -96,6 +96,12 @@ class ApiClient:
     def log(self, job_id: int) -> str:
         return self._call("GET", f"/api/jobs/{job_id}/log").text
 
+    def show(self, pin: str) -> dict[str, Any]:
+        return self._call("GET", "/api/releases/show", params={"pin": pin}).json()
+
+    def find(self, sha256: str) -> dict[str, Any]:
+        return self._call("GET", "/api/releases/find", params={"sha256": sha256.strip().lower()}).json()
+
 
 class RemoteBackend:
     """`Backend` over the API: the same views as the local one, read from `/api/...`."""

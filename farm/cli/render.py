@@ -78,6 +78,37 @@ def wait(backend: Backend, job_ids: list[int], *, timeout: float, quiet: bool) -
         time.sleep(backend.poll_interval)
 
 
+def follow(backend: Backend, job_id: int, *, poll: float | None = None) -> int:
+    """`farm logs -f`: the job's log as it grows, until the job has ended and its whole log is printed.
+
+    The state is read before the log, so the last read after the job ended holds the whole log;
+    the placeholder for a job with no log yet is not printed while the job runs."""
+    printed = ""
+    while True:
+        view, = backend.jobs_by_id([job_id])
+        ended = view["state"] in TERMINAL
+        text = backend.log(job_id)
+        placeholder = text == f"job {job_id} ({view['state']}): no log yet\n"
+        if not placeholder or ended:
+            common = len(printed) if text.startswith(printed) else _common_prefix(printed, text)
+            if text[common:]:
+                sys.stdout.write(text[common:])
+                sys.stdout.flush()
+            printed = text
+        if ended:
+            return EXIT_OK
+        time.sleep(max(backend.poll_interval, 0.2) if poll is None else poll)
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def lines(text_lines: list[str]) -> int:
     for line in text_lines:
         print(line)
