@@ -65,8 +65,8 @@ class Backend(Protocol):
     def submit(self, request: str, *, priority: int, rebuild: str | None = None,
                platforms: list[str] | None = None, pythons: list[str] | None = None) -> SubmissionView: ...
 
-    def submit_requirements(self, label: str, items: list[Item], *, priority: int,
-                            rebuild: str | None = None) -> RequirementsView: ...
+    def submit_requirements(self, label: str, items: list[Item], *, priority: int, rebuild: str | None = None,
+                            platforms: list[str] | None = None, pythons: list[str] | None = None) -> RequirementsView: ...
 
     def jobs(self, *, submission: int | None, limit: int, active: bool) -> list[JobView]: ...
 
@@ -84,7 +84,8 @@ class Backend(Protocol):
 def requirements_view(result: SubmittedMany) -> RequirementsView:
     sources: list[SubmissionView] = [
         {"submission_id": r.submission_id, "name": r.name, "version": r.version,
-         "jobs": [{"id": i, "build_id": b, "state": str(st)} for i, b, st in r.jobs]} for r in result.sources]
+         "jobs": [{"id": i, "build_id": b, "state": str(st)} for i, b, st in r.jobs],
+         "warnings": r.warnings} for r in result.sources]  # type: ignore[typeddict-unknown-key]
     return {"submission_id": result.sources[0].submission_id, "sources": sources, "skipped": result.skipped}
 
 
@@ -132,12 +133,13 @@ class LocalBackend:
                 "jobs": [{"id": i, "build_id": b, "state": s} for i, b, s in result.jobs],
                 "warnings": result.warnings}
 
-    def submit_requirements(self, label: str, items: list[Item], *, priority: int,
-                            rebuild: str | None = None) -> RequirementsView:
+    def submit_requirements(self, label: str, items: list[Item], *, priority: int, rebuild: str | None = None,
+                            platforms: list[str] | None = None, pythons: list[str] | None = None) -> RequirementsView:
         from farm.coordinator.submit import submit_many
 
         self._db(create=True)
-        result = submit_many(items, settings=self.settings, request=label, priority=priority, rebuild=rebuild)
+        result = submit_many(items, settings=self.settings, request=label, priority=priority, rebuild=rebuild,
+                             only_platforms=platforms or None, only_pythons=pythons or None)
         return requirements_view(result)
 
     def jobs(self, *, submission: int | None, limit: int, active: bool) -> list[JobView]:

@@ -34,12 +34,15 @@ def cmd_submit(args: argparse.Namespace, backend: Backend) -> int:
             print(f"farm: ignored: {note}", file=sys.stderr)
         if not found.items:
             raise FarmError(f"{file}: no requirement in it")
-        many = backend.submit_requirements(file, found.items, priority=args.priority, rebuild=args.rebuild)
+        many = backend.submit_requirements(file, found.items, priority=args.priority, rebuild=args.rebuild,
+                                           platforms=args.platform, pythons=args.python)
         print(f"submission {many['submission_id']}: {file}: {len(many['sources'])} sdist(s)")
         for skipped in many["skipped"]:
             print(f"skipped {skipped}")
         for sub in many["sources"]:
             render.lines(render.submitted_lines(sub))
+            for warning in sub.get("warnings", []):
+                print(f"farm: warning: {warning}", file=sys.stderr, flush=True)
             job_ids += [j["id"] for j in sub["jobs"]]
     for request in args.requests:
         sub = backend.submit(request, priority=args.priority, rebuild=args.rebuild, platforms=args.platform,

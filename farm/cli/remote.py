@@ -119,8 +119,11 @@ class RemoteBackend:
             return self.api.submit_file(Path(request), priority=priority, rebuild=rebuild)
         return self.api.submit_requirement(request, priority=priority, rebuild=rebuild)
 
-    def submit_requirements(self, label: str, items: list[Item], *, priority: int,
-                            rebuild: str | None = None) -> RequirementsView:
+    def submit_requirements(self, label: str, items: list[Item], *, priority: int, rebuild: str | None = None,
+                            platforms: list[str] | None = None, pythons: list[str] | None = None) -> RequirementsView:
+        if platforms or pythons:
+            raise UsageError("--platform and --python are not sent with a requirements file to a --server yet; "
+                             "submit its lines one by one, or without them")
         files = [i for i in items if i.from_file]
         if files:
             raise UsageError(f"{files[0].origin}: an sdist path in a requirements file is not sent to a --server; "

@@ -126,7 +126,8 @@ def _marker_admits(item: Item, environments: list[dict[str, str]]) -> bool:
 
 
 def submit_many(items: Sequence[Item], *, settings: Settings, request: str, priority: int = 0,
-                rebuild: str | None = None) -> SubmittedMany:
+                rebuild: str | None = None, only_platforms: Sequence[str] | None = None,
+                only_pythons: Sequence[str] | None = None) -> SubmittedMany:
     """One submission (kind `requirements`, `request` the file as given) holding the jobs of every
     item's sdist. An item whose marker admits none of the farm's targets is skipped; every other is
     resolved and checked (its hashes too) before anything is recorded, and one that fails refuses
@@ -153,22 +154,25 @@ def submit_many(items: Sequence[Item], *, settings: Settings, request: str, prio
             session.add(submission)
             session.flush()
             to_send: list[Job] = []
-            per_source: list[tuple[Source, list[Job]]] = []
+            per_source: list[tuple[Source, list[Job], list[str]]] = []
             seen: set[int] = set()
-            for source, _ in resolved:
+            storage = get_storage()
+            for source, pending in resolved:
                 if source.id in seen:  # two lines, one sdist
                     continue
                 seen.add(source.id)
                 before = len(submission.jobs)
-                to_send += _plan_jobs(session, submission, source, settings, None, None, priority,
-                                      rebuild=rebuild.strip() if rebuild else None)
-                per_source.append((source, list(submission.jobs[before:])))
-            storage = get_storage()
+                builds = sdist_kind(pending if pending is not None else storage.local_path(source.storage_key))
+                sent, warnings = _plan_jobs(session, submission, source, settings, only_platforms, only_pythons, priority,
+                                            rebuild=rebuild.strip() if rebuild else None, kind=builds)
+                to_send += sent
+                per_source.append((source, list(submission.jobs[before:]), warnings))
             for source, pending in resolved:
                 if pending is not None and not storage.exists(source.storage_key):
                     storage.put_file(source.storage_key, pending)
             results = [Submitted(submission_id=submission.id, name=source.name, version=source.version,
-                                 jobs=[(j.id, j.build_id, j.state) for j in jobs]) for source, jobs in per_source]
+                                 jobs=[(j.id, j.build_id, j.state) for j in jobs], warnings=warnings)
+                       for source, jobs, warnings in per_source]
             dispatch.send_after_commit(session, [dispatch.job_spec(j, settings) for j in to_send])
     return SubmittedMany(sources=results, skipped=skipped)
 
