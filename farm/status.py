@@ -30,6 +30,7 @@ class JobView:
     wheels: list[str] = field(default_factory=list)
     waiting_for: list[str] = field(default_factory=list)
     seconds: float | None = None
+    dependency_jobs: list[int] = field(default_factory=list)  # the jobs providing its runtime dependencies
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -48,7 +49,8 @@ def _view(job: Job, now: dt.datetime) -> JobView:
     return JobView(id=job.id, submission_id=job.submission_id, name=job.source.name, version=job.source.version,
                    build_id=job.build_id, state=job.state, attempt=job.attempt, cached_from=job.cached_from_id,
                    error=job.error, steps=steps, wheels=[a.filename for a in job.artifacts],
-                   waiting_for=[d.requirement for d in job.dependencies if d.state == DependencyState.WAITING], seconds=total)
+                   waiting_for=[d.requirement for d in job.dependencies if d.state == DependencyState.WAITING], seconds=total,
+                   dependency_jobs=sorted({d.dep_job_id for d in job.dependencies if d.dep_job_id is not None}))
 
 
 def list_jobs(session: Session, *, submission: int | None = None, limit: int = 50,

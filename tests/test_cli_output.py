@@ -187,17 +187,27 @@ def test_logs_follow_prints_the_log_as_it_grows_until_the_job_ends(run: Run, tmp
     from farm.storage import get_storage, log_key
 
     job = _submit(run, tmp_path / "a", "good", "1.0")[0]
-    backend = LocalBackend(get_settings())
     seen: list[str] = []
+    reads = threading.Semaphore(0)
+
+    class Counting(LocalBackend):  # each read of the log is signalled, so the writer knows follow has looked
+        def log(self, job_id: int) -> str:
+            text = super().log(job_id)
+            reads.release()
+            return text
+
+    backend = Counting(get_settings())
 
     def build() -> None:  # a worker writing the log line by line, then the job ending
         storage = get_storage()
         text = ""
         for line in ("fetching\n", "building\n", "repairing\n"):
-            time.sleep(0.3)
             text += line
             storage.put_bytes(log_key(job, 1), text.encode(), replace=True)
-            time.sleep(0.3)
+            while reads.acquire(blocking=False):  # forget the reads before this write
+                pass
+            for _ in range(3):  # a read under way at the write, one after it, and the next (so its print is done)
+                assert reads.acquire(timeout=30)
             seen.append(capsys.readouterr().out)  # what follow printed so far
         backend.cancel(job)
 
@@ -211,3 +221,75 @@ def test_logs_follow_prints_the_log_as_it_grows_until_the_job_ends(run: Run, tmp
     assert rest.startswith("\n[cancelled]")  # the end: the job's state and reason, then follow returns
     code, _, err = run("logs", str(job), "--follow", "--json")
     assert code == 2 and "give one of them" in err
+
+
+class _Scripted:
+    """A backend whose jobs go through scripted views, one per look."""
+
+    poll_interval = 0.0
+
+    def __init__(self, script: list[dict[int, dict]]) -> None:
+        self.script, self.look = script, 0
+
+    def jobs_by_id(self, job_ids: list[int]) -> list[dict]:
+        frame = self.script[min(self.look, len(self.script) - 1)]
+        self.look += 1
+        return [frame[i] for i in job_ids if i in frame]
+
+
+def _view(job: int, state: str, steps: list[tuple[str, float, str]] = (), *, seconds: float | None = None,
+          deps: list[int] = (), waiting: list[str] = (), name: str = "good") -> dict:  # type: ignore[assignment]
+    return {"id": job, "submission_id": 1, "name": name, "version": "1.0", "build_id": "cp311-linux", "state": state,
+            "attempt": 1, "cached_from": None, "error": None if state != "failed" else "boom",
+            "steps": [{"name": n, "seconds": s, "outcome": o} for n, s, o in steps], "wheels": [],
+            "waiting_for": list(waiting), "seconds": seconds, "dependency_jobs": list(deps)}
+
+
+_SCRIPT = [
+    {1: _view(1, "queued")},
+    {1: _view(1, "running", [("fetching", 0.4, "running")], seconds=0.4)},
+    {1: _view(1, "running", [("fetching", 0.5, "ok"), ("building", 12.0, "running")], seconds=12.5)},
+    {1: _view(1, "dep_wait", [("fetching", 0.5, "ok"), ("building", 40.0, "ok")], seconds=45.0, deps=[7],
+              waiting=["dep>=1"]),
+     7: _view(7, "running", [("building", 3.0, "running")], seconds=3.0, name="dep")},
+    {1: _view(1, "succeeded", [("fetching", 0.5, "ok"), ("building", 40.0, "ok")], seconds=50.0, deps=[7]),
+     7: _view(7, "succeeded", [("building", 5.0, "ok")], seconds=5.0, name="dep")},
+]
+
+
+def test_wait_says_each_step_with_elapsed_time_and_the_dependency_jobs(capsys: pytest.CaptureFixture[str]) -> None:
+    assert wait(_Scripted(_SCRIPT), [1], timeout=5, quiet=False) == 0  # type: ignore[arg-type]
+    assert capsys.readouterr().out.splitlines() == [
+        "job 1: good 1.0 cp311-linux: queued",
+        "job 1: good 1.0 cp311-linux: running",
+        "job 1: good 1.0 cp311-linux: running, building 12s, 12s in all",
+        "job 1: good 1.0 cp311-linux: dep_wait  [fetching 0.5s building 40.0s]",
+        "job 1: good 1.0 cp311-linux: succeeded  [fetching 0.5s building 40.0s]",
+        "job 7: dep 1.0 cp311-linux: succeeded  [building 5.0s] (a dependency of job 1)",
+    ]
+
+
+def test_wait_says_a_long_step_again(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("farm.cli.render.STILL_EVERY", 0.0)
+    script = [{1: _view(1, "running", [("building", float(s), "running")], seconds=float(s))} for s in (1, 2)]
+    with pytest.raises(WaitTimeout):
+        wait(_Scripted(script), [1], timeout=0.05, quiet=False)  # type: ignore[arg-type]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "job 1: good 1.0 cp311-linux: running"
+    assert lines[1:3] == ["job 1: good 1.0 cp311-linux: running, building 2s, 2s in all"] * 2
+
+
+def test_wait_on_a_terminal_is_a_table(capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+
+    from rich.console import Console
+
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=160, color_system=None)
+    assert wait(_Scripted(_SCRIPT), [1], timeout=5, quiet=False, live=console) == 0  # type: ignore[arg-type]
+    drawn = screen.getvalue()
+    assert "JOB" in drawn and "ELAPSED" in drawn
+    assert re.search(r"1 +good +1\.0 +cp311-linux +running +building 12s +12s", drawn), drawn
+    assert re.search(r"7 +dep +1\.0 +cp311-linux +succeeded +5s +dependency of 1", drawn), drawn
+    assert "waiting for dep>=1" in drawn
+    assert capsys.readouterr().out == ""  # the table went to the console, nothing else to stdout

@@ -57,6 +57,7 @@ class JobView(TypedDict):
     wheels: list[str]
     waiting_for: list[str]
     seconds: float | None
+    dependency_jobs: list[int]  # the jobs providing its runtime dependencies
 
 
 class Backend(Protocol):

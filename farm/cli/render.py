@@ -51,24 +51,113 @@ def _progress_line(v: JobView) -> str:
         f"  [{done_steps}]" if done_steps else "")
 
 
-def wait(backend: Backend, job_ids: list[int], *, timeout: float, quiet: bool) -> int:
-    """`submit --wait`: a line per job whenever its state changes, until every job has ended.
+def _running_step(v: JobView) -> dict[str, Any] | None:
+    return next((s for s in v["steps"] if s["outcome"] == "running"), None)
+
+
+def _now(v: JobView) -> str:
+    """Where a job is: its state, the step it runs and for how long, how long it has run, what it waits for."""
+    step = _running_step(v)
+    parts = [v["state"]]
+    if step is not None:
+        parts.append(f"{step['name']} {step['seconds']:.0f}s")
+    if v["seconds"] is not None:
+        parts.append(f"{v['seconds']:.0f}s in all")
+    if v.get("waiting_for"):
+        parts.append(f"waiting for {', '.join(v['waiting_for'])}")
+    return ", ".join(parts)
+
+
+def _now_line(v: JobView) -> str:
+    return f"job {v['id']}: {v['name']} {v['version']} {v['build_id']}: {_now(v)}"
+
+
+STILL_EVERY = 30.0  # seconds between two "still running" lines per job when stdout is no terminal
+
+
+def wait(backend: Backend, job_ids: list[int], *, timeout: float, quiet: bool, live: Any = None) -> int:
+    """`submit --wait`: where each job is, until every job has ended; the jobs providing their runtime
+    dependencies are shown too (`dependency_jobs` of the views), though only `job_ids` decide the exit.
+
+    On a terminal (or with `live`, a rich Console) a table redrawn at each look: a row per job with its
+    state, running step and elapsed time. Otherwise plain lines: one when a job's state or running step
+    changes, and one every `STILL_EVERY` seconds while a job runs.
 
     Exit `EXIT_OK` if every job succeeded, `EXIT_JOBS_FAILED` if one did not (each printed with its
     error on stderr); `WaitTimeout` if `timeout` seconds pass first (the jobs go on)."""
     deadline = time.monotonic() + timeout
-    last: dict[int, str] = {}
+    if live is None and not quiet and sys.stdout.isatty():
+        from rich.console import Console
+
+        live = Console()
+    display = None
+    if live is not None and not quiet:
+        from rich.live import Live
+
+        display = Live(console=live, auto_refresh=False, transient=False)
+        display.start()
+    try:
+        return _wait(backend, job_ids, deadline=deadline, timeout=timeout, quiet=quiet, display=display)
+    finally:
+        if display is not None:
+            display.stop()
+
+
+def _table(views: list[JobView], parents: dict[int, int]) -> Any:
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for column in ("JOB", "PROJECT", "VERSION", "BUILD", "STATE", "STEP", "ELAPSED", ""):
+        table.add_column(column, justify="right" if column == "JOB" else "left")
+    for v in views:
+        step = _running_step(v)
+        note = f"dependency of {parents[v['id']]}" if v["id"] in parents else ""
+        if v.get("waiting_for"):
+            note = (note + "; " if note else "") + f"waiting for {', '.join(v['waiting_for'])}"
+        table.add_row(str(v["id"]), v["name"], v["version"], v["build_id"], v["state"],
+                      f"{step['name']} {step['seconds']:.0f}s" if step else "",
+                      f"{v['seconds']:.0f}s" if v["seconds"] is not None else "", note)
+    return table
+
+
+def _wait(backend: Backend, job_ids: list[int], *, deadline: float, timeout: float, quiet: bool,
+          display: Any) -> int:
+    last: dict[int, tuple[str, str | None]] = {}
+    said: dict[int, float] = {}
+    parents: dict[int, int] = {}  # dependency job -> the job it provides for
     while True:
-        views = backend.jobs_by_id(job_ids)
+        shown = [*job_ids, *(j for j in parents if j not in job_ids)]
+        views = backend.jobs_by_id(shown)
         for v in views:
-            if not quiet and last.get(v["id"]) != v["state"]:
-                print(_progress_line(v), flush=True)
-                last[v["id"]] = v["state"]
-        if all(v["state"] in TERMINAL for v in views):
-            failed = [v for v in views if v["state"] != "succeeded"]
+            for dep in v.get("dependency_jobs") or []:
+                if dep not in job_ids and dep not in parents:
+                    parents[dep] = v["id"]
+        mine = [v for v in views if v["id"] in job_ids]
+        now = time.monotonic()
+        if display is not None:
+            display.update(_table(views, parents), refresh=True)
+        elif not quiet:
+            for v in views:
+                step = _running_step(v)
+                key = (v["state"], step["name"] if step else None)
+                line = None
+                if last.get(v["id"]) != key:  # a new state (the line it always had), or a new step
+                    new_state = v["id"] not in last or last[v["id"]][0] != v["state"]
+                    line = _progress_line(v) if new_state else _now_line(v)
+                    last[v["id"]] = key
+                elif v["state"] not in TERMINAL and now - said.get(v["id"], now) >= STILL_EVERY:
+                    line = _now_line(v)  # still at it: say how long
+                if line is not None:
+                    dep = f" (a dependency of job {parents[v['id']]})" if v["id"] in parents else ""
+                    print(line + dep, flush=True)
+                    said[v["id"]] = now
+        if all(v["state"] in TERMINAL for v in mine):
+            if display is not None:
+                display.stop()
+            failed = [v for v in mine if v["state"] != "succeeded"]
             for v in failed:
                 print(f"job {v['id']} {v['state']}: {v['error']}", file=sys.stderr)
-            for v in views:
+            for v in mine:
                 for wheel in v["wheels"]:
                     print(f"job {v['id']}: published {wheel}")
             return EXIT_JOBS_FAILED if failed else EXIT_OK
