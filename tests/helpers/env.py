@@ -56,6 +56,9 @@ def uv_bin() -> str:
 
 
 def base_env(**extra: str) -> dict[str, str]:
+    """This environment without FARM_* settings, one Python for native workers (each sdist is one job,
+    as the tests expect; the matrix has its own tests), and `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
+    env["FARM_PYTHONS"] = ONE_PYTHON
     env.update(extra)
     return env
