@@ -201,6 +201,10 @@ def submit(cluster: Cluster, *paths: Path, args: tuple[str, ...] = ()) -> list[i
 def published_once(cluster: Cluster, ids: list[int]) -> None:
     arts = cluster.rows("SELECT job_id, filename FROM artifact WHERE job_id = ANY(:ids)", ids=ids)
     assert sorted(a["job_id"] for a in arts) == sorted(ids), arts  # one wheel per job, exactly once
+    # Pages are written right after the commit that ended the job (never before): give that a moment.
+    deadline = time.monotonic() + 30
+    while cluster.index_problems() and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert cluster.index_problems() == []
 
 

@@ -35,7 +35,7 @@ from farm.errors import ConfigError, PackageFailure
 from farm.worker.platforms import get_platform
 from farm.worker.platforms.macos import MacOSPlatform, binary_problems, macho_binaries
 from farm.worker.platforms.windows import WindowsPlatform, binary_problems as pe_problems, launcher_listing
-from tests.helpers.env import CACHE, ROOT, UPSTREAM, installer_env
+from tests.helpers.env import CACHE, ONE_PYTHON, ROOT, UPSTREAM, installer_env
 from tests.helpers.platforms import FAKE_DELOCATE, bin_on_path, calls, fake_tool  # noqa: F401 - fixture
 
 
@@ -406,7 +406,7 @@ def _limits():
 def self_test(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "farm.cli", "--home", str(home), "worker", "--self-test", *args],
                           capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "FARM_PYTHONS": ONE_PYTHON, **env})
 
 
 def test_sample_sdist_is_the_same_bytes_every_time(tmp_path):

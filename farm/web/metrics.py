@@ -3,7 +3,7 @@
 What each scrape costs:
 - `farm_jobs{state,platform}`: jobs that have not ended by a GROUP BY through the state index (a
   small set); ended jobs by the same GROUP BY over the `(platform, state, id)` index, at most once a
-  minute (`ENDED_TTL`), since it reads every ended job's index entry.
+  minute (`ENDED_TTL`), or at once when steps, wheels or jobs were added since the last scrape.
 - `farm_queue_depth{platform}`, `farm_workers_alive{platform}`: from the jobs that have not ended.
 - Histograms and counters (`farm_step_duration_seconds`, `farm_publish_latency_seconds`,
   `farm_submit_to_publish_seconds`, `farm_jobs_submitted_total`, `farm_cache_hits_total`) count what
@@ -85,21 +85,28 @@ class FarmCollector:
         self.cache_hits: dict[str, int] = defaultdict(int)
         self.ended: dict[tuple[str, str], int] = {}
         self.ended_at = 0.0
+        self.active_seen: dict[tuple[str, str], int] | None = None
 
     def collect(self) -> Iterator[Metric]:
         with self.lock, session_scope() as session:
             active = dict(((s, p), n) for s, p, n in session.execute(
                 select(Job.state, Job.platform, func.count()).where(Job.state.in_(ACTIVE))
                 .group_by(Job.state, Job.platform)))
-            if time.monotonic() - self.ended_at >= ENDED_TTL or not self.ended_at:
+            alive = self._alive(session)
+            marks = (self.step_low, self.artifact_low, self.job_low)
+            self._scan_steps(session)
+            self._scan_artifacts(session)
+            self._scan_jobs(session)
+            # Ended counts are read again once a minute, and at once when something happened since the
+            # last scrape (steps finished, wheels published, jobs planned, the unended jobs changed):
+            # a quiet farm costs nothing.
+            moved = marks != (self.step_low, self.artifact_low, self.job_low) or active != self.active_seen
+            self.active_seen = active
+            if moved or time.monotonic() - self.ended_at >= ENDED_TTL or not self.ended_at:
                 self.ended = dict(((s, p), n) for s, p, n in session.execute(
                     select(Job.state, Job.platform, func.count()).where(Job.state.in_(ENDED))
                     .group_by(Job.state, Job.platform)))
                 self.ended_at = time.monotonic()
-            alive = self._alive(session)
-            self._scan_steps(session)
-            self._scan_artifacts(session)
-            self._scan_jobs(session)
 
         jobs = GaugeMetricFamily("farm_jobs", "Jobs by state and platform (ended states refreshed at most once a "
                                  "minute)", labels=["state", "platform"])

@@ -35,6 +35,7 @@ from farm.worker.platforms import get_platform
 from farm.worker.platforms.base import Platform
 
 NAME, VERSION = "farm-selftest", "1.0"
+REQUIRES_PYTHON = ">=3.8"  # as in selftest.pyproject.toml; the Pythons it excludes are skipped, as the planner does
 MODULE = "farm_selftest"
 # Bundled file -> its place in the sdist.
 SAMPLE_FILES = {
@@ -48,11 +49,21 @@ _SOURCE_DATE = 1_700_000_000  # the sample's file times: the same sdist bytes on
 Print = Callable[[str], None]
 
 
+def _admits(python: str) -> bool:
+    """Whether the sample's Requires-Python admits the interpreter tag `python` (cp39 -> 3.9)."""
+    from packaging.specifiers import SpecifierSet
+
+    digits = python.removeprefix("cp").removeprefix("pp")
+    version = f"{digits[0]}.{digits[1:]}" if digits.isdigit() and len(digits) >= 2 else None
+    return version is None or SpecifierSet(REQUIRES_PYTHON).contains(version)
+
+
 def sample_sdist(dest: Path) -> Path:
     """The sample packed as an sdist (farm_selftest-1.0.tar.gz) in `dest`, the same bytes on every host."""
     root = f"{MODULE}-{VERSION}"
     files = {path: (RESOURCES / bundled).read_bytes() for bundled, path in SAMPLE_FILES.items()}
-    files["PKG-INFO"] = f"Metadata-Version: 2.1\nName: {NAME}\nVersion: {VERSION}\nRequires-Python: >=3.8\n".encode()
+    files["PKG-INFO"] = (f"Metadata-Version: 2.1\nName: {NAME}\nVersion: {VERSION}\n"
+                         f"Requires-Python: {REQUIRES_PYTHON}\n").encode()
     dest.mkdir(parents=True, exist_ok=True)
     path = dest / f"{root}.tar.gz"
     raw = io.BytesIO()
@@ -123,7 +134,13 @@ def run_selftest(settings: Settings, *, platform_name: str, out: Print = print,
     detail = ", ".join(pythons)
     if settings.engine == "native":
         detail = ", ".join(f"{i.tag} {i.path}" for i in platform.interpreters(settings.interpreters))
-    show.step("interpreters", True, detail)
+    admitted = [p for p in pythons if _admits(p)]
+    if len(admitted) < len(pythons):
+        detail += f"; skipped {', '.join(p for p in pythons if p not in admitted)} (the sample's Requires-Python {REQUIRES_PYTHON})"
+    show.step("interpreters", bool(admitted), detail)
+    if not admitted:
+        return result
+    pythons = admitted
 
     work = Path(tempfile.mkdtemp(prefix="farm-selftest-")) if keep is None else keep
     try:

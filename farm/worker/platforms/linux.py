@@ -154,17 +154,32 @@ class LinuxPlatform:
         return Bubblewrap(uid=settings.sandbox_uid) if settings.sandbox else Unsandboxed()
 
     def repair_command(self, wheel: Path | str, dest: Path | str, exclude: Sequence[str], *,
-                       program: str | None = None) -> list[str]:
+                       program: str | None = None, plat: str | None = None) -> list[str]:
         """auditwheel's command line; in a build container (cibuildwheel) `program` is the image's auditwheel."""
         excluded = [arg for lib in exclude for arg in ("--exclude", lib)]
-        return [program or tool("auditwheel"), "repair", *excluded, "-w", str(dest), str(wheel)]
+        chosen = ["--plat", plat] if plat else []
+        return [program or tool("auditwheel"), "repair", *excluded, *chosen, "-w", str(dest), str(wheel)]
 
     def repair(self, wheel: Path, dest: Path, *, exclude: Sequence[str], log: TextIO) -> Path:
         if (copied := copy_pure(wheel, dest, log)) is not None:
             return copied
-        return repair_with("auditwheel", lambda out: self.repair_command(wheel, out, exclude), dest=dest,
-                           env=clean_env(path_prepend=[Path(sys.executable).parent]),
-                           log=log, tag_ok=self.platform_tag_ok, wanted=f"{self.name} platform tag")
+        env = clean_env(path_prepend=[Path(sys.executable).parent])
+
+        def with_plat(plat: str | None) -> Path:
+            return repair_with("auditwheel", lambda out: self.repair_command(wheel, out, exclude, plat=plat),
+                               dest=dest, env=env, log=log, tag_ok=self.platform_tag_ok,
+                               wanted=f"{self.name} platform tag")
+
+        try:
+            return with_plat(None)
+        except PackageFailure as exc:
+            # An extension that links no C library at all (tiny ones built by some interpreters) leaves
+            # auditwheel nothing to detect the libc from: name the oldest policy of this queue's libc.
+            if "couldn't detect libc" not in str(exc):
+                raise
+            plat = f"{'musllinux_1_1' if self.musl else 'manylinux_2_17'}_{self.arch}"
+            log.write(f"auditwheel could not tell the C library from the wheel; repairing for {plat}\n")
+            return with_plat(plat)
 
     def package_manager(self, family: str | None = None) -> PackageManager:
         """The host's (or, with no known one on the host, apk for musllinux and yum for manylinux), or `family`'s."""
