@@ -194,7 +194,9 @@ class Farm:
     def __init__(self, home: Path) -> None:
         self.home, self.port = home, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "FARM_HOME": str(home)}
+        # One Python, the one the by-hand baseline builds with: a native worker otherwise offers every
+        # CPython it finds and the farm would build each (the matrix), not the one build being compared.
+        self.env = {**os.environ, "FARM_HOME": str(home), "FARM_PYTHONS": json.dumps([sys.executable])}
         self.proc: subprocess.Popen[bytes] | None = None
         self.http = httpx.Client(timeout=5)
 
@@ -227,6 +229,7 @@ class Farm:
         from farm.coordinator.app import reset_app
 
         os.environ["FARM_HOME"] = str(self.home)
+        os.environ["FARM_PYTHONS"] = self.env["FARM_PYTHONS"]
         reset_settings()
         reset_app()
         farm.cli._db_ready = False
