@@ -156,6 +156,54 @@ def test_cancel_and_retry_through_the_page(signed_in: TestClient, tmp_path: Path
     assert f"job {new_id}" in matrix and "state-queued" in matrix  # the newest job of the cell
 
 
+def test_submissions_page_shows_a_requirements_file_with_its_closure(signed_in: TestClient) -> None:
+    """A requirements file's submission is one row; its page shows the requested jobs, the jobs their
+    runtime dependencies pulled in (transitively, through a reused provider too), and the states.
+    The farm's own dependency submissions are not listed; a missing or out-of-range id is refused."""
+    from farm.db.models import Dependency, Submission
+
+    client = signed_in
+    with session_scope() as s:
+        a = add_job(s, state="dep_wait")
+        b = add_job(s, state="succeeded")
+        top = Submission(kind="requirements", request="requirements.txt")
+        s.add(top)
+        s.flush()
+        a.submission, b.submission = top, top
+        dep = add_job(s, state="dep_wait")  # submitted by the farm for `a`, itself waiting on `deeper`
+        dep.submission.kind, dep.submission.parent_job_id = "dependency", a.id
+        deeper = add_job(s, state="building")
+        deeper.submission.kind, deeper.submission.parent_job_id = "dependency", dep.id
+        reused = add_job(s, state="succeeded")  # an earlier build `a` also needs
+        unrelated = add_job(s, state="failed")
+        s.add_all([Dependency(job=a, requirement="dep>=1", dep_job_id=dep.id, state="waiting"),
+                   Dependency(job=a, requirement="reused", dep_job_id=reused.id, state="met"),
+                   Dependency(job=dep, requirement="deeper", dep_job_id=deeper.id, state="waiting"),
+                   Dependency(job=dep, requirement="gone", dep_job_id=None, state="unavailable", reason="no sdist")])
+        s.flush()
+        ids = {k: j.id for k, j in dict(a=a, b=b, dep=dep, deeper=deeper, reused=reused, unrelated=unrelated).items()}
+        top_id, dep_sub = top.id, dep.submission_id
+    listing = client.get("/ui/submissions").text
+    listed = [int(i) for i in re.findall(r'<a href="/ui/submissions/(\d+)">#', listing)]
+    assert top_id in listed and dep_sub not in listed  # the farm's dependency submissions are not listed
+    row = listing[listing.index(f'/ui/submissions/{top_id}"'):].split("</tr>")[0]
+    assert "requirements.txt" in row and "<td>2</td>" in row and "state-dep_wait" in row and "state-succeeded" in row
+    page = client.get(f"/ui/submissions/{top_id}").text
+    requested = page[page.index('class="jobs requested"'):].split("</table>")[0]
+    pulled = page[page.index('class="jobs pulled-in"'):].split("</table>")[0]
+    assert sorted(int(i) for i in re.findall(r'/ui/jobs/(\d+)">#', requested)) == [ids["a"], ids["b"]]
+    assert sorted(int(i) for i in re.findall(r'/ui/jobs/(\d+)">#', pulled)) == sorted(
+        [ids["dep"], ids["deeper"], ids["reused"]])
+    assert f"/ui/jobs/{ids['unrelated']}\"" not in page
+    assert "state-building" in pulled and "no sdist" in page
+    closure = page[page.index('class="closure-states">') + 23:].split("</dd>")[0]
+    assert re.sub(r"<[^>]+>", "", closure) == "building 1, dep_wait 2, succeeded 2"
+    assert client.get("/ui/submissions/999999").status_code == 404
+    assert client.get(f"/ui/submissions/{2**31}").status_code == 422
+    assert client.get("/ui/submissions?before=0").status_code == 422
+    # the job page links its submission
+    assert f'href="/ui/submissions/{top_id}"' in client.get(f"/ui/jobs/{ids['a']}").text
+
 def test_log_stream_follows_the_file(signed_in: TestClient) -> None:
     client = signed_in
     with session_scope() as s:

@@ -64,7 +64,9 @@ class Job(Base):
     __table_args__ = (Index("ix_job_state", "state"), Index("ix_job_cache_key", "cache_key"),
                       # the dashboard's seek-paged lists and /metrics (migration 0005)
                       Index("ix_job_state_id", "state", "id"), Index("ix_job_platform_state_id", "platform", "state", "id"),
-                      Index("ix_job_source_id_id", "source_id", "id"))
+                      Index("ix_job_source_id_id", "source_id", "id"),
+                      # the submissions page and the job list by platform (migration 0008)
+                      Index("ix_job_submission_id_id", "submission_id", "id"), Index("ix_job_platform_id", "platform", "id"))
     id: Mapped[int] = mapped_column(primary_key=True)
     submission_id: Mapped[int] = mapped_column(ForeignKey("submission.id"))
     source_id: Mapped[int] = mapped_column(ForeignKey("source.id"))

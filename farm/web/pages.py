@@ -227,6 +227,34 @@ def retry_job(settings: Settings, job_id: int) -> int:
     return ids[0]
 
 
+# Submissions ---------------------------------------------------------------------------------------
+
+
+@router.get("/ui/submissions", response_model=None)
+def submissions_page(request: Request, before: int | None = None) -> Response:
+    who = viewer(request)
+    if who is None:
+        return _signin_redirect(request)
+    with session_scope() as session:
+        rows, older = queries.submissions(session, before=_id(before))
+    return render(request, "submissions.html", who, rows=rows,
+                  older=f"/ui/submissions?{urlencode({'before': older})}" if older else None)
+
+
+@router.get("/ui/submissions/{submission_id}", response_model=None)
+def submission_page(request: Request, submission_id: int) -> Response:
+    who = viewer(request)
+    if who is None:
+        return _signin_redirect(request)
+    _id(submission_id)
+    with session_scope() as session:
+        closure = queries.submission_closure(session, submission_id)
+    if closure is None:
+        return _problem(request, who, 404, f"There is no submission {submission_id}.", "/ui/submissions")
+    requested = sorted({(r["name"], r["version"]) for r in closure.requested})
+    return render(request, "submission.html", who, c=closure, requested=requested)
+
+
 # Projects, workers, channels ------------------------------------------------------------------------
 
 

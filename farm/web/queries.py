@@ -4,7 +4,9 @@ Job lists page by seek (keyset) on the job id, newest first: `WHERE id < :before
 LIMIT n`, never OFFSET, never a COUNT over the table. The filters have indexes that end in the id
 (migration 0005: `(state, id)`, `(platform, state, id)`, `(source_id, id)`), so every page reads n
 index entries whatever the page's depth. Workers and queues read only the jobs that have not ended
-(a small set, through the state index); channels read their newest entries.
+(a small set, through the state index); channels read their newest entries. Submissions page by
+seek on their id too, and a submission's closure follows `dependency` rows job by job (migration
+0008 indexes `job.submission_id` and `submission.parent_job_id`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from packaging.version import InvalidVersion, Version
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from farm.db.models import Artifact, ChannelEntry, Job, Source
+from farm.db.models import Artifact, ChannelEntry, Dependency, Job, Source, Submission
 from farm.db.states import RUNNING, TERMINAL, JobState
 from farm.records import artifact_record
 
@@ -260,3 +262,81 @@ def channel_entries(session: Session, *, channel: str | None = None, before: int
         q = q.where(ChannelEntry.id < before)
     rows = [r._asdict() for r in session.execute(q.order_by(ChannelEntry.id.desc()).limit(limit + 1))]
     return rows[:limit], (rows[limit - 1]["id"] if len(rows) > limit else None)
+
+
+# Submissions and their closure ---------------------------------------------------------------------
+
+TOP_KINDS = ("file", "requirement", "requirements")  # what a person submitted; `dependency` the farm did
+
+
+def submissions(session: Session, *, before: int | None = None, limit: int = PAGE) -> tuple[list[dict[str, Any]], int | None]:
+    """The newest submissions people made (not the farm's own dependency submissions), each with its
+    jobs' states counted; seek-paged on the submission id."""
+    q = select(Submission.id, Submission.kind, Submission.request, Submission.created_at).where(
+        Submission.kind.in_(TOP_KINDS))
+    if before is not None:
+        q = q.where(Submission.id < before)
+    rows = [r._asdict() for r in session.execute(q.order_by(Submission.id.desc()).limit(limit + 1))]
+    older = rows[limit - 1]["id"] if len(rows) > limit else None
+    rows = rows[:limit]
+    counts: dict[int, dict[str, int]] = {}
+    if rows:
+        for sid, state, n in session.execute(
+                select(Job.submission_id, Job.state, func.count()).where(Job.submission_id.in_([r["id"] for r in rows]))
+                .group_by(Job.submission_id, Job.state)):
+            counts.setdefault(sid, {})[JobState(state).value] = n
+    for r in rows:
+        r["states"] = dict(sorted(counts.get(r["id"], {}).items()))
+        r["jobs"] = sum(r["states"].values())
+    return rows, older
+
+
+@dataclass(kw_only=True)
+class Closure:
+    submission: dict[str, Any]
+    requested: list[dict[str, Any]]  # the submission's own jobs
+    pulled_in: list[dict[str, Any]]  # jobs built (or reused) for their runtime dependencies, transitively
+    waits: list[dict[str, Any]]  # (job, requirement, provider, state, reason) for every dependency row
+    states: dict[str, int]  # over requested + pulled_in
+    truncated: bool = False
+
+
+def submission_closure(session: Session, submission_id: int, *, max_jobs: int = 2000) -> Closure | None:
+    """A submission with its closure: the jobs it asked for, and every job their runtime dependencies
+    linked to (a build the farm submitted for them, or one it reused), followed level by level
+    through the `dependency` rows; at most `max_jobs` jobs."""
+    sub = session.get(Submission, submission_id)
+    if sub is None:
+        return None
+    cols = (Job.id, Job.state, Job.platform, Job.python, Job.build_id, Job.cached_from_id, Job.error,
+            Job.submission_id, Source.name, Source.version)
+    requested = [r._asdict() for r in session.execute(
+        select(*cols).join(Source, Source.id == Job.source_id).where(Job.submission_id == submission_id)
+        .order_by(Job.id))]
+    seen = {r["id"] for r in requested}
+    frontier = list(seen)
+    pulled: list[dict[str, Any]] = []
+    waits: list[dict[str, Any]] = []
+    truncated = False
+    while frontier and not truncated:
+        deps = list(session.execute(select(Dependency.job_id, Dependency.requirement, Dependency.dep_job_id,
+                                           Dependency.state, Dependency.reason)
+                                    .where(Dependency.job_id.in_(frontier)).order_by(Dependency.id)))
+        waits += [{"job": d.job_id, "requirement": d.requirement, "provider": d.dep_job_id,
+                   "state": d.state.value if hasattr(d.state, "value") else d.state, "reason": d.reason} for d in deps]
+        new = sorted({d.dep_job_id for d in deps if d.dep_job_id is not None} - seen)
+        if len(seen) + len(new) > max_jobs:
+            new, truncated = new[:max(0, max_jobs - len(seen))], True
+        frontier = new
+        seen.update(new)
+        if new:
+            pulled += [r._asdict() for r in session.execute(
+                select(*cols).join(Source, Source.id == Job.source_id).where(Job.id.in_(new)).order_by(Job.id))]
+    states: dict[str, int] = {}
+    for r in (*requested, *pulled):
+        r["state"] = JobState(r["state"]).value
+        states[r["state"]] = states.get(r["state"], 0) + 1
+    return Closure(submission={"id": sub.id, "kind": sub.kind, "request": sub.request, "created_at": sub.created_at,
+                               "parent_job_id": sub.parent_job_id},
+                   requested=requested, pulled_in=pulled, waits=waits, states=dict(sorted(states.items())),
+                   truncated=truncated)
