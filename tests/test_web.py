@@ -2,7 +2,10 @@
 
 In-process on a real PostgreSQL database: sign-in (a worker token does not sign in), seek paging
 with filters that walks every job exactly once and never issues OFFSET or COUNT, cancel and retry
-through the page's forms (CSRF checked), the live log over SSE (a line appended reaches the client).
+through the page's forms (CSRF checked), the live log over SSE (a line appended reaches the client),
+the submissions page with a submission's closure, promote and yank by role (a submit token gets no
+buttons and a 403; a stale CSRF value, a bad pin, a control character in a reason, an unknown
+release and the promotion gate's refusal are each refused with the reason).
 
 Slow (`-m slow`): a real `farm up` builds a real sdist while headless Chromium (Debian's, driven by
 Playwright) signs in with the farm's admin token, follows the job's log live, reads the step
@@ -203,6 +206,68 @@ def test_submissions_page_shows_a_requirements_file_with_its_closure(signed_in: 
     assert client.get("/ui/submissions?before=0").status_code == 422
     # the job page links its submission
     assert f'href="/ui/submissions/{top_id}"' in client.get(f"/ui/jobs/{ids['a']}").text
+
+def test_promote_and_yank_through_the_pages(web: Web, tmp_path: Path) -> None:
+    """Promote and yank buttons: shown to a token with the promote role (admin here), not to a submit
+    token (and its POST is 403); the CSRF value is checked; a bad pin is 422 with the reason; the
+    gate's refusal (a dependency not yet in the channel) is shown; a promotion puts the wheels into
+    the channel's index, a yank marks them in the pages (PEP 592) and unyank clears it."""
+    from farm.config import get_settings
+    from tests.helpers.farms import publish_wheel
+    from tests.helpers.wheels import make_wheel
+
+    client = web.client
+    settings = get_settings()
+    src = tmp_path / "src"
+    publish_wheel(settings, make_wheel(src, "webdep", "1.0"), version="1.0")
+    publish_wheel(settings, make_wheel(src, "webrel", "1.0", requires=("webdep>=1",)), version="1.0")
+
+    client.post("/ui/signin", data={"token": web.tokens["submit"]})
+    page = client.get("/ui/projects/webrel").text
+    assert "/ui/releases/promote" not in page and "/ui/releases/yank" not in page
+    assert "/ui/releases/" not in client.get("/ui/channels").text
+    r = client.post("/ui/releases/promote", data={"csrf": csrf(page), "pin": "webrel==1.0", "to": "stable"})
+    assert r.status_code == 403
+
+    client.post("/ui/signin", data={"token": web.tokens["admin"]})
+    page = client.get("/ui/projects/webrel").text
+    assert 'aria-label="Promote webrel 1.0"' in page and 'aria-label="Yank webrel 1.0"' in page
+    token = csrf(page)
+    assert client.post("/ui/releases/promote", data={"csrf": "0" * 64, "pin": "webrel==1.0", "to": "stable"}
+                       ).status_code == 403
+    r = client.post("/ui/releases/promote", data={"csrf": token, "pin": "webrel>=1.0", "to": "stable"})
+    assert r.status_code == 422 and "NAME==VERSION" in r.text
+    r = client.post("/ui/releases/yank", data={"csrf": token, "pin": "webrel==1.0", "reason": "bad\x00"})
+    assert r.status_code == 422 and "control characters" in r.text
+    # the gate: webdep is not in stable yet
+    r = client.post("/ui/releases/promote", data={"csrf": token, "pin": "webrel==1.0", "to": "stable",
+                                                   "back": "/ui/projects/webrel"})
+    assert r.status_code == 422 and "webdep" in r.text and "promote it first" in r.text
+    channels = client.get("/ui/channels").text
+    assert 'aria-label="Promote webdep 1.0 to stable"' in channels
+    r = client.post("/ui/releases/promote", data={"csrf": token, "pin": "webdep==1.0", "to": "stable",
+                                                   "back": "//elsewhere.example/"})
+    assert r.status_code == 200 and "promoted to stable: webdep-1.0-py3-none-any.whl" in r.text
+    assert 'href="/"' in r.text and "elsewhere" not in r.text  # back is never off-site
+    r = client.post("/ui/releases/promote", data={"csrf": token, "pin": "webrel==1.0", "to": "stable"})
+    assert r.status_code == 200 and "promoted to stable: webrel-1.0-py3-none-any.whl" in r.text
+    stable = client.get("/stable/simple/webrel/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}).json()
+    assert [f["filename"] for f in stable["files"]] == ["webrel-1.0-py3-none-any.whl"]
+    page = client.get("/ui/projects/webrel").text
+    assert "staging, stable" in page and 'aria-label="Promote webrel 1.0"' not in page  # no channel above
+
+    r = client.post("/ui/releases/yank", data={"csrf": token, "pin": "webrel==1.0", "reason": "broken on 3.13"})
+    assert r.status_code == 200 and "yanked (broken on 3.13): webrel-1.0-py3-none-any.whl" in r.text
+    files = client.get("/simple/webrel/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}).json()["files"]
+    assert files[0]["yanked"] == "broken on 3.13"
+    page = client.get("/ui/projects/webrel").text
+    assert 'aria-label="Unyank webrel 1.0"' in page
+    r = client.post("/ui/releases/yank", data={"csrf": token, "pin": "webrel==1.0", "undo": "true"})
+    assert r.status_code == 200 and "unyanked: webrel-1.0-py3-none-any.whl" in r.text
+    files = client.get("/simple/webrel/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}).json()["files"]
+    assert files[0].get("yanked", False) is False
+    r = client.post("/ui/releases/yank", data={"csrf": token, "pin": "nothere==1.0"})
+    assert r.status_code == 404 and "no published wheel" in r.text
 
 def test_log_stream_follows_the_file(signed_in: TestClient) -> None:
     client = signed_in
@@ -430,6 +495,7 @@ def test_dashboard_in_chromium_on_a_building_farm(live_farm: "Farm", shots: Path
             page.goto(f"{base}/ui/channels")
             expect(page.locator("table.entries")).to_contain_text("farmtest_web-0.1.0")
             check(page, "channels")
+
             page.goto(f"{base}/?state=cancelled")
             expect(page.locator("table.jobs tbody tr")).to_have_count(1)
             check(page, "jobs-cancelled")

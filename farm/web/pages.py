@@ -5,7 +5,10 @@ Server-rendered (Jinja2, autoescaped); the only script is the log follower (stat
 asset is in this package: the pages load nothing from another site (the Content-Security-Policy says
 so too). The queries are in farm/web/queries.py; cancel is the API's (farm.coordinator.lifecycle.cancel)
 and retry submits the job's stored sdist again for the job's platform and Python
-(farm.coordinator.submit.submit), as `farm submit FILE` would.
+(farm.coordinator.submit.submit), as `farm submit FILE` would. Promote and yank (the project and
+channels pages, role `promote`) take the API's request bodies (farm/api/routes_releases.py: the same
+checks of the pin, the channel and the reason) and do the API's work (farm/index/promote.py); like
+every form here they carry the CSRF value of the signed-in token.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
+from pydantic import ValidationError
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
@@ -66,7 +70,8 @@ env.globals["states"] = [s.value for s in JobState]
 
 def render(request: Request, template: str, who: Principal | None, *, status: int = 200, **ctx: Any) -> HTMLResponse:
     html = env.get_template(template).render(request=request, who=who, can_submit=can(who, "submit"),
-                                             is_admin=can(who, "admin"), csrf=csrf_value(request), **ctx)
+                                             is_admin=can(who, "admin"), can_promote=can(who, "promote"),
+                                             csrf=csrf_value(request), **ctx)
     return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
 
 
@@ -255,6 +260,72 @@ def submission_page(request: Request, submission_id: int) -> Response:
     return render(request, "submission.html", who, c=closure, requested=requested)
 
 
+# Promote and yank ----------------------------------------------------------------------------------
+
+
+def _release_form(request: Request, csrf: str, back: str, role: str = "promote") -> tuple[Principal | None, Response | None]:
+    who = viewer(request)
+    if who is None:
+        return None, _signin_redirect(request)
+    check_csrf(request, csrf)
+    if not can(who, role):
+        return who, _problem(request, who, 403, "Your token may not promote or yank releases (role promote or admin).",
+                             safe_next(back))
+    return who, None
+
+
+def _invalid(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                     for e in exc.errors(include_url=False, include_input=False))
+
+
+@router.post("/ui/releases/promote", response_model=None)
+async def promote_release(request: Request, pin: str = Form("", max_length=300), to: str = Form("", max_length=100),
+                          csrf: str = Form(""), back: str = Form("/ui/channels", max_length=400)) -> Response:
+    from farm.api.routes_releases import PromoteRequest
+    from farm.index.promote import promote_and_publish
+
+    who, refused = _release_form(request, csrf, back)
+    if refused is not None:
+        return refused
+    assert who is not None
+    try:
+        body = PromoteRequest(pin=pin, to=to)
+    except ValidationError as exc:
+        return _problem(request, who, 422, _invalid(exc), safe_next(back))
+    try:
+        lines = await run_in_threadpool(promote_and_publish, app_settings(request), body.pin, body.to,
+                                        by=f"dashboard ({who.name})", upload=body.upload)
+    except FarmError as exc:
+        return _problem(request, who, 404 if isinstance(exc, NotFound) else 422, str(exc), safe_next(back))
+    return render(request, "done.html", who, title=f"Promote {body.pin} to {body.to}", lines=lines,
+                  back=safe_next(back))
+
+
+@router.post("/ui/releases/yank", response_model=None)
+async def yank_release(request: Request, pin: str = Form("", max_length=300), reason: str = Form("", max_length=500),
+                       undo: bool = Form(False), csrf: str = Form(""),
+                       back: str = Form("/ui/channels", max_length=400)) -> Response:
+    from farm.api.routes_releases import YankRequest
+    from farm.index.promote import yank_and_rewrite
+
+    who, refused = _release_form(request, csrf, back)
+    if refused is not None:
+        return refused
+    assert who is not None
+    try:
+        body = YankRequest(pin=pin, reason=reason.strip() or None, undo=undo)
+    except ValidationError as exc:
+        return _problem(request, who, 422, _invalid(exc), safe_next(back))
+    try:
+        lines = await run_in_threadpool(yank_and_rewrite, app_settings(request), body.pin, reason=body.reason,
+                                        undo=body.undo)
+    except FarmError as exc:
+        return _problem(request, who, 404 if isinstance(exc, NotFound) else 422, str(exc), safe_next(back))
+    return render(request, "done.html", who, title=f"{'Unyank' if body.undo else 'Yank'} {body.pin}", lines=lines,
+                  back=safe_next(back))
+
+
 # Projects, workers, channels ------------------------------------------------------------------------
 
 
@@ -270,11 +341,15 @@ def project_page(request: Request, name: str, before: int | None = None) -> Resp
         return _signin_redirect(request)
     if len(name) > 200:
         return _problem(request, who, 422, "That is not a project name.")
+    from farm.index.channels import layout
+
     with session_scope() as session:
         matrix = queries.project_matrix(session, name, before_source=_id(before))
+        released = queries.version_channels(session, matrix.name, matrix.versions)
     if not matrix.versions and before is None:
         return _problem(request, who, 404, f"The farm has no sdist of {name!r}.")
-    return render(request, "project.html", who, m=matrix)
+    return render(request, "project.html", who, m=matrix, released=released,
+                  channels=layout(app_settings(request)).channels, here=request.url.path)
 
 
 @router.get("/ui/workers", response_model=None)
@@ -306,5 +381,9 @@ def channels_page(request: Request, channel: str = Query("", max_length=64), bef
         counts = queries.channel_counts(session)
         entries, older = queries.channel_entries(session, channel=channel or None, before=_id(before))
     params = {"channel": channel} if channel else {}
-    return render(request, "channels.html", who, layout=lay, counts=counts, entries=entries, channel=channel,
+    for e in entries:  # the channel a promotion of this entry goes to: the next one up
+        i = lay.channels.index(e["channel"]) if e["channel"] in lay.channels else len(lay.channels)
+        e["next"] = lay.channels[i + 1] if i + 1 < len(lay.channels) else None
+    here = "/ui/channels" + (f"?{request.url.query}" if request.url.query else "")
+    return render(request, "channels.html", who, layout=lay, counts=counts, entries=entries, channel=channel, here=here,
                   older=f"/ui/channels?{urlencode({**params, 'before': older})}" if older else None)

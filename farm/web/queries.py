@@ -184,6 +184,23 @@ def project_matrix(session: Session, name: str, *, before_source: int | None = N
     return Matrix(name=name, versions=versions_sorted, columns=sorted(columns), cells=cells, older=older)
 
 
+def version_channels(session: Session, name: str, versions: list[str]) -> dict[str, dict[str, Any]]:
+    """For each of a project's `versions` with live wheels: the channels they are in, and whether
+    every one is yanked (what the promote and yank buttons offer)."""
+    if not versions:
+        return {}
+    rows = session.execute(select(Artifact.version, Artifact.yanked, ChannelEntry.channel)
+                           .outerjoin(ChannelEntry, ChannelEntry.artifact_id == Artifact.id)
+                           .where(Artifact.name == name, Artifact.version.in_(versions), Artifact.removed_at.is_(None)))
+    out: dict[str, dict[str, Any]] = {}
+    for version, yanked, channel in rows:
+        v = out.setdefault(version, {"channels": set(), "yanked": True})
+        if channel:
+            v["channels"].add(channel)
+        v["yanked"] = v["yanked"] and yanked is not None
+    return out
+
+
 def _version_key(v: str) -> tuple[int, Any]:
     try:
         return (1, Version(v))
