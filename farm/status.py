@@ -31,6 +31,7 @@ class JobView:
     waiting_for: list[str] = field(default_factory=list)
     seconds: float | None = None
     dependency_jobs: list[int] = field(default_factory=list)  # the jobs providing its runtime dependencies
+    unserved: str | None = None  # queued with no live worker to take it: why (farm.coordinator.workers)
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -62,16 +63,25 @@ def list_jobs(session: Session, *, submission: int | None = None, limit: int = 5
         q = q.where(Job.submission_id == submission)
     if active_only:
         q = q.where(Job.state.notin_(sorted(TERMINAL)))
-    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    return [_view(j, now) for j in session.scalars(q)]
+    return _views(list(session.scalars(q)))
 
 
 def jobs_done(session: Session, job_ids: list[int]) -> tuple[bool, list[JobView]]:
     jobs = list(session.scalars(select(Job).where(Job.id.in_(job_ids))
                                 .options(selectinload(Job.steps), selectinload(Job.source),
                                          selectinload(Job.artifacts), selectinload(Job.dependencies))))
+    return all(j.state in TERMINAL for j in jobs), _views(jobs)
+
+
+def _views(jobs: list[Job]) -> list[JobView]:
+    from farm.coordinator.workers import waiting_reasons
+
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    return all(j.state in TERMINAL for j in jobs), [_view(j, now) for j in jobs]
+    reasons = waiting_reasons(jobs)
+    views = [_view(j, now) for j in jobs]
+    for v in views:
+        v.unserved = reasons.get(v.id)
+    return views
 
 
 def job_log(session: Session, job_id: int) -> str:

@@ -58,6 +58,7 @@ class JobView(TypedDict):
     waiting_for: list[str]
     seconds: float | None
     dependency_jobs: list[int]  # the jobs providing its runtime dependencies
+    unserved: str | None  # queued with no live worker to take it: why (absent from older servers)
 
 
 class Backend(Protocol):

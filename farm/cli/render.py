@@ -29,7 +29,7 @@ def status_table(views: list[JobView]) -> str:
         extra = f"reuses job {v['cached_from']}" if v["cached_from"] else ""
         waiting = f"waiting for {', '.join(v['waiting_for'])}" if v["waiting_for"] else ""
         rows.append((str(v["id"]), v["name"], v["version"], v["build_id"], v["state"],
-                     " ".join(p for p in (steps, extra, waiting) if p)))
+                     " ".join(p for p in (steps, extra, waiting, _unserved(v)) if p)))
     widths = [max(len(r[i]) for r in (STATUS_COLUMNS, *rows)) for i in range(len(STATUS_COLUMNS) - 1)]
 
     def line(cells: tuple[str, ...]) -> str:
@@ -43,6 +43,11 @@ def status_table(views: list[JobView]) -> str:
         if v["error"] and v["state"] == "failed":
             out.append(" " * (widths[0] + len(_GAP)) + v["error"].splitlines()[0][:200])
     return "\n".join(out) + "\n"
+
+
+def _unserved(v: JobView) -> str:
+    """Why a queued job has nobody to build it (computed when the view was read), or ""."""
+    return f"nobody to build it: {v['unserved']}" if v.get("unserved") else ""
 
 
 def _progress_line(v: JobView) -> str:
@@ -65,6 +70,8 @@ def _now(v: JobView) -> str:
         parts.append(f"{v['seconds']:.0f}s in all")
     if v.get("waiting_for"):
         parts.append(f"waiting for {', '.join(v['waiting_for'])}")
+    if v.get("unserved"):
+        parts.append(_unserved(v))
     return ", ".join(parts)
 
 
@@ -114,6 +121,8 @@ def _table(views: list[JobView], parents: dict[int, int]) -> Any:
         note = f"dependency of {parents[v['id']]}" if v["id"] in parents else ""
         if v.get("waiting_for"):
             note = (note + "; " if note else "") + f"waiting for {', '.join(v['waiting_for'])}"
+        if v.get("unserved"):
+            note = (note + "; " if note else "") + _unserved(v)
         table.add_row(str(v["id"]), v["name"], v["version"], v["build_id"], v["state"],
                       f"{step['name']} {step['seconds']:.0f}s" if step else "",
                       f"{v['seconds']:.0f}s" if v["seconds"] is not None else "", note)
@@ -123,6 +132,7 @@ def _table(views: list[JobView], parents: dict[int, int]) -> Any:
 def _wait(backend: Backend, job_ids: list[int], *, deadline: float, timeout: float, quiet: bool,
           display: Any) -> int:
     last: dict[int, tuple[str, str | None]] = {}
+    told: set[int] = set()  # jobs whose reason for waiting with nobody to build them was printed
     said: dict[int, float] = {}
     parents: dict[int, int] = {}  # dependency job -> the job it provides for
     while True:
@@ -151,6 +161,11 @@ def _wait(backend: Backend, job_ids: list[int], *, deadline: float, timeout: flo
                     dep = f" (a dependency of job {parents[v['id']]})" if v["id"] in parents else ""
                     print(line + dep, flush=True)
                     said[v["id"]] = now
+                if v.get("unserved") and v["id"] not in told:  # once; again if it was served meanwhile
+                    print(f"job {v['id']}: {_unserved(v)}", flush=True)
+                    told.add(v["id"])
+                elif not v.get("unserved"):
+                    told.discard(v["id"])
         if all(v["state"] in TERMINAL for v in mine):
             if display is not None:
                 display.stop()

@@ -11,7 +11,8 @@ is leaving is not, but its last offer stays on record.
 with none live, the last recorded offer of that platform; with none ever recorded (the first
 submit right after `farm up`), what a worker of this host with these settings offers
 (`Platform.offered_pythons`). `Workers.unserved(platform, python)` says why a job would wait
-(None when some live worker serves it).
+(None when some live worker serves it); `waiting_reasons` says it for queued jobs, at read time
+(`farm status`, the API's job views, `submit --wait`, the dashboard).
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from farm.config import Settings
 from farm.messages import WorkerRegistration
@@ -119,10 +122,35 @@ class Workers:
             gone = sorted((r for r in self.all if r.platform == platform), key=lambda r: r.seen_at)
             since = f" (the last one, {gone[-1].worker}, {'left' if gone[-1].leaving else 'was last seen'} " \
                     f"{_ago(self.now - gone[-1].seen_at)} ago)" if gone else ""
-            return f"no live worker serves {platform}{since}; start one with `farm worker --platform {platform}`"
+            return (f"no live worker serves {platform} {python}{since}; "
+                    f"start one with `farm worker --platform {platform}`")
         offered = sorted({p for r in live for p in r.pythons}, key=python_sort_key)
         return (f"no live worker of {platform} builds for {python} (they offer {', '.join(offered) or 'nothing'}); "
                 f"give a worker that Python (setting `pythons`, or an image that carries it)")
+
+
+def waiting_reasons(jobs: Iterable[Any], settings: Settings | None = None, *,
+                    workers: Workers | None = None) -> dict[int, str]:
+    """Why each queued job among `jobs` (anything with id, state, platform and python: rows or Job
+    objects) waits with nobody to take it, read from the registrations now, not when it was planned:
+    job id -> the reason; jobs some live worker serves are left out. Registrations are read only
+    when a queued job is among them."""
+    queued = [j for j in jobs if str(getattr(j.state, "value", j.state)) == "queued"]
+    if not queued:
+        return {}
+    if workers is None:
+        from farm.config import get_settings
+
+        workers = Workers(settings or get_settings())
+    reasons: dict[tuple[str, str], str | None] = {}
+    out = {}
+    for job in queued:
+        pair = (job.platform, job.python)
+        if pair not in reasons:
+            reasons[pair] = workers.unserved(*pair)
+        if reasons[pair] is not None:
+            out[job.id] = reasons[pair]
+    return out
 
 
 def _ago(seconds: float) -> str:
@@ -149,4 +177,4 @@ def python_tag(selector: str) -> str:
     return f"cp{value}"
 
 
-__all__ = ["Registered", "Workers", "python_sort_key", "python_tag", "record"]
+__all__ = ["Registered", "Workers", "python_sort_key", "python_tag", "record", "waiting_reasons"]

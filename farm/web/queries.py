@@ -20,6 +20,7 @@ from packaging.version import InvalidVersion, Version
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
+from farm.coordinator.workers import waiting_reasons
 from farm.db.models import Artifact, ChannelEntry, Dependency, Job, Source, Submission
 from farm.db.states import RUNNING, TERMINAL, JobState
 from farm.records import artifact_record
@@ -79,9 +80,11 @@ def job_page(session: Session, filt: JobFilter, *, before: int | None = None, af
         more_newer = before is not None and bool(rows)
     t = now()
     out = []
+    unserved = waiting_reasons(rows)  # queued with no live worker to take them: why (read from the registrations)
     for r in rows:
         d = r._asdict()
         d["seconds"] = ((r.finished_at or t) - r.started_at).total_seconds() if r.started_at else None
+        d["unserved"] = unserved.get(r.id)
         out.append(d)
     return JobPage(rows=out, older=out[-1]["id"] if more_older and out else None,
                    newer=out[0]["id"] if more_newer and out else None)
@@ -117,6 +120,7 @@ def job_detail(session: Session, job_id: int) -> dict[str, Any] | None:
     return {"job": job, "source": job.source, "timeline": timeline, "wheels": wheels,
             "test": test_result(job, wheels),
             "waiting_for": [d.requirement for d in job.dependencies if d.state == "waiting"],
+            "unserved": waiting_reasons([job]).get(job.id),
             "ended": job.state in ENDED,
             "seconds": ((job.finished_at or t) - job.started_at).total_seconds() if job.started_at else None}
 
