@@ -39,14 +39,14 @@ class Farm:
         self.home.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen([sys.executable, "-m", "farm.cli", "up", "--port", str(self.port)],
                                      env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             try:
                 if httpx.get(self.url + "/health", timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 time.sleep(0.1)
-        raise RuntimeError("farm up did not answer within 60 s")
+        raise RuntimeError("farm up did not answer within 180 s")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
