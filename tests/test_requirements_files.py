@@ -205,3 +205,43 @@ def test_through_the_api_one_submission(farm_home: Path, upstream: StaticIndex, 
     assert [s["name"] for s in view["sources"]] == ["lib", "other"]
     assert {s["submission_id"] for s in view["sources"]} == {view["submission_id"]}
     assert [(k, names) for _, k, _, names in _submission_rows()] == [("requirements", {"lib", "other"})]
+
+
+def test_server_refuses_sdist_paths_and_target_options_before_sending(farm_home: Path, upstream: StaticIndex,
+                                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """`farm --server URL submit -r FILE` through the real CLI and a real HTTP server: a file that
+    names a local sdist, and `--platform` or `--python` with a file (the API's requirements body has
+    no place for them), are refused with exit 2 and the reason (the file and line), before anything
+    is sent; the same file without them is one submission on the server."""
+    from farm.api.app import create_app
+    from farm.cli import main
+    from farm.config import get_settings
+    from farm.errors import EXIT_USAGE
+    from farm.tokens import ensure_local_admin_token
+    from tests.helpers.indexes import _Server
+
+    for var in ("FARM_SERVER_URL", "FARM_TOKEN"):  # --server and --token set them for the process: undone after
+        monkeypatch.setenv(var, "")  # (recorded as unset before, so the teardown removes them)
+        monkeypatch.delenv(var)
+    assert main(["init"]) == 0
+    settings = get_settings()
+    token, _ = ensure_local_admin_token(settings.home)
+    make_good(tmp_path / "req" / "dist", "localpkg", "1.0")
+    with_file = _write(tmp_path / "req", "files.txt", "lib==1.0\ndist/localpkg-1.0.tar.gz\n")
+    pins = _write(tmp_path / "req", "pins.txt", "lib==1.0\nother==2.0\n")
+    capsys.readouterr()
+    with _Server(create_app(settings)) as server:
+        cli = ["--server", f"http://127.0.0.1:{server.port}", "--token", token, "submit"]
+        assert main([*cli, "-r", str(with_file)]) == EXIT_USAGE
+        err = capsys.readouterr().err
+        assert f"{with_file}:2" in err and "not sent to a --server" in err and "uploaded" in err
+        for option in (["--platform", "linux-x86_64"], ["--python", "3.11"]):
+            assert main([*cli, *option, "-r", str(pins)]) == EXIT_USAGE
+            assert "--platform and --python are not sent with a requirements file" in capsys.readouterr().err
+        assert not [p for p in server.paths if p.startswith("/api/submissions")]
+        assert _submissions() == 0
+        assert main([*cli, "-r", str(pins)]) == 0
+        assert server.paths.count("/api/submissions/requirements") == 1
+    assert [(k, names) for _, k, _, names in _submission_rows()] == [("requirements", {"lib", "other"})]
+
