@@ -245,3 +245,45 @@ def test_server_refuses_sdist_paths_and_target_options_before_sending(farm_home:
         assert server.paths.count("/api/submissions/requirements") == 1
     assert [(k, names) for _, k, _, names in _submission_rows()] == [("requirements", {"lib", "other"})]
 
+
+def test_extras_bring_their_requirements_into_the_submission(farm_home: Path, upstream: StaticIndex, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """`withextra[fast]==1.0`: the requirements its extra adds (from the sdist's final PEP 643
+    metadata) are built in the same submission, the newest matching release; a requirement of
+    another extra, one whose marker no target of the farm admits, and one without an extra (the
+    build's verification pulls that in) are not added. An sdist whose Requires-Dist is dynamic (or
+    metadata older than 2.2) adds nothing and says why."""
+    from farm.cli import main
+    from tests.helpers.sdists import sdist_members, write_tar
+
+    def meta(name: str, version: str, version_line: str, *extra: str) -> bytes:
+        return "\n".join([f"Metadata-Version: {version_line}", f"Name: {name}", f"Version: {version}",
+                          "Requires-Python: >=3.9", *extra]).encode() + b"\n\nA project.\n"
+
+    build = tmp_path / "upstream-build"
+    for name, version_line, lines in (
+            ("withextra", "2.2", ["Provides-Extra: fast", "Provides-Extra: slow", 'Requires-Dist: lib>=1.1; extra == "fast"',
+                                  'Requires-Dist: other; extra == "slow"',
+                                  'Requires-Dist: nosuch; extra == "fast" and python_version < "3"',
+                                  "Requires-Dist: plain>=1"]),
+            ("dynextra", "2.2", ["Dynamic: Requires-Dist", 'Requires-Dist: other; extra == "fast"']),
+            ("oldextra", "2.1", ['Requires-Dist: other; extra == "fast"'])):
+        sdist = write_tar(build / f"{name}-1.0.tar.gz",
+                          sdist_members(f"{name}-1.0", name, "1.0", meta=meta(name, "1.0", version_line, *lines)))
+        upstream.add(name, sdist.name, sdist.read_bytes())
+    assert main(["init"]) == 0
+    capsys.readouterr()
+    req = _write(tmp_path / "req", "requirements.txt", "withextra[fast]==1.0\n")
+    assert main(["submit", "-r", str(req)]) == 0
+    assert [(k, names) for _, k, _, names in _submission_rows()] == [("requirements", {"withextra", "lib"})]
+    from farm.db.models import Source
+    from farm.db.session import session_scope
+
+    with session_scope() as s:
+        assert s.query(Source).filter_by(name="lib").one().version == "1.1"  # the newest matching >=1.1
+    req = _write(tmp_path / "req", "dyn.txt", "dynextra[fast]==1.0\noldextra[fast]==1.0\n")
+    assert main(["submit", "-r", str(req)]) == 0
+    err = capsys.readouterr().err
+    assert "dynextra 1.0: its sdist's metadata does not declare its requirements as final" in err
+    assert "oldextra 1.0: its sdist's metadata" in err
+    assert [names for _, _, _, names in _submission_rows()][1] == {"dynextra", "oldextra"}

@@ -13,7 +13,9 @@ it refuses is `IntakeRefused` with the rule's reason; dependencies the farm subm
 A requirements file is one submission (`submit_many`): its items' sdists are all resolved and
 checked first (a `--hash` too: the sdist's sha256 must be one of the line's), then one `submission`
 row holds the jobs of them all (each job names its own source); markers are evaluated for the farm's
-targets and a line none of them admits is skipped.
+targets and a line none of them admits is skipped. A line with extras (`name[extra]`) brings the
+requirements those extras add into the same submission (read from the sdist's final PEP 643
+metadata; an sdist whose requirements are dynamic gets a warning instead), and theirs in turn.
 
 Two submissions of the same new sdist at once (several CLIs, API requests) record one `source` row:
 it is inserted with INSERT ... ON CONFLICT (sha256) DO NOTHING and then read back, so the second
@@ -144,12 +146,27 @@ def submit_many(items: Sequence[Item], *, settings: Settings, request: str, prio
     with ExitStack() as stack:
         with session_scope() as session:
             resolved: list[tuple[Source, Path | None]] = []
-            for item in items:
+            notes: dict[int, list[str]] = {}  # source id -> what could not be followed of its extras
+            queue: list[Item] = list(items)
+            named = {canonicalize_name(Requirement(i.request).name) for i in items if not i.from_file}
+            while queue:  # an extra's requirements join the queue (and theirs, in turn)
+                item = queue.pop(0)
                 try:
-                    resolved.append(_source_for(item.request, item.from_file, session, settings, stack,
-                                                sha256=item.sha256))
+                    source, pending = _source_for(item.request, item.from_file, session, settings, stack,
+                                                  sha256=item.sha256)
                 except FarmError as exc:
                     raise type(exc)(f"{item.origin or item.request}: {exc}") from None
+                resolved.append((source, pending))
+                extras = set() if item.from_file else Requirement(item.request).extras
+                if extras:
+                    more, note = _extra_items(item, extras, source, pending, settings, environments)
+                    if note:
+                        notes.setdefault(source.id, []).append(note)
+                    for extra_item in more:
+                        key = canonicalize_name(Requirement(extra_item.request).name)
+                        if key not in named:
+                            named.add(key)
+                            queue.append(extra_item)
             submission = Submission(kind="requirements", request=request)
             session.add(submission)
             session.flush()
@@ -166,7 +183,7 @@ def submit_many(items: Sequence[Item], *, settings: Settings, request: str, prio
                 sent, warnings = _plan_jobs(session, submission, source, settings, only_platforms, only_pythons, priority,
                                             rebuild=rebuild.strip() if rebuild else None, kind=builds)
                 to_send += sent
-                per_source.append((source, list(submission.jobs[before:]), warnings))
+                per_source.append((source, list(submission.jobs[before:]), warnings + notes.get(source.id, [])))
             for source, pending in resolved:
                 if pending is not None and not storage.exists(source.storage_key):
                     storage.put_file(source.storage_key, pending)
@@ -175,6 +192,45 @@ def submit_many(items: Sequence[Item], *, settings: Settings, request: str, prio
                        for source, jobs, warnings in per_source]
             dispatch.send_after_commit(session, [dispatch.job_spec(j, settings) for j in to_send])
     return SubmittedMany(sources=results, skipped=skipped)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _ExtraItem:
+    """A requirement of an extra that a line asked for (`name[extra]`): built in the same submission."""
+
+    request: str
+    origin: str
+    from_file: bool = False
+    sha256: frozenset[str] = frozenset()
+
+
+def _extra_items(item: Item, extras: set[str], source: Source, pending: Path | None, settings: Settings,
+                 environments: list[dict[str, str]]) -> tuple[list[_ExtraItem], str | None]:
+    """The requirements the extras of `item` add (Requires-Dist lines whose marker admits one of
+    `extras` on one of the farm's targets, and none without an extra: those the build's own
+    verification pulls in), from the sdist's PKG-INFO. Only final metadata is followed (PEP 643:
+    Metadata-Version 2.2 or later, Requires-Dist not dynamic); otherwise the note says the extras'
+    requirements are not known before the build, and none is added."""
+    path = pending if pending is not None else get_storage().local_path(source.storage_key)
+    info = inspect_sdist(path, Limits.from_settings(settings))
+    asked = ", ".join(sorted(extras))
+    if not info.static_requires_dist:
+        return [], (f"{source.name} {source.version}: its sdist's metadata does not declare its requirements as "
+                    f"final (PEP 643), so those of its extra(s) {asked} are not known before it is built; name "
+                    "them in the file to build them with this submission")
+    out: list[_ExtraItem] = []
+    for line in info.requires_dist:
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            continue
+        if req.marker is None or any(req.marker.evaluate({**env, "extra": ""}) for env in environments):
+            continue  # not an extra's: the build's verification pulls it in
+        if any(req.marker.evaluate({**env, "extra": e}) for env in environments for e in extras):
+            bracket = f"[{','.join(sorted(req.extras))}]" if req.extras else ""
+            out.append(_ExtraItem(request=f"{req.name}{bracket}{req.specifier}",
+                                  origin=f"{item.origin or item.request} (extra {asked} of {source.name})"))
+    return out, None
 
 
 def _source_for(request: str, from_file: bool, session: Session, settings: Settings, stack: ExitStack, *,

@@ -83,6 +83,8 @@ class SdistInfo:
     requires_python: str | None
     members: int
     unpacked_bytes: int
+    requires_dist: tuple[str, ...] = ()  # PKG-INFO's Requires-Dist, as written
+    static_requires_dist: bool = False  # Metadata-Version >= 2.2 and Requires-Dist not Dynamic (PEP 643): final
 
 
 @dataclass(frozen=True)
@@ -540,7 +542,14 @@ def _finish(fn: str, scan: _Scan, fname_name: NormalizedName, fname_version: Ver
             raise SdistError(f"{fn}: this is {display} {version}, but version {expect_version} was asked for")
     _check_top_dir(fn, scan.top, fname_name, fname_version)
     rp = msg.get("Requires-Python")
+    try:
+        metadata_version = Version((msg.get("Metadata-Version") or "0").strip())
+    except InvalidVersion:
+        metadata_version = Version("0")
+    dynamic = {d.strip().lower() for d in msg.get_all("Dynamic") or []}
     return SdistInfo(
+        requires_dist=tuple(r.strip() for r in msg.get_all("Requires-Dist") or [] if r.strip()),
+        static_requires_dist=metadata_version >= Version("2.2") and "requires-dist" not in dynamic,
         name=name,
         display_name=display,
         version=str(version),
