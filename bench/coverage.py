@@ -56,15 +56,18 @@ CLASSES: list[tuple[str, re.Pattern[str]]] = [
     ("timeout", re.compile(r"timed out after|TimeoutExpired", re.I)),
     ("network at build", re.compile(r"host the build downloads from|Could not resolve host|Temporary failure in name "
                                     r"resolution|Network is unreachable|Failed to establish a new connection", re.I)),
-    ("missing system package", re.compile(r"the build output reports missing:|No such file or directory\n.*compilation "
-                                          r"terminated|fatal error: [\w./+-]+\.h: No such file", re.I)),
+    ("missing system package", re.compile(r"the build output reports missing:|fatal error: [\w./+-]+\.h: No such file|"
+                                          r"Dependency \"?[\w.+-]+\"? not found|Could NOT find", re.I)),
+    ("abi3 audit tool not installable", re.compile(r"'abi3audit'\] failed")),
+    ("unresolvable requirements", re.compile(r"No solution found when resolving|ResolutionImpossible|"
+                                             r"No matching distribution found", re.I)),
     ("import check", re.compile(r"ImportError|ModuleNotFoundError|undefined symbol", re.I)),
     ("backend drift", re.compile(r"Error compiling Cython file|invalid pyproject|pyproject\.toml.*(?:invalid|must)|"
                                  r"configuration error|InvalidConfigError|setuptools\.errors|"
                                  r"has no attribute|unexpected keyword argument|deprecated and (?:has been )?removed",
                                  re.I)),
-    ("compiler", re.compile(r"error: command '[^']*(?:gcc|g\+\+|cc|c\+\+|clang)[^']*' failed|\berror: [^\n]*\n|"
-                            r"ninja: build stopped|collect2: error", re.I)),
+    ("compiler", re.compile(r"error: command '[^']*(?:gcc|g\+\+|cc|c\+\+|clang)[^']*' failed|"
+                            r"\.(?:c|cc|cpp|cxx|h|hpp):\d+:\d+: error:|ninja: build stopped|collect2: error", re.I)),
 ]
 
 
@@ -222,6 +225,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "packages": {req: results[req] for req in sample}}
 
 
+def reclassify(report: dict[str, Any]) -> dict[str, Any]:
+    for r in report["packages"].values():
+        if r["outcome"] == "failed":
+            bad = next(j for j in r["jobs"].values() if j["state"] != "succeeded")
+            log = Path(r["log"]).read_text(errors="replace") if r.get("log") and Path(r["log"]).exists() else ""
+            r["class"] = classify(bad["error"], log, bad["kind"])
+    return report
+
+
 def markdown(report: dict[str, Any]) -> str:
     total, counts = report["total"], report["counts"]
     verified = counts.get("verified", 0)
@@ -245,6 +257,27 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _cell(r: dict[str, Any] | None) -> str:
+    if r is None:
+        return "not run"
+    if r["outcome"] == "verified":
+        return "verified"
+    if r["outcome"] == "unfinished":
+        return f"unfinished ({r.get('state', '')})"
+    return f"{r['outcome']}: {r.get('step') or '-'}, {r.get('class')}"
+
+
+def combined(reports: list[dict[str, Any]]) -> str:
+    """One table of several runs (one column per engine), for docs/benchmarks.md."""
+    names = list(dict.fromkeys(req for rep in reports for req in rep["packages"]))
+    lines = ["| package | backend | " + " | ".join(rep["engine"] for rep in reports) + " |",
+             "|---|---|" + "---|" * len(reports)]
+    for req in names:
+        backend = next(rep["packages"][req]["backend"] for rep in reports if req in rep["packages"])
+        lines.append(f"| {req} | {backend} | " + " | ".join(_cell(rep["packages"].get(req)) for rep in reports) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--engine", choices=("native", "container"), default="native")
@@ -257,10 +290,16 @@ def main() -> int:
     parser.add_argument("--work", help="folder for the farm home and the failed jobs' logs")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
+    parser.add_argument("--report", type=Path, help="no run: classify a run's JSON again from its saved job logs "
+                        "(after a change to CLASSES) and print its table")
+    parser.add_argument("--combine", type=Path, nargs="+", help="no run: one table of these runs' JSON files")
     args = parser.parse_args()
+    if args.combine:
+        print(combined([reclassify(json.loads(p.read_text())) for p in args.combine]), end="")
+        return 0
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
-    report = run(args)
+    report = reclassify(json.loads(args.report.read_text())) if args.report else run(args)
     table = markdown(report)
     print(table)
     if args.json:
