@@ -18,6 +18,7 @@ fi
 # nginx for the TLS reverse-proxy test (docs/nginx/farm.conf); never started as a service.
 bash scripts/install-nginx.sh
 bash scripts/install-compose.sh  # Debian's docker-compose for compose.yaml and tests/test_compose.py
+bash scripts/install-qemu.sh  # qemu-user-static and binfmt_misc: linux-aarch64 under emulation (docs/operating.md)
 # The dashboard's browser tests (tests/test_web.py) drive Debian's chromium with Playwright;
 # Playwright's own browser download is not used.
 if [ "$(uname -s)" = Linux ] && [ ! -x /usr/bin/chromium ]; then

@@ -45,7 +45,8 @@ def default_ca_bundle() -> Path:
 
 def image_build(*, suite: str, tag: str | None = None, verify: bool = False, docker_host: str | None = None,
                 ca_bundle: Path | None = None, cache_dir: Path | None = None, mirror: str = DEFAULT_MIRROR,
-                index_url: str | None = None, rebuild: bool = False, log: TextIO | None = None) -> ImageResult:
+                index_url: str | None = None, rebuild: bool = False, log: TextIO | None = None,
+                arch: str | None = None) -> ImageResult:
     """Build (or find up to date) the build image, or with `verify` the verification image, of a suite.
 
     Defaults: docker_host and index_url from the farm's settings (`docker_host`, `upstream_index`),
@@ -61,7 +62,7 @@ def image_build(*, suite: str, tag: str | None = None, verify: bool = False, doc
     return builder(suite=suite, tag=tag, ca_bundle=ca_bundle or default_ca_bundle(),
                    cache_dir=cache_dir or default_cache_dir(), log=log or sys.stderr,
                    docker_host=docker_host or None, mirror=mirror, index_url=index_url.rstrip("/"),
-                   rebuild=rebuild)
+                   rebuild=rebuild, arch=arch)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,6 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, help="root file system cache (default ~/.cache/wheel-farm)")
     parser.add_argument("--mirror", default=DEFAULT_MIRROR, help="Debian mirror for debootstrap")
     parser.add_argument("--index-url", help="package index the image's tools come from (default: upstream_index)")
+    parser.add_argument("--arch", help="Debian architecture (arm64); another than the host's runs under QEMU "
+                        "(scripts/install-qemu.sh)")
     parser.add_argument("--rebuild", action="store_true", help="rebuild even when an up-to-date image exists")
 
 
@@ -80,7 +83,8 @@ def cli_build(args: argparse.Namespace) -> int:
     result = image_build(suite=args.suite, tag=getattr(args, "tag", None), verify=getattr(args, "verify", False),
                          ca_bundle=getattr(args, "ca_bundle", None), cache_dir=getattr(args, "cache_dir", None),
                          mirror=getattr(args, "mirror", None) or DEFAULT_MIRROR,
-                         index_url=getattr(args, "index_url", None), rebuild=getattr(args, "rebuild", False))
+                         index_url=getattr(args, "index_url", None), rebuild=getattr(args, "rebuild", False),
+                         arch=getattr(args, "arch", None))
     print(f"{result.tag} {result.digest} pythons={','.join(result.pythons)}", file=sys.stderr)
     print(result.digest)
     return 0

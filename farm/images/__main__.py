@@ -1,4 +1,4 @@
-"""`python -m farm.images --suite bullseye [--verify]`: the same as `farm image build`."""
+"""`python -m farm.images --suite bullseye [--verify] [--arch arm64]`: the same as `farm image build`."""
 
 import sys
 

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TextIO
 
-from farm.containers import docker_client
+from farm.containers import docker_client, resolve_docker_host
+from farm.images import arch as arches
 from farm.errors import FarmError, InfrastructureFault
 from farm.util.cmd import CommandFailed, clean_env, run
 
@@ -92,36 +93,42 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "wheel-farm"
 
 
-def default_tag(suite: str, kind: Kind) -> str:
-    return f"wheel-farm/debian-{suite}{'-verify' if kind == 'verify' else ''}:latest"
+def default_tag(suite: str, kind: Kind, arch: str | None = None) -> str:
+    """wheel-farm/debian-SUITE[-ARCH][-verify]:latest; ARCH (arm64) only for another architecture than the host's."""
+    foreign = f"-{arches.arch(arch).debian}" if arch and arches.emulated(arches.arch(arch).machine) else ""
+    return f"wheel-farm/debian-{suite}{foreign}{'-verify' if kind == 'verify' else ''}:latest"
 
 
 def build_image(*, suite: str, tag: str | None = None, ca_bundle: Path, cache_dir: Path, log: TextIO,
                 docker_host: str | None = None, mirror: str = DEFAULT_MIRROR, index_url: str = DEFAULT_INDEX,
-                rebuild: bool = False) -> ImageResult:
-    """A cibuildwheel build image: compilers, /opt/python/cpXY-cpXY, auditwheel, patchelf, uv."""
+                rebuild: bool = False, arch: str | None = None) -> ImageResult:
+    """A cibuildwheel build image: compilers, /opt/python/cpXY-cpXY, auditwheel, patchelf, uv.
+    `arch` (arm64): for another architecture, made and set up under emulation (farm/images/arch.py)."""
     return _build(kind="build", suite=suite, tag=tag, ca_bundle=ca_bundle, cache_dir=cache_dir, log=log,
-                  docker_host=docker_host, mirror=mirror, index_url=index_url, rebuild=rebuild)
+                  docker_host=docker_host, mirror=mirror, index_url=index_url, rebuild=rebuild, arch=arch)
 
 
 def build_verify_image(*, suite: str, tag: str | None = None, ca_bundle: Path, cache_dir: Path, log: TextIO,
                        docker_host: str | None = None, mirror: str = DEFAULT_MIRROR,
-                       index_url: str = DEFAULT_INDEX, rebuild: bool = False) -> ImageResult:
+                       index_url: str = DEFAULT_INDEX, rebuild: bool = False, arch: str | None = None) -> ImageResult:
     """A clean verification image of the same suite: python3 and venv, no compiler, no -dev packages."""
     return _build(kind="verify", suite=suite, tag=tag, ca_bundle=ca_bundle, cache_dir=cache_dir, log=log,
-                  docker_host=docker_host, mirror=mirror, index_url=index_url, rebuild=rebuild)
+                  docker_host=docker_host, mirror=mirror, index_url=index_url, rebuild=rebuild, arch=arch)
 
 
 def _build(*, kind: Kind, suite: str, tag: str | None, ca_bundle: Path, cache_dir: Path, log: TextIO,
-           docker_host: str | None, mirror: str, index_url: str, rebuild: bool) -> ImageResult:
-    tag = tag or default_tag(suite, kind)
+           docker_host: str | None, mirror: str, index_url: str, rebuild: bool, arch: str | None = None) -> ImageResult:
+    target = arches.arch(arch) if arch else arches.host()
+    foreign = arches.emulated(target.machine)
+    tag = tag or default_tag(suite, kind, target.debian)
     if ":" not in tag.rsplit("/", 1)[-1]:
         tag += ":latest"
     if not ca_bundle.is_file():
         raise FarmError(f"CA bundle {ca_bundle} does not exist")
     packages = PACKAGES[kind]
     key = _digest({"suite": suite, "mirror": mirror, "packages": packages, "kind": kind, "setup": _SETUP,
-                   "index": index_url, "ca": hashlib.sha256(ca_bundle.read_bytes()).hexdigest()})
+                   "index": index_url, "ca": hashlib.sha256(ca_bundle.read_bytes()).hexdigest(),
+                   **({"arch": target.debian} if foreign else {})})
     client = docker_client(docker_host, step="image")
     try:
         if not rebuild:
@@ -129,7 +136,8 @@ def _build(*, kind: Kind, suite: str, tag: str | None, ca_bundle: Path, cache_di
             if reused is not None:
                 log.write(f"image {tag} is up to date ({reused.digest})\n")
                 return reused
-        base = rootfs_tarball(suite=suite, packages=packages, cache_dir=cache_dir, mirror=mirror, log=log)
+        base = rootfs_tarball(suite=suite, packages=packages, cache_dir=cache_dir, mirror=mirror, log=log,
+                              arch=target.debian if foreign else None)
         work = Path(tempfile.mkdtemp(prefix=f"image-{suite}-{kind}-", dir=_mkdir(cache_dir / "work")))
         try:
             root = work / "root"
@@ -139,7 +147,7 @@ def _build(*, kind: Kind, suite: str, tag: str | None, ca_bundle: Path, cache_di
             final = work / "image.tar"
             _tar(["--numeric-owner", "-cf", final, "-C", root, "."], log)
             labels = {"farm.suite": suite, "farm.kind": kind, "farm.pythons": ",".join(pythons),
-                      "farm.family": "apt", "farm.key": key, "farm.user": VERIFY_USER}
+                      "farm.family": "apt", "farm.key": key, "farm.user": VERIFY_USER, "farm.arch": target.machine}
             changes = [f"ENV {k}={v}" for k, v in _image_env(kind).items()]
             changes += [f"LABEL {k}={json.dumps(v)}" for k, v in labels.items()]
             changes += ['CMD ["/bin/bash"]']
@@ -147,7 +155,11 @@ def _build(*, kind: Kind, suite: str, tag: str | None, ca_bundle: Path, cache_di
             repository, _, version = tag.rpartition(":")
             log.write(f"docker import {final} {tag}\n")
             log.flush()
-            client.api.import_image_from_file(str(final), repository=repository, tag=version, changes=changes)
+            if foreign:  # the Docker SDK's import takes no platform: the CLI's does
+                arches.docker_import(final, tag, changes=changes, target=target,
+                                     docker_host=resolve_docker_host(docker_host), log=log)
+            else:
+                client.api.import_image_from_file(str(final), repository=repository, tag=version, changes=changes)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         image = client.images.get(tag)
@@ -159,10 +171,12 @@ def _build(*, kind: Kind, suite: str, tag: str | None, ca_bundle: Path, cache_di
         client.close()
 
 
-def rootfs_tarball(*, suite: str, packages: list[str], cache_dir: Path, mirror: str, log: TextIO) -> Path:
-    """The debootstrap root file system as a tarball, made once per suite, mirror and package list."""
-    key = _digest({"suite": suite, "mirror": mirror, "packages": sorted(packages)})[:12]
-    target = _mkdir(cache_dir / "rootfs") / f"{suite}-{key}.tar"
+def rootfs_tarball(*, suite: str, packages: list[str], cache_dir: Path, mirror: str, log: TextIO,
+                   arch: str | None = None) -> Path:
+    """The debootstrap root file system as a tarball, made once per suite, mirror and package list
+    (and `arch`, for another architecture than the host's: made under emulation)."""
+    key = _digest({"suite": suite, "mirror": mirror, "packages": sorted(packages), **({"arch": arch} if arch else {})})[:12]
+    target = _mkdir(cache_dir / "rootfs") / f"{suite}-{f'{arch}-' if arch else ''}{key}.tar"
     if target.is_file():
         log.write(f"root file system {target} (cached)\n")
         return target
@@ -171,11 +185,15 @@ def rootfs_tarball(*, suite: str, packages: list[str], cache_dir: Path, mirror: 
     work = Path(tempfile.mkdtemp(prefix=f"debootstrap-{suite}-", dir=_mkdir(cache_dir / "work")))
     try:
         root = work / "root"
-        argv = ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", suite, root, mirror]
-        try:
-            run(argv, env=clean_env({"DEBIAN_FRONTEND": "noninteractive"}), log=log, timeout=3600)
-        except CommandFailed as exc:
-            raise InfrastructureFault("image", f"debootstrap of {suite} failed: {exc}") from exc
+        if arch:
+            arches.foreign_debootstrap(target=arches.arch(arch), suite=suite, packages=packages, root=root,
+                                       mirror=mirror, log=log)
+        else:
+            argv = ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", suite, root, mirror]
+            try:
+                run(argv, env=clean_env({"DEBIAN_FRONTEND": "noninteractive"}), log=log, timeout=3600)
+            except CommandFailed as exc:
+                raise InfrastructureFault("image", f"debootstrap of {suite} failed: {exc}") from exc
         partial = target.with_suffix(".tar.partial")
         _tar(["--numeric-owner", "-cf", partial, "-C", root, "."], log)
         partial.rename(target)

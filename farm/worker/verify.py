@@ -206,14 +206,29 @@ def verify(*, wheel: Path, target: Target, settings: Settings, options: Options,
     deps = dependency_wheels(wheel, target=target, index_url=settings.verify_index_url,
                              requires=options.test_requires, dest=work / "verify-deps", log=log, find_links=find_links)
     imports = options.test_imports if options.test_imports is not None else top_level_modules(wheel)
+    emulation = platform_emulation(target)
+    if emulation:
+        log.write(f"verifying for {emulation['target']} under emulation ({emulation['emulator']}, QEMU {emulation['qemu']})\n")
     res = verify_in_container(wheel=wheel, dependency_wheels=deps, image=target.image,
                               requires=options.test_requires, imports=imports, test_command=options.test_command,
                               project=tree, log=log, timeout=settings.test_timeout,
                               docker_host=settings.docker_host, early=early)
-    return VerifyOutcome(passed=res.passed, environment=f"container:{target.image}@{res.image_digest} network=none",
+    emulated = f" emulated={emulation['emulator']}" if emulation else ""
+    return VerifyOutcome(passed=res.passed, environment=f"container:{target.image}@{res.image_digest} network=none{emulated}",
                          install_command=res.install_command, imports=imports,
                          test_command=options.test_command, commands=res.commands, seconds=res.seconds,
                          detail=res.output)
+
+
+def platform_emulation(target: Target) -> dict[str, str] | None:
+    """For a Linux target of another architecture than the host's (linux-aarch64 on x86_64): the
+    emulator its verification container runs under (farm/images/arch.py); None when native."""
+    from farm.util import emulation as arches
+
+    machine = target.env.get("platform_machine", "")
+    if target.env.get("sys_platform") != "linux" or not machine:
+        return None
+    return arches.emulation(machine, step="verify")
 
 
 def dependency_wheels(wheel: Path, *, target: Target, index_url: str, requires: Sequence[str], dest: Path,

@@ -56,7 +56,10 @@ class CibuildwheelEngine:
 
     def build(self, ctx: BuildContext) -> BuildOutput:
         image = choose_image(ctx)
-        container_platform(ctx.platform)
+        emulation = container_platform(ctx.platform).emulation()
+        if emulation:
+            ctx.log.write(f"building for {emulation['target']} under emulation on this {emulation['host']} host: "
+                          f"{emulation['emulator']} (QEMU {emulation['qemu']}, {emulation['interpreter']})\n")
         host = resolve_docker_host(ctx.settings.docker_host)
         client = docker_client(host, step="build")
         job_label = f"{ctx.spec.job_id}-{ctx.spec.attempt}-{uuid.uuid4().hex[:8]}"
@@ -113,7 +116,8 @@ class CibuildwheelEngine:
             wheels=wheels, repaired=True,
             tools={"cibuildwheel": version("cibuildwheel"), "wheel-farm": version("wheel-farm"),
                    "docker-engine": server, "image": image.image,
-                   "build-frontend": "pip" if pure or not has_uv else "build[uv]"},
+                   "build-frontend": "pip" if pure or not has_uv else "build[uv]",
+                   **({"qemu": emulation["qemu"]} if emulation else {})},
             image_digest=digest,
             effective_build_requires=[*house.declared, *house.dynamic],
             isolation={"sandbox": {"kind": "container", "image": image.image, "user": build_user(ctx),
@@ -122,7 +126,7 @@ class CibuildwheelEngine:
                                                  "preparedImage": prepared.image, "reused": prepared.reused}},
                        "network": network(ctx), "limits": {"memory": ctx.settings.build_memory,
                                                            "processes": ctx.settings.build_pids},
-                       "buildWheels": house.wheels},
+                       "buildWheels": house.wheels, **({"emulation": emulation} if emulation else {})},
         )
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, TextIO
 from packaging.tags import Tag, platform_tags
 
 from farm.errors import ConfigError, InfrastructureFault, PackageFailure
+from farm.util import emulation as arches
 from farm.recipes.schema import SystemPackages
 from farm.util.cmd import CommandFailed, clean_env, run
 from farm.worker.platforms._common import (
@@ -92,7 +93,19 @@ class LinuxPlatform:
         return f"{python}-{'musllinux' if self.musl else 'manylinux'}_{self.arch}"
 
     def interpreters(self, configured: Sequence[str]) -> list[Interpreter]:
+        if self.emulated:  # the host's interpreters cannot load this architecture's wheels: images only
+            return []
         return find_interpreters(configured, exe_names=("python{v}", "/opt/python/cp{v}/bin/python"))
+
+    @property
+    def emulated(self) -> bool:
+        """Whether this platform's programs run under QEMU on this host (linux-aarch64 on x86_64)."""
+        return arches.emulated(self.arch)
+
+    def emulation(self) -> dict[str, str] | None:
+        """What a build or verification records about the emulator it ran under: None when native; an
+        InfrastructureFault when emulation is needed and the emulator is not registered."""
+        return arches.emulation(self.arch)
 
     def offered_pythons(self, settings: Settings) -> list[Offer]:
         """With the cibuildwheel engine, the union of the platform's build images' Pythons (the first
@@ -138,7 +151,11 @@ class LinuxPlatform:
         return platforms, (f"{arch}-manylinux_2_{best}" if arch in _UV_ARCHES and best is not None else None)
 
     def supported_tags(self, python: tuple[int, int]) -> list[Tag]:
-        return tags_for(python, list(platform_tags()))
+        host = list(platform_tags())
+        if self.emulated:  # the host's tags with this platform's architecture (the same glibc policies)
+            suffix = f"_{arches.host_machine()}"
+            host = [f"{t[:-len(suffix)]}_{self.arch}" for t in host if t.endswith(suffix)]
+        return tags_for(python, host)
 
     def platform_tag_ok(self, tags: Sequence[str]) -> bool:
         prefix = "musllinux_" if self.musl else "manylinux"
