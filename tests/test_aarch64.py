@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import struct
+import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,15 +74,27 @@ def test_architecture_names() -> None:
 
 
 @pytest.mark.skipif(not X86_64_HOST, reason="the tags and names of another architecture, seen from x86_64")
-def test_aarch64_platform_on_x86_64_is_emulated() -> None:
+def test_aarch64_platform_on_x86_64_is_emulated(tmp_path: Path) -> None:
     aarch64, native = get_platform("linux-aarch64"), get_platform("linux-x86_64")
     assert aarch64.emulated and not native.emulated  # type: ignore[attr-defined]
     assert native.emulation() is None  # type: ignore[attr-defined]
-    assert aarch64.interpreters([]) == []  # the host's Pythons cannot import aarch64 wheels
     tags = {str(t) for t in aarch64.supported_tags((3, 9))}
     assert "cp39-cp39-manylinux_2_17_aarch64" in tags and not any(t.endswith("x86_64") for t in tags)
     assert not aarch64.platform_tag_ok(["cp39-cp39-manylinux_2_17_x86_64"])
     assert aarch64.platform_tag_ok(["cp39-cp39-manylinux_2_31_aarch64"])
+    # The host's Pythons cannot import aarch64 wheels: verified in an image only, never on the host.
+    from farm.config import ImageConfig, Settings
+    from farm.worker.verify import Target
+
+    here = f"cp{sys.version_info[0]}{sys.version_info[1]}"
+    settings = Settings(home=tmp_path / "home", pythons=[sys.executable])
+    assert Target.for_job(here, native, settings).interp is not None
+    with pytest.raises(InfrastructureFault, match="no verify image for linux-aarch64"):
+        Target.for_job(here, aarch64, settings)
+    settings = Settings(home=tmp_path / "home", pythons=[sys.executable],
+                        verify_images={"linux-aarch64": [ImageConfig(image="arm64-verify", pythons=[here])]})
+    target = Target.for_job(here, aarch64, settings)
+    assert target.interp is None and target.image == "arm64-verify" and target.env["platform_machine"] == "aarch64"
     assert default_tag("bullseye", "build", "arm64") == "wheel-farm/debian-bullseye-arm64:latest"
     assert default_tag("bullseye", "verify", "arm64") == "wheel-farm/debian-bullseye-arm64-verify:latest"
     assert default_tag("bullseye", "build", "amd64") == "wheel-farm/debian-bullseye:latest"

@@ -127,14 +127,16 @@ class Target:
     @classmethod
     def for_job(cls, python_tag: str, platform: Platform, settings: Settings) -> Target:
         version = (int(python_tag[2]), int(python_tag[3:]))
-        interp = next((i for i in platform.interpreters(settings.interpreters) if i.tag == python_tag), None)
+        # The target's markers, known before any build (the coordinator can tell them too): not the
+        # worker's interpreter's, nor the host's, which may differ from the target's platform.
+        env = platform.marker_environment(python_tag)
+        # A host interpreter cannot import another architecture's wheel (linux-aarch64 on x86_64): images only.
+        interp = None if _emulated(env) else next(
+            (i for i in platform.interpreters(settings.interpreters) if i.tag == python_tag), None)
         image = settings.verify_image(platform.name, python_tag)
         if interp is None and image is None:
             raise InfrastructureFault("verify", f"this worker can verify {python_tag} neither on the host (no "
                                       f"interpreter) nor in a container (no verify image for {platform.name})")
-        # The target's markers, known before any build (the coordinator can tell them too): not the
-        # worker's interpreter's, nor the host's, which may differ from the target's platform.
-        env = platform.marker_environment(python_tag)
         return cls(python=version, interp=interp, image=image, env=env,
                    tags=frozenset(platform.supported_tags(version)))
 
@@ -148,7 +150,8 @@ def targets_for(wheels: Sequence[Path], python_tag: str, platform: Platform, set
         return [Target.for_job(python_tag, platform, settings)]
     floor = min(((int(t.split("-")[0][2]), int(t.split("-")[0][3:])) for t in tags if "-abi3-" in t), default=(0, 0))
     specs = [SpecifierSet(rp) for w in wheels if (rp := read_metadata(w).get("Requires-Python"))]
-    have = {i.tag for i in platform.interpreters(settings.interpreters)}
+    emulated = _emulated(platform.marker_environment(python_tag))
+    have = set() if emulated else {i.tag for i in platform.interpreters(settings.interpreters)}
     have |= {p for image in settings.verify_images.get(platform.name, []) for p in image.pythons}
     admitted = sorted((v for tag in have if tag[2:].isdigit() and (v := (int(tag[2]), int(tag[3:]))) >= floor
                        and all(s.contains(f"{v[0]}.{v[1]}", prereleases=True) for s in specs)))
@@ -220,15 +223,20 @@ def verify(*, wheel: Path, target: Target, settings: Settings, options: Options,
                          detail=res.output)
 
 
+def _emulated(env: dict[str, str]) -> bool:
+    """Whether the Linux target of marker environment `env` is another architecture than the host's."""
+    from farm.util import emulation
+
+    machine = env.get("platform_machine", "")
+    return env.get("sys_platform") == "linux" and bool(machine) and emulation.emulated(machine)
+
+
 def platform_emulation(target: Target) -> dict[str, str] | None:
     """For a Linux target of another architecture than the host's (linux-aarch64 on x86_64): the
-    emulator its verification container runs under (farm/images/arch.py); None when native."""
-    from farm.util import emulation as arches
+    emulator its verification container runs under (farm/util/emulation.py); None when native."""
+    from farm.util import emulation
 
-    machine = target.env.get("platform_machine", "")
-    if target.env.get("sys_platform") != "linux" or not machine:
-        return None
-    return arches.emulation(machine, step="verify")
+    return emulation.emulation(target.env["platform_machine"], step="verify") if _emulated(target.env) else None
 
 
 def dependency_wheels(wheel: Path, *, target: Target, index_url: str, requires: Sequence[str], dest: Path,

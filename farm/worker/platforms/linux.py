@@ -93,8 +93,6 @@ class LinuxPlatform:
         return f"{python}-{'musllinux' if self.musl else 'manylinux'}_{self.arch}"
 
     def interpreters(self, configured: Sequence[str]) -> list[Interpreter]:
-        if self.emulated:  # the host's interpreters cannot load this architecture's wheels: images only
-            return []
         return find_interpreters(configured, exe_names=("python{v}", "/opt/python/cp{v}/bin/python"))
 
     @property
