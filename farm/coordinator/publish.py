@@ -19,7 +19,7 @@ The order, so that nothing is ever listed without a committed row and the bytes 
 change: the rows are inserted; the files are placed in the trees under temporary names and renamed
 (write-once: a name holding other bytes is refused), but not listed; the transaction commits (the
 job succeeds in the same transaction); only then are the pages rewritten from the database
-(`list_published`, run after the commit). A crash before the commit leaves unlisted files that no
+(`list_published`, run after the commit, adds only what is new to each page). A crash before the commit leaves unlisted files that no
 row wants (the index doctor removes them); a crash after it leaves committed artifacts unlisted (the
 doctor lists them). Test builds may stop the process at the named points in between
 (`farm.util.testing.kill_point`, FARM_TEST_KILL_AT).
@@ -86,14 +86,15 @@ def publish(session: Session, job: Job, artifacts: list[ArtifactReport], setting
 
 
 def list_published(settings: Settings, projects: list[str]) -> None:
-    """After the commit: rewrite the pages of `projects` from the database (every tree). A failure
+    """After the commit: list on the pages of `projects` (every tree) what the database lists and they do
+    not yet (`channels.list_new`: the cost of the new files, not of the project's size). A failure
     here (a full index disk) leaves committed artifacts unlisted, which the reconciler's index doctor
     lists later (farm.index.doctor: missing-listing); the job has succeeded either way."""
     kill_point("publish-committed")
     try:
         with session_scope() as session:
             for project in projects:
-                channels.regenerate(session, settings, project)
+                channels.list_new(session, settings, project)
                 kill_point("publish-listed-one")
     except Exception as exc:  # noqa: BLE001 - committed: the doctor completes it
         log.warning("publish: pages of %s not written yet (the index doctor will): %s", ", ".join(projects), exc)

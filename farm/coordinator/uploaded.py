@@ -9,8 +9,8 @@ RECORD). Then:
   a repeated upload), other bytes under a taken name are `FileExists` ("File already exists");
 - it is recorded as an artifact with no job, `uploaded_by` the token's name, not verified, and
   a provenance statement that says it was uploaded and not built here (`UPLOAD_BUILD_TYPE`), signed
-  like every other; it is published into the first channel's tree and, when the upload went to
-  another channel, listed in that channel too.
+  like every other; it is placed in the first channel's tree and, when the upload went to another
+  channel, recorded in that channel too. The pages list it once the rows are committed.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from farm.config import Settings
 from farm.db.models import Artifact, utcnow
-from farm.db.session import begin_write
+from farm.db.session import after_commit, begin_write
 from farm.errors import FileExists, PublishRefused
 from farm.index import channels, simple
 from farm.provenance import statement, write
@@ -106,7 +106,8 @@ def publish_upload(session: Session, settings: Settings, wheel: Path, *, channel
             raise PublishRefused(str(simple.already_exists(filename, existing.filename, sha256, "the same bytes under "
                                                            "another name")))
         if channel != lay.first and channel not in {e.channel for e in existing.channels}:
-            _list_in(session, settings, existing, channel, uploader)
+            channels.add_entries(session, [existing], channel, by=f"upload:{uploader}")
+            _list_after_commit(session, settings, existing.name)
         return existing, False
     taken = session.scalar(select(Artifact).where(Artifact.filename_key == key, Artifact.removed_at.is_(None)).limit(1))
     if taken is not None:
@@ -142,8 +143,9 @@ def publish_upload(session: Session, settings: Settings, wheel: Path, *, channel
         session.flush()
         signed, keyid = write.beside(settings, settings.index / "files" / info.name / filename, stmt)
         try:
-            entry = simple.publish(settings.index, info.name, wheel, sha256=sha256,
-                                   provenance_url=channels.provenance_url(settings, info.name, filename))
+            # Placed, not listed: the pages list it once the rows are committed (`_list_after_commit`).
+            entry = simple.add_file(settings.index, info.name, wheel, sha256=sha256,
+                                    provenance_url=channels.provenance_url(settings, info.name, filename))
         except simple.FileExists as exc:
             raise FileExists(str(exc)) from None
         art.metadata_sha256 = entry.metadata_sha256
@@ -152,11 +154,14 @@ def publish_upload(session: Session, settings: Settings, wheel: Path, *, channel
         channels.on_publish(session, settings, art, wheel, sha256=sha256)
         art.published_at = utcnow()
         if channel != lay.first:
-            _list_in(session, settings, art, channel, uploader)
+            channels.add_entries(session, [art], channel, by=f"upload:{uploader}")
+    _list_after_commit(session, settings, art.name)
     return art, True
 
 
-def _list_in(session: Session, settings: Settings, art: Artifact, channel: str, uploader: str) -> None:
-    channels.add_entries(session, [art], channel, by=f"upload:{uploader}")
-    lay = channels.layout(settings)
-    channels.regenerate(session, settings, art.name, lay.containing(channel))
+def _list_after_commit(session: Session, settings: Settings, project: str) -> None:
+    """Nothing is listed before its rows commit: the pages are written after it, as a build's publish
+    writes them (farm/coordinator/publish.py); a crash in between leaves work for the index doctor."""
+    from farm.coordinator.publish import list_published
+
+    after_commit(session, lambda: list_published(settings, [project]))

@@ -14,7 +14,8 @@ are hard links to the same stored wheel (copies across file systems).
 
 The database is the truth: a `ChannelEntry(artifact, channel)` row puts a wheel into a channel.
 `regenerate` rewrites one project's pages in the trees from it (yank, promote, gc); publishing adds
-to the first channel incrementally (`on_publish`). Page entries whose file name the database does
+to the first channel incrementally: `on_publish` records and places, `list_new` lists after the commit,
+at the cost of the new files only (not of the project's size). Page entries whose file name the database does
 not know yet (a publish whose transaction is still open) are kept, so a regeneration racing a
 publish never drops the new file; files are never deleted here, only by `farm gc`.
 
@@ -232,22 +233,89 @@ def regenerate(session: Session, settings: Settings, project: str, trees: Iterab
     by_channel, known = _rows(session, name)
     with simple._lock(lay.index):
         for t in trees if trees is not None else lay.trees():
+            _rewrite(session, lay, t, name, by_channel, known, keep_unlisted_since)
+
+
+def _rewrite(session: Session, lay: Layout, t: str, name: str, by_channel: dict[str, dict[str, _Row]],
+             known: set[str], keep_unlisted_since: dt.datetime | None = None) -> None:
+    """`regenerate` of one tree, under the index lock."""
+    tree = lay.tree(t)
+    rows = tree_rows(lay, t, by_channel)
+    entries = [_entry(session, lay, t, name, row) for row in rows.values()]
+    inflight = [f for f in simple.read_project(tree, name) if f.filename not in known and (
+        keep_unlisted_since is None or (f.upload_time is not None and f.upload_time >= keep_unlisted_since))]
+    for row in rows.values():
+        _place(session, lay, tree, row)
+    files = [*entries, *inflight]
+    listed = name in simple.list_projects(tree)
+    if files:
+        simple.write_project(tree, name, files)
+        if not listed:
+            simple.write_root(tree, simple.list_projects(tree))
+    elif listed:
+        shutil.rmtree(tree / "simple" / name, ignore_errors=True)
+        simple.write_root(tree, simple.list_projects(tree))
+
+
+def list_new(session: Session, settings: Settings, project: str) -> None:
+    """After a publish or an upload committed: add to `project`'s pages, in every tree, the live files
+    the database lists there and the page does not yet. The cost is that of the new files, not of the
+    project: the page's current entries are kept as they are (parsed once, `simple.read_project`) and
+    only the new ones are read from the database, placed and rendered.
+
+    A page that lists a file the database knows but no longer lists in that tree (removed, or taken
+    out of the channel, by something that has not rewritten the page yet) is rewritten whole
+    (`regenerate`), so this never keeps a stale entry; entries the database does not know (a publish
+    in flight) are kept, as `regenerate` keeps them."""
+    lay = ensure_trees(settings)
+    name = canonicalize_name(project)
+    q = (select(Artifact.id, Artifact.filename, Artifact.removed_at, ChannelEntry.channel)
+         .outerjoin(ChannelEntry, ChannelEntry.artifact_id == Artifact.id)
+         .where(Artifact.name == name))
+    live: dict[str, dict[str, int]] = {}  # channel -> file name -> artifact id
+    known: set[str] = set()
+    for art_id, filename, removed_at, channel in session.execute(q):
+        known.add(filename)
+        if removed_at is None and channel is not None:
+            live.setdefault(channel, {})[filename] = art_id
+    with simple._lock(lay.index):
+        for t in lay.trees():
+            wanted: dict[str, tuple[str, int]] = {}
+            for ch in lay.members(t):
+                for filename, art_id in live.get(ch, {}).items():
+                    wanted.setdefault(filename, (ch, art_id))
             tree = lay.tree(t)
-            rows = tree_rows(lay, t, by_channel)
-            entries = [_entry(session, lay, t, name, row) for row in rows.values()]
-            inflight = [f for f in simple.read_project(tree, name) if f.filename not in known and (
-                keep_unlisted_since is None or (f.upload_time is not None and f.upload_time >= keep_unlisted_since))]
-            for row in rows.values():
+            page = simple.read_project(tree, name)
+            listed = {f.filename for f in page}
+            if any(f.filename in known and f.filename not in wanted for f in page):
+                by_channel, known_all = _rows(session, name)
+                _rewrite(session, lay, t, name, by_channel, known_all)
+                continue
+            missing = {wanted[f] for f in wanted if f not in listed}
+            if not missing:
+                continue
+            rows = _rows_of(session, missing)
+            entries = [_entry(session, lay, t, name, row) for row in rows]
+            for row in rows:
                 _place(session, lay, tree, row)
-            files = [*entries, *inflight]
-            listed = name in simple.list_projects(tree)
-            if files:
-                simple.write_project(tree, name, files)
-                if not listed:
-                    simple.write_root(tree, simple.list_projects(tree))
-            elif listed:
-                shutil.rmtree(tree / "simple" / name, ignore_errors=True)
+            simple.write_project(tree, name, [*page, *entries])
+            if name not in simple._listed_projects(tree):
                 simple.write_root(tree, simple.list_projects(tree))
+
+
+def _rows_of(session: Session, wanted: set[tuple[str, int]]) -> list[_Row]:
+    """The `_Row`s of the (channel, artifact id) pairs `wanted`."""
+    ids = {art_id for _, art_id in wanted}
+    q = (select(Artifact, ChannelEntry.channel, ChannelEntry.added_at, Provenance.keyid)
+         .join(ChannelEntry, ChannelEntry.artifact_id == Artifact.id)
+         .outerjoin(Provenance, Provenance.artifact_id == Artifact.id)
+         .where(Artifact.id.in_(ids))
+         .order_by(ChannelEntry.added_at, Artifact.id))
+    rows: dict[str, _Row] = {}
+    for art, channel, added_at, keyid in session.execute(q):
+        if (channel, art.id) in wanted:
+            rows[art.filename] = _Row(art, channel, added_at, keyid is not None)
+    return list(rows.values())
 
 
 def drop_unlisted(settings: Settings, project: str, filenames: Iterable[str]) -> list[Path]:

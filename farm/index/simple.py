@@ -71,6 +71,7 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 # File identity -----------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=65536)  # a publish checks the new name against every file of the project's page
 def file_key(filename: str) -> str:
     """The normalized identity of a distribution file name: two names with one key are one file.
 
