@@ -76,7 +76,7 @@ def artifact_record(session: Session, art: Artifact, *, build: bool) -> dict[str
     if prov is not None:
         rec["provenance"] = {"statement_sha256": prov.digest, "signed": prov.envelope is not None, "keyid": prov.keyid}
         rec["verification"] = _verification(prov.statement)
-    if build:
+    if build and art.job is not None:  # an uploaded wheel has no job
         rec["build"] = _job(session, art.job)
     return rec
 

@@ -6,7 +6,8 @@ Both change the database first; the caller commits and then rewrites the project
 Promotion of NAME==VERSION into a channel (above the first) adds every live, unyanked wheel of
 that version that sits in a lower channel. It is refused, with every reason, when
 
-- the version was not verified on each platform `channel_requirements[channel]` lists, or
+- the version was not verified on each platform `channel_requirements[channel]` lists (an uploaded
+  wheel, which has no job, was verified on none), or
 - a wheel's Requires-Dist (markers evaluated for the wheel's own Python and platform, extras
   ignored) cannot be satisfied from the target channel: a wheel may not rise above the level of
   its dependencies. The refusal says where a matching dependency waits ("staging has 1.17.0"), or
@@ -169,11 +170,14 @@ def gate(session: Session, settings: Settings, to: str, arts: list[Artifact]) ->
     """Every reason `arts` (the wheels of one version) may not be in channel `to`; empty: they may."""
     reasons: list[str] = []
     required = settings.channel_requirements.get(to, [])
-    verified = sorted({a.job.platform for a in arts if a.verified})
+    # An uploaded wheel (no job) was neither built nor verified here: it counts for no platform.
+    verified = sorted({a.job.platform for a in arts if a.verified and a.job is not None})
     missing = [p for p in required if p not in verified]
     if missing:
+        uploaded = sorted({a.uploaded_by or "?" for a in arts if a.job is None})
+        also = f"; uploaded by {', '.join(uploaded)}, not built or verified by the farm" if uploaded else ""
         reasons.append(f"not verified on {', '.join(missing)} (required for {to}; verified on: "
-                       f"{', '.join(verified) or 'nothing'})")
+                       f"{', '.join(verified) or 'nothing'}{also})")
     lay = layout(settings)
     lower = [c for c in lay.channels if c != to]
     seen: set[str] = set()
