@@ -8,6 +8,10 @@ venvs kept in ~/.cache/wheel-farm/clients/venvs/ (rebuilt when the pinned requir
 pip 23.0.1 (Debian 12's pip, the pip bundled with Python 3.9) and pip 22.3 to 23.1 fail on a JSON page
 whose files carry `dist-info-metadata` as a dict (the bug PEP 714 is about); pip 20.3.4 predates the
 JSON API and reads the HTML pages; it runs on this Python 3.11.
+
+Every pip that ships with CPython 3.9 to 3.14: the version each release's ensurepip bundles (read from
+that Python's own `ensurepip.version()` when pyenv has it, else from `BUNDLED`), downloaded from the
+upstream index and run on that Python, or on the nearest Python there is when pyenv lacks it.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import pytest
 from pypi_simple import ACCEPT_HTML_ONLY, ACCEPT_JSON_ONLY, PyPISimple
 
 from farm.util.cmd import Result, run
-from tests.helpers.clients import UV, _env, pip_venv, tool_venv
+from tests.helpers.clients import UPSTREAM, UV, _env, pip_venv, tool_venv
 from tests.helpers.farms import publish_wheel
 from tests.helpers.indexes import _Server
 from tests.helpers.wheels import make_wheel
@@ -136,6 +140,63 @@ def test_uv_installs_with_only_the_index_url(farm_index: tuple[_Server, Recordin
     assert _installed(python, env) == "1.0 1.0"
     assert all(JSON in a for a in app.pages("clientdemo-beta")), app.requests
     assert app.fetched(".whl.metadata"), app.requests  # uv reads core-metadata
+
+
+PYENV = Path("/root/.pyenv/versions")
+# The pip that ensurepip bundles in the CPython releases pyenv does not have here (CPython's
+# Lib/ensurepip/__init__.py, `_PIP_VERSION`, of that release).
+BUNDLED = {"3.9": ("3.9.18", "23.0.1"), "3.10": ("3.10.13", "23.0.1"), "3.11": ("3.11.7", "23.2.1"),
+           "3.12": ("3.12.1", "23.2.1"), "3.13": ("3.13.0", "24.2"), "3.14": ("3.14.0", "25.2")}
+
+
+def _pyenv_python(minor: str) -> Path | None:
+    found = sorted(PYENV.glob(f"{minor}.*/bin/python{minor}"),
+                   key=lambda p: tuple(int(x) for x in p.parent.parent.name.split(".") if x.isdigit()))
+    return found[-1] if found else None
+
+
+def bundled_pip(minor: str) -> tuple[str, str, Path, str]:
+    """(the CPython release, the pip it bundles, the Python to run that pip on, the minor version of that
+    Python) for CPython `minor`: pyenv's release of it when there is one, else the nearest minor it has."""
+    python = _pyenv_python(minor)
+    if python is not None:
+        release = python.parent.parent.name
+        version = run([python, "-c", "import ensurepip; print(ensurepip.version())"], timeout=60).output.strip()
+        return release, version, python, minor
+    release, version = BUNDLED[minor]
+    want = int(minor.split(".")[1])
+    have = sorted((abs(int(p.name.split(".")[1]) - want), -int(p.name.split(".")[1]), p.name)
+                  for p in PYENV.glob("3.*") if _pyenv_python(".".join(p.name.split(".")[:2])))
+    nearest = ".".join(have[0][2].split(".")[:2])
+    python = _pyenv_python(nearest)
+    assert python is not None
+    return release, version, python, nearest
+
+
+@pytest.mark.slow
+@pytest.mark.network
+@pytest.mark.parametrize("minor", ["3.9", "3.10", "3.11", "3.12", "3.13", "3.14"])
+def test_the_pip_each_cpython_ships_installs_from_the_farm(farm_index: tuple[_Server, RecordingIndex],
+                                                           tmp_path: Path, minor: str) -> None:
+    server, app = farm_index
+    release, pip_version, python, runs_on = bundled_pip(minor)
+    if minor in BUNDLED and runs_on == minor:  # the table agrees with the release pyenv has, where both exist
+        assert BUNDLED[minor] == (release, pip_version) or BUNDLED[minor][0] != release
+    env = _env(tmp_path)
+    venv_python = tmp_path / "venv" / "bin" / "python"
+    run([UV, "venv", "--quiet", "--python", python, tmp_path / "venv"], env=env, timeout=300)
+    run([UV, "pip", "install", "--quiet", "--python", venv_python, "--default-index", UPSTREAM,
+         f"pip=={pip_version}"], env=_env(tmp_path), timeout=600)
+    got = run([venv_python, "-m", "pip", "--version"], env=env, timeout=60).output.split()
+    assert got[1] == pip_version and f"(python {runs_on})" in " ".join(got), got
+    out = _ok(run([venv_python, "-m", "pip", "install", "--index-url", server.url, "clientdemo-beta"], env=env,
+                  timeout=300, check=False))
+    assert "Successfully installed clientdemo-alpha-1.0 clientdemo-beta-1.0" in out, out
+    assert "Traceback" not in out and "unhashable" not in out, out
+    assert _installed(venv_python, env) == "1.0 1.0"  # not the yanked 2.0
+    assert app.pages("clientdemo-beta") and all(JSON in a for a in app.pages("clientdemo-beta")), app.requests
+    if tuple(int(x) for x in pip_version.split(".")[:2]) >= (23, 2):
+        assert app.fetched(".whl.metadata"), app.requests  # PEP 714's core-metadata read
 
 
 def _consumer(folder: Path, tool_table: str) -> Path:

@@ -112,3 +112,39 @@ def test_pip_installs_from_a_private_channel_with_the_token_in_the_url(farm: Pri
     r = run([python, "-m", "pip", "install", "--quiet", "privdemo"], env=env2, timeout=300, check=False)
     assert r.returncode == 0, r.output
     assert run([python, "-c", "import privdemo; print(privdemo.VERSION)"], env=env, timeout=60).output.strip() == "1.0"
+
+
+def _netrc(home: Path, host: str, token: str) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / ".netrc").write_text(f"machine {host}\nlogin __token__\npassword {token}\n")
+    (home / ".netrc").chmod(0o600)
+
+
+def test_pip_and_uv_install_from_a_private_channel_with_the_token_in_netrc(farm: Private, tmp_path: Path) -> None:
+    """Nothing but the plain index URL: the credentials come from `~/.netrc` (machine 127.0.0.1). A netrc
+    with a token for another channel is refused (403), one without the host gives no credentials (401)."""
+    from tests.helpers.clients import UV
+
+    index = f"http://127.0.0.1:{farm.server.port}/stable/simple/"
+    python = pip_venv(tmp_path / "venv", "pip")
+    home = tmp_path / "home"
+    env = _env(tmp_path, HOME=str(home))
+    env.pop("NETRC", None)
+    _netrc(home, "localhost", farm.tokens["read"])  # another host: not sent
+    r = run([python, "-m", "pip", "install", "--index-url", index, "privdemo"], env=env, timeout=300, check=False)
+    assert r.returncode != 0 and "No matching distribution" in r.output, r.output
+    _netrc(home, "127.0.0.1", farm.tokens["staging"])  # a token for staging only
+    before = len(farm.server.paths)
+    r = run([python, "-m", "pip", "install", "--index-url", index, "privdemo"], env=env, timeout=300, check=False)
+    assert r.returncode != 0 and "No matching distribution" in r.output, r.output
+    assert "/stable/simple/privdemo/" in farm.server.paths[before:]
+    _netrc(home, "127.0.0.1", farm.tokens["read"])
+    r = run([python, "-m", "pip", "install", "--quiet", "--index-url", index, "privdemo"], env=env, timeout=300,
+            check=False)
+    assert r.returncode == 0, r.output
+    assert run([python, "-c", "import privdemo; print(privdemo.VERSION)"], env=env, timeout=60).output.strip() == "1.0"
+    target = tmp_path / "uv-target"
+    run([UV, "venv", "--quiet", "--python", python, target], env=env, timeout=300)
+    r = run([UV, "pip", "install", "--python", target / "bin" / "python", "--index-url", index, "privdemo"],
+            env=env, timeout=300, check=False)
+    assert r.returncode == 0 and "privdemo==1.0" in r.output, r.output
