@@ -152,6 +152,9 @@ class Settings(BaseSettings):
                                         "(role read or more); a virtual index listing one is private too")
     upload_binaries: list[str] = Field(default_factory=list, description="channels that take uploaded compiled wheels "
                                        "for platforms the farm builds (default: only pure wheels and other platforms)")
+    serve_sdists: list[str] = Field(default_factory=list, description="channels whose pages also list, beside the "
+                                    "wheels, the sdist the farm built them from (with its sha256 and upload time); "
+                                    "a virtual index lists those of its channels that do")
     upload_targets: dict[str, UploadTarget] = Field(default_factory=dict, description="other indexes (`farm publish-to`)")
     gc_keep_versions: dict[str, int] = Field(default_factory=lambda: {"staging": 10},
                                              description="`farm gc`: newest versions kept per project in these channels")

@@ -19,6 +19,11 @@ at the cost of the new files only (not of the project's size). Page entries whos
 not know yet (a publish whose transaction is still open) are kept, so a regeneration racing a
 publish never drops the new file; files are never deleted here, only by `farm gc`.
 
+With `serve_sdists` (off by default), the trees of the channels it names (and the virtual indexes over
+them) also list the sdist each listed wheel was built from (`Source`: its sha256, size, Requires-Python,
+and the time the farm received it as the upload time), placed from storage with its digest checked; an
+uploaded wheel has no sdist. An sdist that cannot be placed is left off the page, never the wheels.
+
 Every copy into a tree is checked first: the file copied (the stored wheel, else a copy in another
 tree) must have the sha256 the database records for it, or the copy is refused (`DigestMismatch`):
 promotion, page regeneration and upload targets never spread bytes the farm did not publish.
@@ -29,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
 import os
 import re
 import shutil
@@ -43,13 +49,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from farm.config import Settings
-from farm.db.models import Artifact, ChannelEntry, Provenance, utcnow
+from farm.db.models import Artifact, ChannelEntry, Job, Provenance, Source, utcnow
 from farm.errors import ConfigError, DigestMismatch, SigningError
 from farm.index import simple
 from farm.index.simple import IndexFile
 from farm.provenance import keys
 from farm.provenance.sign import INTOTO_SUFFIX, document_bytes, intoto_bundle
 from farm.util.hashing import sha256_bytes, sha256_file
+
+log = logging.getLogger(__name__)
 
 TREES_JSON = "trees.json"
 SIDECARS = ("", ".metadata", ".provenance", ".provenance.json", INTOTO_SUFFIX)
@@ -64,6 +72,7 @@ class Layout:
     virtual: dict[str, tuple[str, ...]] = field(hash=False)
     base_url: str  # where the index is served: `public_url`, else http://api_host:api_port/ (for people to read)
     public_url: str = ""  # `public_url` (with a slash at the end), "" when it is not configured
+    sdists: tuple[str, ...] = ()  # `serve_sdists`: the channels whose trees list the sdists wheels were built from
 
     @property
     def first(self) -> str:
@@ -85,6 +94,10 @@ class Layout:
 
     def members(self, tree: str) -> tuple[str, ...]:
         return (tree,) if tree in self.channels else self.virtual[tree]
+
+    def sdist_members(self, tree: str) -> tuple[str, ...]:
+        """The channels of `tree` whose wheels' sdists it lists (`serve_sdists`)."""
+        return tuple(c for c in self.members(tree) if c in self.sdists)
 
     def provenance_url(self, tree: str, project: str, filename: str) -> str:
         """The link a page of `tree` writes to a file's provenance: absolute below `public_url`; without
@@ -117,6 +130,9 @@ def layout(settings: Settings) -> Layout:
     for ch in settings.channel_requirements:
         if ch not in channels:
             problems.append(f"channel_requirements.{ch}: not a channel {list(channels)}")
+    for ch in settings.serve_sdists:
+        if ch not in channels:
+            problems.append(f"serve_sdists: {ch!r} is not a channel {list(channels)}")
     for t, target in settings.upload_targets.items():
         if target.channel is not None and target.channel not in channels:
             problems.append(f"upload_targets.{t}.channel: {target.channel!r} is not a channel {list(channels)}")
@@ -126,7 +142,8 @@ def layout(settings: Settings) -> Layout:
     public = public if not public or public.endswith("/") else public + "/"
     return Layout(index=settings.index, channels=channels,
                   virtual={k: tuple(v) for k, v in settings.virtual_indexes.items()},
-                  base_url=public or f"http://{settings.api_host}:{settings.api_port}/", public_url=public)
+                  base_url=public or f"http://{settings.api_host}:{settings.api_port}/", public_url=public,
+                  sdists=tuple(settings.serve_sdists))
 
 
 def provenance_url(settings: Settings, project: str, filename: str) -> str:
@@ -211,7 +228,76 @@ def _rows(session: Session, project: str) -> tuple[dict[str, dict[str, _Row]], s
     for art, channel, added_at, keyid in session.execute(q):
         by_channel.setdefault(channel, {})[art.filename] = _Row(art, channel, added_at, keyid is not None)
     known = set(session.scalars(select(Artifact.filename).where(Artifact.name == project)))
+    known |= set(session.scalars(select(Source.filename).where(Source.name == project)))
     return by_channel, known
+
+
+# Sdists served beside the wheels (`serve_sdists`) ------------------------------------------------------
+
+
+def _sdists(session: Session, lay: Layout, project: str) -> dict[str, dict[str, Source]]:
+    """Per channel of `serve_sdists`, the sdists (by file name) the farm built its live artifacts of
+    `project` in that channel from. Empty when no channel serves sdists (then nothing is queried)."""
+    if not lay.sdists:
+        return {}
+    q = (select(Source, ChannelEntry.channel).distinct()
+         .join(Job, Job.source_id == Source.id)
+         .join(Artifact, Artifact.job_id == Job.id)
+         .join(ChannelEntry, ChannelEntry.artifact_id == Artifact.id)
+         .where(Artifact.name == project, Artifact.removed_at.is_(None), ChannelEntry.channel.in_(lay.sdists)))
+    found: dict[str, dict[str, Source]] = {}
+    for src, channel in session.execute(q):
+        found.setdefault(channel, {})[src.filename] = src
+    return found
+
+
+def tree_sdists(lay: Layout, tree: str, sdists: dict[str, dict[str, Source]]) -> dict[str, Source]:
+    merged: dict[str, Source] = {}
+    for ch in lay.sdist_members(tree):
+        for filename, src in sdists.get(ch, {}).items():
+            merged.setdefault(filename, src)
+    return merged
+
+
+def sdist_entry(src: Source) -> IndexFile:
+    """The page entry of a served sdist: its sha256, size, Requires-Python and the time the farm received it."""
+    return IndexFile(filename=src.filename, sha256=src.sha256, size=src.size, requires_python=src.requires_python,
+                     upload_time=src.created_at)
+
+
+def place_sdist(tree: Path, project: str, src: Source) -> None:
+    """Put the stored sdist into `tree/files/<project>/`, its bytes checked against the record first."""
+    from farm.storage import get_storage
+
+    target = tree / "files" / project / src.filename
+    if target.is_file() and target.stat().st_size == src.size:
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    storage = get_storage()
+    local = storage.local_path(src.storage_key)
+    if local is None or not local.is_file():
+        local = storage.get_file(src.storage_key, target.with_name(f".{src.filename}.fetch.tmp"))
+    digest = sha256_file(local)
+    if digest != src.sha256:
+        raise DigestMismatch(f"{src.filename}: refusing to serve it: {local} has sha256 {digest}, but the farm "
+                             f"recorded {src.sha256} when it received it")
+    simple._place(local, target)
+    if local.name.endswith(".fetch.tmp"):
+        local.unlink(missing_ok=True)
+
+
+def _placed_sdists(tree: Path, project: str, sources: Iterable[Source]) -> list[Source]:
+    """The sdists of `sources` placed in `tree`; one that cannot be (not in storage, other bytes than
+    recorded) is left off the page with a warning, and the wheels are listed all the same."""
+    placed = []
+    for src in sources:
+        try:
+            place_sdist(tree, project, src)
+        except (DigestMismatch, FileNotFoundError, OSError) as exc:
+            log.warning("%s: sdist not served: %s", src.filename, exc)
+            continue
+        placed.append(src)
+    return placed
 
 
 def tree_rows(lay: Layout, tree: str, by_channel: dict[str, dict[str, _Row]]) -> dict[str, _Row]:
@@ -231,13 +317,15 @@ def regenerate(session: Session, settings: Settings, project: str, trees: Iterab
     lay = ensure_trees(settings)
     name = canonicalize_name(project)
     by_channel, known = _rows(session, name)
+    sdists = _sdists(session, lay, name)
     with simple._lock(lay.index):
         for t in trees if trees is not None else lay.trees():
-            _rewrite(session, lay, t, name, by_channel, known, keep_unlisted_since)
+            _rewrite(session, lay, t, name, by_channel, known, sdists, keep_unlisted_since)
 
 
 def _rewrite(session: Session, lay: Layout, t: str, name: str, by_channel: dict[str, dict[str, _Row]],
-             known: set[str], keep_unlisted_since: dt.datetime | None = None) -> None:
+             known: set[str], sdists: dict[str, dict[str, Source]],
+             keep_unlisted_since: dt.datetime | None = None) -> None:
     """`regenerate` of one tree, under the index lock."""
     tree = lay.tree(t)
     rows = tree_rows(lay, t, by_channel)
@@ -246,7 +334,8 @@ def _rewrite(session: Session, lay: Layout, t: str, name: str, by_channel: dict[
         keep_unlisted_since is None or (f.upload_time is not None and f.upload_time >= keep_unlisted_since))]
     for row in rows.values():
         _place(session, lay, tree, row)
-    files = [*entries, *inflight]
+    served = _placed_sdists(tree, name, tree_sdists(lay, t, sdists).values())
+    files = [*entries, *(sdist_entry(src) for src in served), *inflight]
     listed = name in simple.list_projects(tree)
     if files:
         simple.write_project(tree, name, files)
@@ -278,27 +367,32 @@ def list_new(session: Session, settings: Settings, project: str) -> None:
         known.add(filename)
         if removed_at is None and channel is not None:
             live.setdefault(channel, {})[filename] = art_id
+    sdists = _sdists(session, lay, name)
+    known |= set(session.scalars(select(Source.filename).where(Source.name == name)))
     with simple._lock(lay.index):
         for t in lay.trees():
             wanted: dict[str, tuple[str, int]] = {}
             for ch in lay.members(t):
                 for filename, art_id in live.get(ch, {}).items():
                     wanted.setdefault(filename, (ch, art_id))
+            served = tree_sdists(lay, t, sdists)
             tree = lay.tree(t)
             page = simple.read_project(tree, name)
             listed = {f.filename for f in page}
-            if any(f.filename in known and f.filename not in wanted for f in page):
+            if any(f.filename in known and f.filename not in wanted and f.filename not in served for f in page):
                 by_channel, known_all = _rows(session, name)
-                _rewrite(session, lay, t, name, by_channel, known_all)
+                _rewrite(session, lay, t, name, by_channel, known_all, sdists)
                 continue
             missing = {wanted[f] for f in wanted if f not in listed}
-            if not missing:
+            new_sdists = [src for f, src in served.items() if f not in listed]
+            if not missing and not new_sdists:
                 continue
             rows = _rows_of(session, missing)
             entries = [_entry(session, lay, t, name, row) for row in rows]
             for row in rows:
                 _place(session, lay, tree, row)
-            simple.write_project(tree, name, [*page, *entries])
+            new_sdists = _placed_sdists(tree, name, new_sdists)
+            simple.write_project(tree, name, [*page, *entries, *(sdist_entry(src) for src in new_sdists)])
             if name not in simple._listed_projects(tree):
                 simple.write_root(tree, simple.list_projects(tree))
 

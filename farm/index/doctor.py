@@ -11,7 +11,8 @@ kind               what                                                   repair
 orphan-listing     a page lists a file no artifact row knows                 page rewritten without it
 stale-listing      a page lists a known file this tree must not list         page rewritten from the rows
                    (removed, another channel), or with other sha256
-missing-listing    a live artifact of the tree is not on its page            page rewritten from the rows
+missing-listing    a live artifact of the tree (or an sdist it serves,       page rewritten from the rows
+                   `serve_sdists`) is not on its page
 missing-file       a listed file (or its metadata/provenance) is absent      placed again from storage
 changed-file       a served file's bytes differ from the record (`deep`)     replaced with the stored bytes
 orphan-file        a file in `files/` that no page lists and no row wants    removed
@@ -98,9 +99,15 @@ def _project(session: Session, settings: Settings, lay: channels.Layout, t: str,
     page = f"simple/{project}/"
     found: list[Finding] = []
     rewrite = False
+    served = channels.tree_sdists(lay, t, channels._sdists(session, lay, project))  # `serve_sdists`
     for filename, entry in listed.items():
         row = expected.get(filename)
-        if row is None and filename not in known:
+        if row is None and filename in served:
+            if entry.sha256 != served[filename].sha256:
+                found.append(Finding("stale-listing", t, page, f"{filename}: listed with sha256 {entry.sha256}, the "
+                                     f"record of the sdist says {served[filename].sha256}", fix))
+                rewrite = True
+        elif row is None and filename not in known:
             if entry.upload_time is None or entry.upload_time.timestamp() < cutoff:
                 found.append(Finding("orphan-listing", t, page, f"{filename}: listed, but no artifact row has it "
                                      "(a publish that never committed)", fix))
@@ -114,6 +121,9 @@ def _project(session: Session, settings: Settings, lay: channels.Layout, t: str,
             rewrite = True
     for filename in sorted(set(expected) - set(listed)):
         found.append(Finding("missing-listing", t, page, f"{filename}: a live artifact, not on the page", fix))
+        rewrite = True
+    for filename in sorted(set(served) - set(listed)):
+        found.append(Finding("missing-listing", t, page, f"{filename}: a served sdist, not on the page", fix))
         rewrite = True
     folder = tree / "files" / project
     for filename, row in sorted(expected.items()):
