@@ -52,7 +52,8 @@ class BuildRecord(_Msg):
     tools: dict[str, str] = Field(default_factory=dict)  # tool -> version
     commands: list[str] = Field(default_factory=list)  # every command line the build ran
     image_digest: str | None = None  # the build image (container engines)
-    build_requires: list[str] | None = None  # the build requirements installed, as resolved
+    build_requires: list[str] | None = None  # the build requirements as declared (or as the recipe set them)
+    build_environment: list[str] | None = None  # what the build environment held: `name==version`
     isolation: dict[str, Any] | None = None  # the sandbox package code ran in, its network and limits
     adjustments: dict[str, Any] = Field(default_factory=dict)  # retries and patches that made the build work
     timings: dict[str, float] = Field(default_factory=dict)  # step -> seconds

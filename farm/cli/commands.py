@@ -97,6 +97,50 @@ def cmd_promote(args: argparse.Namespace, backend: Backend) -> int:
     return render.lines(backend.promote(args.pin, to=args.to, upload=not args.no_upload))
 
 
+# recipes, images, tokens, database, rebuilds: on this host ---------------------------------------
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    """Plan the rebuilds an input calls for (farm.coordinator.cascade); unless --dry-run, submit them
+    round by round, each round once the one before it has ended (what depends on a rebuilt project
+    is verified against its rebuild)."""
+    import time
+
+    from farm.cli import ensure_db
+    from farm.cli.backend import LocalBackend
+    from farm.coordinator import cascade
+    from farm.db.session import session_scope
+    from farm.storage import get_storage
+
+    settings = get_settings()
+    if settings.server_url:
+        raise UsageError("farm rebuild runs on the farm's host (it reads the provenance of every published "
+                         "wheel); run it there without --server")
+    selector = cascade.parse_selector(args.affected_by)
+    ensure_db(create=False)
+    with session_scope() as session:
+        plan = cascade.plan_rebuilds(session, settings, selector, dependents=not args.only_direct)
+    render.lines(render.rebuild_plan(plan))
+    if args.dry_run or not plan.items:
+        return EXIT_OK
+    backend, storage = LocalBackend(settings), get_storage()
+    deadline = time.monotonic() + args.timeout
+    for n, rnd in enumerate(plan.rounds, 1):
+        job_ids: list[int] = []
+        for path, platform, pythons, reason in cascade.requests(rnd, storage.local_path):
+            sub = backend.submit(path, priority=args.priority, rebuild=reason, platforms=[platform], pythons=pythons)
+            render.lines(render.submitted_lines(sub))
+            job_ids += [j["id"] for j in sub["jobs"]]
+        print(f"round {n} of {len(plan.rounds)}: waiting for job(s) {', '.join(map(str, job_ids))}", flush=True)
+        code = render.wait(backend, job_ids, timeout=max(deadline - time.monotonic(), 0.0), quiet=args.quiet)
+        if code != EXIT_OK:
+            if n < len(plan.rounds):
+                print(f"farm: round {n} did not succeed; rounds {n + 1}-{len(plan.rounds)} were not submitted "
+                      f"(run the same command again once it is mended)", file=sys.stderr)
+            return code
+    return EXIT_OK
+
+
 # recipes, images, tokens, database: on this host -------------------------------------------------
 
 
@@ -121,7 +165,28 @@ def cmd_recipe_check(args: argparse.Namespace) -> int:
         print(f"{len(problems)} problem(s)", file=sys.stderr)
         return RecipeError.exit_code
     print("recipes ok")
+    _offer_rebuilds()
     return EXIT_OK
+
+
+def _offer_rebuilds() -> None:
+    """After a recipe change: the farm's published wheels an older recipe built, and the command that
+    rebuilds them (only where this host has a farm; nothing is created)."""
+    from farm.cli import ensure_db
+    from farm.coordinator.cascade import stale_recipes
+    from farm.db.session import session_scope
+    from farm.errors import NoFarm
+
+    settings = get_settings()
+    if settings.server_url:
+        return
+    try:
+        ensure_db(create=False)
+        with session_scope() as session:
+            stale = stale_recipes(session, settings)
+    except NoFarm:
+        return
+    render.lines(render.stale_recipes(stale))
 
 
 def cmd_recipe_docs(args: argparse.Namespace) -> int:
@@ -190,6 +255,19 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("-f", "--follow", action="store_true", help="print the log as it grows until the job ends")
     s.add_argument("--json", action="store_true", help='{"job": N, "log": TEXT}')
     on_backend(s, cmd_logs)
+
+    s = sub.add_parser("rebuild", help="build again, in dependency order and with new build tags, every published "
+                       "wheel built with an input: NAME[==VERSION], recipe:NAME or image:REF")
+    s.add_argument("--affected-by", required=True, metavar="NAME[==V]|recipe:NAME|image:REF",
+                   help="a build requirement or runtime dependency (a version specifier optional); recipe:NAME, "
+                   "the wheels of NAME built with another recipe than its current one; image:REF, a build image's "
+                   "digest or reference")
+    s.add_argument("--dry-run", action="store_true", help="print the plan; submit nothing")
+    s.add_argument("--only-direct", action="store_true", help="leave out what depends at runtime on a rebuilt project")
+    s.add_argument("--priority", type=int, default=0, choices=range(10), metavar="0-9")
+    s.add_argument("--timeout", type=float, default=3600 * 6, help="seconds to wait for every round (default %(default).0f)")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_rebuild)
 
     s = sub.add_parser("cancel", help="cancel jobs: nothing of theirs is published; workers stop at the next step")
     s.add_argument("jobs", type=int, nargs="+", metavar="JOB")

@@ -227,3 +227,36 @@ def record(data: Any, as_json: bool) -> None:
     from farm.records import render
 
     sys.stdout.write(render(data))
+
+
+def rebuild_plan(plan: Any) -> list[str]:
+    """`farm rebuild`: the plan (farm.coordinator.cascade.Plan), round by round."""
+    items = plan.items
+    out: list[str] = []
+    if not items:
+        out.append(f"nothing to rebuild for --affected-by {plan.selector}: {plan.note}")
+    else:
+        out.append(f"rebuild plan for --affected-by {plan.selector}: {len(items)} build(s) in {len(plan.rounds)} round(s)")
+        for n, rnd in enumerate(plan.rounds, 1):
+            out.append(f"round {n}:")
+            for p in rnd:
+                t = p.target
+                out.append(f"  {t.label} -> build tag {p.build_tag} (was job {t.job_id}: {', '.join(t.wheels)})")
+                out.append(f"    {p.reason}")
+    out += [f"left out, a build is under way: {u}" for u in plan.under_way]
+    return out
+
+
+def stale_recipes(stale: list[Any], *, shown: int = 10) -> list[str]:
+    """`farm recipe check`: the projects whose published wheels an older recipe built, each with the
+    command that rebuilds them (farm.coordinator.cascade.Stale)."""
+    if not stale:
+        return []
+    out = [f"published wheels built with an older recipe ({len(stale)} project(s)):"]
+    for s in stale[:shown]:
+        first = s.wheels[0] + (f" and {len(s.wheels) - 1} more" if len(s.wheels) > 1 else "")
+        out.append(f"  {s.name}: {first}")
+        out.append(f"    to rebuild them (and what depends on them): {s.command}")
+    if len(stale) > shown:
+        out.append(f"  ... and {len(stale) - shown} more project(s)")
+    return out

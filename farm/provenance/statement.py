@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import datetime as dt
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
 from farm.messages import JobSpec
 from farm.util.hashing import canonical_json, sha256_file
@@ -34,6 +38,7 @@ def statement(*, spec: JobSpec, wheel: Path, wheel_sha256: str | None = None, to
               commands: list[str], timings: dict[str, float], started: float, finished: float,
               verification: dict[str, Any], image_digest: str | None, build_requires: list[str] | None,
               isolation: dict[str, Any] | None = None, worker: str | None = None,
+              build_environment: list[str] | None = None,
               adjustments: dict[str, Any] | None = None) -> dict[str, Any]:
     dependencies: list[dict[str, Any]] = [
         {"name": spec.sdist.filename, "uri": f"farm-storage:{spec.sdist.storage_key}",
@@ -62,6 +67,9 @@ def statement(*, spec: JobSpec, wheel: Path, wheel_sha256: str | None = None, to
                                "engine": spec.engine},
                 },
                 "internalParameters": {"options": spec.options, "buildRequires": build_requires,
+                                       # what the build environment held (name==version): the versions
+                                       # of the build requirements, as resolved
+                                       **({"buildEnvironment": build_environment} if build_environment is not None else {}),
                                        "upstreamIndex": spec.upstream_index,
                                        # the sandbox package code ran in, and whether a recipe granted it network
                                        "isolation": isolation or {},
@@ -116,3 +124,57 @@ def verification(stmt: dict[str, Any] | None) -> dict[str, Any]:
     KeyError, TypeError or StopIteration when it records none."""
     byproducts = stmt["predicate"]["runDetails"]["byproducts"]  # type: ignore[index]
     return next(b["annotations"] for b in byproducts if b.get("name") == "verification")
+
+
+@dataclass(frozen=True)
+class BuildInputs:
+    """What a build was made with, read back from its statement (`farm rebuild --affected-by`)."""
+
+    build_environment: dict[str, str]  # normalized project name -> version, what the build environment held
+    recipe_name: str | None
+    recipe_digest: str | None
+    image_digest: str | None  # "sha256:..." of the build image (container engines)
+    image: str | None  # the build image's reference as configured
+
+
+def inputs(stmt: dict[str, Any] | None) -> BuildInputs:
+    """The inputs a statement records. Statements written before `buildEnvironment` was recorded give
+    what they have: the build requirements resolved as of a release, the wheels of a container
+    build's wheelhouse, or the exact pins among the declared build requirements."""
+    predicate = (stmt or {}).get("predicate") or {}
+    definition = predicate.get("buildDefinition") or {}
+    internal = definition.get("internalParameters") or {}
+    pins: list[str] = internal.get("buildEnvironment") or []
+    if not pins:
+        pins = ((internal.get("adjustments") or {}).get("buildRequiresAsOf") or {}).get("resolved") or []
+    env: dict[str, str] = {}
+    for text in pins:
+        name, sep, version = str(text).partition("==")
+        if sep and name.strip() and version.strip():
+            env[canonicalize_name(name.strip())] = version.strip()
+    if not env:
+        for filename in (internal.get("isolation") or {}).get("buildWheels") or []:
+            try:
+                name, version, _, _ = parse_wheel_filename(filename)
+            except InvalidWheelFilename:
+                continue
+            env[name] = str(version)
+    if not env:
+        for text in internal.get("buildRequires") or []:
+            try:
+                req = Requirement(text)
+            except InvalidRequirement:
+                continue
+            pinned = [s.version for s in req.specifier if s.operator in ("==", "===") and "*" not in s.version]
+            if pinned:
+                env[canonicalize_name(req.name)] = pinned[0]
+    recipe = (definition.get("externalParameters") or {}).get("recipe") or {}
+    image_digest = None
+    for dep in definition.get("resolvedDependencies") or []:
+        if dep.get("name") == "build-image" and dep.get("digest"):
+            algo, value = next(iter(dep["digest"].items()))
+            image_digest = f"{algo}:{value}"
+    tools = (predicate.get("runDetails") or {}).get("builder", {}).get("version") or {}
+    return BuildInputs(build_environment=env, recipe_name=recipe.get("name"),
+                       recipe_digest=(recipe.get("digest") or {}).get("sha256"), image_digest=image_digest,
+                       image=tools.get("image") if isinstance(tools, dict) else None)

@@ -22,5 +22,6 @@ def attest(spec: JobSpec, wheels: list[Path], outcomes: list[VerifyOutcome], bui
                       timings={**build.timings, **timings},
                       started=build.started if build.started is not None else started, finished=finished,
                       verification=v.record(), image_digest=build.image_digest, build_requires=build.build_requires,
+                      build_environment=build.build_environment,
                       isolation=build.isolation, adjustments=build.adjustments, worker=worker)
             for w, v in zip(wheels, outcomes, strict=True)]

@@ -233,7 +233,8 @@ def _steps(spec: JobSpec, *, settings: Settings, storage: Storage, steps: Steps,
                 if not platform.platform_tag_ok(wheel_tags(w)):
                     raise PackageFailure("repair", f"{w.name} does not carry a {platform.name} platform tag")
         build = BuildRecord(tools=out.tools, commands=ctx.commands, image_digest=out.image_digest,
-                            build_requires=out.effective_build_requires, isolation=out.isolation,
+                            build_requires=out.effective_build_requires, build_environment=out.build_environment,
+                            isolation=out.isolation,
                             adjustments={**out.adjustments, **({"patches": source.patched} if source.patched else {})},
                             timings=dict(steps.timings), started=started)
     else:

@@ -76,6 +76,20 @@ class Wheelhouse:
     def wheels(self) -> list[str]:
         return sorted(p.name for p in self.path.glob("*.whl"))
 
+    @property
+    def pins(self) -> list[str]:
+        """What the build environment is made of, `name==version` (read from the wheels' file names)."""
+        from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
+        out = set()
+        for filename in self.wheels:
+            try:
+                name, version, _, _ = parse_wheel_filename(filename)
+            except InvalidWheelFilename:
+                continue
+            out.add(f"{name}=={version}")
+        return sorted(out)
+
 
 def target(python_tag: str, platform: LinuxPlatform, libc: tuple[str, int, int]) -> Target:
     """The target of `cp39` on `linux-x86_64` in an image with `("glibc", 2, 31)` (or `("musl", 1, 2)`)."""

@@ -49,6 +49,7 @@ class BuildOutput:
     tools: dict[str, str] = field(default_factory=dict)  # tool -> version, for provenance
     image_digest: str | None = None
     effective_build_requires: list[str] | None = None
+    build_environment: list[str] | None = None  # what the build environment held, `name==version`
     isolation: dict[str, object] = field(default_factory=dict)  # what package code ran in, for provenance
     # what the farm changed to make the build work (build requirements as of the release, system
     # packages it found): recorded in the provenance's internalParameters

@@ -120,6 +120,7 @@ class CibuildwheelEngine:
                    **({"qemu": emulation["qemu"]} if emulation else {})},
             image_digest=digest,
             effective_build_requires=[*house.declared, *house.dynamic],
+            build_environment=house.pins,
             isolation={"sandbox": {"kind": "container", "image": image.image, "user": build_user(ctx),
                                    "capabilities": [],
                                    "rootPhase": {"user": "root", "capabilities": list(prepared_image.ROOT_CAPABILITIES),

@@ -111,6 +111,7 @@ class NativeEngine:
             wheels=[wheel], repaired=False,
             tools={"python": ".".join(map(str, interp.version)), **tool_versions()},
             effective_build_requires=[*declared, *dynamic] if effective is None else [*effective, *dynamic],
+            build_environment=_installed(python),
             isolation={"sandbox": ctx.sandbox.describe(), "network": ctx.options.network,
                        "limits": ctx.limits.describe()},
             adjustments={"buildRequiresAsOf": {**as_of.record(), "retry": False, "resolved": _installed(python)}}
@@ -162,7 +163,8 @@ def build_env(ctx: BuildContext) -> dict[str, str]:
 
 
 def _installed(python: str) -> list[str]:
-    """What the build environment holds, `name==version` (recorded when resolved as of a time)."""
+    """What the build environment holds, `name==version` (recorded in the provenance: `farm rebuild
+    --affected-by NAME` finds the builds that used a version)."""
     res = run([uv_bin(), "pip", "freeze", "--no-config", "--python", python], env=clean_env(_uv_cache()), timeout=120,
               check=False)
     return sorted(line.strip() for line in res.output.splitlines() if "==" in line)
