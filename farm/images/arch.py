@@ -4,19 +4,24 @@
 `/debootstrap/debootstrap --second-stage` runs inside the root file system under `chroot`, each arm64
 program run by the emulator (farm/util/emulation.py; set up once, as root, by scripts/install-qemu.sh,
 docs/operating.md). The setup script of farm/images/debootstrap.py runs the same way, and the result
-is imported as `linux/arm64`, so Docker and cibuildwheel run its containers as that platform.
+is loaded as a `linux/arm64` image, so Docker and cibuildwheel run its containers as that platform.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import tarfile
 from pathlib import Path
 from typing import TextIO
 
 from farm.errors import InfrastructureFault
 from farm.util.cmd import CommandFailed, clean_env, run
+from farm.util.hashing import sha256_file
 from farm.util.emulation import Arch, arch, emulated, emulator, host
 
-__all__ = ["Arch", "arch", "docker_import", "emulated", "foreign_debootstrap", "host"]
+__all__ = ["Arch", "arch", "docker_load", "emulated", "foreign_debootstrap", "host"]
 
 
 def foreign_debootstrap(*, target: Arch, suite: str, packages: list[str], root: Path, mirror: str,
@@ -39,13 +44,36 @@ def foreign_debootstrap(*, target: Arch, suite: str, packages: list[str], root: 
         raise InfrastructureFault("image", f"debootstrap of {suite} for {target.debian} failed: {exc}") from exc
 
 
-def docker_import(tarball: Path, tag: str, *, changes: list[str], target: Arch, docker_host: str,
-                  log: TextIO) -> None:
-    """`docker import --platform` of a root file system tarball for `target`."""
-    argv = ["docker", "import", "--platform", target.docker, *[a for c in changes for a in ("--change", c)],
-            tarball, tag]
-    env = clean_env({"DOCKER_HOST": docker_host} if docker_host else {})
+def docker_load(client, layer: Path, tag: str, *, env: dict[str, str], labels: dict[str, str],  # type: ignore[no-untyped-def]
+                cmd: list[str], target: Arch, log: TextIO) -> None:
+    """The root file system tarball `layer` as image `tag` for `target`, by `docker load` of an image
+    archive whose configuration names the architecture (`docker import --platform` records only the
+    OS on Docker 20.10, and cibuildwheel runs an image whose architecture is not the one it asks for
+    only after pulling it, which a local image cannot be)."""
+    from docker.errors import DockerException
+
+    diff_id = f"sha256:{sha256_file(layer)}"
+    config = json.dumps({
+        "architecture": target.docker.split("/")[1], "os": "linux",
+        "config": {"Env": [f"{k}={v}" for k, v in env.items()], "Labels": labels, "Cmd": cmd},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "history": [{"created_by": f"wheel-farm: debootstrap of {target.debian} under emulation"}],
+    }, sort_keys=True).encode()
+    config_name = f"{hashlib.sha256(config).hexdigest()}.json"
+    manifest = json.dumps([{"Config": config_name, "RepoTags": [tag], "Layers": ["layer.tar"]}]).encode()
+    archive = layer.with_name("image-archive.tar")
+    with tarfile.open(archive, "w") as tar:
+        for name, data in ((config_name, config), ("manifest.json", manifest)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        tar.add(layer, arcname="layer.tar")
+    log.write(f"docker load of {tag} ({target.docker})\n")
+    log.flush()
     try:
-        run(argv, env=env, log=log, timeout=1800)
-    except (CommandFailed, OSError) as exc:
-        raise InfrastructureFault("image", f"docker import of {tarball.name} as {target.docker} failed: {exc}") from exc
+        with open(archive, "rb") as f:
+            client.images.load(f)
+    except DockerException as exc:
+        raise InfrastructureFault("image", f"docker load of {tag} for {target.docker} failed: {exc}") from exc
+    finally:
+        archive.unlink(missing_ok=True)

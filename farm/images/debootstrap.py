@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TextIO
 
-from farm.containers import docker_client, resolve_docker_host
+from farm.containers import docker_client
 from farm.images import arch as arches
 from farm.errors import FarmError, InfrastructureFault
 from farm.util.cmd import CommandFailed, clean_env, run
@@ -155,9 +155,9 @@ def _build(*, kind: Kind, suite: str, tag: str | None, ca_bundle: Path, cache_di
             repository, _, version = tag.rpartition(":")
             log.write(f"docker import {final} {tag}\n")
             log.flush()
-            if foreign:  # the Docker SDK's import takes no platform: the CLI's does
-                arches.docker_import(final, tag, changes=changes, target=target,
-                                     docker_host=resolve_docker_host(docker_host), log=log)
+            if foreign:  # an image archive that names the architecture (farm/images/arch.py)
+                arches.docker_load(client, final, tag, env=_image_env(kind), labels=labels, cmd=["/bin/bash"],
+                                   target=target, log=log)
             else:
                 client.api.import_image_from_file(str(final), repository=repository, tag=version, changes=changes)
         finally:
