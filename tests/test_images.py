@@ -57,6 +57,8 @@ def test_cli_entry_reports_a_missing_engine(monkeypatch: pytest.MonkeyPatch, tmp
             main(["--suite", SUITE, "--ca-bundle", str(default_ca_bundle()), "--cache-dir", str(tmp_path)])
     finally:
         reset_settings()
+    # before fetching or compiling any of bullseye's default CPythons
+    assert not {"apt", "sources", "pythons", "rootfs"} & {p.name for p in tmp_path.iterdir()}
 
 
 # With Docker ---------------------------------------------------------------------------------------
@@ -106,7 +108,7 @@ def test_verify_image_is_clean(verify_image_result: ImageResult, client) -> None
 def test_rebuild_is_skipped_when_inputs_are_unchanged(build_image_result: ImageResult, docker_host: str) -> None:
     log = io.StringIO()
     again = image_build(suite=SUITE, docker_host=docker_host, cache_dir=CACHE, index_url="https://pypi.org/simple",
-                        log=log)
+                        log=log, python_sources=())
     assert again.reused and again.digest == build_image_result.digest, log.getvalue()
     assert "up to date" in log.getvalue()
 

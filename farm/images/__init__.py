@@ -2,6 +2,11 @@
 
     farm image build --suite bullseye            # build image wheel-farm/debian-bullseye:latest
     farm image build --suite bullseye --verify   # clean verification image ...-verify:latest
+    farm image build --suite bullseye --python-source Python-3.12.8.tgz   # one more compiled CPython
+
+Both carry the suite's python3 and the CPythons compiled from `--debian-pythons` (for bullseye by
+default python3.11/bookworm, python3.13/trixie, python3.14/sid; other suites none) and `--python-source`
+tarballs (farm.images.pythons; each compiled once and cached).
 
 `cli_build(args)` is what `farm image build` calls with its parsed arguments (`suite`, `tag`,
 `verify`; the options of `add_arguments` when present): it builds, prints the digest on stdout and
@@ -17,6 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from farm.errors import FarmError
+
 from farm.images.debootstrap import (
     DEFAULT_MIRROR,
     ImageResult,
@@ -25,8 +32,9 @@ from farm.images.debootstrap import (
     default_cache_dir,
     default_tag,
 )
+from farm.images.pythons import DEFAULT_SOURCES, PythonSource, default_sources
 
-__all__ = ["ImageResult", "add_arguments", "build_image", "build_verify_image", "cli_build", "default_ca_bundle",
+__all__ = ["DEFAULT_SOURCES", "ImageResult", "PythonSource", "add_arguments", "build_image", "build_verify_image", "cli_build", "default_ca_bundle",
            "default_tag", "image_build", "main"]
 
 
@@ -46,7 +54,7 @@ def default_ca_bundle() -> Path:
 def image_build(*, suite: str, tag: str | None = None, verify: bool = False, docker_host: str | None = None,
                 ca_bundle: Path | None = None, cache_dir: Path | None = None, mirror: str = DEFAULT_MIRROR,
                 index_url: str | None = None, rebuild: bool = False, log: TextIO | None = None,
-                arch: str | None = None) -> ImageResult:
+                arch: str | None = None, python_sources: Sequence[PythonSource] | None = None) -> ImageResult:
     """Build (or find up to date) the build image, or with `verify` the verification image, of a suite.
 
     Defaults: docker_host and index_url from the farm's settings (`docker_host`, `upstream_index`),
@@ -62,7 +70,7 @@ def image_build(*, suite: str, tag: str | None = None, verify: bool = False, doc
     return builder(suite=suite, tag=tag, ca_bundle=ca_bundle or default_ca_bundle(),
                    cache_dir=cache_dir or default_cache_dir(), log=log or sys.stderr,
                    docker_host=docker_host or None, mirror=mirror, index_url=index_url.rstrip("/"),
-                   rebuild=rebuild, arch=arch)
+                   rebuild=rebuild, arch=arch, python_sources=python_sources)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,11 +79,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verify", action="store_true", help="the clean verification image (no compiler)")
     parser.add_argument("--ca-bundle", type=Path, help="CA bundle copied into the image (default: the system's)")
     parser.add_argument("--cache-dir", type=Path, help="root file system cache (default ~/.cache/wheel-farm)")
-    parser.add_argument("--mirror", default=DEFAULT_MIRROR, help="Debian mirror for debootstrap")
+    parser.add_argument("--mirror", default=DEFAULT_MIRROR, help="Debian mirror for debootstrap and the CPython source packages (deb-src)")
     parser.add_argument("--index-url", help="package index the image's tools come from (default: upstream_index)")
     parser.add_argument("--arch", help="Debian architecture (arm64); another than the host's runs under QEMU "
                         "(scripts/install-qemu.sh)")
     parser.add_argument("--rebuild", action="store_true", help="rebuild even when an up-to-date image exists")
+    parser.add_argument("--debian-pythons", metavar="PKG/SUITE,...",
+                        help="Debian source packages of the CPythons compiled into the image (bullseye's default: "
+                             f"{','.join(map(str, DEFAULT_SOURCES))}; other suites: none; '' for none)")
+    parser.add_argument("--python-source", action="append", default=[], type=Path, metavar="FILE",
+                        help="a CPython source tarball (Python-3.12.8.tgz) compiled into the image too; repeatable")
+
+
+def python_sources(args: argparse.Namespace) -> list[PythonSource]:
+    """The CPython sources `--debian-pythons` and `--python-source` name (FarmError for a bad one)."""
+    debian = getattr(args, "debian_pythons", None)
+    if debian is None:
+        debian = ",".join(map(str, default_sources(args.suite)))
+    names = [n for n in debian.split(",") if n.strip()]
+    sources = []
+    for name in names:
+        source = PythonSource.parse(name)
+        if source.path is not None:
+            raise FarmError(f"--debian-pythons takes PACKAGE/SUITE (python3.13/trixie), not {name!r}")
+        sources.append(source)
+    for path in getattr(args, "python_source", None) or []:
+        if not Path(path).is_file():
+            raise FarmError(f"--python-source {path}: no such file")
+        sources.append(PythonSource(path=Path(path).resolve()))
+    return sources
 
 
 def cli_build(args: argparse.Namespace) -> int:
@@ -84,7 +116,7 @@ def cli_build(args: argparse.Namespace) -> int:
                          ca_bundle=getattr(args, "ca_bundle", None), cache_dir=getattr(args, "cache_dir", None),
                          mirror=getattr(args, "mirror", None) or DEFAULT_MIRROR,
                          index_url=getattr(args, "index_url", None), rebuild=getattr(args, "rebuild", False),
-                         arch=getattr(args, "arch", None))
+                         arch=getattr(args, "arch", None), python_sources=python_sources(args))
     print(f"{result.tag} {result.digest} pythons={','.join(result.pythons)}", file=sys.stderr)
     print(result.digest)
     return 0

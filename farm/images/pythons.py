@@ -1,0 +1,220 @@
+"""CPythons compiled inside a suite's root file system, for images that carry more than the suite's own.
+
+A source is a Debian source package of some suite (`python3.13/trixie`: its upstream tarball, the
+`.orig.tar.xz`, fetched with `apt-get source --download-only` through a private apt configuration
+whose only lines are `deb-src MIRROR SUITE main`) or any CPython source tarball a site provides. Debian's
+patches are not applied: the result is a plain upstream CPython like manylinux's.
+
+Each is compiled once in a chroot of the image's suite (`./configure --prefix=/opt/python/cpXY-cpXY`,
+static, no PGO, no tests; `make -j$(nproc)`; `make altinstall`) and the install tree is cached as a
+tarball keyed by the source's digest, the suite and the build script
+(~/.cache/wheel-farm/pythons/SUITE-cpXY-KEY.tar). Build and verification images both unpack that
+same tree, so a rebuild, a second image or the verification image reuses it. With `--mirror` pointing
+at a local mirror (sources included), fetching works offline; a site tarball needs nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from farm.errors import FarmError, InfrastructureFault
+from farm.util.cmd import CommandFailed, clean_env, run
+
+# What configure needs for the standard library's C modules (ssl, ctypes, sqlite3, bz2, lzma, readline,
+# curses, dbm, uuid) on top of the build image's compiler. The runtime libraries are those bullseye's
+# own python3 already pulls in, so build and verification images need nothing more.
+BUILD_DEPENDS = ["libssl-dev", "zlib1g-dev", "libffi-dev", "libbz2-dev", "liblzma-dev", "libsqlite3-dev",
+                 "libreadline-dev", "uuid-dev", "libgdbm-dev", "libncurses-dev", "xz-utils", "pkg-config"]
+# Modules a compiled CPython must import, or the build failed quietly (configure skips what it lacks).
+REQUIRED_MODULES = ("ssl", "zlib", "ctypes", "sqlite3", "bz2", "lzma", "readline", "uuid", "hashlib")
+
+# Run inside the chroot with /bin/sh. Receives PREFIX, VERSION (X.Y) and the source at /tmp/python-src.
+_COMPILE = r"""
+set -eu
+export LC_ALL=C.UTF-8 HOME=/root
+mkdir -p /tmp/python-build
+tar -xf /tmp/python-src -C /tmp/python-build --strip-components=1
+cd /tmp/python-build
+./configure --prefix="$PREFIX" --with-ensurepip=install --disable-test-modules >/tmp/configure.log 2>&1 \
+    || { tail -n 60 /tmp/configure.log; exit 1; }
+make -j"${JOBS:-$(nproc)}" >/tmp/make.log 2>&1 || { tail -n 80 /tmp/make.log; exit 1; }
+make altinstall COMPILEALL_OPTS=-j0 >/tmp/install.log 2>&1 || { tail -n 80 /tmp/install.log; exit 1; }
+rm -rf "$PREFIX/lib/python$VERSION/test" "$PREFIX/share/man"
+ln -sf "python$VERSION" "$PREFIX/bin/python3"
+ln -sf "python$VERSION" "$PREFIX/bin/python"
+ln -sf "pip$VERSION" "$PREFIX/bin/pip3"
+ln -sf "pip$VERSION" "$PREFIX/bin/pip"
+"$PREFIX/bin/python" -c "import sys; assert sys.version_info[:2] == tuple(map(int, '$VERSION'.split('.'))), sys.version"
+"$PREFIX/bin/python" -c "import __MODULES__"
+"$PREFIX/bin/python" -m pip --version
+tar --numeric-owner -C / -cf /tmp/python-tree.tar "${PREFIX#/}"
+""".replace("__MODULES__", ", ".join(REQUIRED_MODULES))
+
+_DEBIAN_SOURCE = re.compile(r"^(python[23]\.\d+)/([a-z-]+)$")
+
+
+@dataclass(frozen=True)
+class PythonSource:
+    """A CPython source: a Debian source package of a suite, or a tarball file (one of the two)."""
+
+    package: str = ""  # python3.13
+    suite: str = ""  # trixie
+    path: Path | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> PythonSource:
+        """`python3.13/trixie` (a Debian source package), else the path of a CPython source tarball."""
+        m = _DEBIAN_SOURCE.match(text.strip())
+        if m:
+            return cls(package=m.group(1), suite=m.group(2))
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise FarmError(f"CPython source {text!r} is neither PACKAGE/SUITE (python3.13/trixie) nor a file")
+        return cls(path=path.resolve())
+
+    def __str__(self) -> str:
+        return str(self.path) if self.path else f"{self.package}/{self.suite}"
+
+
+# What `farm image build --suite bullseye` compiles by default: Debian's current CPythons the suites'
+# source lists reach. (No current suite has 3.10 or 3.12: a site adds them with --python-source FILE.)
+# Other suites carry their own python3 only unless told (--debian-pythons).
+DEFAULT_SOURCES = (PythonSource(package="python3.11", suite="bookworm"),
+                   PythonSource(package="python3.13", suite="trixie"),
+                   PythonSource(package="python3.14", suite="sid"))
+SUITE_DEFAULTS: dict[str, tuple[PythonSource, ...]] = {"bullseye": DEFAULT_SOURCES}
+
+
+def default_sources(suite: str) -> tuple[PythonSource, ...]:
+    return SUITE_DEFAULTS.get(suite, ())
+
+
+@dataclass(frozen=True)
+class CompiledPython:
+    tag: str  # cp313
+    version: str  # 3.13.5
+    tree: Path  # tarball of /opt/python/cpXY-cpXY
+    key: str  # source digest, suite and build script
+    reused: bool = False
+
+
+def source_tarball(source: PythonSource, *, cache_dir: Path, mirror: str, log: TextIO) -> Path:
+    """The source tarball: the site's file, or the Debian source package's upstream tarball (downloaded
+    into cache_dir/sources; apt checks it against the suite's signed Sources index)."""
+    if source.path is not None:
+        if not source.path.is_file():
+            raise FarmError(f"CPython source {source.path} does not exist")
+        return source.path
+    apt = cache_dir / "apt"
+    for sub in ("lists/partial", "cache/archives/partial"):
+        (apt / sub).mkdir(parents=True, exist_ok=True)
+    keyring = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+    signed = f"[signed-by={keyring}] " if keyring.is_file() else ""
+    sources = apt / f"{source.suite}.list"
+    sources.write_text(f"deb-src {signed}{mirror} {source.suite} main\n")
+    options = [f"-oDir::Etc::SourceList={sources}", "-oDir::Etc::SourceParts=/nonexistent",
+               f"-oDir::State::Lists={apt / 'lists'}", f"-oDir::Cache={apt / 'cache'}",
+               "-oDir::State::status=/var/lib/dpkg/status", "-oAPT::Sandbox::User=root",
+               "-oAcquire::Languages=none", "-oAPT::Get::Only-Source=true"]
+    download = Path(tempfile.mkdtemp(prefix="python-source-", dir=_mkdir(cache_dir / "work")))
+    env = clean_env({"DEBIAN_FRONTEND": "noninteractive"})
+    try:
+        try:
+            run(["apt-get", *options, "update"], env=env, log=log, timeout=900)
+            run(["apt-get", *options, "source", "--download-only", f"{source.package}/{source.suite}"],
+                env=env, log=log, timeout=1800, cwd=download)
+        except (CommandFailed, FileNotFoundError) as exc:
+            raise InfrastructureFault("image", f"the Debian source package {source} could not be fetched "
+                                               f"from {mirror}: {exc}") from exc
+        origs = sorted(download.glob(f"{source.package}_*.orig.tar.*"))
+        origs = [p for p in origs if not p.name.endswith(".asc")]
+        if len(origs) != 1:
+            raise InfrastructureFault("image", f"{source} has no single upstream tarball: {[p.name for p in origs]}")
+        target = _mkdir(cache_dir / "sources") / origs[0].name
+        shutil.move(origs[0], target)
+        return target
+    finally:
+        shutil.rmtree(download, ignore_errors=True)
+
+
+def source_version(tarball: Path) -> str:
+    """X.Y.Z from the tarball's Include/patchlevel.h; FarmError when it is not a CPython source tree."""
+    try:
+        with tarfile.open(tarball) as tar:
+            for member in tar:
+                parts = member.name.split("/")
+                if len(parts) == 3 and parts[1:] == ["Include", "patchlevel.h"] and member.isfile():
+                    text = tar.extractfile(member).read().decode("ascii", "replace")  # type: ignore[union-attr]
+                    break
+            else:
+                raise FarmError(f"{tarball.name} is not a CPython source tarball (no TOP/Include/patchlevel.h)")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise FarmError(f"{tarball.name} is not a readable tarball: {exc}") from exc
+    fields = dict(re.findall(r"#define\s+(PY_(?:MAJOR|MINOR|MICRO)_VERSION)\s+(\d+)", text))
+    if len(fields) != 3:
+        raise FarmError(f"{tarball.name}: Include/patchlevel.h has no version")
+    version = f"{fields['PY_MAJOR_VERSION']}.{fields['PY_MINOR_VERSION']}.{fields['PY_MICRO_VERSION']}"
+    if fields["PY_MAJOR_VERSION"] != "3" or int(fields["PY_MINOR_VERSION"]) < 8:
+        raise FarmError(f"{tarball.name}: CPython {version} is not supported (3.8 or later)")
+    return version
+
+
+def compiled_python(source: PythonSource, *, suite: str, cache_dir: Path, mirror: str, log: TextIO,
+                    rootfs: Path | None = None, jobs: int | None = None) -> CompiledPython:
+    """The install tree of `source` compiled for `suite`, from the cache or compiled now in a chroot of
+    the suite's build root file system with BUILD_DEPENDS (`rootfs`: that tarball, made when None).
+    `jobs`: make's parallel jobs (default the core count; more gets a larger share of a busy machine)."""
+    tarball = source_tarball(source, cache_dir=cache_dir, mirror=mirror, log=log)
+    version = source_version(tarball)
+    major, minor = version.split(".")[:2]
+    tag = f"cp{major}{minor}"
+    digest = _file_digest(tarball)
+    key = hashlib.sha256(f"{digest}\0{suite}\0{_COMPILE}\0{' '.join(BUILD_DEPENDS)}".encode()).hexdigest()
+    target = _mkdir(cache_dir / "pythons") / f"{suite}-{tag}-{key[:16]}.tar"
+    if target.is_file():
+        log.write(f"CPython {version} for {suite}: {target} (cached)\n")
+        return CompiledPython(tag=tag, version=version, tree=target, key=key, reused=True)
+    if rootfs is None:
+        from farm.images.debootstrap import PACKAGES, rootfs_tarball
+
+        rootfs = rootfs_tarball(suite=suite, packages=[*PACKAGES["build"], *BUILD_DEPENDS], cache_dir=cache_dir,
+                                mirror=mirror, log=log)
+    from farm.images.debootstrap import chroot_run, untar
+
+    work = Path(tempfile.mkdtemp(prefix=f"python-{tag}-{suite}-", dir=_mkdir(cache_dir / "work")))
+    try:
+        root = work / "root"
+        root.mkdir()
+        untar(rootfs, root, log)
+        shutil.copyfile(tarball, root / "tmp" / "python-src")
+        log.write(f"compiling CPython {version} ({source}) for {suite} into /opt/python/{tag}-{tag}\n")
+        log.flush()
+        env = {"PREFIX": f"/opt/python/{tag}-{tag}", "VERSION": f"{major}.{minor}", **({"JOBS": str(jobs)} if jobs else {})}
+        chroot_run(root, _COMPILE, env=env,
+                   log=log, what=f"compiling CPython {version} for {suite}")
+        partial = target.with_name(target.name + f".{work.name}.partial")
+        shutil.move(root / "tmp" / "python-tree.tar", partial)
+        partial.rename(target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return CompiledPython(tag=tag, version=version, tree=target, key=key)
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
