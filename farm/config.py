@@ -89,7 +89,11 @@ class Settings(BaseSettings):
     platforms: list[str] = Field(default_factory=list, description="platforms the coordinator plans builds for; default: the host's")
     pythons: list[str] = Field(default_factory=list, description="native engine interpreters (paths or versions); default: every CPython 3 the host has (this one, PATH, pyenv, uv)")
     system_packages: Literal["install", "check", "ignore"] = Field(
-        "install", description="native engine: what to do with a recipe's system packages on the host")
+        "install", description="native engine: what to do with a recipe's system packages on the host; packages "
+        "the farm finds for a failed build are installed on the host only when this is set to install explicitly")
+    contents_mirror: str = Field("", description="Debian/Ubuntu mirror whose Contents index says which package "
+                                 "provides what a failed build lacks; default: the one the build image's (or the "
+                                 "host's) apt sources name")
     # Intake policy (farm/coordinator/intake.py): what the farm takes in from upstream --------------
     intake_allow: list[str] = Field(default_factory=list, description="when not empty, only releases matching one of "
                                     "these requirements (`name`, `name>=2`) are taken in")

@@ -130,7 +130,7 @@ class JobEvent(_Msg):
     error: str | None = None
     failure_kind: Literal["package", "infrastructure", "internal", "dependency"] | None = None
     missing: list[str] = Field(default_factory=list)  # requirements the farm's index lacks (dep_wait)
-    build: BuildRecord | None = None  # dep_wait: the wheels staged and what the build did
+    build: BuildRecord | None = None  # dep_wait: the wheels staged and what the build did; failed: its adjustments
     artifacts: list[ArtifactReport] = Field(default_factory=list)
     log_key: str | None = None
 

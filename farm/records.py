@@ -38,6 +38,7 @@ from farm.errors import FarmError, NotFound
 from farm.index import simple
 from farm.index.channels import SIDECARS, layout, regenerate
 from farm.provenance import statement
+from farm.recipes import suggest
 from farm.storage import log_key
 
 _TERMINAL = {s.value for s in TERMINAL}
@@ -140,6 +141,7 @@ def _job(session: Session, job: Job) -> dict[str, Any]:
                    "outcome": s.outcome} for s in job.steps],
         "logs": logs, "log_tail": (failed[-1].log.strip().splitlines()[-5:] if failed and failed[-1].log else []),
         "wheels": [a.filename for a in job.artifacts],
+        "suggested_recipe": suggest.for_job(job),  # system packages the farm found for it (farm recipe suggest)
     }
 
 

@@ -201,11 +201,15 @@ def jobs(submission: int | None = Query(None, ge=1, le=ROW_ID_MAX), limit: int =
 
 @router.get("/jobs/{job_id}", summary="One job")
 def job(job_id: JobId, who: Principal = submitter) -> dict[str, Any]:
+    from farm.db.models import Job
+    from farm.recipes.suggest import for_job
+
     with session_scope() as session:
         _, views = jobs_done(session, [job_id])
-    if not views:
-        raise HTTPException(404, f"no job {job_id}")
-    return views[0].as_dict()
+        if not views:
+            raise HTTPException(404, f"no job {job_id}")
+        # the system packages the farm found for it, as a recipe (farm/recipes/suggest.py)
+        return {**views[0].as_dict(), "suggested_recipe": for_job(session.get(Job, job_id))}
 
 
 @router.get("/jobs/{job_id}/log", response_class=PlainTextResponse, summary="A job's log, every attempt")

@@ -189,6 +189,22 @@ def _offer_rebuilds() -> None:
     render.lines(render.stale_recipes(stale))
 
 
+def cmd_recipe_suggest(args: argparse.Namespace) -> int:
+    from farm.cli import ensure_db
+    from farm.db.session import session_scope
+    from farm.recipes.suggest import for_project
+
+    name, _, version = args.name.partition("==")
+    ensure_db(create=False)
+    with session_scope() as session:
+        text, job_id = for_project(session, name.strip(), version.strip() or None)
+    if args.json:
+        print(json.dumps({"name": name.strip(), "job": job_id, "recipe": text}, indent=1))
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
 def cmd_recipe_docs(args: argparse.Namespace) -> int:
     from farm.recipes.docs import main
 
@@ -296,6 +312,11 @@ def parser() -> argparse.ArgumentParser:
     s = recipe.add_parser("check", help="validate recipe files; every error with file and key path")
     s.add_argument("paths", nargs="*")
     s.set_defaults(func=cmd_recipe_check)
+    s = recipe.add_parser("suggest", help="print the recipe the farm suggests for NAME: the system packages it "
+                          "found for a build that lacked them (TOML for recipes/NAME.toml)")
+    s.add_argument("name", metavar="NAME[==VERSION]")
+    s.add_argument("--json", action="store_true", help='{"name": NAME, "job": N, "recipe": TEXT}')
+    s.set_defaults(func=cmd_recipe_suggest)
     s = recipe.add_parser("docs", help="regenerate recipes/recipe.schema.json and docs/recipes.md")
     s.add_argument("--check", action="store_true", help="write nothing; exit 1 if a generated file is out of date")
     s.add_argument("--root", help="the repository root (default: the one this farm package is in)")

@@ -72,6 +72,8 @@ def apply_event(event: JobEvent, settings: Settings) -> None:
         if target == JobState.QUEUED:
             job.error = f"retrying after an infrastructure fault: {event.error}"
         elif target == JobState.FAILED:
+            if event.build is not None and event.build.adjustments:  # what the worker found (a suggested recipe)
+                job.staged = {**job.staged, "adjustments": event.build.adjustments}
             fail(session, job, event.error or "failed", event.failure_kind or "package")
         elif target == JobState.DEP_WAIT:
             rounds = BuildRecord.load(job.staged).rounds + 1

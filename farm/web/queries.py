@@ -24,6 +24,7 @@ from farm.coordinator.workers import waiting_reasons
 from farm.db.models import Artifact, ChannelEntry, Dependency, Job, Source, Submission
 from farm.db.states import RUNNING, TERMINAL, JobState
 from farm.records import artifact_record
+from farm.recipes import suggest
 
 ACTIVE = [s.value for s in JobState if s not in TERMINAL]
 ENDED = [s.value for s in TERMINAL]
@@ -118,7 +119,7 @@ def job_detail(session: Session, job_id: int) -> dict[str, Any] | None:
         e["width"] = max(0.5, round(100 * e["seconds"] / span, 2))
     wheels = [artifact_record(session, a, build=False) for a in job.artifacts]
     return {"job": job, "source": job.source, "timeline": timeline, "wheels": wheels,
-            "test": test_result(job, wheels),
+            "test": test_result(job, wheels), "suggested_recipe": suggest.for_job(job),
             "waiting_for": [d.requirement for d in job.dependencies if d.state == "waiting"],
             "unserved": waiting_reasons([job]).get(job.id),
             "ended": job.state in ENDED,

@@ -31,7 +31,7 @@ from farm.storage import Storage, log_key, staged_key, wheel_key
 from farm.provenance import statement
 from farm.util.hashing import sha256_file
 from farm.util.wheel import read_metadata, with_build_tag
-from farm.worker import verify
+from farm.worker import sysdeps, verify
 from farm.worker.attest import attest
 from farm.worker.engines import BuildContext, get_engine
 from farm.worker.fetch import fetch
@@ -114,7 +114,10 @@ def run_job(spec: JobSpec, *, settings: Settings, storage: Storage, report: Repo
                 log.write(f"\nFAILED ({getattr(exc, 'step', '?')}): {exc}\n")
                 log.flush()
                 _store_log(storage, key, log_path)
-                steps.event(JobState.FAILED, error=str(exc), failure_kind="package", log_key=key)
+                # what the farm found for it (system packages) stays with the job: its suggested recipe
+                found = getattr(exc, "adjustments", None)
+                steps.event(JobState.FAILED, error=str(exc), failure_kind="package", log_key=key,
+                            build=BuildRecord(adjustments=found) if found else None)
             elif kind == "infrastructure":
                 # The real fault is what the job's error names; storing the log is only attempted (the
                 # storage may be what failed) and the log stays on this disk for the next try.
@@ -217,7 +220,8 @@ def _steps(spec: JobSpec, *, settings: Settings, storage: Storage, steps: Steps,
         ctx = BuildContext(spec=spec, options=options, platform=platform, settings=settings, src=source, work=work,
                            log=log, sandbox=platform.sandbox(settings), limits=job_limits(settings, options))
         with steps.step(JobState.BUILDING):
-            out = get_engine(spec.engine).build(ctx)
+            # a build that lacks system packages is retried once with the ones found (farm/worker/sysdeps.py)
+            out = sysdeps.build(get_engine(spec.engine), ctx)
         with steps.step(JobState.REPAIRING):
             wheels = out.wheels if out.repaired else [
                 platform.repair(w, work / "repaired", exclude=options.repair_exclude, log=log) for w in out.wheels]
