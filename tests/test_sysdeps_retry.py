@@ -20,7 +20,6 @@ import hashlib
 import io
 import shutil
 import subprocess
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -31,6 +30,7 @@ from farm.messages import JobSpec, SdistRef
 from farm.recipes.load import parse_recipe_text
 from farm.recipes.schema import Options
 from farm.recipes.suggest import recipe_text
+from farm.util.archive import Limits
 from farm.worker import sysdeps
 from farm.worker.engines.base import BuildContext, BuildOutput
 from farm.worker.hints import build_failure
@@ -100,8 +100,6 @@ def sdist(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _ctx(tmp_path: Path, sdist: Path, *, engine: str = "native", **settings: object) -> BuildContext:
-    with tarfile.open(sdist) as tar:
-        tar.extractall(tmp_path / "src", filter="data")
     plat = get_platform("linux-x86_64")
     spec = JobSpec(job_id=9, attempt=1, name="farmtest-acl", version="0.1.0",
                    sdist=SdistRef(filename=sdist.name, sha256=hashlib.sha256(sdist.read_bytes()).hexdigest(),
@@ -109,9 +107,10 @@ def _ctx(tmp_path: Path, sdist: Path, *, engine: str = "native", **settings: obj
                    platform=plat.name, python="cp311", build_id=plat.build_identifier("cp311"), engine=engine,
                    recipe_name=None, recipe_digest="d", options={}, upstream_index="https://pypi.org/simple/")
     conf = Settings(home=tmp_path / "home", **settings)  # type: ignore[arg-type]
-    (tmp_path / "work").mkdir()
+    (tmp_path / "work").mkdir(parents=True)
     return BuildContext(spec=spec, options=Options(), platform=plat, settings=conf,
-                        src=SdistSource.unpacked(sdist, next((tmp_path / "src").iterdir())), work=tmp_path / "work",
+                        src=SdistSource(sdist, tmp_path / "work" / "src", Limits(10**8, 10**9, 10**5)),
+                        work=tmp_path / "work",
                         log=io.StringIO(), sandbox=plat.sandbox(conf), limits=job_limits(conf, Options()))
 
 
@@ -281,3 +280,30 @@ def test_recipe_suggest_reads_the_jobs(farm_home: Path) -> None:
             for_project(session, "no-such-project")
     assert main(["recipe", "suggest", "pylibacl==0.7.0"]) == 0
     assert main(["recipe", "suggest", "no-such-project"]) == NotFound.exit_code
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_the_native_engine_names_the_package_for_a_real_sdist_and_installs_nothing(tmp_path: Path) -> None:
+    """pylibacl 0.7.0 through the real native engine (sandboxed PEP 517 build) on this host, which
+    lacks libacl1-dev: the host's own Contents index names it, and the default configuration installs
+    nothing."""
+    import sys
+
+    from farm.worker.engines.native import NativeEngine
+    from tests.helpers.sdists import cached_sdist
+
+    _suite()
+    if _installed("libacl1-dev"):
+        pytest.skip("this host has libacl1-dev: pylibacl builds here without help")
+    real = cached_sdist("pylibacl==0.7.0")
+    tag = f"cp{sys.version_info[0]}{sys.version_info[1]}"
+    ctx = _ctx(tmp_path, real, pythons=[sys.executable])
+    ctx.spec = ctx.spec.model_copy(update={"name": "pylibacl", "version": "0.7.0", "python": tag,
+                                           "build_id": ctx.platform.build_identifier(tag)})
+    with pytest.raises(PackageFailure) as caught:
+        sysdeps.build(NativeEngine(), ctx)
+    message = str(caught.value)
+    assert "sys/acl.h (header)" in message and "libacl1-dev" in message, message
+    assert 'apt = ["libacl1-dev"]' in message and "nothing is installed on this host" in message
+    assert not _installed("libacl1-dev")
