@@ -90,6 +90,12 @@ class Wheelhouse:
             out.add(f"{name}=={version}")
         return sorted(out)
 
+    def constraints(self, dest: Path) -> Path:
+        """A constraints file pinning every project to the version this wheelhouse holds (what the
+        build installs offline): the versions cibuildwheel is given, in place of its own pins."""
+        dest.write_text("".join(f"{pin}\n" for pin in self.pins))
+        return dest
+
 
 def target(python_tag: str, platform: LinuxPlatform, libc: tuple[str, int, int]) -> Target:
     """The target of `cp39` on `linux-x86_64` in an image with `("glibc", 2, 31)` (or `("musl", 1, 2)`)."""

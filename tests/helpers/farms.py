@@ -35,18 +35,18 @@ class Farm:
         self.env = {**os.environ, "FARM_HOME": str(home), "FARM_PYTHONS": ONE_PYTHON}
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, timeout: float = 180) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen([sys.executable, "-m", "farm.cli", "up", "--port", str(self.port)],
                                      env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
                 if httpx.get(self.url + "/health", timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 time.sleep(0.1)
-        raise RuntimeError("farm up did not answer within 180 s")
+        raise RuntimeError(f"farm up did not answer within {timeout:.0f} s")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

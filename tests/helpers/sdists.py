@@ -144,3 +144,52 @@ def make_good(folder: Path, name: str = "good", version: str = "1.0", *, require
     top = f"{name}-{version}"
     return write_tar(folder / f"{top}.tar.gz",
                      sdist_members(top, name, version, meta=pkg_info(name, version, requires_python)))
+
+
+def cached_wheel(requirement: str, python_version: str = "3.9") -> Path:
+    """One wheel (no dependencies) of `requirement` for `python_version`, downloaded once into
+    ~/.cache/wheel-farm/wheels: a build requirement for an upstream index cut down to what a test needs."""
+    import sys
+
+    dest = CACHE / "wheels" / canonical_folder(requirement, python_version)
+    found = sorted(dest.glob("*.whl"))
+    if not found:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:",
+                        "--python-version", python_version, "--index-url", UPSTREAM, "--dest", str(dest), requirement],
+                       env=installer_env(), check=True, timeout=300)
+        found = sorted(dest.glob("*.whl"))
+    return found[-1]
+
+
+def canonical_folder(*parts: str) -> str:
+    return "-".join("".join(c if c.isalnum() or c in ".-" else "_" for c in p) for p in parts)
+
+
+ABI3_SETUP = textwrap.dedent("""
+    from setuptools import Extension, setup
+    setup(ext_modules=[Extension("{mod}._native", ["{mod}/_native.c"], py_limited_api=True{macros})])
+    """)
+
+# Tagged abi3 for 3.9 but calls PyUnicode_AsUTF8AndSize, part of the limited API only from 3.10 (the
+# macro Py_LIMITED_API is left out, or the header would hide it): what an abi3 audit must refuse.
+OUTSIDE_LIMITED_API = C_SOURCE.replace("static PyMethodDef", textwrap.dedent("""
+    static PyObject *size(PyObject *self, PyObject *arg) {
+        Py_ssize_t n;
+        if (PyUnicode_AsUTF8AndSize(arg, &n) == NULL) return NULL;
+        return PyLong_FromSsize_t(n);
+    }
+    static PyMethodDef""")).replace('{"add", add, METH_VARARGS, "add two integers"},',
+                                    '{"add", add, METH_VARARGS, "add two integers"}, {"size", size, METH_O, "utf-8 size"},')
+
+
+def make_abi3_project(root: Path, name: str, *, outside_limited_api: bool = False) -> Path:
+    """`make_project`'s C extension built for the limited API of 3.9 (`Py_LIMITED_API`, an abi3 wheel
+    tagged cp39-abi3); `outside_limited_api`: tagged so, but using a function 3.9's limited API lacks."""
+    project = make_project(root, name)
+    mod = name.replace("-", "_")
+    macros = "" if outside_limited_api else ', define_macros=[("Py_LIMITED_API", "0x03090000")]'
+    (project / "setup.py").write_text(ABI3_SETUP.format(mod=mod, macros=macros))
+    (project / "setup.cfg").write_text("[bdist_wheel]\npy_limited_api = cp39\n")
+    if outside_limited_api:
+        (project / mod / "_native.c").write_text(OUTSIDE_LIMITED_API)
+    return project

@@ -79,6 +79,7 @@ class CibuildwheelEngine:
                                               docker_host=host, frontend=frontend, job_label=job_label)
             env = cibw_environment(ctx, image=prepared.image, family=family, has_uv=has_uv, job_label=job_label,
                                    docker_host=host)
+            env["CIBW_DEPENDENCY_VERSIONS"] = str(house.constraints(ctx.work / "constraints.txt"))
             if not shutil.which("docker", path=env["PATH"]):
                 raise InfrastructureFault("build", "the docker client is not on PATH (cibuildwheel runs it)")
             target, cwd = (ctx.sdist, ctx.work) if from_sdist else (Path("."), ctx.source)
@@ -112,12 +113,14 @@ class CibuildwheelEngine:
         wheels = sorted(out.glob("*.whl"))
         if not wheels:
             raise PackageFailure("build", "cibuildwheel finished without producing a wheel")
+        audited = audit_abi3(ctx, wheels)
         return BuildOutput(
             wheels=wheels, repaired=True,
             tools={"cibuildwheel": version("cibuildwheel"), "wheel-farm": version("wheel-farm"),
                    "docker-engine": server, "image": image.image,
                    "build-frontend": "pip" if pure or not has_uv else "build[uv]",
-                   **({"qemu": emulation["qemu"]} if emulation else {})},
+                   **({"qemu": emulation["qemu"]} if emulation else {}),
+                   **({"abi3audit": version("abi3audit")} if audited else {})},
             image_digest=digest,
             effective_build_requires=[*house.declared, *house.dynamic],
             build_environment=house.pins,
@@ -267,6 +270,10 @@ def cibw_environment(ctx: BuildContext, *, image: str, family: str, has_uv: bool
         "CIBW_BUILD_VERBOSITY": "1",
         "CIBW_TEST_SKIP": "*",
         "CIBW_TEST_COMMAND": "",
+        # cibuildwheel's own audit would make a venv and install abi3audit from an index at build
+        # time; the farm audits abi3 wheels itself, offline (`audit_abi3`)
+        "CIBW_AUDIT_COMMAND": "",
+        "CIBW_AUDIT_REQUIRES": "",
         "CIBW_ENVIRONMENT": container_environment(ctx),
         "CIBW_REPAIR_WHEEL_COMMAND": repair_command(ctx),
         "CIBW_CONTAINER_ENGINE": engine_config(ctx, ca=ca, job_label=job_label),
@@ -300,6 +307,32 @@ def container_environment(ctx: BuildContext) -> str:
     literal = " ".join(f"{k}={shlex.quote(v)}" for k, v in pairs.items())
     recipe = " ".join(f"{k}={_double_quote(v)}" for k, v in ctx.options.environment.items())
     return f"{literal} {recipe}".strip()
+
+
+# Where any download a tool tries would go: nowhere (a closed port on this host).
+NO_NETWORK_PROXY = "http://127.0.0.1:9"
+
+
+def audit_abi3(ctx: BuildContext, wheels: list[Path]) -> list[str]:
+    """The audit cibuildwheel runs for abi3 wheels, done by the farm: its own abi3audit (a dependency
+    of the farm, installed with it), strict, on each repaired abi3 wheel, with no index and no
+    network (proxies to a closed port). Nothing is downloaded at build time. Reading the wheel's
+    ELF files runs no package code. A wheel tagged abi3 that uses more than the limited API of its
+    floor fails the build (the package's fault). Returns the wheels audited."""
+    abi3 = [w for w in wheels if "-abi3-" in w.name]
+    env = clean_env({"ABI3AUDIT_LOGLEVEL": "warning", "HTTP_PROXY": NO_NETWORK_PROXY, "HTTPS_PROXY": NO_NETWORK_PROXY,
+                     "http_proxy": NO_NETWORK_PROXY, "https_proxy": NO_NETWORK_PROXY, "NO_PROXY": "", "no_proxy": "",
+                     "XDG_CACHE_HOME": str(ctx.work / "audit-cache")})
+    for wheel in abi3:
+        try:
+            ctx.record(run([sys.executable, "-m", "abi3audit", "--strict", "--verbose", str(wheel)], env=env,
+                           log=ctx.log, timeout=600))
+        except CommandFailed as exc:
+            if exc.timed_out:
+                raise CommandTimeout("build", str(exc)) from exc
+            raise PackageFailure("build", f"{wheel.name} is tagged abi3 but abi3audit finds it uses more than the "
+                                 f"limited API it declares:\n{exc.result.output[-3000:]}") from exc
+    return [w.name for w in abi3]
 
 
 def _double_quote(value: str) -> str:
