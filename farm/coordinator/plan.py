@@ -23,6 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+from packaging.markers import Marker
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from farm.config import Settings
@@ -66,6 +67,24 @@ def pythons_for(settings: Settings, platform: str, workers: Workers | None = Non
     """(python tag, image) pairs this farm builds on `platform`, oldest first: what its workers offer
     (farm.coordinator.workers; before any registered, what a worker with these settings offers)."""
     return (workers or Workers(settings)).offers(platform)
+
+
+def target_pythons(settings: Settings, *, only_platforms: Sequence[str] | None = None,
+                   only_pythons: Sequence[str] | None = None, marker: Marker | None = None,
+                   workers: Workers | None = None) -> list[str]:
+    """The Pythons (cp39, ...) of the targets the farm would plan for a requirement, oldest first:
+    those offered on the chosen platforms (or the `only_pythons` asked for) whose marker environment
+    (python_version, sys_platform, platform_machine, ...) `marker` holds for. Known before any build;
+    what a release is chosen for (farm.coordinator.submit)."""
+    workers = workers or Workers(settings)
+    wanted = [python_tag(p) for p in only_pythons or []]
+    found: set[str] = set()
+    for platform_name in platforms_for(settings, None, workers, only_platforms):
+        platform = get_platform(platform_name)
+        for python in wanted or [p for p, _ in pythons_for(settings, platform_name, workers)]:
+            if marker is None or marker.evaluate({**platform.marker_environment(python), "extra": ""}):
+                found.add(python)
+    return sorted(found, key=python_sort_key)
 
 
 def _admits(requires_python: str | None, python: str) -> bool:
@@ -124,7 +143,9 @@ def sdist_kind(path: Path | None) -> SdistKind:
 
 def plan(*, name: str, version: str, sdist_sha256: str, requires_python: str | None, settings: Settings,
          only_platforms: Sequence[str] | None = None, only_pythons: Sequence[str] | None = None,
-         kind: SdistKind = "platform", workers: Workers | None = None) -> list[Target]:
+         kind: SdistKind = "platform", workers: Workers | None = None, marker: Marker | None = None) -> list[Target]:
+    """The targets of one sdist; `marker` (a requirement's PEP 508 marker, as in `foo; python_version <
+    "3.11"`) leaves out the targets whose marker environment it does not hold for."""
     workers = workers or Workers(settings)
     recipe = find_recipe(name, version, settings.all_recipe_dirs)
     digest = recipe.digest if recipe else DEFAULTS_DIGEST
@@ -138,6 +159,8 @@ def plan(*, name: str, version: str, sdist_sha256: str, requires_python: str | N
         candidates = []
         for python, image in pairs:
             if (wanted and python not in wanted) or not _admits(requires_python, python):
+                continue
+            if marker is not None and not marker.evaluate({**platform.marker_environment(python), "extra": ""}):
                 continue
             build_id = platform.build_identifier(python)
             if recipe is not None and not recipe.selects(build_id):

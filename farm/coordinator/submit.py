@@ -24,7 +24,7 @@ waits for the first's transaction and reuses its row instead of failing on the u
 
 from __future__ import annotations
 
-import platform as _platform
+import sys
 import tempfile
 from contextlib import ExitStack
 from collections.abc import Sequence
@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from packaging.markers import Marker
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import InvalidSdistFilename, canonicalize_name, parse_sdist_filename
 from packaging.version import InvalidVersion, Version
@@ -41,7 +42,7 @@ from sqlalchemy.orm import Session
 from farm.config import Settings
 from farm.coordinator import dispatch
 from farm.coordinator.intake import IntakePolicy, Release
-from farm.coordinator.plan import SdistKind, plan, sdist_kind
+from farm.coordinator.plan import SdistKind, plan, sdist_kind, target_pythons
 from farm.db.models import Artifact, Job, Source, Submission, utcnow
 from farm.db.session import session_scope
 from farm.db.states import JobState
@@ -73,9 +74,11 @@ def submit(request: str, *, settings: Settings, kind: str | None = None, parent_
     if rebuild is not None and not rebuild.strip():
         raise FarmError("a rebuild needs a reason (it is recorded with the job and in the provenance)")
     from_file = is_file_request(request) if from_file is None else from_file
+    marker = None if from_file else _marker_of(request, request, strict=False)
+    pythons = [] if from_file else _pythons_for(request, marker, settings, only_platforms, only_pythons)
     with ExitStack() as stack:
         with session_scope() as session:
-            source, pending = _source_for(request, from_file, session, settings, stack, kind=kind)
+            source, pending = _source_for(request, from_file, session, settings, stack, kind=kind, pythons=pythons)
             submission = Submission(kind=kind or ("file" if from_file else "requirement"), request=request,
                                     parent_job_id=parent_job_id)
             session.add(submission)
@@ -83,7 +86,8 @@ def submit(request: str, *, settings: Settings, kind: str | None = None, parent_
             storage = get_storage()
             builds = sdist_kind(pending if pending is not None else storage.local_path(source.storage_key))
             to_send, warnings = _plan_jobs(session, submission, source, settings, only_platforms, only_pythons,
-                                           priority, rebuild=rebuild.strip() if rebuild else None, kind=builds)
+                                           priority, rebuild=rebuild.strip() if rebuild else None, kind=builds,
+                                           marker=marker)
             if pending is not None and not storage.exists(source.storage_key):
                 storage.put_file(source.storage_key, pending)
             result = Submitted(submission_id=submission.id, name=source.name, version=source.version,
@@ -117,14 +121,26 @@ def target_environments(settings: Settings) -> list[dict[str, str]]:
             for python, _ in pythons_for(settings, platform)]
 
 
-def _marker_admits(item: Item, environments: list[dict[str, str]]) -> bool:
-    if item.from_file:
-        return True
+def _marker_of(request: str, origin: str, *, strict: bool = True) -> Marker | None:
+    """A requirement's marker; one that is no requirement is refused here (`strict`) or later, when
+    it is resolved (`_from_requirement` says what it may be instead)."""
     try:
-        marker = Requirement(item.request).marker
+        return Requirement(request).marker
     except InvalidRequirement as exc:
-        raise FarmError(f"{item.origin or item.request}: {item.request!r} is not a requirement: {exc}") from None
-    return marker is None or any(marker.evaluate(dict(env)) for env in environments)
+        if not strict:
+            return None
+        raise FarmError(f"{origin}: {request!r} is not a requirement: {exc}") from None
+
+
+def _pythons_for(request: str, marker: Marker | None, settings: Settings, only_platforms: Sequence[str] | None,
+                 only_pythons: Sequence[str] | None) -> list[str]:
+    """The target Pythons a requirement is resolved for, oldest first (see `target_pythons`); none
+    (its marker holds for no target) is refused before anything is recorded."""
+    pythons = target_pythons(settings, only_platforms=only_platforms, only_pythons=only_pythons, marker=marker)
+    if not pythons:
+        raise FarmError(f"{request}: its marker holds for none of this farm's targets "
+                        f"(platforms {', '.join(only_platforms or settings.platforms or ['host'])})")
+    return pythons
 
 
 def submit_many(items: Sequence[Item], *, settings: Settings, request: str, priority: int = 0,
@@ -136,27 +152,38 @@ def submit_many(items: Sequence[Item], *, settings: Settings, request: str, prio
     the whole submission with the item's origin in the reason."""
     if rebuild is not None and not rebuild.strip():
         raise FarmError("a rebuild needs a reason (it is recorded with the job and in the provenance)")
-    environments = target_environments(settings)
-    skipped = [f"{i.origin or i.request}: {i.request} (its marker admits none of this farm's targets)"
-               for i in items if not _marker_admits(i, environments)]
-    items = [i for i in items if _marker_admits(i, environments)]
+    # each line's marker evaluated for the targets' marker environments (their Pythons, platforms, machines)
+    wanted: list[tuple[Item, Marker | None, list[str]]] = []
+    skipped = []
+    for i in items:
+        marker = None if i.from_file else _marker_of(i.request, i.origin or i.request)
+        pythons = [] if i.from_file else target_pythons(settings, only_platforms=only_platforms,
+                                                         only_pythons=only_pythons, marker=marker)
+        if not i.from_file and not pythons:
+            skipped.append(f"{i.origin or i.request}: {i.request} (its marker admits none of this farm's targets)")
+        else:
+            wanted.append((i, marker, pythons))
+    items = [i for i, _, _ in wanted]
+    environments = target_environments(settings)  # the extras' requirements are read for them
     if not items:
         raise FarmError(f"{request}: nothing to submit" + (f" ({len(skipped)} line(s) skipped for their markers)"
                                                            if skipped else ""))
     with ExitStack() as stack:
         with session_scope() as session:
             resolved: list[tuple[Source, Path | None]] = []
+            markers: list[Marker | None] = []  # each resolved source's line's marker (None: planned for all)
             notes: dict[int, list[str]] = {}  # source id -> what could not be followed of its extras
-            queue: list[Item] = list(items)
+            queue: list[tuple[Item, Marker | None, list[str]]] = list(wanted)
             named = {canonicalize_name(Requirement(i.request).name) for i in items if not i.from_file}
             while queue:  # an extra's requirements join the queue (and theirs, in turn)
-                item = queue.pop(0)
+                item, marker, pythons = queue.pop(0)
                 try:
                     source, pending = _source_for(item.request, item.from_file, session, settings, stack,
-                                                  sha256=item.sha256)
+                                                  sha256=item.sha256, pythons=pythons)
                 except FarmError as exc:
                     raise type(exc)(f"{item.origin or item.request}: {exc}") from None
                 resolved.append((source, pending))
+                markers.append(marker)
                 extras = set() if item.from_file else Requirement(item.request).extras
                 if extras:
                     more, note = _extra_items(item, extras, source, pending, settings, environments)
@@ -166,7 +193,8 @@ def submit_many(items: Sequence[Item], *, settings: Settings, request: str, prio
                         key = canonicalize_name(Requirement(extra_item.request).name)
                         if key not in named:
                             named.add(key)
-                            queue.append(extra_item)
+                            queue.append((extra_item, None, target_pythons(settings, only_platforms=only_platforms,
+                                                                           only_pythons=only_pythons)))
             submission = Submission(kind="requirements", request=request)
             session.add(submission)
             session.flush()
@@ -174,14 +202,14 @@ def submit_many(items: Sequence[Item], *, settings: Settings, request: str, prio
             per_source: list[tuple[Source, list[Job], list[str]]] = []
             seen: set[int] = set()
             storage = get_storage()
-            for source, pending in resolved:
+            for (source, pending), marker in zip(resolved, markers, strict=True):
                 if source.id in seen:  # two lines, one sdist
                     continue
                 seen.add(source.id)
                 before = len(submission.jobs)
                 builds = sdist_kind(pending if pending is not None else storage.local_path(source.storage_key))
                 sent, warnings = _plan_jobs(session, submission, source, settings, only_platforms, only_pythons, priority,
-                                            rebuild=rebuild.strip() if rebuild else None, kind=builds)
+                                            rebuild=rebuild.strip() if rebuild else None, kind=builds, marker=marker)
                 to_send += sent
                 per_source.append((source, list(submission.jobs[before:]), warnings + notes.get(source.id, [])))
             for source, pending in resolved:
@@ -234,7 +262,8 @@ def _extra_items(item: Item, extras: set[str], source: Source, pending: Path | N
 
 
 def _source_for(request: str, from_file: bool, session: Session, settings: Settings, stack: ExitStack, *,
-                kind: str | None = None, sha256: frozenset[str] = frozenset()) -> tuple[Source, Path | None]:
+                kind: str | None = None, sha256: frozenset[str] = frozenset(),
+                pythons: Sequence[str] = ()) -> tuple[Source, Path | None]:
     """The Source `request` names (an sdist file, or a requirement fetched upstream) and the file
     still to be stored (None if the farm has it). `sha256`, when given, must hold the sdist's digest:
     a mismatch is refused before anything is recorded or downloaded."""
@@ -253,7 +282,7 @@ def _source_for(request: str, from_file: bool, session: Session, settings: Setti
     tmp_root = settings.home / "tmp"
     tmp_root.mkdir(parents=True, exist_ok=True)
     tmp = stack.enter_context(tempfile.TemporaryDirectory(dir=tmp_root))
-    return _from_requirement(request, session, settings, Path(tmp), kind=kind, sha256=sha256)
+    return _from_requirement(request, session, settings, Path(tmp), kind=kind, sha256=sha256, pythons=pythons)
 
 
 def _check_hash(request: str, digest: str, allowed: frozenset[str], error: type[FarmError] = UpstreamError) -> None:
@@ -267,10 +296,10 @@ def _check_hash(request: str, digest: str, allowed: frozenset[str], error: type[
 def _plan_jobs(session: Session, submission: Submission, source: Source, settings: Settings,
                only_platforms: Sequence[str] | None, only_pythons: Sequence[str] | None,
                priority: int = 0, *, rebuild: str | None = None,
-               kind: SdistKind = "platform") -> tuple[list[Job], list[str]]:
+               kind: SdistKind = "platform", marker: Marker | None = None) -> tuple[list[Job], list[str]]:
     targets = plan(name=source.name, version=source.version, sdist_sha256=source.sha256,
                    requires_python=source.requires_python, settings=settings,
-                   only_platforms=only_platforms, only_pythons=only_pythons, kind=kind)
+                   only_platforms=only_platforms, only_pythons=only_pythons, kind=kind, marker=marker)
     if not targets:
         raise FarmError(f"{source.name} {source.version}: no build target on this farm "
                         f"(platforms {settings.platforms or 'host'}, Requires-Python {source.requires_python or 'any'})")
@@ -370,8 +399,13 @@ def _admit(settings: Settings, release: Release, policy: IntakePolicy | None = N
 
 
 def _from_requirement(request: str, session: Session, settings: Settings, tmp: Path, *,
-                      kind: str | None = None, sha256: frozenset[str] = frozenset()) -> tuple[Source, Path | None]:
-    """The Source for a requirement, and the downloaded file still to be stored (None if known)."""
+                      kind: str | None = None, sha256: frozenset[str] = frozenset(),
+                      pythons: Sequence[str] = ()) -> tuple[Source, Path | None]:
+    """The Source for a requirement, and the downloaded file still to be stored (None if known).
+
+    A range takes the newest release whose Requires-Python admits the oldest of `pythons` (the
+    targets' Pythons its marker holds for, not the interpreter running the farm): the release every
+    one of them can install, as pip would choose it on the oldest."""
     try:
         req = Requirement(request)
     except InvalidRequirement as exc:
@@ -405,7 +439,8 @@ def _from_requirement(request: str, session: Session, settings: Settings, tmp: P
             file = upstream.find_sdist(name, str(version))
             _admit(settings, release(file, exact=True), policy)
         else:
-            python = ".".join(_platform.python_version_tuple()[:2])
+            oldest = pythons[0] if pythons else f"cp{sys.version_info[0]}{sys.version_info[1]}"
+            python = f"{oldest[2]}.{oldest[3:]}"
             found = upstream.best_sdist(str(req), python, accept=policy.accepts)
             if found is None:
                 newest = upstream.best_sdist(str(req), python) if policy.active else None

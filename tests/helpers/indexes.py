@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import html
 import io
 import json
 import os
@@ -110,16 +111,20 @@ class StaticIndex:
         self.files_url = self.url.removesuffix("simple/") + "files/"
 
     def add(self, project: str, filename: str, data: bytes, *, digest: str | None = "auto",
-            uploaded: dt.datetime | None = None) -> str | None:
+            uploaded: dt.datetime | None = None, requires_python: str | None = None) -> str | None:
         """Serve `data` as `filename` of `project`; the link carries `digest` (default: the true sha256)
-        and, on the JSON page, the upload time `uploaded` (none if not given)."""
+        and `requires_python` (PEP 503's data-requires-python) when given, and, on the JSON page, the
+        upload time `uploaded` (none if not given)."""
         (self.root / "files" / filename).write_bytes(data)
         if digest == "auto":
             digest = hashlib.sha256(data).hexdigest()
         fragment = f"#sha256={digest}" if digest else ""
-        self._links.setdefault(project, []).append(f'<a href="../../files/{filename}{fragment}">{filename}</a><br/>')
+        rp = f' data-requires-python="{html.escape(requires_python)}"' if requires_python else ""
+        self._links.setdefault(project, []).append(f'<a href="../../files/{filename}{fragment}"{rp}>{filename}</a><br/>')
         entry: dict[str, object] = {"filename": filename, "url": f"../../files/{filename}",
                                     "hashes": {"sha256": digest} if digest else {}}
+        if requires_python:
+            entry["requires-python"] = requires_python
         if uploaded is not None:
             entry["upload-time"] = uploaded.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         self._files.setdefault(project, []).append(entry)
