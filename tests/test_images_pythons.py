@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -22,7 +24,11 @@ import pytest
 from farm.errors import FarmError
 from farm.images import add_arguments, python_sources
 from farm.images.pythons import DEFAULT_SOURCES, PythonSource, compiled_python, source_version
-from tests.helpers.images import SUITE
+from tests.helpers.env import free_port
+from tests.helpers.farms import Farm
+from tests.helpers.images import (  # noqa: F401 - fixtures
+    CACHE, SUITE, TEST_PYTHON_SOURCES, client, docker_host, pythons_images, run_in)
+from tests.helpers.sdists import make_project, make_sdist
 
 
 def _source_tarball(path: Path, top: str, patchlevel: str | None) -> Path:
@@ -91,3 +97,77 @@ def test_a_bad_site_tarball_fails_before_anything_is_compiled(tmp_path: Path) ->
         compiled_python(PythonSource(path=bad), suite=SUITE, cache_dir=tmp_path / "cache", mirror="http://unused",
                         log=io.StringIO())
     assert not (tmp_path / "cache" / "rootfs").exists()
+
+
+# With Docker ---------------------------------------------------------------------------------------
+@pytest.mark.docker
+@pytest.mark.slow
+def test_compiled_python_in_build_and_verify_images(pythons_images, client) -> None:  # type: ignore[no-untyped-def]
+    build, verify = pythons_images
+    assert build.pythons == verify.pythons == ["cp39", "cp313"]
+    for result in (build, verify):
+        labels = client.images.get(result.tag).attrs["Config"]["Labels"]
+        assert labels["farm.pythons"] == "cp39,cp313" and labels["farm.suite"] == SUITE
+    probe = ("set -e; ldd --version | head -1; /opt/python/cp313-cp313/bin/python -c "
+             "'import sys, ssl, sqlite3, ctypes, lzma; print(sys.version_info[:2], sys.prefix)'; "
+             "sha256sum /opt/python/cp313-cp313/bin/python3.13")
+    digests = []
+    for result in (build, verify):
+        code, out = run_in(client, result.tag, probe, user="farm" if result is verify else None)
+        assert code == 0, out
+        assert "GLIBC 2.31" in out and "(3, 13) /opt/python/cp313-cp313" in out, out
+        digests.append(re.search(r"^([0-9a-f]{64}) ", out, re.M).group(1))  # type: ignore[union-attr]
+    assert digests[0] == digests[1]  # one compiled tree in both images
+    code, out = run_in(client, verify.tag, "command -v gcc cc make", user="farm")
+    assert code != 0, f"the verify image has a compiler: {out}"
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_compiled_python_is_cached(pythons_images) -> None:  # type: ignore[no-untyped-def]
+    log = io.StringIO()
+    again = compiled_python(TEST_PYTHON_SOURCES[0], suite=SUITE, cache_dir=CACHE,
+                            mirror="http://deb.debian.org/debian", log=log)
+    assert again.reused and again.tag == "cp313" and again.tree.parent == CACHE / "pythons"
+    assert "(cached)" in log.getvalue() and "compiling" not in log.getvalue()
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.network
+def test_c_extension_built_for_each_image_python_and_imported_in_the_clean_image(  # type: ignore[no-untyped-def]
+        pythons_images, client, docker_host: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    build, verify = pythons_images
+    farm = Farm(tmp_path_factory.mktemp("image-pythons") / "home", free_port())
+    farm.env.update({
+        "FARM_ENGINE": "cibuildwheel",
+        "FARM_DOCKER_HOST": docker_host,
+        "FARM_IMAGES": json.dumps({"linux-x86_64": [{"image": build.tag, "pythons": build.pythons}]}),
+        "FARM_VERIFY_IMAGES": json.dumps({"linux-x86_64": [{"image": verify.tag, "pythons": verify.pythons}]}),
+    })
+    work = tmp_path_factory.mktemp("imagec")
+    project = make_project(work, "imagepyc")
+    sdist = make_sdist(project, work / "dist")
+    farm.start()
+    try:
+        res = farm.farm("submit", "--wait", "--timeout", "1500", str(sdist))
+        assert res.returncode == 0, res.stdout + res.stderr
+        wheels = sorted(p.name for p in (farm.home / "index/files/imagepyc").glob("*.whl"))
+        assert [w.split("-")[2] for w in wheels] == ["cp313", "cp39"], wheels
+        for wheel in wheels:  # manylinux_2_31 or older: installs on any glibc 2.31 system
+            platforms = wheel[:-len(".whl")].split("-")[-1].split(".")
+            glibcs = [tuple(map(int, m.groups())) for p in platforms if (m := re.match(r"manylinux_(\d+)_(\d+)_", p))]
+            assert glibcs and max(glibcs) <= (2, 31), wheel
+        # Each Python of the clean image installs its wheel from the farm's index and imports it.
+        script = "set -e; " + "; ".join(
+            f"/opt/python/{t}-{t}/bin/python -m venv /tmp/{t} && /tmp/{t}/bin/python -m pip install -q "
+            f"--index-url {farm.index_url} imagepyc && (cd /tmp && /tmp/{t}/bin/python -c "
+            "'import sys, imagepyc; print(sys.version_info[:2], imagepyc.add(2, 3))')"
+            for t in ("cp313",)) + "; python3 -m venv /tmp/cp39 && /tmp/cp39/bin/python -m pip install -q " \
+            f"--index-url {farm.index_url} imagepyc && (cd /tmp && /tmp/cp39/bin/python -c " \
+            "'import sys, imagepyc; print(sys.version_info[:2], imagepyc.add(2, 3))')"
+        code, out = run_in(client, verify.tag, script, network="host", user="farm")
+        assert code == 0, out
+        assert "(3, 13) 5" in out and "(3, 9) 5" in out, out
+    finally:
+        farm.stop()
