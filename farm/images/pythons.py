@@ -106,8 +106,9 @@ class CompiledPython:
 
 
 def source_tarball(source: PythonSource, *, cache_dir: Path, mirror: str, log: TextIO) -> Path:
-    """The source tarball: the site's file, or the Debian source package's upstream tarball (downloaded
-    into cache_dir/sources; apt checks it against the suite's signed Sources index)."""
+    """The source tarball: the site's file, or the Debian source package's upstream tarball, kept in
+    cache_dir/sources and downloaded only when no file there has the sha256 that the suite's signed
+    Sources index names."""
     if source.path is not None:
         if not source.path.is_file():
             raise FarmError(f"CPython source {source.path} does not exist")
@@ -123,22 +124,35 @@ def source_tarball(source: PythonSource, *, cache_dir: Path, mirror: str, log: T
                f"-oDir::State::Lists={apt / 'lists'}", f"-oDir::Cache={apt / 'cache'}",
                "-oDir::State::status=/var/lib/dpkg/status", "-oAPT::Sandbox::User=root",
                "-oAcquire::Languages=none", "-oAPT::Get::Only-Source=true"]
-    download = Path(tempfile.mkdtemp(prefix="python-source-", dir=_mkdir(cache_dir / "work")))
     env = clean_env({"DEBIAN_FRONTEND": "noninteractive"})
+    wanted = f"{source.package}/{source.suite}"
+    try:
+        run(["apt-get", *options, "update"], env=env, log=log, timeout=900)
+        uris = run(["apt-get", *options, "source", "--print-uris", wanted], env=env, timeout=300).output
+    except (CommandFailed, FileNotFoundError) as exc:
+        raise InfrastructureFault("image", f"the Debian source package {source} could not be found "
+                                           f"on {mirror}: {exc}") from exc
+    # 'URI' NAME SIZE SHA256:HEX, one line per file of the source package
+    origs = [line.split()[1:] for line in uris.splitlines()
+             if line.startswith("'") and ".orig.tar." in line and not line.split()[1].endswith(".asc")]
+    if len(origs) != 1 or not origs[0][2].startswith("SHA256:"):
+        raise InfrastructureFault("image", f"{source} has no single upstream tarball with a SHA256: {origs}")
+    name, sha256 = origs[0][0], origs[0][2].removeprefix("SHA256:")
+    target = _mkdir(cache_dir / "sources") / name
+    if target.is_file() and _file_digest(target) == sha256:
+        log.write(f"{source}: {target} (cached, sha256 as in the suite's Sources)\n")
+        return target
+    download = Path(tempfile.mkdtemp(prefix="python-source-", dir=_mkdir(cache_dir / "work")))
     try:
         try:
-            run(["apt-get", *options, "update"], env=env, log=log, timeout=900)
-            run(["apt-get", *options, "source", "--download-only", f"{source.package}/{source.suite}"],
-                env=env, log=log, timeout=1800, cwd=download)
+            run(["apt-get", *options, "source", "--download-only", wanted], env=env, log=log, timeout=1800,
+                cwd=download)
         except (CommandFailed, FileNotFoundError) as exc:
             raise InfrastructureFault("image", f"the Debian source package {source} could not be fetched "
                                                f"from {mirror}: {exc}") from exc
-        origs = sorted(download.glob(f"{source.package}_*.orig.tar.*"))
-        origs = [p for p in origs if not p.name.endswith(".asc")]
-        if len(origs) != 1:
-            raise InfrastructureFault("image", f"{source} has no single upstream tarball: {[p.name for p in origs]}")
-        target = _mkdir(cache_dir / "sources") / origs[0].name
-        shutil.move(origs[0], target)
+        if _file_digest(download / name) != sha256:
+            raise InfrastructureFault("image", f"{name}: its sha256 is not the one the suite's Sources index names")
+        shutil.move(download / name, target)
         return target
     finally:
         shutil.rmtree(download, ignore_errors=True)
