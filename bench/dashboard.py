@@ -14,7 +14,10 @@ then, by `INSERT ... SELECT generate_series` (no row passes through Python):
 
 The API app (the dashboard included) runs under uvicorn on 127.0.0.1; an ASGI wrapper records each
 request's server time (from the request reaching the app to the last byte of the response leaving
-it). Measured, `--rounds` times each after a warm-up, over one keep-alive connection:
+it), and the CPU time the benchmark's process spent per request (the server's work, the client's
+few hundred microseconds included): on a machine that other work shares, the server time grows
+with the load average (recorded) while the CPU time does not. Measured, `--rounds` times each after
+a warm-up, over one keep-alive connection:
 
     jobs, first page          /
     jobs, filtered            /?state=failed&platform=linux-aarch64
@@ -187,14 +190,17 @@ def measure_pages(base: str, token: str, pages: dict[str, str], timed: Timed, ro
                 r = c.get(path)
                 assert r.status_code == 200, (path, r.status_code, r.text[:300])
             timed.times.pop(path, None)
-            client_ms = []
+            client_ms, cpu_ms = [], []
             for _ in range(rounds):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 c.get(path).raise_for_status()
                 client_ms.append((time.perf_counter() - t0) * 1000)
-            out[label] = {"path": path, "server_ms": summary(timed.times[path]), "client_ms": summary(client_ms)}
+                cpu_ms.append((time.process_time() - c0) * 1000)
+            out[label] = {"path": path, "server_ms": summary(timed.times[path]), "client_ms": summary(client_ms),
+                          "cpu_ms": summary(cpu_ms)}
             print(f"  {label:28} {path:50} server p50 {out[label]['server_ms']['p50']:7.1f} ms  "
-                  f"p95 {out[label]['server_ms']['p95']:7.1f} ms", flush=True)
+                  f"p95 {out[label]['server_ms']['p95']:7.1f} ms  cpu p50 {out[label]['cpu_ms']['p50']:6.1f} ms",
+                  flush=True)
     return out
 
 
@@ -363,8 +369,10 @@ def main() -> int:
                 "submissions": "/ui/submissions",
                 "one submission": f"/ui/submissions/{data['submission']}",
             }
-            print("pages (server time):", flush=True)
+            print(f"pages (server time; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs):", flush=True)
+            load_before = os.getloadavg()[0]
             results = measure_pages(base, token, pages, timed, args.rounds)
+            load_after = os.getloadavg()[0]
             print("SSE ...", flush=True)
             sse = measure_sse(base, token, settings.storage, args.lines)
             print(f"  new log line to client: p50 {sse['latency_ms']['p50']} ms, p95 {sse['latency_ms']['p95']} ms",
@@ -376,7 +384,7 @@ def main() -> int:
             print(f"  project page reads: every job as objects {proj['every_job_as_objects_ms']['p50']} ms vs "
                   f"project_matrix {proj['project_matrix_ms']['p50']} ms ({proj['ratio']}x)", flush=True)
             report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.platform(),
-                      "cpus": os.cpu_count(), "jobs": args.jobs, "rounds": args.rounds, "fill": data,
+                      "cpus": os.cpu_count(), "load_average": [load_before, load_after], "jobs": args.jobs, "rounds": args.rounds, "fill": data,
                       "pages": results, "sse": sse, "baseline_deep_page": base_line, "baseline_project_page": proj}
             if args.json:
                 args.json.write_text(json.dumps(report, indent=2))

@@ -10,7 +10,7 @@ release and the promotion gate's refusal are each refused with the reason).
 Slow (`-m slow`): a real `farm up` builds a real sdist while headless Chromium (Debian's, driven by
 Playwright) signs in with the farm's admin token, follows the job's log live, reads the step
 timeline, test result, wheel and provenance links, the project's matrix, workers and channels,
-cancels a queued job and builds it again. Screenshots are kept in a folder the test prints; every
+cancels a queued job and builds it again; on a second project's wheel it clicks promote (to stable) and yank. Screenshots are kept in a folder the test prints; every
 page is checked for accessibility basics (title, one h1, lang, labelled fields, named buttons).
 """
 
@@ -513,3 +513,57 @@ def test_dashboard_in_chromium_on_a_building_farm(live_farm: "Farm", shots: Path
     assert sum(v for k, v in samples.items() if k[0] == "farm_publish_latency_seconds_count") >= 1
     assert sum(v for k, v in samples.items() if k[0] == "farm_jobs_submitted_total") >= 3
     assert any(k[0] == "farm_jobs" and dict(k[1])["state"] == "succeeded" for k in samples)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_promote_and_yank_buttons_in_chromium(live_farm: "Farm", shots: Path, tmp_path: Path) -> None:
+    """On the real farm: a pure-Python sdist built and published, then, as the admin, the project
+    page's Promote button puts it into stable (its index lists it), the channels page's Yank button
+    yanks it (the index says so) and offers Unyank."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.helpers.sdists import make_project, make_sdist
+
+    farm = live_farm
+    base = farm.url
+    token = (farm.home / "admin.token").read_text().strip()
+    job = _submit(farm, make_sdist(make_project(tmp_path, "farmtest-webrel", c_extension=False), tmp_path / "dist"))
+    deadline = time.monotonic() + 900
+    while _status(farm)[job]["state"] not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline, "the build did not end"
+        time.sleep(2)
+    assert _status(farm)[job]["state"] == "succeeded"
+    json_accept = {"Accept": "application/vnd.pypi.simple.v1+json"}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        try:
+            page.goto(base + "/ui/signin?next=%2Fui%2Fprojects%2Ffarmtest-webrel")
+            page.get_by_label("API token").fill(token)
+            page.get_by_role("button", name="Sign in").click()
+            expect(page.get_by_role("heading", level=1)).to_have_text("farmtest-webrel")
+            assert page.evaluate(A11Y_CHECK) == []
+            page.locator("table.releases select").first.select_option("stable")
+            page.get_by_role("button", name="Promote farmtest-webrel 0.1.0").click()
+            expect(page.get_by_role("heading", level=1)).to_have_text("Promote farmtest-webrel==0.1.0 to stable")
+            expect(page.get_by_role("status")).to_contain_text("promoted to stable: farmtest_webrel-0.1.0")
+            assert page.evaluate(A11Y_CHECK) == []
+            page.screenshot(path=str(shots / "promoted.png"), full_page=True)
+            stable = httpx.get(f"{base}/stable/simple/farmtest-webrel/", headers=json_accept).json()
+            assert [f["filename"].startswith("farmtest_webrel-0.1.0") for f in stable["files"]] == [True]
+            page.get_by_role("link", name="Back").click()
+            expect(page.locator("table.releases")).to_contain_text("staging, stable")
+
+            page.goto(f"{base}/ui/channels?channel=stable")
+            expect(page.locator("table.entries")).to_contain_text("farmtest_webrel-0.1.0")
+            page.get_by_role("button", name="Yank farmtest-webrel 0.1.0").click()
+            expect(page.get_by_role("status")).to_contain_text("yanked: farmtest_webrel-0.1.0")
+            files = httpx.get(f"{base}/simple/farmtest-webrel/", headers=json_accept).json()["files"]
+            assert files and all(f.get("yanked") not in (None, False) for f in files)
+            page.get_by_role("link", name="Back").click()
+            expect(page.get_by_role("button", name="Unyank farmtest-webrel 0.1.0")).to_be_visible()
+            assert page.evaluate(A11Y_CHECK) == []
+            page.screenshot(path=str(shots / "channels-yanked.png"), full_page=True)
+        finally:
+            browser.close()

@@ -21,8 +21,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from farm.coordinator.workers import waiting_reasons
-from farm.db.models import Artifact, ChannelEntry, Dependency, Job, Source, Submission
-from farm.db.states import RUNNING, TERMINAL, JobState
+from farm.db.models import Artifact, ChannelEntry, Dependency, Job, Provenance, Source, Step, Submission
+from farm.db.states import RUNNING, TERMINAL, JobState, StepOutcome
+from farm.provenance.statement import verification
 from farm.records import artifact_record
 from farm.recipes import suggest
 
@@ -152,7 +153,13 @@ class Matrix:
 
 def project_matrix(session: Session, name: str, *, before_source: int | None = None, versions: int = 20) -> Matrix:
     """piwheels' matrix: version x platform x Python, the newest job of each cell, newest versions
-    first (`versions` sdists a page, seek-paged on the source id)."""
+    first (`versions` sdists a page, seek-paged on the source id).
+
+    Bounded at any number of resubmissions: the newest job id of each cell is found in SQL (the
+    `(source_id, id)` index), and only those jobs (one per cell), the wheels of the builds they are
+    (or reused) with their verification result, and their failed verifying steps are read, as rows.
+    The test result is `test_result`'s: the provenance's verification, else a failed verifying step
+    of the build's current attempt."""
     name = canonicalize_name(name)
     q = select(Source).where(Source.name == name)
     if before_source is not None:
@@ -161,32 +168,53 @@ def project_matrix(session: Session, name: str, *, before_source: int | None = N
     older = sources[versions - 1].id if len(sources) > versions else None
     sources = sources[:versions]
     by_id = {s.id: s for s in sources}
-    jobs = list(session.scalars(select(Job).where(Job.source_id.in_(by_id)).order_by(Job.id.asc())
-                                .options(selectinload(Job.steps),
-                                         selectinload(Job.artifacts).selectinload(Artifact.provenance),
-                                         selectinload(Job.artifacts).selectinload(Artifact.channels),
-                                         selectinload(Job.artifacts).selectinload(Artifact.uploads))))
+    newest = list(session.scalars(select(func.max(Job.id)).where(Job.source_id.in_(by_id))
+                                  .group_by(Job.source_id, Job.platform, Job.python))) if by_id else []
+    jobs = list(session.execute(select(Job.id, Job.source_id, Job.platform, Job.python, Job.state, Job.attempt,
+                                       Job.cached_from_id).where(Job.id.in_(newest)))) if newest else []
     # a cached job shows its origin's wheels and test result
-    origins = {j.cached_from_id for j in jobs if j.cached_from_id is not None} - {j.id for j in jobs}
-    origin_jobs = {j.id: j for j in session.scalars(
-        select(Job).where(Job.id.in_(origins)).options(
-            selectinload(Job.steps), selectinload(Job.artifacts).selectinload(Artifact.provenance),
-            selectinload(Job.artifacts).selectinload(Artifact.channels),
-            selectinload(Job.artifacts).selectinload(Artifact.uploads)))} if origins else {}
-    origin_jobs.update({j.id: j for j in jobs})
+    built_ids = {j.cached_from_id or j.id for j in jobs}
+    attempts = {j.id: j.attempt for j in jobs}
+    missing = built_ids - set(attempts)
+    if missing:
+        attempts.update(dict(session.execute(select(Job.id, Job.attempt).where(Job.id.in_(missing))).tuples()))
+    wheels: dict[int, list[dict[str, Any]]] = {}
+    passed: dict[int, bool] = {}
+    failed_verify: set[int] = set()
+    if built_ids:
+        for w in session.execute(select(Artifact.job_id, Artifact.filename, Artifact.yanked, Artifact.removed_at,
+                                        Provenance.statement)
+                                 .outerjoin(Provenance, Provenance.artifact_id == Artifact.id)
+                                 .where(Artifact.job_id.in_(built_ids)).order_by(Artifact.id)):
+            wheels.setdefault(w.job_id, []).append({"filename": w.filename, "yanked": w.yanked,
+                                                    "removed": w.removed_at is not None})
+            result = _passed(w.statement)
+            if result is not None and w.job_id not in passed:
+                passed[w.job_id] = result
+        failed_verify = {job_id for job_id, attempt in session.execute(
+            select(Step.job_id, Step.attempt).where(Step.job_id.in_(built_ids), Step.name == JobState.VERIFYING.value,
+                                                    Step.outcome == StepOutcome.FAILED)) if attempt == attempts.get(job_id)}
     cells: dict[tuple[str, str, str], dict[str, Any]] = {}
     columns: set[tuple[str, str]] = set()
-    for j in jobs:  # ascending: the newest job of a cell wins
+    for j in jobs:
         src = by_id[j.source_id]
-        built = origin_jobs.get(j.cached_from_id, j) if j.cached_from_id else j
-        wheels = [artifact_record(session, a, build=False) for a in built.artifacts]
-        cells[(src.version, j.platform, j.python)] = {
-            "job": j.id, "state": j.state, "built_by": built.id, "test": test_result(built, wheels),
-            "wheels": [{"filename": w["filename"], "yanked": w["yanked"], "removed": w["removed_at"] is not None}
-                       for w in wheels]}
+        built = j.cached_from_id or j.id
+        test = ("passed" if passed[built] else "failed") if built in passed else \
+            "failed" if built in failed_verify else "not run"
+        cells[(src.version, j.platform, j.python)] = {"job": j.id, "state": j.state, "built_by": built, "test": test,
+                                                      "wheels": wheels.get(built, [])}
         columns.add((j.platform, j.python))
     versions_sorted = sorted({s.version for s in sources}, key=_version_key, reverse=True)
     return Matrix(name=name, versions=versions_sorted, columns=sorted(columns), cells=cells, older=older)
+
+
+def _passed(statement: dict[str, Any] | None) -> bool | None:
+    """The verification result a provenance statement records, None when it records none."""
+    try:
+        v = verification(statement)
+    except (KeyError, TypeError, StopIteration):
+        return None
+    return bool(v["passed"]) if "passed" in v else None
 
 
 def version_channels(session: Session, name: str, versions: list[str]) -> dict[str, dict[str, Any]]:
