@@ -188,12 +188,12 @@ def _build(*, kind: Kind, suite: str, tag: str | None, ca_bundle: Path, cache_di
             changes += ['CMD ["/bin/bash"]']
             previous = _image_id(client, tag)
             repository, _, version = tag.rpartition(":")
-            log.write(f"docker import {final} {tag}\n")
-            log.flush()
             if foreign:  # an image archive that names the architecture (farm/images/arch.py)
                 arches.docker_load(client, final, tag, env=_image_env(kind), labels=labels, cmd=["/bin/bash"],
                                    target=target, log=log)
             else:
+                log.write(f"docker import {final} {tag}\n")
+                log.flush()
                 client.api.import_image_from_file(str(final), repository=repository, tag=version, changes=changes)
         finally:
             shutil.rmtree(work, ignore_errors=True)
