@@ -7,7 +7,8 @@ Real parts: the kernel's binfmt_misc registration of Debian's qemu-aarch64-stati
 linux-aarch64, a real C-extension sdist, cibuildwheel, auditwheel and pip inside the arm64 containers.
 
 Bad inputs covered: binfmt_misc not mounted, no emulator registered, a disabled one, one without the
-F (fix-binary) flag; an unknown architecture name; an x86_64 wheel offered as linux-aarch64.
+F (fix-binary) flag; an unknown architecture name; an x86_64 wheel offered as linux-aarch64; compiled
+CPythons asked for an arm64 image.
 """
 
 from __future__ import annotations
@@ -205,3 +206,23 @@ def test_c_extension_built_and_verified_for_aarch64_under_qemu(aarch64_farm: Far
         f"{aarch64_farm.index_url} armadd && cd /tmp && /tmp/v/bin/python -c "
         "'import platform, armadd; print(platform.machine(), armadd.add(40, 2))'"))
     assert code == 0 and out.split()[-2:] == ["aarch64", "42"], out
+
+
+@pytest.mark.skipif(not X86_64_HOST, reason="arm64 is another architecture on x86_64 only")
+def test_cli_compiles_no_cpython_for_another_architecture_by_default(tmp_path: Path) -> None:
+    """`farm image build --arch arm64` takes the suite's python3 only (compiling under emulation is not
+    done); naming a CPython source for it is refused before anything is built."""
+    import argparse
+
+    from farm.errors import FarmError
+    from farm.images import add_arguments, image_build, python_sources
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert python_sources(parser.parse_args(["--suite", "bullseye", "--arch", "arm64"])) == []
+    assert python_sources(parser.parse_args(["--suite", "bullseye"]))  # the host's architecture: compiled ones
+    sources = python_sources(parser.parse_args(["--suite", "bullseye", "--arch", "arm64",
+                                                "--debian-pythons", "python3.13/trixie"]))
+    with pytest.raises(FarmError, match="not compiled into arm64 images"):
+        image_build(suite="bullseye", arch="arm64", python_sources=sources, docker_host="unix:///nonexistent",
+                    index_url="https://pypi.org/simple", cache_dir=tmp_path)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TextIO
 
 from farm.errors import FarmError
+from farm.util.emulation import emulated
 
 from farm.images.debootstrap import (
     DEFAULT_MIRROR,
@@ -94,8 +95,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def python_sources(args: argparse.Namespace) -> list[PythonSource]:
     """The CPython sources `--debian-pythons` and `--python-source` name (FarmError for a bad one)."""
     debian = getattr(args, "debian_pythons", None)
-    if debian is None:
-        debian = ",".join(map(str, default_sources(args.suite)))
+    if debian is None:  # none compiled by default for another architecture (farm/images/arch.py)
+        arch = getattr(args, "arch", None)
+        debian = "" if arch and emulated(arch) else ",".join(map(str, default_sources(args.suite)))
     names = [n for n in debian.split(",") if n.strip()]
     sources = []
     for name in names:
