@@ -72,20 +72,20 @@ CLASSES: list[tuple[str, re.Pattern[str]]] = [
 
 
 def backend_of(sdist: Path) -> str:
-    """The build backend the sdist's pyproject.toml names; `setup.py` without one."""
+    """The build backend the sdist's pyproject.toml names (setuptools through setup.py without one),
+    and `+ Cython` when it holds .pyx sources or requires Cython to build."""
     with tarfile.open(sdist) as tf:
-        tops = [m for m in tf.getmembers() if m.name.count("/") == 1 and m.name.endswith("/pyproject.toml")]
-        if not tops:
-            return "setuptools (setup.py)"
-        data = tomllib.loads(tf.extractfile(tops[0]).read().decode())  # type: ignore[union-attr]
-        requires = " ".join(data.get("build-system", {}).get("requires", []))
-        backend = data.get("build-system", {}).get("build-backend", "") or "setuptools (setup.py)"
-        names = [p.removesuffix(".pyx") for p in tf.getnames() if p.endswith(".pyx")]
+        names = tf.getnames()
+        tops = [n for n in names if n.count("/") == 1 and n.endswith("/pyproject.toml")]
+        data = tomllib.loads(tf.extractfile(tops[0]).read().decode()) if tops else {}  # type: ignore[union-attr]
+    system = data.get("build-system", {})
+    backend = system.get("build-backend", "")
     label = {"setuptools.build_meta": "setuptools", "mesonpy": "meson-python", "pdm.backend": "pdm-backend",
-             "scikit_build_core.build": "scikit-build-core", "maturin": "maturin"}.get(backend, backend)
+             "scikit_build_core.build": "scikit-build-core", "maturin": "maturin",
+             "": "setuptools (setup.py)"}.get(backend, backend)
     if "pep517_backend" in backend:
         label = "setuptools (in-tree wrapper)"
-    if names or re.search(r"\bcython\b", requires, re.I):
+    if any(n.endswith(".pyx") for n in names) or re.search(r"\bcython\b", " ".join(system.get("requires", [])), re.I):
         label += " + Cython"
     return label
 
@@ -226,7 +226,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def reclassify(report: dict[str, Any]) -> dict[str, Any]:
-    for r in report["packages"].values():
+    for req, r in report["packages"].items():
+        r["backend"] = backend_of(fetch_sdist(req))
         if r["outcome"] == "failed":
             bad = next(j for j in r["jobs"].values() if j["state"] != "succeeded")
             log = Path(r["log"]).read_text(errors="replace") if r.get("log") and Path(r["log"]).exists() else ""
