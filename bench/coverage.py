@@ -59,6 +59,7 @@ CLASSES: list[tuple[str, re.Pattern[str]]] = [
     ("missing system package", re.compile(r"the build output reports missing:|fatal error: [\w./+-]+\.h: No such file|"
                                           r"Dependency \"?[\w.+-]+\"? not found|Could NOT find", re.I)),
     ("abi3 audit tool not installable", re.compile(r"'abi3audit'\] failed")),
+    ("repair (auditwheel)", re.compile(r"auditwheel\.error\.\w+|'auditwheel repair [^\n]*\] failed")),
     ("unresolvable requirements", re.compile(r"No solution found when resolving|ResolutionImpossible|"
                                              r"No matching distribution found", re.I)),
     ("import check", re.compile(r"ImportError|ModuleNotFoundError|undefined symbol", re.I)),
