@@ -55,15 +55,18 @@ ENDED = ("succeeded", "failed", "cancelled")
 CLASSES: list[tuple[str, re.Pattern[str]]] = [
     ("timeout", re.compile(r"timed out after|TimeoutExpired", re.I)),
     ("network at build", re.compile(r"host the build downloads from|Could not resolve host|Temporary failure in name "
-                                    r"resolution|Network is unreachable|Failed to establish a new connection", re.I)),
+                                    r"resolution|Network is unreachable|Failed to establish a new connection|"
+                                    r"cannot download [\w.+-]+\.wrap", re.I)),
     ("missing system package", re.compile(r"the build output reports missing:|fatal error: [\w./+-]+\.h: No such file|"
-                                          r"Dependency \"?[\w.+-]+\"? not found|Could NOT find", re.I)),
+                                          r"Dependency \"?[\w.+-]+\"? not found|Could NOT find|"
+                                          r"Dependency lookup for [\w.+-]+ with method", re.I)),
     ("abi3 audit tool not installable", re.compile(r"'abi3audit'\] failed")),
+    ("build requirement missing offline", re.compile(r"was not found in the cache and you require")),
     ("repair (auditwheel)", re.compile(r"auditwheel\.error\.\w+|'auditwheel repair [^\n]*\] failed")),
     ("unresolvable requirements", re.compile(r"No solution found when resolving|ResolutionImpossible|"
                                              r"No matching distribution found", re.I)),
     ("import check", re.compile(r"ImportError|ModuleNotFoundError|undefined symbol", re.I)),
-    ("backend drift", re.compile(r"Error compiling Cython file|invalid pyproject|pyproject\.toml.*(?:invalid|must)|"
+    ("backend drift", re.compile(r"Error compiling Cython file|ERROR: Use [\w.]+ instead of [\w.]+|invalid pyproject|pyproject\.toml.*(?:invalid|must)|"
                                  r"configuration error|InvalidConfigError|setuptools\.errors|"
                                  r"has no attribute|unexpected keyword argument|deprecated and (?:has been )?removed",
                                  re.I)),
