@@ -13,6 +13,12 @@ every server in turn (the order rotates each round, so load from other processes
 
     .venv/bin/python bench/uploads.py --json /tmp/bench-uploads/results.json
     .venv/bin/python bench/uploads.py --report /tmp/bench-uploads/results.json    # the Markdown table
+
+Also measured, in the same process, after the filling: what listing one new file costs the farm's
+publish in that project (`channels.list_new`, what a publish runs after its commit) against rewriting
+the project's pages from the database (`channels.regenerate`, what it ran before): the page's newest
+file is taken off every page, then put back by each in turn. `--page-cost-only` measures that alone in
+the farm home an earlier run left (`--work`).
 """
 
 from __future__ import annotations
@@ -76,6 +82,35 @@ def upload_to_installable(wheel: Path, version: str, *, upload_url: str, usernam
     return {"total_s": round(total, 3), "upload_s": round(uploaded, 3), "pip_tries": tries}
 
 
+def page_cost(project: str, repeats: int = 5) -> dict[str, Any]:
+    """Seconds to list one committed file that the pages lack: `list_new` against `regenerate` (medians)."""
+    from farm.config import get_settings
+    from farm.db.session import session_scope
+    from farm.index import channels, simple
+
+    settings = get_settings()
+    lay = channels.layout(settings)
+    ways = {"list_new": channels.list_new, "regenerate": channels.regenerate}
+    times: dict[str, list[float]] = {w: [] for w in ways}
+    files = 0
+    for r in range(repeats):
+        for way in (list(ways) if r % 2 == 0 else list(ways)[::-1]):
+            for t in lay.trees():  # the newest file off every page that lists it
+                tree = lay.tree(t)
+                current = simple.read_project(tree, project)
+                if current:
+                    newest = max(current, key=lambda f: f.upload_time or dt.datetime.min.replace(tzinfo=dt.UTC))
+                    simple.write_project(tree, project, [f for f in current if f is not newest])
+            start = time.perf_counter()
+            with session_scope() as s:
+                ways[way](s, settings, project)
+            times[way].append(time.perf_counter() - start)
+            files = len(simple.read_project(lay.tree(lay.first), project))
+    med = {w: statistics.median(v) for w, v in times.items()}
+    return {"files": files, "repeats": repeats, **{f"{w}_s": round(m, 4) for w, m in med.items()},
+            "ratio": round(med["regenerate"] / med["list_new"], 1)}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--files", type=int, default=2000)
@@ -83,9 +118,18 @@ def main() -> int:
     p.add_argument("--work", type=Path, default=Path("/tmp/bench-uploads"))
     p.add_argument("--json", type=Path)
     p.add_argument("--report", type=Path, metavar="JSON", help="print the Markdown table of an earlier run's --json")
+    p.add_argument("--page-cost-only", action="store_true", help="only the page cost, in the farm of an earlier run")
     args = p.parse_args()
     if args.report:
         print(report(json.loads(args.report.read_text())))
+        return 0
+    if args.page_cost_only:
+        os.environ["FARM_HOME"] = str(args.work.absolute() / "farm")
+        cost = page_cost(NAME)
+        print(json.dumps(cost))
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(cost, indent=1))
         return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
     work = args.work.absolute()
@@ -111,6 +155,8 @@ def main() -> int:
         token = issue(s, settings, "bench-uploader", "upload")
     first = settings.channels[0]
     log(f"farm filled with {len(fill)} files")
+    result["page_cost"] = page_cost(NAME)
+    log(f"page cost: {result['page_cost']}")
     with FarmServer(home) as farm, PypiServer(work / "pypiserver") as pypi, DevpiServer(work / "devpi") as devpi:
         upload_all("pypiserver", pypi, fill, None)
         log("pypiserver filled")
@@ -148,6 +194,9 @@ def report(result: dict[str, Any]) -> str:
     lines = [f"{result['files']} files in the project before each upload, {result['rounds']} rounds, "
              f"{result['date']}, load average at the end {', '.join(f'{x:.1f}' for x in result['load']['end'])}",
              "",
+             *([f"Listing one new file in the farm's project of {c['files']} files: {c['list_new_s'] * 1000:.0f} ms "
+                f"(`list_new`) against {c['regenerate_s'] * 1000:.0f} ms rewriting its pages from the database "
+                f"(`regenerate`), {c['ratio']}x", ""] if (c := result.get("page_cost")) else []),
              "| server | upload-to-installable, median s | min - max s | twine upload, median s | vs the farm |",
              "|---|---|---|---|---|"]
     for name, runs in result["runs"].items():
