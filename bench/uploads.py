@@ -82,6 +82,16 @@ def upload_to_installable(wheel: Path, version: str, *, upload_url: str, usernam
     return {"total_s": round(total, 3), "upload_s": round(uploaded, 3), "pip_tries": tries}
 
 
+def held(index_url: str) -> int:
+    """How many files the project's page on a server lists (its HTML page, anchors counted)."""
+    import httpx
+
+    r = httpx.get(f"{index_url.rstrip('/')}/{NAME}/", headers={"Accept": "text/html"}, follow_redirects=True,
+                  timeout=120)
+    r.raise_for_status()
+    return r.text.count("<a ")
+
+
 def page_cost(project: str, repeats: int = 5) -> dict[str, Any]:
     """Seconds to list one committed file that the pages lack: `list_new` against `regenerate` (medians)."""
     from farm.config import get_settings
@@ -119,6 +129,8 @@ def main() -> int:
     p.add_argument("--json", type=Path)
     p.add_argument("--report", type=Path, metavar="JSON", help="print the Markdown table of an earlier run's --json")
     p.add_argument("--page-cost-only", action="store_true", help="only the page cost, in the farm of an earlier run")
+    p.add_argument("--reuse", action="store_true", help="measure on the servers an earlier (stopped) run filled in "
+                   "--work, as filled (each server's file count is reported): no new filling")
     args = p.parse_args()
     if args.report:
         print(report(json.loads(args.report.read_text())))
@@ -133,12 +145,21 @@ def main() -> int:
         return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
     work = args.work.absolute()
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    if not args.reuse:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
     home = work / "farm"
     os.environ["FARM_HOME"] = str(home)
     started = time.time()
-    fill, measured = make_wheels(work, args.files, args.rounds)
+    if args.reuse:
+        from tests.helpers.wheels import make_wheel
+
+        fill = []
+        stamp = int(time.time())  # versions no earlier run uploaded
+        measured = [(make_wheel(work / "wheels" / f"measured-{stamp}", NAME, f"999.{stamp}.{r}"), f"999.{stamp}.{r}")
+                    for r in range(args.rounds)]
+    else:
+        fill, measured = make_wheels(work, args.files, args.rounds)
     log(f"made {len(fill)} + {len(measured)} wheels")
     result: dict[str, Any] = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "files": len(fill),
                               "rounds": args.rounds, "machine": _machine(), "runs": {}, "load": {}}
@@ -148,20 +169,22 @@ def main() -> int:
     from farm.db.session import session_scope
     from farm.tokens import issue
 
-    assert farm_main(["init"]) == 0
-    farm_publish_all(fill, None)
+    if not args.reuse:
+        assert farm_main(["init"]) == 0
+        farm_publish_all(fill, None)
     settings = get_settings()
     with session_scope() as s:
-        token = issue(s, settings, "bench-uploader", "upload")
+        token = issue(s, settings, f"bench-uploader-{int(time.time())}", "upload")
     first = settings.channels[0]
     log(f"farm filled with {len(fill)} files")
     result["page_cost"] = page_cost(NAME)
     log(f"page cost: {result['page_cost']}")
     with FarmServer(home) as farm, PypiServer(work / "pypiserver") as pypi, DevpiServer(work / "devpi") as devpi:
-        upload_all("pypiserver", pypi, fill, None)
-        log("pypiserver filled")
-        upload_all("devpi", devpi, fill, None)
-        log("devpi filled")
+        if not args.reuse:
+            upload_all("pypiserver", pypi, fill, None)
+            log("pypiserver filled")
+            upload_all("devpi", devpi, fill, None)
+            log("devpi filled")
         targets = {
             "farm": dict(upload_url=f"{farm.url}{first}/legacy/", username="__token__", password=token,
                          index_url=f"{farm.url}{first}/simple/"),
@@ -170,6 +193,8 @@ def main() -> int:
             "devpi": dict(upload_url=devpi.url, username=devpi.username, password=devpi.password,
                           index_url=devpi.index_url),
         }
+        result["held"] = {name: held(t["index_url"]) for name, t in targets.items()}  # files before the rounds
+        log(f"files in the project: {result['held']}")
         names = list(targets)
         for r, (wheel, version) in enumerate(measured):
             order = names[r % len(names):] + names[:r % len(names)]
@@ -191,7 +216,8 @@ def report(result: dict[str, Any]) -> str:
     med = {name: statistics.median(m["total_s"] for m in runs) for name, runs in result["runs"].items()}
     up = {name: statistics.median(m["upload_s"] for m in runs) for name, runs in result["runs"].items()}
     farm = med.get("farm")
-    lines = [f"{result['files']} files in the project before each upload, {result['rounds']} rounds, "
+    files = (", ".join(f"{n} {c}" for n, c in result["held"].items()) if "held" in result else str(result["files"]))
+    lines = [f"files in the project before the first upload: {files}; {result['rounds']} rounds, "
              f"{result['date']}, load average at the end {', '.join(f'{x:.1f}' for x in result['load']['end'])}",
              "",
              *([f"Listing one new file in the farm's project of {c['files']} files: {c['list_new_s'] * 1000:.0f} ms "
