@@ -13,6 +13,7 @@ pair (a stale reason would be as wrong as none).
 from __future__ import annotations
 
 import io
+import html
 import json
 import re
 import time
@@ -122,6 +123,8 @@ def test_the_api_and_the_dashboard_give_the_same_reason(run: Run, tmp_path: Path
         monkeypatch.setattr("farm.cli.remote.client_from_settings",
                             lambda: ApiClient("http://testserver", token, client=http))
         remote = _by_build(json.loads(run("--server", "http://testserver", "status", "--json")[1]))
+        http.post("/ui/signin", data={"token": token})
+        page, job_page = http.get("/").text, http.get(f"/ui/jobs/{aarch}").text
     for view in (one, listed["cp311-manylinux_aarch64"], remote["cp311-manylinux_aarch64"]):
         assert view["unserved"] == local["cp311-manylinux_aarch64"]["unserved"]
     # once any worker registered, this host's platform is not assumed served: none ever served it
@@ -133,6 +136,8 @@ def test_the_api_and_the_dashboard_give_the_same_reason(run: Run, tmp_path: Path
     assert rows["cp311-manylinux_aarch64"]["unserved"] == local["cp311-manylinux_aarch64"]["unserved"]
     assert rows["cp311-manylinux_x86_64"]["unserved"] == listed["cp311-manylinux_x86_64"]["unserved"]
     assert detail is not None and detail["unserved"] == local["cp311-manylinux_aarch64"]["unserved"]
+    shown = html.escape(local["cp311-manylinux_aarch64"]["unserved"], quote=False)
+    assert shown in page and shown in job_page  # the dashboard's job list and job page say it too
 
 
 def test_submit_wait_shows_the_reason_in_lines_and_in_the_table(run: Run, tmp_path: Path,
