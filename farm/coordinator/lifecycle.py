@@ -8,7 +8,10 @@ are verified together, each with the others' staged wheels beside the farm's ind
 (`JobSpec.co_staged`).
 
 The build messages a move calls for are queued on the session (`dispatch.send_after_commit`) and
-sent once its transaction commits; a rollback sends nothing. Stop markers (farm.liveness) for a
+sent once its transaction commits; a rollback sends nothing. A released job's message goes out only
+after the pages of what it waited for list the providers' wheels (`_send_listed`): its verification
+resolves against the farm's index, and a provider's pages are written after its own commit, by its
+own process, which may not have happened yet (or failed, for the index doctor to finish later). Stop markers (farm.liveness) for a
 cancelled job are written after the commit too.
 
 Callers: farm/coordinator/events.py (what workers report), deps.py (missing dependencies),
@@ -29,7 +32,7 @@ from farm.db.session import after_commit, session_scope
 from farm.db.states import TERMINAL, DependencyState, JobState
 from farm.errors import NotFound, StateError
 from farm.liveness import request_stop
-from farm.messages import BuildRecord
+from farm.messages import BuildRecord, JobSpec
 from farm.storage import get_storage
 
 log = logging.getLogger(__name__)
@@ -187,8 +190,33 @@ def _release_if_ready(session: Session, job: Job, settings: Settings) -> bool:
     job.move(JobState.QUEUED)
     session.flush()
     log.info("job %s: dependencies published, verifying again", job.id)
-    dispatch.send_after_commit(session, [dispatch.job_spec(job, settings, resume="verify")])
+    _send_listed(session, [job], [dispatch.job_spec(job, settings, resume="verify")], settings)
     return True
+
+
+def _send_listed(session: Session, waiters: list[Job], specs: list[JobSpec], settings: Settings) -> None:
+    """After the commit: list on the pages what the providers of `waiters`' met dependencies published
+    (`publish.list_pages`: adds only what a page lacks, under the index lock), then send `specs`.
+
+    The provider's own publish lists them after its commit, but a waiter may be released before that
+    has run: in another process (its dependency row linked once the provider had committed), or in
+    this one after a listing that failed. A message sent then meets an index without the dependency."""
+    providers = {d.dep_job_id for w in waiters for d in w.dependencies
+                 if d.state == DependencyState.MET and d.dep_job_id is not None}
+    if providers:  # a job that reused an identical build has its original's artifacts
+        providers |= set(session.scalars(select(Job.cached_from_id).where(
+            Job.id.in_(providers), Job.cached_from_id.is_not(None))))
+    projects = sorted(set(session.scalars(select(Artifact.name).where(
+        Artifact.job_id.in_(providers), Artifact.removed_at.is_(None))))) if providers else []
+
+    def go() -> None:
+        from farm.coordinator.publish import list_pages
+
+        if projects:
+            list_pages(settings, projects)
+        dispatch.send(specs)
+
+    after_commit(session, go)
 
 
 def _cycle_with(session: Session, job: Job) -> list[Job]:
@@ -223,5 +251,5 @@ def _release_cycle(session: Session, job: Job, settings: Settings) -> bool:
         specs.append(dispatch.job_spec(m, settings, resume="verify", co_staged=others))
     session.flush()
     log.info("jobs %s wait on each other: verifying them together", ", ".join(str(m.id) for m in members))
-    dispatch.send_after_commit(session, specs)
+    _send_listed(session, members, specs, settings)
     return True

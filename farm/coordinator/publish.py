@@ -91,6 +91,13 @@ def list_published(settings: Settings, projects: list[str]) -> None:
     here (a full index disk) leaves committed artifacts unlisted, which the reconciler's index doctor
     lists later (farm.index.doctor: missing-listing); the job has succeeded either way."""
     kill_point("publish-committed")
+    list_pages(settings, projects)
+
+
+def list_pages(settings: Settings, projects: list[str]) -> None:
+    """`list_published` without its test stop: also run before a job waiting for `projects` is sent to
+    verify against the index (farm/coordinator/lifecycle.py), since the provider's own listing may
+    not have run yet. Idempotent: a page that lists everything already is left as it is."""
     try:
         with session_scope() as session:
             for project in projects:
