@@ -343,8 +343,18 @@ def _double_quote(value: str) -> str:
 def repair_command(ctx: BuildContext) -> str:
     """CIBW_REPAIR_WHEEL_COMMAND: the platform's repair command line with the image's tool and
     cibuildwheel's placeholders (put in after quoting, which would quote the braces)."""
-    argv = ctx.platform.repair_command("WHEEL", "DEST", ctx.options.repair_exclude, program="auditwheel")
-    return shlex.join(argv).replace("DEST", "{dest_dir}").replace("WHEEL", "{wheel}")
+    platform = container_platform(ctx.platform)
+    first = shlex.join(platform.repair_command("WHEEL", "DEST", ctx.options.repair_exclude, program="auditwheel"))
+    plat = platform.oldest_policy()
+    again = shlex.join(platform.repair_command("WHEEL", "DEST", ctx.options.repair_exclude, program="auditwheel",
+                                               plat=plat))
+    # As the native path does (LinuxPlatform.repair): an extension that links no C library leaves
+    # auditwheel nothing to detect the libc from; then the oldest policy of the platform's libc is named.
+    script = (f'out=$({first} 2>&1); rc=$?; printf "%s\\n" "$out"; '
+              f'if [ $rc -ne 0 ]; then case "$out" in *"couldn\'t detect libc"*) '
+              f'echo "auditwheel could not tell the C library from the wheel; repairing for {plat}"; '
+              f'{again};; *) exit $rc;; esac; fi')
+    return script.replace("DEST", "{dest_dir}").replace("WHEEL", "{wheel}")
 
 
 def engine_config(ctx: BuildContext, *, ca: Path, job_label: str) -> str:

