@@ -85,3 +85,49 @@ def test_repair_command_in_the_build_image(tmp_path: Path, client, build_image_r
         failed = box.call(["sh", "-c", command.format(wheel=f"/tmp/in/{bad.name}", dest_dir="/tmp/out2")],
                           check=False, timeout=120)
         assert failed.exit_code != 0 and "repairing for" not in failed.output
+
+
+# meson 1.x's own output (meson setup in a project with `dependency('cairo', version: '>=1.15.10')`,
+# with no pkg-config program on PATH, as in the bullseye build image), and a dependency not found.
+MESON_WITHOUT_PKG_CONFIG = """\
+Did not find pkg-config by name 'pkg-config'
+Found pkg-config: NO
+Did not find CMake 'cmake'
+Found CMake: NO
+Run-time dependency cairo found: NO
+
+meson.build:2:6: ERROR: Dependency lookup for cairo with method 'pkg-config' failed: Pkg-config for machine host machine not found. Giving up.
+"""
+MESON_NOT_FOUND = """\
+Run-time dependency alsa found: NO  (tried pkg-config and cmake)
+
+meson.build:2:6: ERROR: Dependency "alsa" not found (tried pkg-config and cmake)
+"""
+
+
+def test_meson_without_pkg_config_names_the_program_and_the_module() -> None:
+    from farm.worker import hints
+
+    assert hints.missing_system_dependencies(MESON_WITHOUT_PKG_CONFIG) == ["pkg-config (program)", "cairo (pkg-config)"]
+    # the error line alone (the summary some front ends keep) says both as well
+    last = MESON_WITHOUT_PKG_CONFIG.splitlines()[-1]
+    assert hints.missing_system_dependencies(last) == ["pkg-config (program)", "cairo (pkg-config)"]
+    assert hints.missing_system_dependencies(MESON_NOT_FOUND) == ["alsa (meson)"]
+    # another lookup method is a meson dependency, not a pkg-config module
+    assert hints.missing_system_dependencies(
+        "ERROR: Dependency lookup for Foo with method 'cmake' failed: CMake binary not found") == ["Foo (meson)"]
+    # lines that name nothing missing
+    assert hints.missing_system_dependencies("Found pkg-config: YES (/usr/bin/pkg-config) 0.29.2\n"
+                                             "Run-time dependency cairo found: YES 1.16.0\n") == []
+
+
+@pytest.mark.network
+def test_meson_without_pkg_config_gives_both_bullseye_packages() -> None:
+    """Debian bullseye's real Contents index (cached after the first download) gives the program's and
+    the module's packages, which the automatic retry installs."""
+    from farm.worker import hints, sysdeps
+
+    index = sysdeps.load_index("http://deb.debian.org/debian", "bullseye", "amd64")
+    missing = list(sysdeps.parse_missing(hints.missing_system_dependencies(MESON_WITHOUT_PKG_CONFIG)))
+    found = index.packages_for(missing)
+    assert {m.name: p for m, p in found.items()} == {"pkg-config": "pkg-config", "cairo": "libcairo2-dev"}

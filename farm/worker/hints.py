@@ -15,6 +15,9 @@ from farm.errors import PackageFailure
 _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"fatal error: ([\w./+-]+\.h(?:h|pp|xx)?): No such file or directory"), "header"),
     (re.compile(r"ERROR: Dependency \"?([\w.+-]+)\"? not found"), "meson"),
+    # meson without a pkg-config program: the module it looked for (and the program, below)
+    (re.compile(r"Dependency lookup for ([\w.+-]+) with method '?pkg-?config'? failed", re.I), "pkg-config"),
+    (re.compile(r"Dependency lookup for ([\w.+-]+) with method '?(?!pkg-?config)[\w-]+'? failed", re.I), "meson"),
     (re.compile(r"Package '?([\w.+-]+)'?,? required by .*?, not found"), "pkg-config"),
     (re.compile(r"Package ([\w.+-]+) was not found in the pkg-config search path"), "pkg-config"),
     (re.compile(r"No package '([\w.+-]+)' found"), "pkg-config"),
@@ -26,10 +29,20 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
 ]
 
 
+# Lines that say a fixed program is missing (meson's words for a missing pkg-config).
+_PROGRAMS: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"Did not find pkg-config by name|Pkg-config (?:binary )?(?:for machine [\w ]+ )?not found",
+                re.I), "pkg-config"),
+]
+
+
 def missing_system_dependencies(output: str) -> list[str]:
     """`name (kind)` for each missing library, header or tool the output reports, first seen first."""
     found: dict[str, str] = {}
     for line in output.splitlines():
+        for pattern, program in _PROGRAMS:
+            if pattern.search(line):
+                found.setdefault(program, "program")
         for pattern, kind in _PATTERNS:
             for name in pattern.findall(line):
                 found.setdefault(name, kind)
