@@ -131,3 +131,39 @@ def test_meson_without_pkg_config_gives_both_bullseye_packages() -> None:
     missing = list(sysdeps.parse_missing(hints.missing_system_dependencies(MESON_WITHOUT_PKG_CONFIG)))
     found = index.packages_for(missing)
     assert {m.name: p for m, p in found.items()} == {"pkg-config": "pkg-config", "cairo": "libcairo2-dev"}
+
+
+def _as_of_ctx(tmp: Path) -> SimpleNamespace:
+    import io
+
+    work = tmp / "work"
+    work.mkdir()
+    recorded: list = []
+    return SimpleNamespace(work=work, log=io.StringIO(), record=recorded.append, recorded=recorded,
+                           spec=SimpleNamespace(upstream_index="https://pypi.org/simple/"))
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("resolver", ["x86_64-manylinux_2_31", None], ids=["uv", "pip"])
+def test_the_wheelhouse_resolves_as_of_the_release(tmp_path: Path, resolver: str | None) -> None:
+    """The container's wheelhouse as of a date gets what PyPI had then (uv's --exclude-newer, pip's
+    --uploaded-prior-to when uv has no target): Cython 0.29 on 2021-10-13, Cython 3 today."""
+    import datetime as dt
+
+    from farm.worker import wheelhouse
+    from farm.worker.build_requires import AsOf
+
+    t = wheelhouse.Target(python="3.9", implementation="cp", abi="cp39", resolver=resolver,
+                          platforms=("manylinux_2_31_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"))
+    as_of = AsOf(dt.datetime(2021, 10, 13, tzinfo=dt.UTC), "upstream upload-time")
+    then, today = tmp_path / "then", tmp_path / "today"
+    then.mkdir(), today.mkdir()
+    ctx = _as_of_ctx(then)
+    wheelhouse.download(ctx, ["Cython"], then / "wheels", t, name="then", as_of=as_of)  # type: ignore[arg-type]
+    argv = [str(a) for r in ctx.recorded for a in r.argv]
+    assert ("--exclude-newer" if resolver else "--uploaded-prior-to") in argv and as_of.exclude_newer in argv
+    old = [p.name for p in (then / "wheels").glob("*.whl")]
+    assert len(old) == 1 and old[0].startswith("Cython-0.29."), old
+    wheelhouse.download(_as_of_ctx(today), ["Cython"], today / "wheels", t, name="today")  # type: ignore[arg-type]
+    new = [p.name for p in (today / "wheels").glob("*.whl")]
+    assert len(new) == 1 and not new[0].startswith("Cython-0."), new

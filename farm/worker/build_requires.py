@@ -13,16 +13,21 @@ from __future__ import annotations
 
 import datetime as dt
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
 import tomli_w
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from farm.errors import PackageFailure, UpstreamError
+from farm.errors import CommandTimeout, PackageFailure, UpstreamError
 from farm.recipes.schema import BuildRequires
 from farm.worker.source import SdistSource
+
+if TYPE_CHECKING:
+    from farm.worker.engines.base import BuildContext, BuildOutput
 
 LEGACY_REQUIRES = ["setuptools>=40.8.0"]
 LEGACY_BACKEND = "setuptools.build_meta:__legacy__"
@@ -104,3 +109,44 @@ def release_time(name: str, version: str, source: SdistSource, upstream_index: s
     if source.timestamp > 315532800:  # 1980-01-01 is what an sdist without a time gets
         return AsOf(dt.datetime.fromtimestamp(source.timestamp, dt.UTC), "the sdist's PKG-INFO time")
     return None
+
+
+def build_as_of_release(ctx: BuildContext, attempt: Callable[[AsOf | None], BuildOutput], *,
+                        reset: Callable[[], None]) -> BuildOutput:
+    """An engine's build by `attempt(as_of)` (its output records `buildRequiresAsOf` with `resolved` when
+    `as_of` is given). With `build-requires-as-of = "auto"` (the default) a failed build is tried once
+    more with its build requirements as of the sdist's release, in a fresh tree after `reset()`
+    (which removes the first attempt's build environment); `"release"` resolves as of it from the start."""
+    mode = ctx.options.build_requires_as_of
+    as_of = _release(ctx) if mode == "release" else None
+    if mode == "release" and as_of is None:
+        ctx.log.write("build requirements as of the release: the release time is unknown; resolving as of today\n")
+    try:
+        return attempt(as_of)
+    except PackageFailure as exc:
+        if mode != "auto" or getattr(exc, "missing", None) or isinstance(exc, CommandTimeout):
+            raise  # what is missing from the system, or a timeout, is not cured by older build requirements
+        as_of = _release(ctx)
+        if as_of is None:
+            ctx.log.write("\nnot retried as of the release: its time is unknown\n")
+            raise
+        ctx.log.write(f"\n===== retry: build requirements as of the release, {as_of.exclude_newer} "
+                      f"({as_of.origin}) =====\n")
+        first = str(exc).splitlines()[0][:300]
+        ctx.src = ctx.src.fresh()
+        reset()
+        try:
+            out = attempt(as_of)
+        except PackageFailure as again:
+            raise PackageFailure("build", f"{str(again).removeprefix('build: ')}\n(also tried with the build "
+                                 f"requirements as of the release, {as_of.exclude_newer}; the first attempt "
+                                 f"failed with: {first})") from again
+        resolved = out.adjustments["buildRequiresAsOf"]["resolved"]  # type: ignore[index]
+        out.adjustments["buildRequiresAsOf"] = {**as_of.record(), "retry": True, "resolved": resolved,
+                                                "firstFailure": first}
+        ctx.log.write(f"built with the build requirements as of {as_of.exclude_newer}: {', '.join(resolved)}\n")
+        return out
+
+
+def _release(ctx: BuildContext) -> AsOf | None:
+    return release_time(ctx.spec.name, ctx.spec.version, ctx.src, ctx.spec.upstream_index)

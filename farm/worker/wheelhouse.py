@@ -70,6 +70,7 @@ class Wheelhouse:
     dynamic: list[str] = field(default_factory=list)
     target: Target | None = None
     probed: bool = False  # the backend's hook was asked (or its answer was known)
+    as_of: build_requires.AsOf | None = None  # resolved as of this time (the sdist's release)
     seconds: float = 0.0
 
     @property
@@ -130,8 +131,10 @@ def checked(requirements: Sequence[str], how: str) -> list[str]:
 
 
 # Step 1: resolve and download, on the host ------------------------------------------------------
-def download(ctx: BuildContext, requirements: Sequence[str], dest: Path, t: Target, *, name: str) -> list[str]:
-    """Download `requirements` and their dependencies for `t` into `dest` as wheels; return the pins."""
+def download(ctx: BuildContext, requirements: Sequence[str], dest: Path, t: Target, *, name: str,
+             as_of: build_requires.AsOf | None = None) -> list[str]:
+    """Download `requirements` and their dependencies for `t` into `dest` as wheels; return the pins.
+    With `as_of`, only what the index had then (uv's `--exclude-newer`, pip's `--uploaded-prior-to`)."""
     reqs = list(requirements)
     if not reqs:
         return []
@@ -147,7 +150,7 @@ def download(ctx: BuildContext, requirements: Sequence[str], dest: Path, t: Targ
         # --python: uv needs no interpreter of the target's version (it builds nothing), so it looks for none.
         _run(ctx, [uv_bin(), "pip", "compile", "--quiet", "--no-config", "--no-header", "--no-annotate",
                    "--only-binary", ":all:", "--python", sys.executable, "--python-version", t.python,
-                   "--python-platform", t.resolver,
+                   "--python-platform", t.resolver, *(["--exclude-newer", as_of.exclude_newer] if as_of else []),
                    "--index-url", index, "--output-file", pinned, source], env=env, t=t)
         pins = [line.strip() for line in pinned.read_text().splitlines()
                 if line.strip() and not line.lstrip().startswith(("#", "-"))]
@@ -157,6 +160,7 @@ def download(ctx: BuildContext, requirements: Sequence[str], dest: Path, t: Targ
     _run(ctx, [sys.executable, "-m", "pip", "download", "--quiet", *(["--no-deps"] if t.resolver else []),
                "--only-binary", ":all:", "--python-version", t.python, "--implementation", t.implementation,
                *(["--abi", t.abi, "--abi", "abi3", "--abi", "none"] if t.abi else []), *[a for p in t.platforms for a in ("--platform", p)],
+               *(["--uploaded-prior-to", as_of.exclude_newer] if as_of and not t.resolver else []),
                "--dest", dest, "--index-url", index, *pins], env=env, t=t)
     return pins
 
@@ -177,13 +181,14 @@ _ASKED: dict[str, list[str]] = {}
 
 
 def prepare(ctx: BuildContext, client, image: str, *, digest: str, frontend: str,  # type: ignore[no-untyped-def]
-            libc: tuple[str, int, int] | None = None) -> Wheelhouse:
+            libc: tuple[str, int, int] | None = None, as_of: build_requires.AsOf | None = None) -> Wheelhouse:
     """Fill `ctx.work/build-wheels` with the declared build requirements, and what the backend's hook
     asked for when this worker already knows its answer for this sdist, image and recipe.
 
     The hook is not asked here: most backends add nothing, so the build runs first and the probe
     (`add_dynamic`) only when its offline front end misses a requirement. `libc` is the image's C
-    library when known (a prepared image's label); else a short container asks `ldd`."""
+    library when known (a prepared image's label); else a short container asks `ldd`. With `as_of`,
+    the requirements are resolved as the index was then (the retry as of the sdist's release)."""
     from docker.errors import DockerException
 
     start = time.monotonic()
@@ -195,14 +200,15 @@ def prepare(ctx: BuildContext, client, image: str, *, digest: str, frontend: str
     except DockerException as exc:
         raise InfrastructureFault("build", f"the Docker engine failed while the wheelhouse was prepared: {exc}") from exc
     declared = declared_requirements(ctx, frontend)
-    ctx.log.write(f"build requirements for {t.describe()}: {', '.join(declared)}\n")
-    known = _ASKED.get(_probe_key(ctx, digest, frontend))
+    when = f" as of {as_of.exclude_newer}" if as_of else ""
+    ctx.log.write(f"build requirements for {t.describe()}{when}: {', '.join(declared)}\n")
+    known = _ASKED.get(_probe_key(ctx, digest, frontend, as_of))
     dynamic = sorted(set(known or []) - set(declared))
     if dynamic:
         ctx.log.write(f"the build backend adds (its answer for this sdist, image and recipe): {', '.join(dynamic)}\n")
-    download(ctx, [*declared, *dynamic], dest, t, name="build-requires")
+    download(ctx, [*declared, *dynamic], dest, t, name="build-requires", as_of=as_of)
     house = Wheelhouse(path=dest, declared=declared, dynamic=dynamic, target=t, probed=known is not None,
-                       seconds=time.monotonic() - start)
+                       as_of=as_of, seconds=time.monotonic() - start)
     ctx.log.write(f"wheelhouse for the offline build ({house.seconds:.1f} s): {', '.join(house.wheels)}\n")
     return house
 
@@ -219,21 +225,23 @@ def add_dynamic(ctx: BuildContext, client, image: str, house: Wheelhouse, *, dig
     except DockerException as exc:
         raise InfrastructureFault("build", f"the Docker engine failed while the backend was asked: {exc}") from exc
     answer = checked(sorted(asked), "asks for")
-    _ASKED[_probe_key(ctx, digest, frontend)] = answer
+    _ASKED[_probe_key(ctx, digest, frontend, house.as_of)] = answer
     house.probed = True
     new = sorted(set(answer) - set(house.declared) - set(house.dynamic))
     if new:
         ctx.log.write(f"the build backend adds: {', '.join(new)}\n")
         house.dynamic = sorted([*house.dynamic, *new])
         assert house.target is not None
-        download(ctx, [*house.declared, *house.dynamic], house.path, house.target, name="build-requires-all")
+        download(ctx, [*house.declared, *house.dynamic], house.path, house.target, name="build-requires-all",
+                 as_of=house.as_of)
     house.seconds += time.monotonic() - start
     return new
 
 
-def _probe_key(ctx: BuildContext, digest: str, frontend: str) -> str:
+def _probe_key(ctx: BuildContext, digest: str, frontend: str, as_of: build_requires.AsOf | None = None) -> str:
     inputs = [ctx.spec.sdist.sha256, digest, ctx.spec.recipe_digest, frontend, ctx.spec.python,
-              sorted((k, str(v)) for k, v in ctx.options.config_settings.items())]
+              sorted((k, str(v)) for k, v in ctx.options.config_settings.items()),
+              *([as_of.exclude_newer] if as_of else [])]
     return json.dumps(inputs)
 
 

@@ -55,6 +55,15 @@ class CibuildwheelEngine:
     name = "cibuildwheel"
 
     def build(self, ctx: BuildContext) -> BuildOutput:
+        """Build; a failed build is tried once more with its build requirements (the wheelhouse)
+        resolved as of the sdist's release, as the native engine does (`build_requires.build_as_of_release`)."""
+        def reset() -> None:
+            for folder in ("wheelhouse", "build-wheels", "pure-out"):
+                shutil.rmtree(ctx.work / folder, ignore_errors=True)
+
+        return build_requires.build_as_of_release(ctx, lambda as_of: self._build(ctx, as_of), reset=reset)
+
+    def _build(self, ctx: BuildContext, as_of: build_requires.AsOf | None) -> BuildOutput:
         image = choose_image(ctx)
         emulation = container_platform(ctx.platform).emulation()
         if emulation:
@@ -76,7 +85,7 @@ class CibuildwheelEngine:
             out.mkdir(parents=True, exist_ok=True)
             frontend = "build[uv]" if has_uv else "pip"
             house, prepared = prepare_offline(ctx, client, image=image.image, digest=digest, family=family,
-                                              docker_host=host, frontend=frontend, job_label=job_label)
+                                              docker_host=host, frontend=frontend, job_label=job_label, as_of=as_of)
             env = cibw_environment(ctx, image=prepared.image, family=family, has_uv=has_uv, job_label=job_label,
                                    docker_host=host)
             env["CIBW_DEPENDENCY_VERSIONS"] = str(house.constraints(ctx.work / "constraints.txt"))
@@ -131,6 +140,8 @@ class CibuildwheelEngine:
                        "network": network(ctx), "limits": {"memory": ctx.settings.build_memory,
                                                            "processes": ctx.settings.build_pids},
                        "buildWheels": house.wheels, **({"emulation": emulation} if emulation else {})},
+            adjustments={"buildRequiresAsOf": {**as_of.record(), "retry": False, "resolved": house.pins}}
+            if as_of else {},
         )
 
 
@@ -163,7 +174,8 @@ def build_user(ctx: BuildContext) -> str:
 
 
 def prepare_offline(ctx: BuildContext, client, *, image: str, digest: str, family: str, docker_host: str,  # type: ignore[no-untyped-def]
-                    frontend: str, job_label: str) -> tuple[wheelhouse.Wheelhouse, prepared_image.Prepared]:
+                    frontend: str, job_label: str, as_of: build_requires.AsOf | None = None,
+                    ) -> tuple[wheelhouse.Wheelhouse, prepared_image.Prepared]:
     """The build's inputs, made before it starts: the wheelhouse, and meanwhile (in a thread, its log
     appended afterwards) the prepared image: the recipe's system packages downloaded with the
     network and installed with before-all in the root phase, or a prepared image reused."""
@@ -194,7 +206,7 @@ def prepare_offline(ctx: BuildContext, client, *, image: str, digest: str, famil
     with ThreadPoolExecutor(max_workers=1) as pool:
         fetched = pool.submit(root_phase)
         try:
-            house = wheelhouse.prepare(ctx, client, image, digest=digest, frontend=frontend, libc=libc)
+            house = wheelhouse.prepare(ctx, client, image, digest=digest, frontend=frontend, libc=libc, as_of=as_of)
         except BaseException:
             fetched.exception()  # waits for it: the wheelhouse's failure is the one reported
             raise

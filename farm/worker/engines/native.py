@@ -21,7 +21,7 @@ from pathlib import Path
 
 from build import BuildBackendException, BuildException, ProjectBuilder
 
-from farm.errors import CommandTimeout, ConfigError, PackageFailure
+from farm.errors import ConfigError, PackageFailure
 from farm.util.cmd import CommandFailed, clean_env, run
 from farm.worker import build_requires
 from farm.worker.engines.base import BuildContext, BuildOutput
@@ -35,40 +35,11 @@ class NativeEngine:
     def build(self, ctx: BuildContext) -> BuildOutput:
         """Build; with `build-requires-as-of = "auto"` (the default) a failed build is tried once more
         with its build requirements as of the sdist's release, in a fresh tree and build environment."""
-        mode = ctx.options.build_requires_as_of
-        as_of = self._as_of(ctx) if mode == "release" else None
-        if mode == "release" and as_of is None:
-            ctx.log.write("build requirements as of the release: the release time is unknown; resolving as of today\n")
-        try:
-            return self._build(ctx, as_of)
-        except PackageFailure as exc:
-            if mode != "auto" or getattr(exc, "missing", None) or isinstance(exc, CommandTimeout):
-                raise  # what is missing from the system, or a timeout, is not cured by older build requirements
-            as_of = self._as_of(ctx)
-            if as_of is None:
-                ctx.log.write("\nnot retried as of the release: its time is unknown\n")
-                raise
-            ctx.log.write(f"\n===== retry: build requirements as of the release, {as_of.exclude_newer} "
-                          f"({as_of.origin}) =====\n")
-            first = str(exc).splitlines()[0][:300]
-            ctx.src = ctx.src.fresh()
+        def reset() -> None:
             shutil.rmtree(ctx.work / "build-env", ignore_errors=True)
             shutil.rmtree(ctx.work / "built", ignore_errors=True)
-            try:
-                out = self._build(ctx, as_of)
-            except PackageFailure as again:
-                raise PackageFailure("build", f"{str(again).removeprefix('build: ')}\n(also tried with the build "
-                                     f"requirements as of the release, {as_of.exclude_newer}; the first attempt "
-                                     f"failed with: {first})") from again
-            resolved = out.adjustments["buildRequiresAsOf"]["resolved"]  # type: ignore[index]
-            out.adjustments["buildRequiresAsOf"] = {**as_of.record(), "retry": True, "resolved": resolved,
-                                                    "firstFailure": first}
-            ctx.log.write(f"built with the build requirements as of {as_of.exclude_newer}: {', '.join(resolved)}\n")
-            return out
 
-    @staticmethod
-    def _as_of(ctx: BuildContext) -> build_requires.AsOf | None:
-        return build_requires.release_time(ctx.spec.name, ctx.spec.version, ctx.src, ctx.spec.upstream_index)
+        return build_requires.build_as_of_release(ctx, lambda as_of: self._build(ctx, as_of), reset=reset)
 
     def _build(self, ctx: BuildContext, as_of: build_requires.AsOf | None) -> BuildOutput:
         interp = _interpreter(ctx)
