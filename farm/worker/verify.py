@@ -4,7 +4,10 @@ First the wheel's runtime requirements (and the recipe's test requirements) are 
 the farm's index; any that it cannot satisfy yet are reported, and the job waits for them. Then
 a fresh virtual environment gets the wheel with `--no-index`-style isolation (the farm's index is
 the only index), and the recipe's imports and test command run in an empty folder, without network
-where the host allows it.
+where the host allows it. When the imports fail, each module is imported again on its own
+(`_IMPORT_CHECK`): a module that loaded but whose code imports a top-level package neither the wheel
+nor any requirement it declares provides passes with a warning (`VerifyOutcome.warnings`); any other
+import error fails.
 """
 
 from __future__ import annotations
@@ -67,12 +70,75 @@ class VerifyOutcome:
     detail: str = ""
     pythons: list[str] = field(default_factory=list)  # more than one: a pure or abi3 wheel, each verified
     markers: dict[str, str] = field(default_factory=dict)  # the PEP 508 environment requirements were read for
+    warnings: list[str] = field(default_factory=list)  # an import that needs what the wheel does not declare
 
     def record(self) -> dict[str, Any]:
         return {"passed": self.passed, "environment": self.environment, "imports": self.imports,
                 "testCommand": self.test_command, "commands": self.commands, "seconds": round(self.seconds, 3),
                 "detail": self.detail[-2000:], **({"pythons": self.pythons} if self.pythons else {}),
-                **({"markerEnvironment": self.markers} if self.markers else {})}
+                **({"markerEnvironment": self.markers} if self.markers else {}),
+                **({"warnings": self.warnings} if self.warnings else {})}
+
+
+# The import check again, after `import a; import b` failed: each module on its own, telling a module
+# that loaded but whose code imports a top-level name that neither the wheel nor any requirement it
+# declares provides (ruamel.yaml.clib's extension `_ruamel_yaml` imports `ruamel.yaml`, the package
+# that depends on it) from a broken one. Only that ModuleNotFoundError is a warning (one
+# `farm-import-warning {json}` line); any other ImportError (an undefined symbol, a missing shared
+# library, a declared dependency or a module of the wheel itself missing) fails (exit 1, traceback).
+# Argument: JSON {"imports": [...], "provides": [the wheel's top-level names], "declared": [names]}.
+_IMPORT_CHECK = """
+import importlib, json, re, sys, traceback
+args = json.loads(sys.argv[1])
+norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
+declared = {norm(n) for n in args["declared"]}
+provided = set(args["provides"]) | {m.split(".")[0] for m in args["imports"]}  # an import of itself missing fails
+try:
+    from importlib import metadata
+    dists = list(metadata.distributions())
+except Exception:
+    dists = []
+for dist in dists:
+    if norm(dist.metadata["Name"] or "") in declared:
+        provided.update(str(f).split("/")[0].split(".")[0] for f in dist.files or ())
+        provided.update((dist.read_text("top_level.txt") or "").split())
+failed = False
+for module in args["imports"]:
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").split(".")[0]
+        if top and top not in provided and norm(top) not in declared:
+            print("farm-import-warning " + json.dumps({"module": module, "needs": top}), flush=True)
+            continue
+        traceback.print_exc()
+        failed = True
+    except BaseException:
+        traceback.print_exc()
+        failed = True
+sys.exit(1 if failed else 0)
+"""
+_WARNING = "farm-import-warning "
+
+
+def import_check_argv(python: str, wheel: Path, imports: Sequence[str], requires: Sequence[str]) -> list[str]:
+    """The command that runs `_IMPORT_CHECK` for `wheel`: what it provides from its RECORD, what it
+    declares from its METADATA (every Requires-Dist, whatever its marker) and `requires` (the recipe's
+    test requirements)."""
+    declared = [Requirement(r).name for r in [*requires_dist(read_metadata(wheel)), *requires]]
+    provides = sorted({m.split(".")[0] for m in top_level_modules(wheel)})
+    return [python, "-c", _IMPORT_CHECK,
+            json.dumps({"imports": list(imports), "provides": provides, "declared": declared})]
+
+
+def undeclared_imports(output: str) -> list[str]:
+    """The warnings of an `_IMPORT_CHECK` run that passed, from its output."""
+    found = []
+    for line in output.splitlines():
+        if line.startswith(_WARNING):
+            w = json.loads(line[len(_WARNING):])
+            found.append(f"{w['module']} loaded; it needs {w['needs']}, which the wheel does not declare")
+    return found
 
 
 @lru_cache(maxsize=32)
@@ -220,7 +286,7 @@ def verify(*, wheel: Path, target: Target, settings: Settings, options: Options,
     return VerifyOutcome(passed=res.passed, environment=f"container:{target.image}@{res.image_digest} network=none{emulated}",
                          install_command=res.install_command, imports=imports,
                          test_command=options.test_command, commands=res.commands, seconds=res.seconds,
-                         detail=res.output)
+                         detail=res.output, warnings=res.warnings)
 
 
 def _emulated(env: dict[str, str]) -> bool:
@@ -298,7 +364,17 @@ def verify_on_host(*, wheel: Path, interp: Interpreter, index_url: str, options:
         raise PackageFailure("verify", f"the wheel does not install from the farm's index:\n{exc}") from exc
     try:
         if imports:
-            package_code([python, "-c", "; ".join(f"import {m}" for m in imports)])
+            try:
+                package_code([python, "-c", "; ".join(f"import {m}" for m in imports)])
+            except CommandFailed as first:
+                argv = import_check_argv(python, wheel, imports, options.test_requires)
+                outcome.commands.append(shlex.join(argv[:2]) + " <import check> " + shlex.quote(argv[3]))
+                outcome.warnings = undeclared_imports(run_sandboxed(sandbox, argv, policy, log=log,
+                                                                    timeout=timeout).output)
+                if not outcome.warnings:  # it failed once: no second chance without a reason
+                    raise first
+                for w in outcome.warnings:
+                    log.write(f"warning: {w}\n")
         if options.test_command:
             line = options.test_command.format(python=python, project=project, package=project)
             package_code(["sh", "-c", line])
@@ -330,7 +406,8 @@ def verify_all(*, wheel: Path, targets: Sequence[Target], log: TextIO, early: Ve
         install_command=" ; ".join(o.install_command for o in outcomes), imports=first.imports,
         test_command=first.test_command, commands=[c for o in outcomes for c in o.commands],
         seconds=sum(o.seconds for o in outcomes), detail=failed.detail if failed else "",
-        pythons=[f"{t.python[0]}.{t.python[1]}" for t in targets[:len(outcomes)]], markers=targets[0].env)
+        pythons=[f"{t.python[0]}.{t.python[1]}" for t in targets[:len(outcomes)]], markers=targets[0].env,
+        warnings=list(dict.fromkeys(w for o in outcomes for w in o.warnings)))
 
 
 def requirements_for(wheel: Path, options: Options, env: dict[str, str]) -> list[Requirement]:

@@ -41,6 +41,7 @@ class ContainerVerifyResult:
     output: str = ""
     seconds: float = 0.0
     install_command: str = ""
+    warnings: list[str] = field(default_factory=list)  # imports that need what the wheel does not declare
 
 
 class VerifyBox:
@@ -149,6 +150,7 @@ def verify_in_container(*, wheel: Path, dependency_wheels: Sequence[Path], image
     commands: list[str] = []
     output: list[str] = []
     install_command = ""
+    warnings: list[str] = []
     vb = early if early is not None and early.image == image else None
     if early is not None and vb is None:
         early.close()
@@ -161,12 +163,12 @@ def verify_in_container(*, wheel: Path, dependency_wheels: Sequence[Path], image
         log.write(f"verifying {wheel.name} in {image} ({vb.digest}), network none, user {vb.user or 'root'}, "
                   f"container {box.id[:12]} (killed afterwards; the engine removes it)\n")
 
-        def call(argv: list[str], **kw: object) -> None:
+        def call(argv: list[str], *, shown: str | None = None, **kw: object) -> str:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise _OutOfTime()
-            commands.append(shlex.join(argv))
-            output.append(f"$ {shlex.join(argv)}\n")
+            commands.append(shown or shlex.join(argv))
+            output.append(f"$ {shown or shlex.join(argv)}\n")
             try:
                 result = box.call(argv, env=env, workdir=RUN_DIR, timeout=remaining, log=log, **kw)  # type: ignore[arg-type]
             except ContainerCommandFailed as exc:
@@ -175,6 +177,7 @@ def verify_in_container(*, wheel: Path, dependency_wheels: Sequence[Path], image
                     raise _OutOfTime() from exc
                 raise
             output.append(result.output)
+            return result.output
 
         env = {"HOME": ROOT, "PIP_CONFIG_FILE": "/dev/null", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
                "PIP_NO_CACHE_DIR": "1", "PYTHONDONTWRITEBYTECODE": "1", "PIP_NO_INPUT": "1"}
@@ -203,7 +206,18 @@ def verify_in_container(*, wheel: Path, dependency_wheels: Sequence[Path], image
             install_command = shlex.join(install)
             call([*install, f"{WHEELS}/{wheel.name}", *requires])
             if imports:  # one interpreter start; a failing import's traceback names its module
-                call([venv_python, "-c", "; ".join(f"import {m}" for m in imports)])
+                try:
+                    call([venv_python, "-c", "; ".join(f"import {m}" for m in imports)])
+                except ContainerCommandFailed as first:  # loaded, but needing what the wheel does not declare?
+                    from farm.worker.verify import import_check_argv, undeclared_imports
+
+                    argv = import_check_argv(venv_python, wheel, imports, requires)
+                    warnings = undeclared_imports(call(argv, shown=shlex.join(argv[:2]) + " <import check> "
+                                                       + shlex.quote(argv[3])))
+                    if not warnings:
+                        raise first
+                    for w in warnings:
+                        log.write(f"warning: {w}\n")
             if test_command:
                 line = test_command.replace("{python}", shlex.quote(venv_python))
                 for key in ("{project}", "{package}"):
@@ -221,7 +235,8 @@ def verify_in_container(*, wheel: Path, dependency_wheels: Sequence[Path], image
     finally:
         vb.close()
     return ContainerVerifyResult(passed=passed, image_digest=vb.digest, commands=commands, output="".join(output),
-                                 seconds=time.monotonic() - start, install_command=install_command)
+                                 seconds=time.monotonic() - start, install_command=install_command,
+                                 warnings=warnings)
 
 
 class _OutOfTime(Exception):
