@@ -4,7 +4,9 @@ Real parts: the kernel's binfmt_misc registration of Debian's qemu-aarch64-stati
 (scripts/install-qemu.sh), arm64 bullseye images made by `farm image build --arch arm64`'s functions
 (`debootstrap --foreign`, the second stage in a chroot under the emulator; cached in
 ~/.cache/wheel-farm like the x86_64 ones), the private Docker engine, `farm up` with one worker for
-linux-aarch64, a real C-extension sdist, cibuildwheel, auditwheel and pip inside the arm64 containers.
+linux-aarch64, a real C-extension sdist, cibuildwheel, auditwheel and pip inside the arm64 containers. One
+emulated root file system (the build one) serves both images: the verification image is it with the
+compiler and -dev packages purged.
 
 Bad inputs covered: binfmt_misc not mounted, no emulator registered, a disabled one, one without the
 F (fix-binary) flag; an unknown architecture name; an x86_64 wheel offered as linux-aarch64; compiled
@@ -143,6 +145,15 @@ def test_arm64_images_run_under_the_emulator(arm64_build: ImageResult, arm64_ver
         code, out = run_in(client, result.tag, "uname -m; python3 -c 'import platform; print(platform.machine())'")
         assert code == 0 and out.split() == ["aarch64", "aarch64"], out
     assert arm64_build.pythons == ["cp39"]
+    # One emulated second stage serves both: the verification image is the build root file system with
+    # the compiler and the -dev packages purged (apt's history says so), and python3 -m venv still works.
+    code, out = run_in(client, arm64_build.tag, "command -v gcc g++ && dpkg -s python3-dev > /dev/null && echo ok")
+    assert code == 0 and out.split()[-1] == "ok", out
+    code, out = run_in(client, arm64_verify.tag, "grep '^Purge:' /var/log/apt/history.log; "
+                       "for p in gcc g++ cc make; do command -v $p && exit 1; done; "
+                       "dpkg -s python3-dev libc6-dev > /dev/null 2>&1 && exit 2; "
+                       "python3 -m venv /tmp/v && /tmp/v/bin/python -c 'import ssl, ctypes; print(\"venv-ok\")'")
+    assert code == 0 and "gcc-10:arm64" in out and "python3-dev:arm64" in out and "venv-ok" in out, out
     assert list(CACHE.joinpath("rootfs").glob(f"{SUITE}-arm64-*.tar")), "the arm64 root file systems are cached"
 
 

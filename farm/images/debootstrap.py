@@ -96,6 +96,23 @@ rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /root/.cache /tmp/* /var/log/*.
 """.replace("__TOOLS__", TOOLS_VENV).replace("__USER__", VERIFY_USER)
 
 
+# For another architecture than the host's, the verification image starts from the build image's root
+# file system (one second stage under emulation instead of two), less what only building needs: every
+# package is marked automatically installed but the required ones, apt and the verification image's
+# own, then the build-only ones are purged with whatever nothing else needs. Receives BUILD_ONLY, KEEP.
+_STRIP_BUILD = r"""
+set -eu
+export DEBIAN_FRONTEND=noninteractive
+apt-mark auto $(dpkg-query -W -f '${Package}\n') > /dev/null
+apt-mark manual apt $KEEP $(dpkg-query -W -f '${Package} ${Priority} ${Essential}\n' |
+    awk '$2 == "required" || $3 == "yes" {print $1}') > /dev/null
+apt-get purge -y --auto-remove $BUILD_ONLY
+for exe in gcc cc c++ g++ make; do
+    if command -v "$exe" > /dev/null; then echo "$exe is still in the verification image" >&2; exit 1; fi
+done
+"""
+
+
 @dataclass(frozen=True, kw_only=True)
 class ImageResult:
     tag: str
@@ -159,7 +176,11 @@ def _build(*, kind: Kind, suite: str, tag: str | None, ca_bundle: Path, cache_di
         if python_sources is None:
             python_sources = () if foreign else default_sources(suite)
         compiled = _compiled_pythons(python_sources, suite=suite, cache_dir=cache_dir, mirror=mirror, log=log)
+        strip = foreign and kind == "verify"  # from the build root file system (_STRIP_BUILD)
+        if strip:
+            packages = PACKAGES["build"]
         key = _digest({"suite": suite, "mirror": mirror, "packages": packages, "kind": kind, "setup": _SETUP,
+                       **({"strip": _STRIP_BUILD} if strip else {}),
                        "index": index_url, "ca": hashlib.sha256(ca_bundle.read_bytes()).hexdigest(),
                        **({"arch": target.debian} if foreign else {}),
                        **({"pythons": [c.key for c in compiled]} if compiled else {})})
@@ -177,6 +198,11 @@ def _build(*, kind: Kind, suite: str, tag: str | None, ca_bundle: Path, cache_di
             untar(base, root, log)
             for python in compiled:
                 untar(python.tree, root, log)
+            if strip:
+                build_only = [p for p in PACKAGES["build"] if p not in PACKAGES["verify"]]
+                chroot_run(root, _STRIP_BUILD, env={"BUILD_ONLY": " ".join(build_only),
+                                                    "KEEP": " ".join(PACKAGES["verify"])},
+                           log=log, what=f"removing the build-only packages for the {kind} image")
             pythons = _setup(root, kind=kind, ca_bundle=ca_bundle, index_url=index_url, log=log,
                              compiled=[c.tag for c in compiled])
             final = work / "image.tar"
