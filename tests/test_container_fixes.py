@@ -167,3 +167,53 @@ def test_the_wheelhouse_resolves_as_of_the_release(tmp_path: Path, resolver: str
     wheelhouse.download(_as_of_ctx(today), ["Cython"], today / "wheels", t, name="today")  # type: ignore[arg-type]
     new = [p.name for p in (today / "wheels").glob("*.whl")]
     assert len(new) == 1 and not new[0].startswith("Cython-0."), new
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.network
+def test_an_old_sdist_builds_in_the_container_with_the_requirements_of_its_date(  # noqa: F811
+        tmp_path: Path, docker_host: str, build_image_result) -> None:  # type: ignore[no-untyped-def]
+    """PyYAML 6.0 (no recipe: the defaults) in the bullseye build image: today's Cython 3 breaks its
+    setup.py, the retry's wheelhouse as of its upload time (2021-10-13) holds Cython 0.29 and builds;
+    the provenance's adjustments say so."""
+    import hashlib
+    import io
+    from farm.config import ImageConfig, Settings
+    from farm.messages import JobSpec, SdistRef
+    from farm.recipes.schema import Options
+    from farm.util.archive import Limits
+    from farm.worker.engines.base import BuildContext
+    from farm.worker.engines.cibuildwheel import CibuildwheelEngine
+    from farm.worker.sandbox import job_limits
+    from farm.worker.source import SdistSource
+    from tests.helpers.sdists import cached_sdist
+
+    sdist = cached_sdist("pyyaml==6.0")
+    plat = get_platform("linux-x86_64")
+    src = SdistSource(sdist, tmp_path / "src", Limits(max_bytes=10**8, max_unpacked_bytes=10**9, max_members=10**5),
+                      expect=("pyyaml", "6.0"))
+    spec = JobSpec(job_id=8, attempt=1, name="pyyaml", version="6.0",
+                   sdist=SdistRef(filename=sdist.name, sha256=hashlib.sha256(sdist.read_bytes()).hexdigest(),
+                                  size=sdist.stat().st_size, storage_key="s"),
+                   platform=plat.name, python="cp39", build_id=plat.build_identifier("cp39"), engine="cibuildwheel",
+                   recipe_name="pyyaml", recipe_digest="d", options={}, upstream_index="https://pypi.org/simple/")
+    settings = Settings(home=tmp_path / "home", docker_host=docker_host, build_memory="2g", build_pids=2048,
+                        images={"linux-x86_64": [ImageConfig(image=build_image_result.tag, pythons=["cp39"])]})
+    options = Options(system_packages={"apt": ["libyaml-dev"]})
+    (tmp_path / "work").mkdir()
+    ctx = BuildContext(spec=spec, options=options, platform=plat, settings=settings,
+                       src=src, work=tmp_path / "work", log=io.StringIO(),
+                       sandbox=plat.sandbox(settings), limits=job_limits(settings, options))
+    output = CibuildwheelEngine().build(ctx)
+    log = ctx.log.getvalue()  # type: ignore[attr-defined]
+    assert "cython_sources" in log  # the first attempt, with today's Cython
+    assert "retry: build requirements as of the release, 2021-10-13T19:40:57Z (upstream upload-time)" in log
+    assert "--exclude-newer" in log or any("--exclude-newer" in c for c in ctx.commands)
+    (wheel,) = output.wheels
+    assert wheel.name.startswith("PyYAML-6.0-cp39-cp39-") and "manylinux" in wheel.name, wheel.name
+    as_of = output.adjustments["buildRequiresAsOf"]
+    assert as_of["time"] == "2021-10-13T19:40:57Z" and as_of["retry"] is True  # type: ignore[index]
+    cython = next(r for r in as_of["resolved"] if r.lower().startswith("cython=="))  # type: ignore[index]
+    assert cython.split("==")[1].startswith("0.29."), as_of
+    assert output.build_environment == as_of["resolved"]  # type: ignore[index]
