@@ -25,7 +25,7 @@ def test_default_tags() -> None:
 
 
 def test_verify_image_has_no_compiler_or_dev_packages() -> None:
-    assert {"gcc", "g++", "make", "libc6-dev", "python3-dev"} <= set(PACKAGES["build"])
+    assert {"gcc", "g++", "make", "libc6-dev", "python3-dev", "pkg-config"} <= set(PACKAGES["build"])
     assert not {p for p in PACKAGES["verify"] if p in ("gcc", "g++", "make") or p.endswith("-dev")}
     assert {"python3", "python3-venv"} <= set(PACKAGES["verify"])
 

@@ -44,7 +44,8 @@ VERIFY_USER = "farm"
 
 _COMMON = ["debianutils", "tar", "ca-certificates", "python3", "python3-venv"]
 PACKAGES: dict[Kind, list[str]] = {
-    "build": [*_COMMON, "python3-pip", "python3-dev", "gcc", "g++", "libc6-dev", "make", "file", "unzip"],
+    "build": [*_COMMON, "python3-pip", "python3-dev", "gcc", "g++", "libc6-dev", "make", "file", "unzip",
+              "pkg-config"],  # meson and many setup.py scripts find C libraries with it
     "verify": list(_COMMON),
 }
 
