@@ -217,3 +217,49 @@ def test_an_old_sdist_builds_in_the_container_with_the_requirements_of_its_date(
     cython = next(r for r in as_of["resolved"] if r.lower().startswith("cython=="))  # type: ignore[index]
     assert cython.split("==")[1].startswith("0.29."), as_of
     assert output.build_environment == as_of["resolved"]  # type: ignore[index]
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.network
+def test_a_meson_package_gets_its_system_packages_in_the_container(  # noqa: F811
+        tmp_path: Path, docker_host: str, build_image_result) -> None:  # type: ignore[no-untyped-def]
+    """pycairo 1.27.0 (meson-python, no recipe) in the bullseye build image: meson reports cairo missing,
+    the discovery finds libcairo2-dev (and pkg-config, in an image without it) and the retry builds."""
+    import hashlib
+    import io
+
+    from farm.config import ImageConfig, Settings
+    from farm.messages import JobSpec, SdistRef
+    from farm.recipes.schema import Options
+    from farm.util.archive import Limits
+    from farm.worker import sysdeps
+    from farm.worker.engines.base import BuildContext
+    from farm.worker.engines.cibuildwheel import CibuildwheelEngine
+    from farm.worker.sandbox import job_limits
+    from farm.worker.source import SdistSource
+    from tests.helpers.sdists import cached_sdist
+
+    sdist = cached_sdist("pycairo==1.27.0")
+    plat = get_platform("linux-x86_64")
+    src = SdistSource(sdist, tmp_path / "src", Limits(max_bytes=10**8, max_unpacked_bytes=10**9, max_members=10**5),
+                      expect=("pycairo", "1.27.0"))
+    spec = JobSpec(job_id=9, attempt=1, name="pycairo", version="1.27.0",
+                   sdist=SdistRef(filename=sdist.name, sha256=hashlib.sha256(sdist.read_bytes()).hexdigest(),
+                                  size=sdist.stat().st_size, storage_key="s"),
+                   platform=plat.name, python="cp39", build_id=plat.build_identifier("cp39"), engine="cibuildwheel",
+                   recipe_name="pycairo", recipe_digest="d", options={}, upstream_index="https://pypi.org/simple/")
+    settings = Settings(home=tmp_path / "home", docker_host=docker_host, build_memory="2g", build_pids=2048,
+                        images={"linux-x86_64": [ImageConfig(image=build_image_result.tag, pythons=["cp39"])]})
+    options = Options()
+    (tmp_path / "work").mkdir()
+    ctx = BuildContext(spec=spec, options=options, platform=plat, settings=settings, src=src, work=tmp_path / "work",
+                       log=io.StringIO(), sandbox=plat.sandbox(settings), limits=job_limits(settings, options))
+    output = sysdeps.build(CibuildwheelEngine(), ctx)
+    log = ctx.log.getvalue()  # type: ignore[attr-defined]
+    (wheel,) = output.wheels
+    assert wheel.name.startswith("pycairo-1.27.0-cp39-cp39-manylinux"), wheel.name
+    record = output.adjustments["systemPackages"]
+    assert record["retry"] is True and "libcairo2-dev" in record["packages"], record  # type: ignore[index]
+    assert ("pkg-config" in record["packages"]) == ("pkg-config (program)" in record["firstFailure"]), record  # type: ignore[index]
+    assert "cairo (" in record["firstFailure"], log[-3000:]  # type: ignore[index]
