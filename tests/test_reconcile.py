@@ -4,7 +4,8 @@ stop markers, events that overtake each other, and the broker priority mapping.
 Bad cases covered: a heartbeat or event of a replaced attempt (ignored / dropped), a job lost too
 often (failed), a coordinator backlog or an unreachable broker (nothing judged), a queued job that
 merely waits behind others (never sent again), events after a cancel (dropped, nothing published),
-cancelling a job that ended (an error).
+cancelling a job that ended (an error), a job in dep_wait that missed its provider's end (settled by the
+reconciler: released, or failed with its provider).
 """
 
 from __future__ import annotations
@@ -240,3 +241,39 @@ def test_heartbeat_thread_beats_and_stops_a_voided_attempt(tmp_path: Path) -> No
             report(JobEvent(job_id=7, attempt=1, worker="w", state="building",
                             step=StepReport(name="building", started_at=time.time())))
     assert len(reported) == 2 and not beat.is_alive()
+
+
+@pytest.mark.parametrize("provider_end", ["succeeded", "failed"])
+def test_a_waiter_that_missed_its_providers_end_is_settled(farm, tmp_path: Path, provider_end: str) -> None:  # type: ignore[no-untyped-def]
+    """The race `deps.wait_for` leaves open: its dependency row commits just after the provider ended
+    and looked for waiters. The reconciler settles the row as the provider's end would have."""
+    from farm.config import get_settings
+    from farm.coordinator.reconcile import reconcile_once
+    from farm.db.models import Dependency, Job
+    from farm.db.session import session_scope
+    from farm.db.states import JobState
+
+    provider = _submit(tmp_path)
+    waiter = _submit(tmp_path, "bar")
+    with session_scope() as s:
+        s.add(Dependency(job_id=waiter, requirement="foo>=1", dep_job_id=provider))
+    for state in ("fetching", "building", "repairing", "verifying"):
+        _event(waiter, state)
+    _event(waiter, "dep_wait", missing=["foo>=1"])
+    assert _job(waiter).state == "dep_wait"
+    with session_scope() as s:  # the provider ends without seeing the row (it was not yet committed)
+        s.get(Job, provider).state = JobState(provider_end)
+    settings = get_settings()
+    farm.clear()
+    assert reconcile_once(settings, sizes=_sizes()).settled == []  # the waiter moved just now: not judged yet
+    _age(waiter, 3600)
+    done = reconcile_once(settings, sizes=_sizes())
+    assert done.settled == [waiter]
+    if provider_end == "succeeded":
+        assert _job(waiter).state == "queued"
+        assert [(spec.job_id, spec.resume) for spec in farm] == [(waiter, "verify")]
+    else:
+        job = _job(waiter)
+        assert (job.state, job.failure_kind) == ("failed", "dependency")
+        assert f"job {provider} failed" in job.error and farm == []
+    assert reconcile_once(settings, sizes=_sizes()).settled == []  # settled once

@@ -13,7 +13,12 @@ A thread in `farm coordinator` compares the two every `reconcile_interval` secon
   disk, the storage, the database) or whose coordinator died: it is published from the recorded
   result (farm.coordinator.events.finish_publish), never built again;
 * after a broker restart (Redis's run_id changed) queued jobs are judged in the same pass: a queue
-  that came back empty lost its messages (no persistence), and they are sent again at once.
+  that came back empty lost its messages (no persistence), and they are sent again at once;
+* a job in `dep_wait` whose dependency row still says `waiting` for a provider that has ended
+  missed its release: the row was committed just after the provider's end looked for waiters
+  (farm.coordinator.deps.wait_for links a provider without locking it). The row is settled as the
+  provider's end would have settled it (met: released to verify; the provider failed or was
+  cancelled: the job fails), once the job has not moved for a pass.
 
 Every `10 * reconcile_interval` seconds, and once on start, the index is compared with the
 database and repaired (farm.index.doctor, `grace` twice `lost_after`): what a crash between a
@@ -57,10 +62,10 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from farm.config import Settings
-from farm.coordinator.lifecycle import cancel, fail, requeue
-from farm.db.models import Job, Step, utcnow
+from farm.coordinator.lifecycle import cancel, fail, release, requeue
+from farm.db.models import Dependency, Job, Step, utcnow
 from farm.db.session import after_commit, session_scope
-from farm.db.states import RUNNING, TERMINAL, JobState, StepOutcome
+from farm.db.states import RUNNING, TERMINAL, DependencyState, JobState, StepOutcome
 from farm.liveness import request_stop
 from farm.messages import COORDINATOR_QUEUE, Heartbeat
 from farm.storage import get_storage
@@ -84,6 +89,7 @@ class Pass:
     resent: list[int] = field(default_factory=list)  # queued, message lost: sent again
     failed: list[int] = field(default_factory=list)  # lost too often
     published: list[int] = field(default_factory=list)  # a publish that had failed, finished now
+    settled: list[int] = field(default_factory=list)  # in dep_wait on a provider that had ended: released or failed
     skipped: str | None = None  # why nothing was judged
     broker_restarted: bool = False  # the broker is another process than last pass (Redis run_id)
 
@@ -162,6 +168,7 @@ def reconcile_once(settings: Settings, *, sizes: Sizes = queue_sizes,
     empty_since = _EMPTY_SINCE if empty_since is None else empty_since
     restarted = _restarted(identity(), _BROKER if broker_seen is None else broker_seen)
     published = _finish_publishes(settings)
+    settled = _settle_waiters(settings)
     quiet = 2 * settings.heartbeat_interval + settings.reconcile_interval
     now_ts = utcnow()
     cutoff = now_ts - dt.timedelta(seconds=settings.lost_after)
@@ -177,10 +184,11 @@ def reconcile_once(settings: Settings, *, sizes: Sizes = queue_sizes,
     if backlog is None:
         if restarted:
             _BROKER.clear()  # judge the restart again at the next pass that reaches the broker
-        return Pass(published=published, skipped="the broker cannot be asked")
+        return Pass(published=published, settled=settled, skipped="the broker cannot be asked")
     if backlog > BACKLOG_LIMIT:
-        return Pass(published=published, skipped=f"{backlog} messages wait for the coordinator; liveness is not judged")
-    result = Pass(published=published, broker_restarted=restarted)
+        return Pass(published=published, settled=settled,
+                    skipped=f"{backlog} messages wait for the coordinator; liveness is not judged")
+    result = Pass(published=published, settled=settled, broker_restarted=restarted)
     stops: list[tuple[int, int]] = []
     with session_scope() as session:
         after_commit(session, lambda: _stop_older(stops))  # before the new attempts' messages go out
@@ -218,6 +226,41 @@ def _finish_publishes(settings: Settings) -> list[int]:
         except Exception:
             log.exception("reconciler: publishing job %s failed", job_id)
     return done
+
+
+def _settle_waiters(settings: Settings) -> list[int]:
+    """Release or fail the jobs in dep_wait that wait on a provider which has ended (see the module's
+    docstring); the ids of the jobs settled."""
+    since = utcnow() - dt.timedelta(seconds=max(settings.reconcile_interval, 1.0))
+    provider_state = select(Job.state).where(Job.id == Dependency.dep_job_id).scalar_subquery()
+    settled = []
+    with session_scope() as session:
+        waiters = session.scalars(
+            select(Job).where(Job.state == JobState.DEP_WAIT, Job.updated_at < since,
+                              Job.id.in_(select(Dependency.job_id).where(
+                                  Dependency.state == DependencyState.WAITING,
+                                  provider_state.in_([JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED]))))
+            .order_by(Job.id).limit(BATCH).with_for_update(skip_locked=True)).all()
+        for job in waiters:
+            for dep in job.dependencies:
+                provider = session.get(Job, dep.dep_job_id) if dep.dep_job_id else None
+                if dep.state != DependencyState.WAITING or provider is None:
+                    continue
+                if provider.state == JobState.SUCCEEDED:
+                    dep.state = DependencyState.MET
+                elif provider.state in (JobState.FAILED, JobState.CANCELLED):
+                    dep.state, dep.reason = DependencyState.UNAVAILABLE, f"job {provider.id} {provider.state}"
+            session.flush()
+            unavailable = [d for d in job.dependencies if d.state == DependencyState.UNAVAILABLE]
+            if unavailable:
+                fail(session, job, "; ".join(f"dependency {d.requirement} could not be built ({d.reason})"
+                                             for d in unavailable), "dependency", settings)
+            elif not release(session, job, settings):
+                continue
+            log.warning("job %s: waited on a provider that had ended; %s", job.id,
+                        "failed" if unavailable else "released to verify")
+            settled.append(job.id)
+    return settled
 
 
 def _stop_older(stops: list[tuple[int, int]]) -> None:
