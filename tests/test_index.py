@@ -627,3 +627,33 @@ def test_cycle_wheels_beside_the_index_satisfy_requirements_and_downloads(tmp_pa
     with pytest.raises(PackageFailure, match="do not resolve from the farm's index"):
         verify.dependency_wheels(a, target=target, index_url=index_url, requires=[], dest=tmp_path / "deps2",
                                  log=io.StringIO())
+
+
+def test_dependency_download_for_a_container_takes_the_targets_markers(tmp_path: Path) -> None:
+    """pip downloads a clean container's dependencies while running on the farm's own Python: a
+    requirement whose marker holds for the target (cp39) but not for that Python is still fetched,
+    and one for the farm's Python only is not (a marker is evaluated for the target, once)."""
+    import io
+
+    from farm.config import Settings
+    from farm.worker import verify
+    from farm.worker.platforms import get_platform
+    from tests.helpers.wheels import make_wheel
+
+    index_root = tmp_path / "index"
+    simple.write_root(index_root, [])
+    index_url = (index_root / "simple").as_uri() + "/"
+    beside = tmp_path / "beside"
+    top = make_wheel(tmp_path / "top", "mk-top", "1.0",
+                     requires=('mk-old>=1; python_version < "3.11"', 'mk-new; python_version >= "3.11"'))
+    make_wheel(beside, "mk-old", "1.0")
+    make_wheel(beside, "mk-new", "1.0")
+    make_wheel(beside, "mk-test", "1.0")
+    platform = get_platform("linux-x86_64")
+    for python, expected in (("cp39", ["mk_old-1.0-py3-none-any.whl", "mk_test-1.0-py3-none-any.whl"]),
+                             ("cp313", ["mk_new-1.0-py3-none-any.whl"])):
+        target = verify.Target.for_job(python, platform, Settings(home=tmp_path / "home"))
+        got = verify.dependency_wheels(top, target=target, index_url=index_url,
+                                       requires=['mk-test; python_version < "3.10"'], dest=tmp_path / f"deps-{python}",
+                                       log=io.StringIO(), find_links=beside)
+        assert sorted(p.name for p in got) == expected, python

@@ -308,7 +308,8 @@ def platform_emulation(target: Target) -> dict[str, str] | None:
 def dependency_wheels(wheel: Path, *, target: Target, index_url: str, requires: Sequence[str], dest: Path,
                       log: TextIO, find_links: Path | None = None) -> list[Path]:
     """The wheel's dependency closure, for the target's Python and platform, from the farm's index only."""
-    reqs = [r for r in requirements_for(wheel, Options(test_requires=list(requires)), target.env)]
+    reqs = [r for r in requirements_for(wheel, Options(test_requires=list(requires)), target.env)
+            if r.marker is None or r.marker.evaluate({**target.env, "extra": ""})]
     if not reqs:
         return []
     dest.mkdir(parents=True, exist_ok=True)
@@ -319,12 +320,21 @@ def dependency_wheels(wheel: Path, *, target: Target, index_url: str, requires: 
             "--implementation", "cp"]
     for plat in platforms:
         argv += ["--platform", plat]
-    argv += [str(r) for r in reqs]
+    argv += [without_marker(r) for r in reqs]
     try:
         run(argv, env=clean_env(), log=log, timeout=600)
     except CommandFailed as exc:
         raise PackageFailure("verify", f"dependencies do not resolve from the farm's index:\n{exc}") from exc
     return sorted(dest.glob("*.whl"))
+
+
+def without_marker(req: Requirement) -> str:
+    """`req` for a resolver that runs on another Python than the target's: its marker was evaluated
+    for the target already, and pip (even with `--python-version`) would evaluate it again for the
+    Python pip runs on, dropping `foo; python_version < "3.11"` for a cp39 target when run by 3.11."""
+    bare = Requirement(str(req))
+    bare.marker = None
+    return str(bare)
 
 
 def verify_on_host(*, wheel: Path, interp: Interpreter, index_url: str, options: Options, project: Path | None,
