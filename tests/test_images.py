@@ -101,6 +101,18 @@ def test_verify_image_is_clean(verify_image_result: ImageResult, client) -> None
     code, out = run_in(client, result.tag, "id -un && python3 -m venv /tmp/v && /tmp/v/bin/python -c 'import ssl'",
                        user="farm")
     assert code == 0 and out.startswith("farm"), out
+    # The libraries auditwheel leaves out of a manylinux wheel (its policy's whitelist: every system is
+    # assumed to have them) are there, so such a wheel imports; libGL and GLib are the known exceptions.
+    import importlib.resources
+    import json
+
+    policies = json.loads((importlib.resources.files("auditwheel") / "policy" / "manylinux-policy.json").read_text())
+    whitelist = next(p["lib_whitelist"] for p in policies if p["name"] == "manylinux_2_31")
+    left_out = ("libGL.", "libglib-", "libgobject-", "libgthread-", "libnsl.")
+    needed = sorted(lib for lib in whitelist if not lib.startswith(left_out))
+    code, out = run_in(client, result.tag, "for l in " + " ".join(needed) + "; do ldconfig -p | grep -q \"$l \" || "
+                       "echo missing $l; done", user="farm")
+    assert code == 0 and "missing" not in out, out
 
 
 @pytest.mark.docker

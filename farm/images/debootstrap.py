@@ -46,7 +46,10 @@ _COMMON = ["debianutils", "tar", "ca-certificates", "python3", "python3-venv"]
 PACKAGES: dict[Kind, list[str]] = {
     "build": [*_COMMON, "python3-pip", "python3-dev", "gcc", "g++", "libc6-dev", "make", "file", "unzip",
               "pkg-config"],  # meson and many setup.py scripts find C libraries with it
-    "verify": list(_COMMON),
+    # The libraries the manylinux policies let a wheel link without vendoring them (auditwheel leaves
+    # them out: PEP 600 assumes every system has them), so a clean image can import such a wheel.
+    # libGL and GLib are left out: libgl1 pulls in Mesa and LLVM, and GLib's package name differs by suite.
+    "verify": [*_COMMON, "libatomic1", "libx11-6", "libxext6", "libxrender1", "libice6", "libsm6"],
 }
 
 # Run inside the chroot with /bin/sh. Receives KIND, INDEX_URL and the certificate variables.
