@@ -108,7 +108,8 @@ _STRIP_BUILD = r"""
 set -eu
 export DEBIAN_FRONTEND=noninteractive
 apt-mark auto $(dpkg-query -W -f '${Package}\n') > /dev/null
-apt-mark manual apt $KEEP $(dpkg-query -W -f '${Package} ${Priority} ${Essential}\n' |
+kept=$(for p in $KEEP; do dpkg-query -W -f '${Package}\n' "$p" 2> /dev/null || true; done)  # those installed
+apt-mark manual apt $kept $(dpkg-query -W -f '${Package} ${Priority} ${Essential}\n' |
     awk '$2 == "required" || $3 == "yes" {print $1}') > /dev/null
 apt-get purge -y --auto-remove $BUILD_ONLY
 for exe in gcc cc c++ g++ make; do
