@@ -9,7 +9,9 @@ that compiles and counts its attempts: the real engines are exercised by the slo
 Bad inputs covered: a header no package provides (a clear message, no retry, nothing installed);
 a build whose output names nothing missing (no lookup, the failure unchanged); the native engine
 with the default configuration (nothing installed on the host, the packages and the suggested
-recipe named); apt sources in both formats, with options, disabled stanzas and no suite; a record
+recipe named); a second missing header revealed by the first package (a second round), and one still
+missing with its package installed (stops); apt sources in both formats, with options, disabled
+stanzas and no suite; a record
 without packages (no suggestion).
 """
 
@@ -45,6 +47,7 @@ usr/include/acl/libacl.h                                    libdevel/libacl1-dev
 usr/lib/x86_64-linux-gnu/libacl.so                          libdevel/libacl1-dev
 usr/include/sys/acl.h                                       libdevel/libacl1-dev
 usr/share/doc/libacl1-dev/copyright                         doc/libacl1-dev
+usr/include/attr/libattr.h                                  libdevel/libattr1-dev
 """
 
 
@@ -167,6 +170,49 @@ def test_the_container_engine_retries_without_asking(tmp_path: Path, mirror: str
     engine = Compiling(output, cures="libacl1-dev")
     assert sysdeps.build(engine, ctx).adjustments["systemPackages"]["installed"] is True
     assert engine.calls == [[], ["libacl1-dev"]]
+
+
+class TwoRounds(Compiling):
+    """A build whose first missing header hides a second one: found only once the first is installed."""
+
+    def __init__(self, first: str, second: str) -> None:
+        super().__init__(first, cures="libacl1-dev")
+        self.second = second
+
+    def build(self, ctx: BuildContext) -> BuildOutput:
+        self.calls.append(list(ctx.options.system_packages.apt))
+        if "libacl1-dev" not in ctx.options.system_packages.apt:
+            raise build_failure("the build backend failed: exit 1", self.output)
+        if "libattr1-dev" not in ctx.options.system_packages.apt:
+            raise build_failure("the build backend failed: exit 1", self.second)
+        return BuildOutput(wheels=[], repaired=False)
+
+
+def test_a_second_missing_header_found_after_the_first_is_installed(tmp_path: Path, mirror: str, sdist: Path) -> None:
+    engine = TwoRounds(_compiler_output(tmp_path, "sys/acl.h"), _compiler_output(tmp_path, "attr/libattr.h"))
+    ctx = _ctx(tmp_path, sdist, contents_mirror=mirror, system_packages="install")
+    out = sysdeps.build(engine, ctx)
+    assert engine.calls == [[], ["libacl1-dev"], ["libacl1-dev", "libattr1-dev"]]
+    record = out.adjustments["systemPackages"]
+    assert record["packages"] == ["libacl1-dev", "libattr1-dev"] and record["rounds"] == 2
+    assert [f["missing"] for f in record["found"]] == ["sys/acl.h", "attr/libattr.h"]
+    assert 'apt = ["libacl1-dev", "libattr1-dev"]' in recipe_text("farmtest-acl", "0.1.0", record)
+    # a build that still fails on a header whose package is installed already stops there
+    outputs = [engine.output, engine.second]
+    calls: list[list[str]] = []
+
+    class StillMissing:
+        name = "native"
+
+        def build(self, ctx: BuildContext) -> BuildOutput:
+            calls.append(list(ctx.options.system_packages.apt))
+            raise build_failure("the build backend failed: exit 1", outputs[min(len(calls), 2) - 1])
+
+    with pytest.raises(PackageFailure, match="also tried with the system packages libacl1-dev") as caught:
+        sysdeps.build(StillMissing(), _ctx(tmp_path / "still", sdist, contents_mirror=mirror, system_packages="install"))
+    assert calls == [[], ["libacl1-dev"], ["libacl1-dev", "libattr1-dev"]]
+    assert "were installed already" in str(caught.value)
+    assert len(calls) <= sysdeps.ROUNDS + 1
 
 
 def test_a_header_no_package_provides(tmp_path: Path, mirror: str, sdist: Path) -> None:

@@ -406,7 +406,20 @@ def _failure(step: str, message: str, record: dict[str, Any], missing: list[str]
     return failure
 
 
-def build(engine: Engine, ctx: BuildContext) -> BuildOutput:
+ROUNDS = 3  # builds with more packages found, at most: a library's -dev package may reveal the next one missing
+
+
+def _merge(record: dict[str, Any], later: dict[str, Any] | None) -> None:
+    """Add what a later round found to `record` (one record, one suggested recipe, for all rounds)."""
+    if not later:
+        return
+    record["packages"] = list(dict.fromkeys([*record.get("packages", []), *later.get("packages", [])]))
+    for key in ("found", "notFound"):
+        record[key] = [*record.get(key, []), *[x for x in later.get(key, []) if x not in record.get(key, [])]]
+    record["rounds"] = 1 + int(later.get("rounds", 1))
+
+
+def build(engine: Engine, ctx: BuildContext, *, _round: int = 1) -> BuildOutput:
     """Build; when the build fails reporting missing headers, libraries or tools, look up the packages
     that provide them and build once more with them installed: in the container's root phase (the
     cibuildwheel engine, offline as a recipe's system packages), on the host only when configured
@@ -462,15 +475,18 @@ def build(engine: Engine, ctx: BuildContext) -> BuildOutput:
         for folder in _ATTEMPT_FOLDERS:
             shutil.rmtree(ctx.work / folder, ignore_errors=True)
         record.update(retry=True, installed=True)
-        try:
-            out = engine.build(ctx)
+        try:  # the retry may report the next thing missing: look that up too, for a few rounds
+            out = build(engine, ctx, _round=_round + 1) if _round < ROUNDS else engine.build(ctx)
         except PackageFailure as again:
+            _merge(record, (getattr(again, "adjustments", None) or {}).get("systemPackages"))
             record["outcome"] = "failed"
             raise _failure(again.step, f"{str(again).removeprefix(f'{again.step}: ')}\n(also tried with the system "
                            f"packages {' '.join(new)} found for {describe(wanted)}; the first attempt failed with: "
                            f"{first})", record, list(getattr(again, "missing", None) or [])) from again
+        _merge(record, out.adjustments.get("systemPackages"))
         record["outcome"] = "built"
         out.adjustments["systemPackages"] = record
-        ctx.log.write(f"built with the system packages {' '.join(new)}; suggested recipe "
+        suggestion = recipe_text(ctx.spec.name, ctx.spec.version, record, recipe=ctx.spec.recipe_name)
+        ctx.log.write(f"built with the system packages {' '.join(record['packages'])}; suggested recipe "
                       f"(`farm recipe suggest {ctx.spec.name}`):\n{suggestion}")
         return out
