@@ -11,8 +11,7 @@ a build whose output names nothing missing (no lookup, the failure unchanged); t
 with the default configuration (nothing installed on the host, the packages and the suggested
 recipe named); a second missing header revealed by the first package (a second round), and one still
 missing with its package installed (stops); apt sources in both formats, with options, disabled
-stanzas and no suite; a record
-without packages (no suggestion).
+stanzas and no suite; a record without packages (no suggestion).
 """
 
 from __future__ import annotations
