@@ -116,8 +116,13 @@ def test_meson_without_pkg_config_names_the_program_and_the_module() -> None:
     # another lookup method is a meson dependency, not a pkg-config module
     assert hints.missing_system_dependencies(
         "ERROR: Dependency lookup for Foo with method 'cmake' failed: CMake binary not found") == ["Foo (meson)"]
-    # lines that name nothing missing
+    # a required program meson's find_program() did not find (dbus-python's test runner)
+    program = ("Program dbus-run-session found: NO\n\n"
+               "../test/meson.build:72:19: ERROR: Program 'dbus-run-session' not found or not executable\n")
+    assert hints.missing_system_dependencies(program) == ["dbus-run-session (program)"]
+    # lines that name nothing missing (an optional program not found is no error)
     assert hints.missing_system_dependencies("Found pkg-config: YES (/usr/bin/pkg-config) 0.29.2\n"
+                                             "Program sphinx-build found: NO\n"
                                              "Run-time dependency cairo found: YES 1.16.0\n") == []
 
 
@@ -131,6 +136,8 @@ def test_meson_without_pkg_config_gives_both_bullseye_packages() -> None:
     missing = list(sysdeps.parse_missing(hints.missing_system_dependencies(MESON_WITHOUT_PKG_CONFIG)))
     found = index.packages_for(missing)
     assert {m.name: p for m, p in found.items()} == {"pkg-config": "pkg-config", "cairo": "libcairo2-dev"}
+    program = next(sysdeps.parse_missing(["dbus-run-session (program)"]))
+    assert index.packages_for([program]) == {program: "dbus"}
 
 
 def _as_of_ctx(tmp: Path) -> SimpleNamespace:

@@ -24,6 +24,8 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"Could NOT find ([\w.+-]+) \(missing"), "CMake"),
     (re.compile(r"cannot find -l([\w.+-]+)"), "linker"),
     (re.compile(r"\b([\w-]+-config|pg_config)(?::| executable)? (?:command )?not found", re.I), "program"),
+    # meson's find_program() of a required tool (e.g. a test runner its meson.build insists on)
+    (re.compile(r"ERROR: Program '([\w.+-]+)' not found or not executable"), "program"),
     # a build that downloads (Rust crates, meson wraps, CMake FetchContent) on a worker without that access
     (re.compile(r"Could not resolve host(?:name)?\)?:? ([\w.-]+\.[a-z]{2,})"), "host the build downloads from"),
 ]

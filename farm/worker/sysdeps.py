@@ -41,12 +41,12 @@ _KEEP = re.compile(
     r"|^usr/(?:lib|share)/(?:[^/]+/)*pkgconfig/[^/]+\.pc$"
     r"|^usr/(?:lib|share)/(?:[^/]+/)*cmake/[^/]+/[^/]+(?:Config|-config)\.cmake$"
     r"|^usr/lib/(?:[^/]+/)?lib[^/]+\.(?:so|a)$"
-    r"|^usr/bin/(?:[^/]+-config|pg_config)$"
+    r"|^(?:usr/)?s?bin/[^/]+$"  # programs: *-config scripts, and tools a build system requires
 )
 _LINE = re.compile(r"^(\S.*?)\s+(\S+)\s*$")
 _TRIPLETS = {"amd64": "x86_64-linux-gnu", "arm64": "aarch64-linux-gnu", "i386": "i386-linux-gnu",
              "armhf": "arm-linux-gnueabihf", "ppc64el": "powerpc64le-linux-gnu", "s390x": "s390x-linux-gnu"}
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: every program in (usr/)(s)bin, not only *-config
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ class Missing:
         if self.kind == "linker":
             return [re.compile(rf"^{lib}lib{n}\.so$"), re.compile(rf"^{lib}lib{n}\.a$")]
         if self.kind == "program":
-            return [re.compile(rf"^usr/bin/{n}$")]
+            return [re.compile(rf"^usr/bin/{n}$"), re.compile(rf"^(?:usr/sbin|s?bin)/{n}$")]
         return []
 
 
