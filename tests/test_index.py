@@ -657,3 +657,31 @@ def test_dependency_download_for_a_container_takes_the_targets_markers(tmp_path:
                                        requires=['mk-test; python_version < "3.10"'], dest=tmp_path / f"deps-{python}",
                                        log=io.StringIO(), find_links=beside)
         assert sorted(p.name for p in got) == expected, python
+
+
+def test_dependency_download_walks_the_closure_with_the_targets_markers(tmp_path: Path) -> None:
+    """Two levels down: the top wheel needs mk-mid, which needs mk-deep only below Python 3.11 and
+    mk-extra only with its `more` extra (asked for by the top wheel). pip, run by the farm's Python,
+    would evaluate mk-mid's markers for itself; the closure is walked for the target instead."""
+    import io
+
+    from farm.config import Settings
+    from farm.worker import verify
+    from farm.worker.platforms import get_platform
+    from tests.helpers.wheels import make_wheel
+
+    index_root = tmp_path / "index"
+    simple.write_root(index_root, [])
+    index_url = (index_root / "simple").as_uri() + "/"
+    beside = tmp_path / "beside"
+    top = make_wheel(tmp_path / "top", "mk-top", "1.0", requires=("mk-mid[more]>=1",))
+    make_wheel(beside, "mk-mid", "1.0", requires=('mk-deep; python_version < "3.11"', 'mk-extra; extra == "more"',
+                                                  'mk-never; extra == "other"'))
+    for name in ("mk-deep", "mk-extra", "mk-never"):
+        make_wheel(beside, name, "1.0")
+    platform = get_platform("linux-x86_64")
+    for python, expected in (("cp39", ["mk_deep", "mk_extra", "mk_mid"]), ("cp313", ["mk_extra", "mk_mid"])):
+        target = verify.Target.for_job(python, platform, Settings(home=tmp_path / "home"))
+        got = verify.dependency_wheels(top, target=target, index_url=index_url, requires=[],
+                                       dest=tmp_path / f"deps-{python}", log=io.StringIO(), find_links=beside)
+        assert sorted(p.name.split("-")[0] for p in got) == expected, python

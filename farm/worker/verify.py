@@ -307,25 +307,53 @@ def platform_emulation(target: Target) -> dict[str, str] | None:
 
 def dependency_wheels(wheel: Path, *, target: Target, index_url: str, requires: Sequence[str], dest: Path,
                       log: TextIO, find_links: Path | None = None) -> list[Path]:
-    """The wheel's dependency closure, for the target's Python and platform, from the farm's index only."""
-    reqs = [r for r in requirements_for(wheel, Options(test_requires=list(requires)), target.env)
-            if r.marker is None or r.marker.evaluate({**target.env, "extra": ""})]
-    if not reqs:
+    """The wheel's dependency closure, for the target's Python and platform, from the farm's index only.
+
+    pip runs on the farm's Python: with `--python-version` it picks wheels for the target, but it
+    evaluates the markers of the dependencies it finds for the Python it runs on, so a cp39 target's
+    `typing-extensions; python_version < "3.11"` two levels down would be left out. The closure is
+    walked here instead, a level a round: pip downloads (`--no-deps`) every requirement found so far,
+    each with its marker evaluated for the target (and the extras asked for), then the new wheels'
+    Requires-Dist are read for the next round."""
+    first = [r for r in requirements_for(wheel, Options(test_requires=list(requires)), target.env)
+             if _applies(r, target.env, {""})]
+    if not first:
         return []
     dest.mkdir(parents=True, exist_ok=True)
     platforms = sorted({t.platform for t in target.tags if t.platform != "any"})
-    argv = [sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(dest), "--index-url", index_url,
-            *(["--find-links", str(find_links)] if find_links else []),
+    argv = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", str(dest),
+            "--index-url", index_url, *(["--find-links", str(find_links)] if find_links else []),
             "--only-binary=:all:", "--python-version", f"{target.python[0]}.{target.python[1]}",
             "--implementation", "cp"]
     for plat in platforms:
         argv += ["--platform", plat]
-    argv += [without_marker(r) for r in reqs]
-    try:
-        run(argv, env=clean_env(), log=log, timeout=600)
-    except CommandFailed as exc:
-        raise PackageFailure("verify", f"dependencies do not resolve from the farm's index:\n{exc}") from exc
+    wanted: dict[str, None] = {}  # requirement lines without markers, in the order found
+    extras: dict[str, set[str]] = {}  # project -> the extras asked of it
+    read: set[Path] = set()
+    pending = first
+    while True:
+        new = [line for r in pending if (line := without_marker(r)) not in wanted]
+        for r in pending:
+            extras.setdefault(canonicalize_name(r.name), {""}).update(r.extras)
+        if not new:
+            break
+        wanted.update(dict.fromkeys(new))
+        try:
+            run([*argv, *wanted], env=clean_env(), log=log, timeout=600)
+        except CommandFailed as exc:
+            raise PackageFailure("verify", f"dependencies do not resolve from the farm's index:\n{exc}") from exc
+        pending = []
+        for got in sorted(set(dest.glob("*.whl")) - read):
+            read.add(got)
+            asked = extras.get(canonicalize_name(parse_wheel_filename(got.name)[0]), {""})
+            pending += [r for line in requires_dist(read_metadata(got))
+                        if _applies(r := Requirement(line), target.env, asked)]
     return sorted(dest.glob("*.whl"))
+
+
+def _applies(req: Requirement, env: dict[str, str], extras: set[str]) -> bool:
+    """Whether `req` is needed in the marker environment `env` when `extras` are asked for ("": none)."""
+    return req.marker is None or any(req.marker.evaluate({**env, "extra": e}) for e in extras)
 
 
 def without_marker(req: Requirement) -> str:
