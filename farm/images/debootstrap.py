@@ -48,9 +48,18 @@ PACKAGES: dict[Kind, list[str]] = {
               "pkg-config"],  # meson and many setup.py scripts find C libraries with it
     # The libraries the manylinux policies let a wheel link without vendoring them (auditwheel leaves
     # them out: PEP 600 assumes every system has them), so a clean image can import such a wheel.
-    # libGL and GLib are left out: libgl1 pulls in Mesa and LLVM, and GLib's package name differs by suite.
-    "verify": [*_COMMON, "libatomic1", "libx11-6", "libxext6", "libxrender1", "libice6", "libsm6"],
+    # libGL is left out: libgl1 pulls in Mesa and LLVM.
+    "verify": [*_COMMON, "libatomic1", "libx11-6", "libxext6", "libxrender1", "libice6", "libsm6", "libglib2.0-0"],
 }
+# Libraries renamed by Debian's 64-bit time_t transition (trixie and later; Ubuntu from noble):
+# debootstrap takes real package names only, so the suites before it keep the old names.
+_T64_RENAMED = {"libglib2.0-0": "libglib2.0-0t64"}
+_BEFORE_T64 = {"buster", "bullseye", "bookworm", "bionic", "focal", "jammy"}
+
+
+def suite_packages(packages: list[str], suite: str) -> list[str]:
+    """`packages` under the names `suite` gives them."""
+    return list(packages) if suite in _BEFORE_T64 else [_T64_RENAMED.get(p, p) for p in packages]
 
 # Run inside the chroot with /bin/sh. Receives KIND, INDEX_URL and the certificate variables.
 _SETUP = r"""
@@ -171,7 +180,7 @@ def _build(*, kind: Kind, suite: str, tag: str | None, ca_bundle: Path, cache_di
         tag += ":latest"
     if not ca_bundle.is_file():
         raise FarmError(f"CA bundle {ca_bundle} does not exist")
-    packages = PACKAGES[kind]
+    packages = suite_packages(PACKAGES[kind], suite)
     if foreign and python_sources:
         raise FarmError(f"CPythons are not compiled into {target.debian} images (under emulation): "
                         "build without --debian-pythons/--python-source")
@@ -183,7 +192,7 @@ def _build(*, kind: Kind, suite: str, tag: str | None, ca_bundle: Path, cache_di
         compiled = _compiled_pythons(python_sources, suite=suite, cache_dir=cache_dir, mirror=mirror, log=log)
         strip = foreign and kind == "verify"  # from the build root file system (_STRIP_BUILD)
         if strip:
-            packages = PACKAGES["build"]
+            packages = suite_packages(PACKAGES["build"], suite)
         key = _digest({"suite": suite, "mirror": mirror, "packages": packages, "kind": kind, "setup": _SETUP,
                        **({"strip": _STRIP_BUILD} if strip else {}),
                        "index": index_url, "ca": hashlib.sha256(ca_bundle.read_bytes()).hexdigest(),
