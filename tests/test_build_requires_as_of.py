@@ -94,3 +94,32 @@ def test_an_old_sdist_that_todays_cython_breaks_builds_with_the_requirements_of_
     cython = next(r for r in as_of["resolved"] if r.lower().startswith("cython=="))
     assert cython.split("==")[1].startswith("0.29."), as_of["resolved"]
     assert as_of["firstFailure"].startswith("build:")
+
+
+def test_what_the_retry_finds_missing_goes_on_to_the_system_packages_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build that fails first on today's backend and then, as of its release, on a missing library:
+    the failure keeps what the retry found missing (farm.worker.sysdeps reads it for its round)."""
+    import io
+    from types import SimpleNamespace
+
+    from farm.errors import PackageFailure
+    from farm.worker import build_requires
+    from farm.worker.hints import build_failure
+
+    monkeypatch.setattr(build_requires, "_release",
+                        lambda ctx: AsOf(dt.datetime(2024, 8, 22, tzinfo=dt.UTC), "upstream upload-time"))
+    fresh = SimpleNamespace(fresh=lambda: fresh)
+    ctx = SimpleNamespace(options=SimpleNamespace(build_requires_as_of="auto"), log=io.StringIO(), src=fresh)
+    tries: list[object] = []
+
+    def attempt(as_of: object) -> object:
+        tries.append(as_of)
+        if as_of is None:
+            raise PackageFailure("build", "ERROR: Use build.targets instead of cmake.targets")
+        raise build_failure("the build backend failed", "-- Checking for module 'libzmq'\n"
+                            "--   Package 'libzmq', required by 'virtual:world', not found\n")
+
+    with pytest.raises(PackageFailure) as caught:
+        build_requires.build_as_of_release(ctx, attempt, reset=lambda: None)  # type: ignore[arg-type]
+    assert len(tries) == 2 and "also tried with the build requirements as of the release" in str(caught.value)
+    assert caught.value.missing == ["libzmq (pkg-config)"]  # type: ignore[attr-defined]

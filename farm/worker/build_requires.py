@@ -138,9 +138,12 @@ def build_as_of_release(ctx: BuildContext, attempt: Callable[[AsOf | None], Buil
         try:
             out = attempt(as_of)
         except PackageFailure as again:
-            raise PackageFailure("build", f"{str(again).removeprefix('build: ')}\n(also tried with the build "
-                                 f"requirements as of the release, {as_of.exclude_newer}; the first attempt "
-                                 f"failed with: {first})") from again
+            failure = PackageFailure("build", f"{str(again).removeprefix('build: ')}\n(also tried with the build "
+                                     f"requirements as of the release, {as_of.exclude_newer}; the first attempt "
+                                     f"failed with: {first})")
+            if getattr(again, "missing", None):  # what the retry found missing, for the system-packages round
+                failure.missing = again.missing  # type: ignore[attr-defined]
+            raise failure from again
         resolved = out.adjustments["buildRequiresAsOf"]["resolved"]  # type: ignore[index]
         out.adjustments["buildRequiresAsOf"] = {**as_of.record(), "retry": True, "resolved": resolved,
                                                 "firstFailure": first}
