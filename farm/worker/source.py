@@ -32,9 +32,10 @@ class SdistSource:
         self.patched: list[dict[str, object]] = []  # the patches applied: name, sha256, files changed
 
     @classmethod
-    def unpacked(cls, sdist: Path, tree: Path) -> SdistSource:
-        """An sdist whose tree is already at `tree`."""
-        source = cls(sdist, tree.parent, Limits(0, 0, 0))
+    def unpacked(cls, sdist: Path, tree: Path, limits: Limits | None = None) -> SdistSource:
+        """An sdist whose tree is already at `tree`; `limits` for `fresh()`, which unpacks it again
+        (none given: it cannot be unpacked again)."""
+        source = cls(sdist, tree.parent, limits or Limits(0, 0, 0))
         source.__dict__["path"] = Path(tree)
         return source
 
