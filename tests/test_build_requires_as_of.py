@@ -123,3 +123,28 @@ def test_what_the_retry_finds_missing_goes_on_to_the_system_packages_round(monke
         build_requires.build_as_of_release(ctx, attempt, reset=lambda: None)  # type: ignore[arg-type]
     assert len(tries) == 2 and "also tried with the build requirements as of the release" in str(caught.value)
     assert caught.value.missing == ["libzmq (pkg-config)"]  # type: ignore[attr-defined]
+
+
+def test_a_failure_older_requirements_cannot_cure_is_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure flagged `retry_as_of = False` (the farm's abi3 audit: what the source calls) is raised
+    as it is, without a second build as of the release."""
+    import io
+    from types import SimpleNamespace
+
+    from farm.errors import PackageFailure
+    from farm.worker import build_requires
+
+    monkeypatch.setattr(build_requires, "_release",
+                        lambda ctx: AsOf(dt.datetime(2024, 8, 22, tzinfo=dt.UTC), "upstream upload-time"))
+    ctx = SimpleNamespace(options=SimpleNamespace(build_requires_as_of="auto"), log=io.StringIO())
+    tries: list[object] = []
+
+    def attempt(as_of: object) -> object:
+        tries.append(as_of)
+        failure = PackageFailure("build", "x.whl is tagged abi3 but abi3audit finds it uses PyUnicode_AsUTF8AndSize")
+        failure.retry_as_of = False  # type: ignore[attr-defined]
+        raise failure
+
+    with pytest.raises(PackageFailure, match="PyUnicode_AsUTF8AndSize"):
+        build_requires.build_as_of_release(ctx, attempt, reset=lambda: None)  # type: ignore[arg-type]
+    assert tries == [None]

@@ -124,8 +124,10 @@ def build_as_of_release(ctx: BuildContext, attempt: Callable[[AsOf | None], Buil
     try:
         return attempt(as_of)
     except PackageFailure as exc:
-        if mode != "auto" or getattr(exc, "missing", None) or isinstance(exc, CommandTimeout):
-            raise  # what is missing from the system, or a timeout, is not cured by older build requirements
+        if (mode != "auto" or getattr(exc, "missing", None) or not getattr(exc, "retry_as_of", True)
+                or isinstance(exc, CommandTimeout)):
+            raise  # what is missing from the system, a timeout, or what the source itself does (`retry_as_of`
+            # False on the failure) is not cured by older build requirements
         as_of = _release(ctx)
         if as_of is None:
             ctx.log.write("\nnot retried as of the release: its time is unknown\n")

@@ -342,8 +342,10 @@ def audit_abi3(ctx: BuildContext, wheels: list[Path]) -> list[str]:
         except CommandFailed as exc:
             if exc.timed_out:
                 raise CommandTimeout("build", str(exc)) from exc
-            raise PackageFailure("build", f"{wheel.name} is tagged abi3 but abi3audit finds it uses more than the "
-                                 f"limited API it declares:\n{exc.result.output[-3000:]}") from exc
+            failure = PackageFailure("build", f"{wheel.name} is tagged abi3 but abi3audit finds it uses more than "
+                                     f"the limited API it declares:\n{exc.result.output[-3000:]}")
+            failure.retry_as_of = False  # type: ignore[attr-defined]  # the source's calls, not its build requirements
+            raise failure from exc
     return [w.name for w in abi3]
 
 
