@@ -141,6 +141,10 @@ class Settings(BaseSettings):
     build_memory: str = Field("4g", description="memory limit of a build container")
     build_pids: int = 4096
     cibuildwheel_timeout: float = 3600.0
+    build_wheels_shared_seconds: float = Field(3600.0, ge=0, description="a container build's resolved build "
+                                               "requirements (the wheelhouse) are reused by later jobs on this "
+                                               "worker host with the same requirements and target for this long "
+                                               "(the other Pythons of a matrix); 0: every job resolves its own")
 
     # Index: channels, virtual indexes, provenance links, upload targets, retention --------------
     # (farm/index/channels.py, farm/index/targets.py, farm/records.py; docs/index.md)

@@ -9,6 +9,7 @@ meson lines that name no dependency.
 
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
 import subprocess
@@ -147,7 +148,8 @@ def _as_of_ctx(tmp: Path) -> SimpleNamespace:
     work.mkdir()
     recorded: list = []
     return SimpleNamespace(work=work, log=io.StringIO(), record=recorded.append, recorded=recorded,
-                           spec=SimpleNamespace(upstream_index="https://pypi.org/simple/"))
+                           spec=SimpleNamespace(upstream_index="https://pypi.org/simple/"),
+                           settings=SimpleNamespace(home=tmp / "home", build_wheels_shared_seconds=0.0))
 
 
 @pytest.mark.network
@@ -270,3 +272,60 @@ def test_a_meson_package_gets_its_system_packages_in_the_container(  # noqa: F81
     assert record["retry"] is True and "libcairo2-dev" in record["packages"], record  # type: ignore[index]
     assert ("pkg-config" in record["packages"]) == ("pkg-config (program)" in record["firstFailure"]), record  # type: ignore[index]
     assert "cairo (" in record["firstFailure"], log[-3000:]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("resolver", ["x86_64-manylinux_2_31", None], ids=["uv", "pip"])
+def test_the_jobs_of_a_matrix_share_their_build_requirements(tmp_path: Path, resolver: str | None) -> None:
+    """A second job with the same build requirements and target on this host reuses the first one's
+    resolution (no resolver, no download: nothing recorded) and gets its own copy of the wheels. Not
+    shared: another target, another index, an older one than the window, a window of 0, and a shared
+    file that no longer has its digest (dropped and resolved again)."""
+    from farm.worker import wheelhouse
+    from tests.helpers.indexes import StaticIndex
+    from tests.helpers.wheels import make_wheel
+
+    upstream = StaticIndex(tmp_path / "upstream")
+    try:
+        for name, requires in (("farmbackend", ("farmhelper>=1",)), ("farmhelper", ())):
+            wheel = make_wheel(tmp_path / "made", name, "1.0", requires=requires)
+            upstream.add(name, wheel.name, wheel.read_bytes())
+        platforms = ("manylinux_2_31_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
+        cp39 = wheelhouse.Target(python="3.9", implementation="cp", abi="cp39", resolver=resolver, platforms=platforms)
+        cp313 = wheelhouse.Target(python="3.13", implementation="cp", abi="cp313", resolver=resolver, platforms=platforms)
+        home = tmp_path / "home"
+
+        def job(n: int, t: wheelhouse.Target, *, window: float = 3600.0, index: str = upstream.url) -> tuple:
+            (tmp_path / f"job{n}").mkdir()
+            ctx = _as_of_ctx(tmp_path / f"job{n}")
+            ctx.settings = SimpleNamespace(home=home, build_wheels_shared_seconds=window)
+            ctx.spec.upstream_index = index
+            dest = ctx.work / "build-wheels"
+            pins = wheelhouse.download(ctx, ["farmbackend"], dest, t, name="build-requires")  # type: ignore[arg-type]
+            return pins, sorted(p.name for p in dest.glob("*.whl")), ctx
+
+        first = job(1, cp39)
+        assert first[1] == ["farmbackend-1.0-py3-none-any.whl", "farmhelper-1.0-py3-none-any.whl"]
+        assert first[2].recorded, "the first job resolves and downloads"
+        [entry] = [p for p in (home / "cache/build-wheels").iterdir() if p.is_dir()]  # cp39's resolution
+        second = job(2, cp39)
+        assert second[:2] == first[:2] and second[2].recorded == []
+        assert "reused" in second[2].log.getvalue()
+        for path in (tmp_path / "job2/work/build-wheels").glob("*.whl"):
+            assert path.stat().st_nlink == 1
+        assert job(3, cp313)[2].recorded, "another target resolves for itself"
+        assert job(4, cp39, window=0)[2].recorded, "sharing off"
+        other_index = upstream.url.replace("127.0.0.1", "localhost")
+        assert job(5, cp39, index=other_index)[2].recorded, "another index"
+        # a shared wheel changed on disk: not used, resolved again, shared again
+        (entry / "farmhelper-1.0-py3-none-any.whl").write_bytes(b"not the wheel")
+        again = job(6, cp39)
+        assert again[2].recorded and "changed on disk" in again[2].log.getvalue()
+        assert zipfile.is_zipfile(tmp_path / "job6/work/build-wheels/farmhelper-1.0-py3-none-any.whl")
+        assert job(7, cp39)[2].recorded == []
+        # older than the window
+        record = entry / "resolution.json"
+        data = json.loads(record.read_text())
+        record.write_text(json.dumps({**data, "made": data["made"] - 7200}))
+        assert job(8, cp39)[2].recorded
+    finally:
+        upstream.stop()

@@ -731,5 +731,11 @@ def test_prepared_image_key_follows_its_inputs(tmp_path: Path, pyyaml_sdist: Pat
     assert prepared_image.key(other, **reads) != prepared_image.key(ctx, **reads)
     # Without a root script the environment does not matter: one prepared image serves every such build.
     assert prepared_image.key(ctx, **{**base, "script": None}) == prepared_image.key(ctx, **{**base, "script": None, "env_script": "B=2"})
+    # ... nor the Python: every Python of a matrix starts from one prepared image; a script runs with it on PATH.
+    py313 = make_ctx(tmp_path / "py313", sdist=pyyaml_sdist)
+    py313.spec = py313.spec.model_copy(update={"python": "cp313"})
+    assert py313.spec.python != ctx.spec.python
+    assert prepared_image.key(py313, **{**base, "script": None}) == prepared_image.key(ctx, **{**base, "script": None})
+    assert prepared_image.key(py313, **base) != key
     assert prepared_image.root_script(ctx, install=None, before_all=[]) is None
     assert prepared_image.root_script(ctx, install=None, before_all=["ls {project}"]) == "set -e\nls /farm/project"

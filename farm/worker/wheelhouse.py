@@ -14,18 +14,29 @@
 
 The folder (`WHEELS_IN_CONTAINER`) is mounted read-only into the build container and is the only
 place its front end installs from. A requirement without a wheel for the target fails the job.
+
+Sharing: the jobs of a matrix ask for the same build requirements, often for the same target (a pure
+`setuptools` for every Python). A resolution and its wheels are kept on the worker host
+(`FARM_HOME/cache/build-wheels`, keyed by the requirements, the target, the index and the as-of date)
+and reused by later jobs for `build_wheels_shared_seconds`; a job that finds another resolving the
+same key waits for it instead of resolving too. Each job gets its own copy (no link into the shared
+folder), each file's sha256 checked.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shlex
+import shutil
 import sys
+import tempfile
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -134,11 +145,92 @@ def checked(requirements: Sequence[str], how: str) -> list[str]:
 def download(ctx: BuildContext, requirements: Sequence[str], dest: Path, t: Target, *, name: str,
              as_of: build_requires.AsOf | None = None) -> list[str]:
     """Download `requirements` and their dependencies for `t` into `dest` as wheels; return the pins.
-    With `as_of`, only what the index had then (uv's `--exclude-newer`, pip's `--uploaded-prior-to`)."""
+    With `as_of`, only what the index had then (uv's `--exclude-newer`, pip's `--uploaded-prior-to`).
+    A resolution of the same requirements for the same target made on this host within
+    `build_wheels_shared_seconds` is reused (module docstring, Sharing)."""
     reqs = list(requirements)
     if not reqs:
         return []
     dest.mkdir(parents=True, exist_ok=True)
+    window = ctx.settings.build_wheels_shared_seconds
+    if window <= 0:
+        return _resolve(ctx, reqs, dest, t, name=name, as_of=as_of)
+    entry = ctx.settings.home / "cache" / "build-wheels" / _share_key(ctx, reqs, t, as_of)
+    with _locked(entry.with_name(entry.name + ".lock")):
+        pins = _reuse(entry, dest, window, log=ctx.log)
+        if pins is None:
+            pins = _resolve(ctx, reqs, dest, t, name=name, as_of=as_of)
+            _keep(entry, dest, pins)
+    return pins
+
+
+def _share_key(ctx: BuildContext, reqs: Sequence[str], t: Target, as_of: build_requires.AsOf | None) -> str:
+    inputs = {"requirements": sorted(reqs), "target": [t.python, t.implementation, t.abi, list(t.platforms), t.resolver],
+              "index": ctx.spec.upstream_index, "as_of": as_of.exclude_newer if as_of else None, "format": 1}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:32]
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock between the jobs of this host (worker processes share FARM_HOME)."""
+    import fcntl  # container builds run on Linux (and macOS) worker hosts only
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _reuse(entry: Path, dest: Path, window: float, *, log: TextIO) -> list[str] | None:
+    """The pins of a shared resolution younger than `window`, its wheels copied into `dest`; None when
+    there is none (or it is stale, or a file of it no longer has its digest: then it is dropped)."""
+    try:
+        record = json.loads((entry / "resolution.json").read_text())
+    except (OSError, ValueError):
+        return None
+    age = time.time() - float(record.get("made", 0))
+    if not 0 <= age < window:
+        return None
+    from farm.util.hashing import sha256_file
+
+    copied = []
+    for filename, digest in record["files"].items():
+        target = dest / filename
+        shutil.copyfile(entry / filename, target)
+        if sha256_file(target) != digest:
+            log.write(f"shared build requirement {filename} changed on disk: resolving again\n")
+            shutil.rmtree(entry, ignore_errors=True)
+            for path in copied:
+                path.unlink(missing_ok=True)
+            return None
+        copied.append(target)
+    log.write(f"build requirements resolved {age:.0f} s ago on this host for the same target, reused: "
+              f"{', '.join(record['pins'])}\n")
+    return list(record["pins"])
+
+
+def _keep(entry: Path, dest: Path, pins: list[str]) -> None:
+    """Share what `dest` now holds (the whole resolution) under `entry`, replacing an older one."""
+    from farm.util.hashing import sha256_file
+
+    tmp = Path(tempfile.mkdtemp(prefix=entry.name + ".", dir=entry.parent))
+    try:
+        files = {}
+        for wheel in sorted(dest.glob("*.whl")):
+            shutil.copyfile(wheel, tmp / wheel.name)
+            files[wheel.name] = sha256_file(tmp / wheel.name)
+        (tmp / "resolution.json").write_text(json.dumps({"pins": pins, "files": files, "made": time.time()}))
+        shutil.rmtree(entry, ignore_errors=True)
+        tmp.rename(entry)
+    except OSError:  # sharing is an optimisation: a full disk here must not fail the build
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _resolve(ctx: BuildContext, reqs: list[str], dest: Path, t: Target, *, name: str,
+             as_of: build_requires.AsOf | None) -> list[str]:
     env = clean_env({"UV_CACHE_DIR": os.environ.get("UV_CACHE_DIR", str(Path.home() / ".cache" / "uv")),
                      "UV_PYTHON_DOWNLOADS": "never"})
     index = ctx.spec.upstream_index

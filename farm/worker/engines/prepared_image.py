@@ -16,7 +16,9 @@ with `docker exec` as the same user. So the farm splits a container build in two
 
 A prepared image is reused by later builds with the same inputs (the base image's digest, the
 package manager family, the system package names, before-all, the container environment and the
-build user; with `{project}` in before-all, also the sdist's sha256) for `MAX_AGE` seconds; then
+build user; the job's Python only when there is a script to run, so without one every Python of a
+matrix starts from the same prepared image; with `{project}` in before-all, also the sdist's sha256)
+for `MAX_AGE` seconds; then
 the packages are downloaded and installed again (security updates). Older prepared images of the
 same inputs are removed when a new one is made.
 """
@@ -74,7 +76,9 @@ def key(ctx: BuildContext, *, digest: str, family: str, packages: Sequence[str],
     """What the prepared image depends on, as a sha256."""
     uses_project = script is not None and PROJECT_IN_ROOT_PHASE in script
     inputs = {"format": _FORMAT, "image": digest, "family": family, "packages": sorted(packages), "script": script,
-              "environment": env_script if script else None, "user": user, "python": ctx.spec.python,
+              "environment": env_script if script else None, "user": user,
+              # the Python matters only to a script (its PATH): without one, a matrix's Pythons share the image
+              "python": ctx.spec.python if script else None,
               "sdist": ctx.spec.sdist.sha256 if uses_project else None}
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
