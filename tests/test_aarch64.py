@@ -30,7 +30,7 @@ from farm.images.debootstrap import ImageResult, build_image, build_verify_image
 from farm.worker.platforms import get_platform
 from tests.helpers.env import free_port
 from tests.helpers.farms import Farm
-from tests.helpers.images import CACHE, SUITE, _Log, client, docker_host, image_builder_or_skip, run_in  # noqa: F401
+from tests.helpers.images import CACHE, SUITE, _Log, client, container_env, docker_host, image_builder_or_skip, run_in  # noqa: F401
 from tests.helpers.sdists import make_project, make_sdist
 
 X86_64_HOST = arches.host_machine() == "x86_64"
@@ -162,13 +162,9 @@ def aarch64_farm(tmp_path_factory: pytest.TempPathFactory, docker_host: str,  # 
                  arm64_build: ImageResult, arm64_verify: ImageResult) -> Iterator[Farm]:
     f = Farm(tmp_path_factory.mktemp("aarch64") / "home", free_port())
     f.env.update({
-        "FARM_ENGINE": "cibuildwheel",
-        "FARM_DOCKER_HOST": docker_host,
+        **container_env(docker_host, arm64_build, arm64_verify, platform="linux-aarch64"),
         "FARM_PLATFORM": "linux-aarch64",  # the one local worker serves linux-aarch64
         "FARM_PLATFORMS": json.dumps(["linux-aarch64"]),
-        "FARM_IMAGES": json.dumps({"linux-aarch64": [{"image": arm64_build.tag, "pythons": arm64_build.pythons}]}),
-        "FARM_VERIFY_IMAGES": json.dumps({"linux-aarch64": [{"image": arm64_verify.tag,
-                                                             "pythons": arm64_verify.pythons}]}),
     })
     f.start()
     yield f

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import re
 import tarfile
 from pathlib import Path
@@ -27,7 +26,7 @@ from farm.images.pythons import DEFAULT_SOURCES, PythonSource, compiled_python, 
 from tests.helpers.env import free_port
 from tests.helpers.farms import Farm
 from tests.helpers.images import (  # noqa: F401 - fixtures
-    CACHE, SUITE, TEST_PYTHON_SOURCES, client, docker_host, pythons_images, run_in)
+    CACHE, SUITE, TEST_PYTHON_SOURCES, client, container_env, docker_host, pythons_images, run_in)
 from tests.helpers.sdists import make_project, make_sdist
 
 
@@ -139,12 +138,7 @@ def test_c_extension_built_for_each_image_python_and_imported_in_the_clean_image
         pythons_images, client, docker_host: str, tmp_path_factory: pytest.TempPathFactory) -> None:
     build, verify = pythons_images
     farm = Farm(tmp_path_factory.mktemp("image-pythons") / "home", free_port())
-    farm.env.update({
-        "FARM_ENGINE": "cibuildwheel",
-        "FARM_DOCKER_HOST": docker_host,
-        "FARM_IMAGES": json.dumps({"linux-x86_64": [{"image": build.tag, "pythons": build.pythons}]}),
-        "FARM_VERIFY_IMAGES": json.dumps({"linux-x86_64": [{"image": verify.tag, "pythons": verify.pythons}]}),
-    })
+    farm.env.update(container_env(docker_host, build, verify))
     work = tmp_path_factory.mktemp("imagec")
     project = make_project(work, "imagepyc")
     sdist = make_sdist(project, work / "dist")

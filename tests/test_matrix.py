@@ -118,7 +118,12 @@ def matrix_farm(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
         pytest.skip(f"pyenv lacks one of CPython {', '.join(MATRIX)}")
     farm = Farm(tmp_path_factory.mktemp("matrix") / "home", free_port())
     farm.env["FARM_PYTHONS"] = json.dumps([str(p) for p in pythons])
+    farm.env["FARM_WORKER_JOBS"] = "2"  # the local worker runs two jobs at once (`farm worker --jobs`)
     farm.start()
+    deadline = time.monotonic() + 180
+    while len(list((farm.home / "storage" / "workers").glob("*.json"))) < 2:  # both registered: both take jobs
+        assert time.monotonic() < deadline, "the local worker's two processes did not register in 180 s"
+        time.sleep(0.2)
     yield farm
     farm.stop()
 
@@ -146,9 +151,15 @@ def test_a_c_extension_is_built_for_every_python_the_worker_offers(matrix_farm: 
     assert res.returncode == 0, res.stdout + res.stderr
     built = sorted(line.split()[-1] for line in res.stdout.splitlines() if "published" in line)
     assert [w.split("-")[2] for w in built] == ["cp311", "cp313", "cp39"], built
-    # the worker registered what it offers, and the coordinator recorded it
-    (record,) = [json.loads(p.read_text()) for p in (matrix_farm.home / "storage" / "workers").glob("*.json")]
-    assert sorted(record["pythons"]) == ["cp311", "cp313", "cp39"] and record["platform"] == "linux-x86_64"
+    # the worker's two processes registered what they offer, and the coordinator recorded it
+    records = [json.loads(p.read_text()) for p in (matrix_farm.home / "storage" / "workers").glob("*.json")]
+    assert len(records) == 2, records
+    for record in records:
+        assert sorted(record["pythons"]) == ["cp311", "cp313", "cp39"] and record["platform"] == "linux-x86_64"
+    # ... and ran the Pythons in parallel: each took a job as soon as the three were queued
+    ids = [job["id"] for job in json.loads(matrix_farm.farm("status", "--json").stdout) if job["name"] == "matrixc"]
+    ran_on = {matrix_farm.farm("logs", str(i)).stdout.splitlines()[0].rsplit(" on ", 1)[1] for i in ids}
+    assert len(ids) == 3 and len(ran_on) == 2, ran_on
     for version in MATRIX:
         python = pyenv_python(version)
         assert python is not None

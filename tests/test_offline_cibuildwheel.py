@@ -22,7 +22,7 @@ import pytest
 
 from tests.helpers.env import free_port
 from tests.helpers.farms import Farm
-from tests.helpers.images import build_image_result, docker_host, verify_image_result  # noqa: F401
+from tests.helpers.images import build_image_result, container_env, docker_host, verify_image_result  # noqa: F401
 from tests.helpers.indexes import StaticIndex
 from tests.helpers.sdists import cached_wheel, make_abi3_project, make_sdist
 
@@ -40,13 +40,8 @@ def offline(tmp_path_factory: pytest.TempPathFactory, docker_host: str,  # noqa:
     upstream.add("setuptools", wheel.name, wheel.read_bytes())
     farm = Farm(scratch / "home", free_port())
     farm.env.update({
-        "FARM_ENGINE": "cibuildwheel",
-        "FARM_DOCKER_HOST": docker_host,
+        **container_env(docker_host, build_image_result, verify_image_result),
         "FARM_UPSTREAM_INDEX": upstream.url,
-        "FARM_IMAGES": json.dumps({"linux-x86_64": [{"image": build_image_result.tag,
-                                                     "pythons": build_image_result.pythons}]}),
-        "FARM_VERIFY_IMAGES": json.dumps({"linux-x86_64": [{"image": verify_image_result.tag,
-                                                            "pythons": verify_image_result.pythons}]}),
         **{k: CLOSED for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY")},
         "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
     })

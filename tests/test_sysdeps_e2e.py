@@ -24,7 +24,7 @@ import pytest
 
 from tests.helpers.env import free_port
 from tests.helpers.farms import Farm
-from tests.helpers.images import build_image_result, client, docker_host, run_in, verify_image_result  # noqa: F401
+from tests.helpers.images import build_image_result, container_env, client, docker_host, run_in, verify_image_result  # noqa: F401
 from tests.helpers.sdists import cached_sdist, make_project, make_sdist
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker, pytest.mark.network]
@@ -34,13 +34,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.docker, pytest.mark.network]
 def container_farm(tmp_path_factory: pytest.TempPathFactory, docker_host: str,  # noqa: F811
                    build_image_result, verify_image_result) -> Iterator[Farm]:  # noqa: F811
     f = Farm(tmp_path_factory.mktemp("sysdeps") / "home", free_port())
-    f.env.update({
-        "FARM_ENGINE": "cibuildwheel",
-        "FARM_DOCKER_HOST": docker_host,
-        "FARM_IMAGES": json.dumps({"linux-x86_64": [{"image": build_image_result.tag, "pythons": build_image_result.pythons}]}),
-        "FARM_VERIFY_IMAGES": json.dumps({"linux-x86_64": [{"image": verify_image_result.tag,
-                                                            "pythons": verify_image_result.pythons}]}),
-    })
+    f.env.update(container_env(docker_host, build_image_result, verify_image_result))
     try:
         f.start()
     except RuntimeError:  # a loaded host: `farm up` may take longer than the helper's minute to answer

@@ -21,16 +21,91 @@ def _celery_worker(queues: list[str], name: str) -> int:
     return 0
 
 
+def worker_jobs(requested: int | None = None) -> int:
+    """How many jobs a worker host runs at once: `--jobs`, else `worker_jobs`, else the core count."""
+    if requested is not None and requested < 1:
+        raise SystemExit("farm worker: --jobs must be 1 or more")
+    return requested or get_settings().worker_jobs or os.cpu_count() or 1
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from farm.worker.platforms import host_platform_name
 
     platform = args.platform or get_settings().platform or host_platform_name()
     if getattr(args, "self_test", False):
         return cmd_worker_self_test(platform, keep=getattr(args, "keep", None))
+    name = args.name or f"worker-{platform}"
+    jobs = worker_jobs(getattr(args, "jobs", None))
+    if jobs > 1:
+        return _worker_pool(platform, name, jobs)
     from farm.coordinator.app import WORKER_TASKS, get_app
 
     get_app(include=WORKER_TASKS)  # no coordinator task: a worker never imports the database modules
-    return _celery_worker([platform], args.name or f"worker-{platform}")
+    return _celery_worker([platform], name)
+
+
+def _worker_pool(platform: str, name: str, jobs: int) -> int:
+    """`jobs` workers of one job each (Celery's solo pool, as `--jobs 1`), named NAME-1 ... NAME-N: each is
+    its own process with its own heartbeats, so a fault or a lost process costs one job, and the
+    coordinator sees N workers. A worker that exits on its own is started again (after 5 s); SIGTERM
+    or SIGINT stops them all, each finishing its job as a single worker does."""
+    argv = [sys.executable, "-m", "farm.cli", "worker", "--platform", platform, "--jobs", "1"]
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    restart_at: dict[str, float] = {}
+    stop = False
+
+    def _stop(signum: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+        for proc in children.values():
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    names = [f"{name}-{n}" for n in range(1, jobs + 1)]
+    print(f"farm worker: {jobs} jobs at once on {platform}: {', '.join(names)}", flush=True)
+    for child in names:
+        children[child] = _start(argv, child)
+    while not stop:
+        now = time.monotonic()
+        for child, proc in list(children.items()):
+            if proc.poll() is None:
+                continue
+            if child not in restart_at:
+                print(f"farm worker: {child} exited with {proc.returncode}; starting it again in 5 s",
+                      file=sys.stderr, flush=True)
+                restart_at[child] = now + 5
+            elif now >= restart_at[child]:
+                del restart_at[child]
+                children[child] = _start(argv, child)
+        time.sleep(0.2)
+    deadline = time.monotonic() + STOP_GRACE
+    for proc in children.values():
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return 0
+
+
+def _start(argv: list[str], name: str) -> subprocess.Popen[bytes]:
+    linux = sys.platform.startswith("linux")
+    return subprocess.Popen([*argv, "--name", name], preexec_fn=_die_with_parent if linux else None)  # noqa: PLW1509
+
+
+STOP_GRACE = 15.0  # seconds the pool's workers get to stop (`farm up` waits 20 s for the pool itself)
+
+
+def _die_with_parent() -> None:
+    """In a pool's worker (Linux): SIGTERM when the pool process dies, even by SIGKILL, so none is left behind."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def cmd_worker_self_test(platform: str, *, keep: str | None = None) -> int:
@@ -90,7 +165,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     env = {**os.environ, "FARM_HOME": str(settings.home), "FARM_API_PORT": str(port)}  # port: provenance links
     me = [sys.executable, "-m", "farm.cli"]
     children: dict[str, subprocess.Popen[bytes]] = {}
-    for name, argv in (("coordinator", [*me, "coordinator"]), ("worker", [*me, "worker"]),
+    jobs = ["--jobs", str(worker_jobs(args.jobs))] if getattr(args, "jobs", None) else []
+    for name, argv in (("coordinator", [*me, "coordinator"]), ("worker", [*me, "worker", *jobs]),
                        ("api", [*me, "api", "--port", str(port)])):
         with open(logs / f"{name}.log", "ab") as out:
             children[name] = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -19,6 +19,9 @@ UPSTREAM = "https://pypi.org/simple/"
 # The farm builds for every CPython a worker finds; tests build for the one running them unless
 # they ask for a matrix (tests/test_matrix.py), so each sdist is one job as before.
 ONE_PYTHON = json.dumps([sys.executable])
+# ... and a worker runs one job at a time unless the test asks for more (farm worker --jobs; the
+# default, one per core, would run the suite's jobs two at a time on a two-core machine).
+ONE_JOB = "1"
 
 
 def free_port() -> int:
@@ -60,5 +63,6 @@ def base_env(**extra: str) -> dict[str, str]:
     as the tests expect; the matrix has its own tests), and `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
     env["FARM_PYTHONS"] = ONE_PYTHON
+    env["FARM_WORKER_JOBS"] = ONE_JOB
     env.update(extra)
     return env

@@ -22,7 +22,7 @@ from farm.db.models import Artifact, Job, Source, Submission
 from farm.db.session import session_scope
 from farm.messages import ArtifactReport, JobSpec, SdistRef
 from farm.storage import get_storage, wheel_key
-from tests.helpers.env import ONE_PYTHON
+from tests.helpers.env import ONE_JOB, ONE_PYTHON
 
 
 class Farm:
@@ -32,7 +32,7 @@ class Farm:
         self.home, self.port = home, port
         self.url = f"http://127.0.0.1:{port}"
         self.index_url = f"{self.url}/simple/"
-        self.env = {**os.environ, "FARM_HOME": str(home), "FARM_PYTHONS": ONE_PYTHON}
+        self.env = {**os.environ, "FARM_HOME": str(home), "FARM_PYTHONS": ONE_PYTHON, "FARM_WORKER_JOBS": ONE_JOB}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 180) -> None:

@@ -9,6 +9,7 @@ cached in ~/.cache/wheel-farm/pythons like any site's."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import sys
@@ -57,6 +58,18 @@ class _Log(io.StringIO):
     def write(self, text: str) -> int:
         sys.stderr.write(text)
         return super().write(text)
+
+
+def container_env(docker_host: str, build: ImageResult, verify: ImageResult, *,
+                  platform: str = "linux-x86_64") -> dict[str, str]:
+    """A farm's settings for the container path: the cibuildwheel engine on `docker_host`, `build` as
+    the build image and `verify` as the verification image of `platform` (with the Pythons each carries)."""
+    return {
+        "FARM_ENGINE": "cibuildwheel",
+        "FARM_DOCKER_HOST": docker_host,
+        "FARM_IMAGES": json.dumps({platform: [{"image": build.tag, "pythons": build.pythons}]}),
+        "FARM_VERIFY_IMAGES": json.dumps({platform: [{"image": verify.tag, "pythons": verify.pythons}]}),
+    }
 
 
 @pytest.fixture(scope="module")

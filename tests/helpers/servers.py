@@ -29,7 +29,7 @@ import psycopg
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
-from tests.helpers.env import ONE_PYTHON, free_port
+from tests.helpers.env import ONE_JOB, ONE_PYTHON, free_port
 
 PG = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -121,7 +121,7 @@ class Cluster:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
         env.update({"FARM_HOME": str(self.home), "FARM_DATABASE_URL": self.db_url, "FARM_BROKER_URL": self.broker_url,
-                    "FARM_PYTHONS": ONE_PYTHON, **self.settings})
+                    "FARM_PYTHONS": ONE_PYTHON, "FARM_WORKER_JOBS": ONE_JOB, **self.settings})
         return env
 
     def farm(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
