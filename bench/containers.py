@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,14 +58,20 @@ STEPS = ("fetching", "building", "repairing", "verifying", "attesting", "uploadi
 _CIBW_TOTAL = re.compile(r"^\d+ wheels? produced in (\d+) seconds", re.MULTILINE)
 
 
-def images(docker_host: str) -> tuple[Any, Any]:
+def images(docker_host: str, sources: Sequence[Any] = (), tag: str | None = None) -> tuple[Any, Any]:
+    """The bullseye build image and its verification image (`NAME-verify:VERSION`), made or found up to
+    date. Without `sources`, bullseye's cp39 only: the farm would otherwise build a matrix of every
+    compiled Python (bench/matrix.py passes its Pythons)."""
     from farm.images import image_build
 
-    # bullseye's cp39 only: the farm would otherwise build a matrix of every compiled Python (bench/matrix.py)
-    build = image_build(suite=SUITE, docker_host=docker_host, index_url=UPSTREAM, log=sys.stderr,
-                        python_sources=())
-    verify = image_build(suite=SUITE, verify=True, docker_host=docker_host, index_url=UPSTREAM, log=sys.stderr,
-                         python_sources=())
+    tags: tuple[str | None, str | None] = (None, None)
+    if tag is not None:
+        name, _, version = tag.rpartition(":") if ":" in tag.rsplit("/", 1)[-1] else (tag, "", "latest")
+        tags = (f"{name}:{version}", f"{name}-verify:{version}")
+    build = image_build(suite=SUITE, tag=tags[0], docker_host=docker_host, index_url=UPSTREAM, log=sys.stderr,
+                        python_sources=list(sources))
+    verify = image_build(suite=SUITE, tag=tags[1], verify=True, docker_host=docker_host, index_url=UPSTREAM,
+                         log=sys.stderr, python_sources=list(sources))
     return build, verify
 
 

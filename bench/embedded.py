@@ -191,17 +191,18 @@ def _children(pid: int) -> list[int]:
 class Farm:
     """`farm up` in its own FARM_HOME, and this process's farm modules pointed at it."""
 
-    def __init__(self, home: Path) -> None:
-        self.home, self.port = home, free_port()
+    def __init__(self, home: Path, *, jobs: int = 1) -> None:
+        self.home, self.port, self.jobs = home, free_port(), jobs
         self.url = f"http://127.0.0.1:{self.port}"
         # One Python, the one the by-hand baseline builds with: a native worker otherwise offers every
         # CPython it finds and the farm would build each (the matrix), not the one build being compared.
-        self.env = {**os.environ, "FARM_HOME": str(home), "FARM_PYTHONS": json.dumps([sys.executable])}
+        self.env = {**os.environ, "FARM_HOME": str(home), "FARM_PYTHONS": json.dumps([sys.executable]),
+                    "FARM_WORKER_JOBS": str(jobs)}  # one job at a time unless the benchmark runs a matrix
         self.proc: subprocess.Popen[bytes] | None = None
         self.http = httpx.Client(timeout=5)
 
     def start(self) -> float:
-        """Start and wait until the API answers and both Celery workers say they are ready."""
+        """Start and wait until the API answers and the coordinator and every worker slot say they are ready."""
         start = time.perf_counter()
         self.home.mkdir(parents=True)
         self.proc = subprocess.Popen([str(BIN / "farm"), "up", "--port", str(self.port)], env=self.env,
@@ -215,7 +216,8 @@ class Farm:
                 healthy = self.http.get(self.url + "/health").status_code == 200
             except httpx.HTTPError:
                 healthy = False
-            if healthy and all(p.exists() and " ready." in p.read_text(errors="replace") for p in logs):
+            if healthy and all(p.exists() and p.read_text(errors="replace").count(" ready.") >= (
+                    self.jobs if p.name == "worker.log" else 1) for p in logs):
                 break
             time.sleep(0.1)
         else:

@@ -5,11 +5,11 @@ against cibuildwheel's own serial run of the same identifiers on the same image.
                 identifier (cp39-manylinux_x86_64 cp311-... ...): one container, the identifiers one
                 after the other, as cibuildwheel's users run it. build[uv] front end, the index and CA
                 bundle, the host's network, no tests. The clock covers the command.
-  farm          `farm up` (engine cibuildwheel, the same build image, its verification image) plus
-                `--workers - 1` more `farm worker` processes on the same FARM_HOME (one job each at a
-                time; the default, one worker per core, runs the Pythons in parallel up to the core
-                count); from the in-process `submit()` until every job of the matrix succeeded, so it
-                includes each wheel's clean-container verification, attestation and publishing.
+  farm          `farm up --jobs N` (engine cibuildwheel, the same build image, its verification image;
+                N = `--workers`, default the core count, as `worker_jobs` defaults: the Pythons build in
+                parallel up to the core count); from the in-process `submit()` until every job of the
+                matrix succeeded, so it includes each wheel's clean-container verification, attestation
+                and publishing.
 
 The image's Pythons are bullseye's cp39 and those compiled from `--debian-pythons` and
 `--python-source` (farm.images.pythons, cached in ~/.cache/wheel-farm/pythons: the first run compiles
@@ -37,25 +37,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from embedded import BIN, Farm, _job_state, fetch_sdist, median, say
+from containers import SUITE, UPSTREAM, farm_environment, images
+from embedded import Farm, _job_state, fetch_sdist, median, say
 
-UPSTREAM = "https://pypi.org/simple/"
-PLATFORM = "linux-x86_64"
-SUITE = "bullseye"
 TAG = "wheel-farm/debian-bullseye-matrix:bench"
 TARGET = 0.6  # farm wall time / cibuildwheel's serial run
-
-
-def images(docker_host: str, sources: list[Any], tag: str) -> tuple[Any, Any]:
-    """The build image `tag` and its verification image (`NAME-verify:VERSION`), made or found up to date."""
-    from farm.images import image_build
-
-    name, _, version = tag.rpartition(":") if ":" in tag.rsplit("/", 1)[-1] else (tag, "", "latest")
-    build = image_build(suite=SUITE, tag=f"{name}:{version}", docker_host=docker_host, index_url=UPSTREAM,
-                        log=sys.stderr, python_sources=sources)
-    verify = image_build(suite=SUITE, tag=f"{name}-verify:{version}", verify=True, docker_host=docker_host,
-                         index_url=UPSTREAM, log=sys.stderr, python_sources=sources)
-    return build, verify
 
 
 def cibuildwheel_path(sdist: Path, work: Path, *, image: str, identifiers: list[str], docker_host: str) -> dict[str, Any]:
@@ -91,24 +77,11 @@ def farm_path(sdist: Path, work: Path, *, env: dict[str, str], workers: int, pyt
     from farm.config import get_settings
     from farm.coordinator.submit import submit
 
-    farm = Farm(work / "home")
+    farm = Farm(work / "home", jobs=workers)  # `farm up --jobs`: one worker slot per core by default
     farm.env.update(env)
-    extra: list[subprocess.Popen[bytes]] = []
     result: dict[str, Any] = {}
     try:
         result["startup"] = farm.start()
-        logs = []
-        for n in range(1, workers):
-            log = farm.home / "logs" / f"worker-{n}.log"
-            logs.append(log)
-            with open(log, "ab") as fh:
-                extra.append(subprocess.Popen([str(BIN / "farm"), "worker", "--name", f"bench{n}"], env=farm.env,
-                                              stdout=fh, stderr=subprocess.STDOUT))
-        deadline = time.monotonic() + 120
-        while not all(p.exists() and " ready." in p.read_text(errors="replace") for p in logs):
-            if time.monotonic() > deadline:
-                raise SystemExit(f"extra workers not ready in 120 s; see {farm.home / 'logs'}")
-            time.sleep(0.1)
         start = time.perf_counter()
         submitted = submit(str(sdist), settings=get_settings())
         jobs = [job_id for job_id, _, _ in submitted.jobs]
@@ -131,13 +104,6 @@ def farm_path(sdist: Path, work: Path, *, env: dict[str, str], workers: int, pyt
         result["wheels"] = sorted(w for v in views for w in v["wheels"])
         result["steps"] = {v["build_id"]: {s["name"]: s["seconds"] for s in v["steps"]} for v in views}
     finally:
-        for proc in extra:
-            proc.terminate()
-        for proc in extra:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
         farm.stop()
     return result
 
@@ -165,9 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     build, verify = images(docker_host, python_sources(args), args.tag)
     identifiers = [f"{py}-manylinux_x86_64" for py in build.pythons]
     say(f"images {build.tag} / {verify.tag}: {', '.join(build.pythons)}")
-    env = {"FARM_ENGINE": "cibuildwheel", "FARM_DOCKER_HOST": docker_host, "FARM_UPSTREAM_INDEX": UPSTREAM,
-           "FARM_IMAGES": json.dumps({PLATFORM: [{"image": build.tag, "pythons": build.pythons}]}),
-           "FARM_VERIFY_IMAGES": json.dumps({PLATFORM: [{"image": verify.tag, "pythons": verify.pythons}]})}
+    env = farm_environment(docker_host, build, verify)
     os.environ.update(env)
     sdist = Path(args.sdist).absolute() if args.sdist.endswith(".tar.gz") else fetch_sdist(args.sdist)
     say(f"sdist {sdist.name}; {platform.platform()}, {os.cpu_count()} cores, farm workers {args.workers}")

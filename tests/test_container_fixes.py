@@ -279,7 +279,9 @@ def test_the_jobs_of_a_matrix_share_their_build_requirements(tmp_path: Path, res
     """A second job with the same build requirements and target on this host reuses the first one's
     resolution (no resolver, no download: nothing recorded) and gets its own copy of the wheels. Not
     shared: another target, another index, an older one than the window, a window of 0, and a shared
-    file that no longer has its digest (dropped and resolved again)."""
+    file that no longer has its digest (dropped and resolved again). Another target resolves for
+    itself, and takes the pinned wheels that fit it from the files this host downloaded (uv pins;
+    pip's own resolution downloads)."""
     from farm.worker import wheelhouse
     from tests.helpers.indexes import StaticIndex
     from tests.helpers.wheels import make_wheel
@@ -306,13 +308,17 @@ def test_the_jobs_of_a_matrix_share_their_build_requirements(tmp_path: Path, res
         first = job(1, cp39)
         assert first[1] == ["farmbackend-1.0-py3-none-any.whl", "farmhelper-1.0-py3-none-any.whl"]
         assert first[2].recorded, "the first job resolves and downloads"
-        [entry] = [p for p in (home / "cache/build-wheels").iterdir() if p.is_dir()]  # cp39's resolution
+        [entry] = [p for p in (home / "cache/build-wheels").iterdir() if (p / "resolution.json").is_file()]  # cp39
         second = job(2, cp39)
         assert second[:2] == first[:2] and second[2].recorded == []
         assert "reused" in second[2].log.getvalue()
         for path in (tmp_path / "job2/work/build-wheels").glob("*.whl"):
             assert path.stat().st_nlink == 1
-        assert job(3, cp313)[2].recorded, "another target resolves for itself"
+        third = job(3, cp313)
+        assert third[1] == first[1] and third[2].recorded, "another target resolves for itself"
+        downloads = [r for r in third[2].recorded if "download" in r.argv]
+        # ... but its pins are the pure wheels the first job downloaded: taken from this host's store (uv)
+        assert (downloads == []) == (resolver is not None), [r.argv for r in third[2].recorded]
         assert job(4, cp39, window=0)[2].recorded, "sharing off"
         other_index = upstream.url.replace("127.0.0.1", "localhost")
         assert job(5, cp39, index=other_index)[2].recorded, "another index"

@@ -739,3 +739,48 @@ def test_prepared_image_key_follows_its_inputs(tmp_path: Path, pyyaml_sdist: Pat
     assert prepared_image.key(py313, **base) != key
     assert prepared_image.root_script(ctx, install=None, before_all=[]) is None
     assert prepared_image.root_script(ctx, install=None, before_all=["ls {project}"]) == "set -e\nls /farm/project"
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_the_pythons_of_a_matrix_prepare_one_image_at_a_time(tmp_path: Path, pyyaml_sdist: Path, client,  # noqa: F811
+                                                              docker_host: str, build_image_result) -> None:  # noqa: F811
+    """Two jobs of one sdist, two Pythons, same host (FARM_HOME), at once, no root script: one prepared
+    image is made and the other job reuses it. Before, both made one and the second removed the
+    first's while its build was about to start it ('No such image'), a fault retried in place."""
+    import threading
+
+    from farm.worker.engines import prepared_image
+
+    digest = client.images.get(build_image_result.tag).id
+    ctxs = [make_ctx(tmp_path / py, sdist=pyyaml_sdist, docker_host=docker_host, python=py) for py in ("cp39", "cp313")]
+    for ctx in ctxs:  # one FARM_HOME, as a worker's job slots have
+        ctx.settings = ctxs[0].settings
+    # a key no earlier run made (the test's own user id), so both jobs find nothing at first
+    user = f"{65000 + uuid.uuid4().int % 500}:{65000 + uuid.uuid4().int % 500}"
+    keys = {prepared_image.key(ctx, digest=digest, family="apt", packages=[], script=None, env_script="",
+                               user=user) for ctx in ctxs}
+    assert len(keys) == 1
+    (key,) = keys
+    results: list[prepared_image.Prepared] = []
+    barrier = threading.Barrier(2)
+
+    def job(ctx: BuildContext) -> None:
+        barrier.wait()
+        results.append(prepared_image.prepare(ctx, client, image=build_image_result.tag, prepared_key=key, script=None,
+                                              env_script="", user=user, python="/opt/python/cp39-cp39/bin/python",
+                                              mounts={}, labels={}))
+
+    threads = [threading.Thread(target=job, args=(ctx,)) for ctx in ctxs]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=600)
+        assert len(results) == 2
+        assert results[0].image == results[1].image and client.images.get(results[0].image)
+        assert sorted(r.reused for r in results) == [False, True]
+        assert len(client.images.list(filters={"label": f"{prepared_image.KEY_LABEL}={key}"})) == 1
+    finally:
+        for image in client.images.list(filters={"label": f"{prepared_image.KEY_LABEL}={key}"}):
+            client.images.remove(image.id, force=True)

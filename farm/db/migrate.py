@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,6 +10,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from farm.db.session import get_engine
+from farm.util.locks import host_lock
 
 _HERE = Path(__file__).resolve().parent / "migrations"
 
@@ -43,12 +43,8 @@ def _exclusive(engine: Engine) -> Iterator[None]:
     if not db or db == ":memory:":
         yield
         return
-    with open(f"{db}.migrate-lock", "a+b") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    with host_lock(f"{db}.migrate-lock"):
+        yield
 
 
 def head_revision() -> str:

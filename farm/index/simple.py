@@ -41,7 +41,7 @@ import shutil
 import tempfile
 import uuid
 import zipfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -55,6 +55,7 @@ from packaging.version import InvalidVersion, Version
 from farm.errors import FileExists, PublishError
 from farm.util.archive import is_project_name
 from farm.util.hashing import sha256_bytes, sha256_file
+from farm.util.locks import host_lock
 
 # The Simple API version a page declares is that of the newest key it serves (PEP 691 says a page
 # declares its own version): 1.1 (PEP 700: `versions`, `size`, `upload-time`) for every page, 1.3 for a
@@ -394,20 +395,8 @@ def _listed_projects(root: Path) -> set[str]:
     return {p["name"] for p in data.get("projects", [])}
 
 
-@contextlib.contextmanager
-def _lock(root: Path) -> Iterator[None]:
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "a+b") as fh:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX
-            yield
-            return
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+def _lock(root: Path) -> contextlib.AbstractContextManager[None]:
+    return host_lock(root / ".lock")
 
 
 # Rendering -------------------------------------------------------------------------------------

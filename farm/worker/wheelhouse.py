@@ -19,8 +19,10 @@ Sharing: the jobs of a matrix ask for the same build requirements, often for the
 `setuptools` for every Python). A resolution and its wheels are kept on the worker host
 (`FARM_HOME/cache/build-wheels`, keyed by the requirements, the target, the index and the as-of date)
 and reused by later jobs for `build_wheels_shared_seconds`; a job that finds another resolving the
-same key waits for it instead of resolving too. Each job gets its own copy (no link into the shared
-folder), each file's sha256 checked.
+same key waits for it instead of resolving too. Another target (the next Python) resolves for itself,
+but a pinned wheel this host already downloaded from the same index that fits the target (a pure
+`setuptools`) is taken from `cache/build-wheels/files` instead of downloaded again. Each job gets its
+own copy (no link into the shared folder), each file's sha256 checked.
 """
 
 from __future__ import annotations
@@ -35,8 +37,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -44,6 +45,7 @@ from typing import TextIO
 from farm.containers import Container, ContainerCommandFailed, Limits
 from farm.errors import InfrastructureFault, PackageFailure
 from farm.util.cmd import CommandFailed, clean_env, run
+from farm.util.locks import host_lock
 from farm.worker import build_requires
 from farm.worker.engines.base import BuildContext
 from farm.worker.platforms.linux import LinuxPlatform, container_platform, parse_libc
@@ -156,7 +158,7 @@ def download(ctx: BuildContext, requirements: Sequence[str], dest: Path, t: Targ
     if window <= 0:
         return _resolve(ctx, reqs, dest, t, name=name, as_of=as_of)
     entry = ctx.settings.home / "cache" / "build-wheels" / _share_key(ctx, reqs, t, as_of)
-    with _locked(entry.with_name(entry.name + ".lock")):
+    with host_lock(entry.with_name(entry.name + ".lock")):
         pins = _reuse(entry, dest, window, log=ctx.log)
         if pins is None:
             pins = _resolve(ctx, reqs, dest, t, name=name, as_of=as_of)
@@ -168,20 +170,6 @@ def _share_key(ctx: BuildContext, reqs: Sequence[str], t: Target, as_of: build_r
     inputs = {"requirements": sorted(reqs), "target": [t.python, t.implementation, t.abi, list(t.platforms), t.resolver],
               "index": ctx.spec.upstream_index, "as_of": as_of.exclude_newer if as_of else None, "format": 1}
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:32]
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock between the jobs of this host (worker processes share FARM_HOME)."""
-    import fcntl  # container builds run on Linux (and macOS) worker hosts only
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _reuse(entry: Path, dest: Path, window: float, *, log: TextIO) -> list[str] | None:
@@ -249,12 +237,97 @@ def _resolve(ctx: BuildContext, reqs: list[str], dest: Path, t: Target, *, name:
     else:  # no uv target: pip resolves, with the markers of the host's interpreter
         ctx.log.write(f"no resolver target for {t.describe()}: pip resolves with this host's markers\n")
         pins = reqs
-    _run(ctx, [sys.executable, "-m", "pip", "download", "--quiet", *(["--no-deps"] if t.resolver else []),
-               "--only-binary", ":all:", "--python-version", t.python, "--implementation", t.implementation,
-               *(["--abi", t.abi, "--abi", "abi3", "--abi", "none"] if t.abi else []), *[a for p in t.platforms for a in ("--platform", p)],
-               *(["--uploaded-prior-to", as_of.exclude_newer] if as_of and not t.resolver else []),
-               "--dest", dest, "--index-url", index, *pins], env=env, t=t)
+    store = _file_store(ctx) if t.resolver and ctx.settings.build_wheels_shared_seconds > 0 else None
+    stored = _from_store(store, pins, t, dest) if store else []
+    if stored:
+        ctx.log.write(f"already on this host (downloaded for another job): {', '.join(stored)}\n")
+    missing = [pin for pin in pins if pin not in stored]
+    if missing:
+        before = {p.name for p in dest.glob("*.whl")}
+        _run(ctx, [sys.executable, "-m", "pip", "download", "--quiet", *(["--no-deps"] if t.resolver else []),
+                   "--only-binary", ":all:", "--python-version", t.python, "--implementation", t.implementation,
+                   *(["--abi", t.abi, "--abi", "abi3", "--abi", "none"] if t.abi else []), *[a for p in t.platforms for a in ("--platform", p)],
+                   *(["--uploaded-prior-to", as_of.exclude_newer] if as_of and not t.resolver else []),
+                   "--dest", dest, "--index-url", index, *missing], env=env, t=t)
+        if store:
+            _to_store(store, [p for p in dest.glob("*.whl") if p.name not in before])
     return pins
+
+
+# The wheels downloaded on this host, per index, shared by every target they fit (a pure setuptools
+# serves every Python of a matrix): `name==version` pins found here are not downloaded again.
+def _file_store(ctx: BuildContext) -> Path:
+    index = hashlib.sha256(ctx.spec.upstream_index.encode()).hexdigest()[:16]
+    return ctx.settings.home / "cache" / "build-wheels" / "files" / index
+
+
+def _target_tags(t: Target) -> set[str]:
+    from packaging.tags import compatible_tags, cpython_tags
+
+    version = tuple(int(x) for x in t.python.split("."))
+    abis = [a for a in (t.abi, "abi3", "none") if a]
+    return {str(tag) for tag in (*cpython_tags(version, abis=abis, platforms=t.platforms),
+                                 *compatible_tags(version, interpreter=f"cp{t.python.replace('.', '')}",
+                                                  platforms=t.platforms))}
+
+
+def _from_store(store: Path, pins: Sequence[str], t: Target, dest: Path) -> list[str]:
+    """The pins (exact `name==version`, CPython targets) a stored wheel fits, copied into `dest` with
+    their digest checked; the rest are downloaded."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+    from packaging.version import InvalidVersion, Version
+
+    from farm.util.hashing import sha256_file
+
+    if t.implementation != "cp" or not store.is_dir():
+        return []
+    tags = _target_tags(t)
+    have: dict[tuple[str, str], list[Path]] = {}
+    for path in store.glob("*.whl"):
+        try:
+            name, version, _, wheel_tags = parse_wheel_filename(path.name)
+        except InvalidWheelFilename:
+            continue
+        if {str(tag) for tag in wheel_tags} & tags:
+            have.setdefault((name, str(version)), []).append(path)
+    found = []
+    for pin in pins:
+        try:
+            req = Requirement(pin)
+        except InvalidRequirement:
+            continue
+        specs = list(req.specifier)
+        if req.marker or req.url or len(specs) != 1 or specs[0].operator != "==":
+            continue
+        try:
+            version = str(Version(specs[0].version))
+        except InvalidVersion:
+            continue
+        for path in have.get((canonicalize_name(req.name), version), []):
+            digest = path.with_name(path.name + ".sha256")
+            target = dest / path.name
+            shutil.copyfile(path, target)
+            if digest.is_file() and sha256_file(target) == digest.read_text().strip():
+                found.append(pin)
+                break
+            target.unlink()
+            path.unlink(missing_ok=True)  # changed on disk: downloaded again
+    return found
+
+
+def _to_store(store: Path, wheels: Sequence[Path]) -> None:
+    from farm.util.hashing import sha256_file
+
+    try:
+        store.mkdir(parents=True, exist_ok=True)
+        for wheel in wheels:
+            tmp = store / f".{wheel.name}.{os.getpid()}.partial"
+            shutil.copyfile(wheel, tmp)
+            (store / f"{wheel.name}.sha256").write_text(sha256_file(tmp))
+            tmp.rename(store / wheel.name)
+    except OSError:  # sharing is an optimisation
+        pass
 
 
 def _run(ctx: BuildContext, argv: list, *, env: Mapping[str, str], t: Target) -> None:

@@ -19,8 +19,10 @@ package manager family, the system package names, before-all, the container envi
 build user; the job's Python only when there is a script to run, so without one every Python of a
 matrix starts from the same prepared image; with `{project}` in before-all, also the sdist's sha256)
 for `MAX_AGE` seconds; then
-the packages are downloaded and installed again (security updates). Older prepared images of the
-same inputs are removed when a new one is made.
+the packages are downloaded and installed again (security updates). The jobs of one host make a
+prepared image one at a time per key (a lock in FARM_HOME), so the Pythons of a matrix make it once.
+Older prepared images of the same inputs are removed when a new one is made, once they are
+`IN_USE_GRACE` old (a build of another farm on the same engine may be about to start from one).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from farm.containers import Container, ContainerCommandFailed, Limits
 from farm.errors import CommandTimeout, InfrastructureFault
 from farm.worker.engines.base import BuildContext
 from farm.worker.hints import build_failure
+from farm.util.locks import host_lock
 from farm.worker.platforms.linux import parse_libc
 
 REPOSITORY = "wheel-farm/prepared"
@@ -44,6 +47,7 @@ KEY_LABEL = "farm.prepared-key"
 MADE_LABEL = "farm.prepared-at"
 LIBC_LABEL = "farm.libc"  # the image's C library: "glibc-2.31", "musl-1.2"
 MAX_AGE = 24 * 3600.0
+IN_USE_GRACE = 600.0  # a replaced prepared image younger than this may be in use by a build about to start
 PROJECT_IN_ROOT_PHASE = "/farm/project"
 HOME = "/farm/home"
 # What apt/dnf/apk in the root phase need (file ownership, dropping to their own users); none of
@@ -109,7 +113,15 @@ def _made(image) -> float:  # type: ignore[no-untyped-def]
 
 def prepare(ctx: BuildContext, client, *, image: str, prepared_key: str, script: str | None, env_script: str,  # type: ignore[no-untyped-def]  # noqa: PLR0913
             user: str, python: str, mounts: Mapping[str, str], labels: Mapping[str, str]) -> Prepared:
-    """Run the root phase in a container of `image` and commit it; or reuse a prepared image."""
+    """Run the root phase in a container of `image` and commit it; or reuse a prepared image. The jobs
+    of this host make one prepared image per key at a time: another job needing it waits, then reuses it."""
+    with host_lock(ctx.settings.home / "cache" / "prepared-images" / f"{prepared_key[:32]}.lock"):
+        return _prepare(ctx, client, image=image, prepared_key=prepared_key, script=script, env_script=env_script,
+                        user=user, python=python, mounts=mounts, labels=labels)
+
+
+def _prepare(ctx: BuildContext, client, *, image: str, prepared_key: str, script: str | None, env_script: str,  # type: ignore[no-untyped-def]  # noqa: PLR0913
+             user: str, python: str, mounts: Mapping[str, str], labels: Mapping[str, str]) -> Prepared:
     start = time.monotonic()
     found = find(client, prepared_key)
     if found:
@@ -154,14 +166,17 @@ def prepare(ctx: BuildContext, client, *, image: str, prepared_key: str, script:
 
 
 def _remove_older(client, prepared_key: str, *, keep: str) -> None:  # type: ignore[no-untyped-def]
-    """Earlier prepared images of the same inputs, and any past `MAX_AGE` (one a running build uses stays)."""
+    """Earlier prepared images of the same inputs made more than `IN_USE_GRACE` ago, and any past
+    `MAX_AGE`. One a build's container uses stays (the engine refuses); a younger one may be about to
+    be used by a build that found it (another farm on the same engine) and stays until a later pass."""
     from docker.errors import DockerException
 
     now = time.time()
     try:
         for image in client.images.list(filters={"label": KEY_LABEL}):
             same = (image.labels or {}).get(KEY_LABEL) == prepared_key
-            if image.id != keep and (same or now - _made(image) >= MAX_AGE):
+            age = now - _made(image)
+            if image.id != keep and ((same and age >= IN_USE_GRACE) or age >= MAX_AGE):
                 try:
                     client.images.remove(image.id)
                 except DockerException:
