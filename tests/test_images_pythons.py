@@ -99,6 +99,39 @@ def test_a_bad_site_tarball_fails_before_anything_is_compiled(tmp_path: Path) ->
 
 
 # With Docker ---------------------------------------------------------------------------------------
+@pytest.mark.network
+def test_two_image_builds_fetch_a_debian_source_at_once(tmp_path: Path) -> None:
+    """Found by a run where two image builds on one host met: apt-get refused the second one's
+    `update` ('Could not get lock .../apt/lists/lock'), which failed its image. Two at once now take
+    turns and both get the tarball, with the sha256 the suite's Sources index names."""
+    import shutil
+    import threading
+
+    from farm.images.debootstrap import DEFAULT_MIRROR
+    from farm.images.pythons import source_tarball
+
+    cache = tmp_path / "cache"
+    for sub in ("apt/lists", "sources"):  # what this host already fetched (the test only needs the locking)
+        if (CACHE / sub).is_dir():
+            shutil.copytree(CACHE / sub, cache / sub, ignore=shutil.ignore_patterns("lock", "partial"))
+    got: list[Path] = []
+    failed: list[BaseException] = []
+
+    def fetch() -> None:
+        try:
+            got.append(source_tarball(TEST_PYTHON_SOURCES[0], cache_dir=cache, mirror=DEFAULT_MIRROR, log=io.StringIO()))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failed.append(exc)
+
+    threads = [threading.Thread(target=fetch) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=1800)
+    assert not failed, failed
+    assert len(got) == 2 and got[0] == got[1] and source_version(got[0]).startswith("3.13.")
+
+
 @pytest.mark.docker
 @pytest.mark.slow
 def test_compiled_python_in_build_and_verify_images(pythons_images, client) -> None:  # type: ignore[no-untyped-def]

@@ -26,6 +26,7 @@ from typing import TextIO
 
 from farm.errors import FarmError, InfrastructureFault
 from farm.util.cmd import CommandFailed, clean_env, run
+from farm.util.locks import host_lock
 
 # What configure needs for the standard library's C modules (ssl, ctypes, sqlite3, bz2, lzma, readline,
 # curses, dbm, uuid) on top of the build image's compiler. The runtime libraries are those bullseye's
@@ -113,6 +114,13 @@ def source_tarball(source: PythonSource, *, cache_dir: Path, mirror: str, log: T
         if not source.path.is_file():
             raise FarmError(f"CPython source {source.path} does not exist")
         return source.path
+    # apt-get refuses a second process on the same lists ("Could not get lock"): image builds on this
+    # host (a build and a verification image at once, or two sites' images) take turns.
+    with host_lock(cache_dir / "apt" / "farm.lock"):
+        return _debian_source_tarball(source, cache_dir=cache_dir, mirror=mirror, log=log)
+
+
+def _debian_source_tarball(source: PythonSource, *, cache_dir: Path, mirror: str, log: TextIO) -> Path:
     apt = cache_dir / "apt"
     for sub in ("lists/partial", "cache/archives/partial"):
         (apt / sub).mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from farm.errors import ConfigError, InfrastructureFault, PackageFailure
 from farm.util import emulation as arches
 from farm.recipes.schema import SystemPackages
 from farm.util.cmd import CommandFailed, clean_env, run
+from farm.util.locks import host_lock
 from farm.worker.platforms._common import (
     copy_pure,
     find_interpreters,
@@ -228,19 +230,32 @@ class LinuxPlatform:
         if mode == "check" or os.geteuid() != 0:
             raise PackageFailure("prepare", f"system packages missing on this worker: {' '.join(missing)} "
                                  f"(install them, or run the worker as root with system_packages=install)")
-        env = clean_env({"DEBIAN_FRONTEND": "noninteractive"})
-        install = family.install_argv(program, missing)
+        # The job slots of this host take turns (the package manager admits one process at a time, and a
+        # second one would fail on its lock); after the wait, what the other slot installed is not missing.
+        with host_lock(HOST_PACKAGES_LOCK):
+            missing = [p for p in packages if not _installed(family.family, p)]
+            if missing:
+                _install(family, program, missing, log=log)
+            else:
+                log.write(f"system packages present (installed by another job meanwhile): {' '.join(packages)}\n")
+
+
+HOST_PACKAGES_LOCK = Path(tempfile.gettempdir()) / "wheel-farm-host-packages.lock"
+
+
+def _install(family: PackageManager, program: str, missing: Sequence[str], *, log: TextIO) -> None:
+    env = clean_env({"DEBIAN_FRONTEND": "noninteractive"})
+    install = family.install_argv(program, missing)
+    try:
+        run(install, env=env, log=log, timeout=900)
+    except CommandFailed:
+        if family.family != "apt":
+            raise PackageFailure("prepare", f"could not install system packages {' '.join(missing)}") from None
+        run([program, "update"], env=env, log=log, timeout=900, check=False)
         try:
             run(install, env=env, log=log, timeout=900)
-        except CommandFailed:
-            if family.family != "apt":
-                raise PackageFailure("prepare", f"could not install system packages {' '.join(missing)}") from None
-            run([program, "update"], env=env, log=log, timeout=900, check=False)
-            try:
-                run(install, env=env, log=log, timeout=900)
-            except CommandFailed as exc:
-                raise PackageFailure("prepare", f"could not install system packages: {exc}") from exc
-
+        except CommandFailed as exc:
+            raise PackageFailure("prepare", f"could not install system packages: {exc}") from exc
 
 
 def container_platform(platform: Platform) -> LinuxPlatform:
