@@ -47,8 +47,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def _worker_pool(platform: str, name: str, jobs: int) -> int:
     """`jobs` workers of one job each (Celery's solo pool, as `--jobs 1`), named NAME-1 ... NAME-N: each is
     its own process with its own heartbeats, so a fault or a lost process costs one job, and the
-    coordinator sees N workers. A worker that exits on its own is started again (after 5 s); SIGTERM
-    or SIGINT stops them all, each finishing its job as a single worker does."""
+    coordinator sees N workers. A worker that exits on its own is started again (after 5 s). SIGTERM
+    or SIGINT is passed on to them all and waited for, as a single worker finishes its job first; a
+    second one is passed on too (a second Ctrl-C is Celery's cold shutdown). When this process dies, killed or not, the
+    kernel kills its workers (as a killed single worker dies with its job): none is left behind."""
     argv = [sys.executable, "-m", "farm.cli", "worker", "--platform", platform, "--jobs", "1"]
     children: dict[str, subprocess.Popen[bytes]] = {}
     restart_at: dict[str, float] = {}
@@ -80,13 +82,8 @@ def _worker_pool(platform: str, name: str, jobs: int) -> int:
                 del restart_at[child]
                 children[child] = _start(argv, child)
         time.sleep(0.2)
-    deadline = time.monotonic() + STOP_GRACE
     for proc in children.values():
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        proc.wait()
     return 0
 
 
@@ -95,15 +92,12 @@ def _start(argv: list[str], name: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([*argv, "--name", name], preexec_fn=_die_with_parent if linux else None)  # noqa: PLW1509
 
 
-STOP_GRACE = 15.0  # seconds the pool's workers get to stop (`farm up` waits 20 s for the pool itself)
-
-
 def _die_with_parent() -> None:
-    """In a pool's worker (Linux): SIGTERM when the pool process dies, even by SIGKILL, so none is left behind."""
+    """In a pool's worker (Linux): SIGKILL when the pool process dies, even by SIGKILL, so none is left behind."""
     import ctypes
 
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
 
