@@ -17,6 +17,7 @@ them, minutes each). Rounds alternate which path goes first; medians over `--rou
 
     .venv/bin/python bench/matrix.py [--sdist markupsafe==3.0.2] [--workers 2] [--rounds 1] [--tag NAME:VERSION]
         [--debian-pythons python3.11/bookworm,python3.13/trixie,python3.14/sid] [--python-source FILE]...
+        [--free-threaded 3.14]
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     images_options = argparse.ArgumentParser(add_help=False)
     add_arguments(images_options)
     for action in images_options._actions:
-        if action.dest in ("debian_pythons", "python_source"):
+        if action.dest in ("debian_pythons", "python_source", "free_threaded"):
             p._add_action(action)
     args = p.parse_args(argv)
     args.suite = SUITE

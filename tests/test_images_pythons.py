@@ -90,6 +90,40 @@ def test_cli_options_name_the_sources(tmp_path: Path) -> None:
         python_sources(parser.parse_args(["--suite", "bullseye", "--python-source", str(tmp_path / "nope.tgz")]))
 
 
+def test_free_threaded_builds_are_asked_for_by_version(tmp_path: Path) -> None:
+    """`--free-threaded 3.14` compiles the 3.14 source a second time with --disable-gil (cp314t); a
+    version no source has, or one before 3.13, is refused before anything is fetched or compiled."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    t314 = _source_tarball(tmp_path / "Python-3.14.2.tgz", "Python-3.14.2", _patchlevel(3, 14, 2)).resolve()
+    t312 = _source_tarball(tmp_path / "Python-3.12.8.tgz", "Python-3.12.8", _patchlevel(3, 12, 8)).resolve()
+    base = ["--suite", "bullseye", "--debian-pythons", "python3.13/trixie", "--python-source", str(t314)]
+    chosen = python_sources(parser.parse_args([*base, "--free-threaded", "3.14t,3.13"]))
+    assert chosen == [PythonSource(package="python3.13", suite="trixie"), PythonSource(path=t314),
+                      PythonSource(path=t314, free_threaded=True),
+                      PythonSource(package="python3.13", suite="trixie", free_threaded=True)]
+    assert str(chosen[2]).endswith("Python-3.14.2.tgz (free-threaded)")
+    with pytest.raises(FarmError, match="--free-threaded 3.12: no CPython source of that version"):
+        python_sources(parser.parse_args([*base, "--free-threaded", "3.12"]))
+    with pytest.raises(FarmError, match="3.12.8 has no free-threaded build"):
+        compiled_python(PythonSource(path=t312, free_threaded=True), suite=SUITE, cache_dir=tmp_path / "cache",
+                        mirror="http://unused", log=io.StringIO())
+    assert not (tmp_path / "cache" / "rootfs").exists()
+
+
+def test_the_free_threaded_compile_script_differs_from_the_gil_build_only_where_it_must() -> None:
+    """The GIL builds keep their script (and so their cached trees); the free-threaded one configures
+    --disable-gil, names python3.14t, checks that the GIL is off, and installs as manylinux does."""
+    from farm.images.pythons import _COMPILE, _COMPILE_FREE_THREADED
+
+    assert "--disable-gil" not in _COMPILE and "${VERSION}t" not in _COMPILE
+    added = [line for line in _COMPILE_FREE_THREADED.splitlines() if line not in _COMPILE.splitlines()]
+    assert any("--disable-gil" in line for line in added)
+    assert any('ln -sf "python${VERSION}t" "$PREFIX/bin/python"' == line for line in added)
+    assert any("sys._is_gil_enabled()" in line for line in added)
+    assert added[-1].startswith("tar ") and added[-1].endswith('"${link#/}"')
+
+
 def test_a_bad_site_tarball_fails_before_anything_is_compiled(tmp_path: Path) -> None:
     bad = _source_tarball(tmp_path / "bad.tgz", "bad-1.0", None)
     with pytest.raises(FarmError, match="not a CPython source tarball"):

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from farm.config import get_settings
+from farm.errors import ConfigError
 from farm.coordinator import workers
 from farm.coordinator.plan import plan, sdist_kind
 from farm.messages import OfferedPython, WorkerRegistration
@@ -70,6 +71,26 @@ def test_the_matrix_comes_from_the_workers_registrations(farm_home: Path, monkey
     # a worker that stopped registering is gone after three intervals
     later = workers.Workers(settings, now=time.time() + 61)
     assert later.unserved("linux-x86_64", "cp39") is not None and later.live() == []
+
+
+def test_a_free_threaded_python_is_a_target_of_its_own(farm_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """cp314t (PEP 703) is planned beside cp314 with its own build identifier; an abi3 sdist, whose wheel
+    does not install on a free-threaded build, gets a job for it besides the oldest GIL build; a pure one
+    is built on a GIL build."""
+    monkeypatch.setenv("FARM_PLATFORMS", json.dumps(["linux-x86_64"]))
+    settings = get_settings()
+    workers.record(reg("a@host", "linux-x86_64", ["cp314t", "cp39", "cp314", "cp313"]), settings)
+    assert [p for _, p, _ in plan_for()] == ["cp39", "cp313", "cp314", "cp314t"]
+    assert [p for _, p, _ in plan_for(">=3.14")] == ["cp314", "cp314t"]
+    assert [p for _, p, _ in plan_for(kind="abi3")] == ["cp39", "cp314t"]
+    assert [p for _, p, _ in plan_for(kind="pure")] == ["cp314"]
+    assert [p for _, p, _ in plan_for(only_pythons=["3.14t"])] == ["cp314t"]
+    assert [p for _, p, _ in plan_for(only_pythons=["3.14"])] == ["cp314"]
+    ids = [t.build_id for t in plan(name="demo", version="1.0", sdist_sha256="0" * 64, requires_python=None,
+                                    settings=settings)]
+    assert ids[-1] == "cp314t-manylinux_x86_64"
+    with pytest.raises(ConfigError, match="no Python version"):
+        plan_for(only_pythons=["3.14x"])
 
 
 def test_a_platform_no_worker_ever_served_says_so(farm_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -193,3 +214,26 @@ def test_a_platform_no_worker_serves_is_no_silent_queue(matrix_farm: Farm, tmp_p
     res = matrix_farm.farm("submit", "--platform", "linux-aarch64", "--python", "3.11", str(sdist))
     assert res.returncode == 0, res.stderr
     assert "warning: cp311-manylinux_aarch64: no live worker serves linux-aarch64" in res.stderr
+
+
+def test_an_abi3_dependency_does_not_serve_a_free_threaded_python(farm_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An abi3 wheel installs on every newer GIL build but on no free-threaded one (PEP 703): a cp314t
+    job's dependency on it needs its own build; a pure wheel serves cp314t."""
+    from types import SimpleNamespace
+
+    from farm.coordinator.deps import _covers, job_pythons
+
+    monkeypatch.setenv("FARM_PLATFORMS", json.dumps(["linux-x86_64"]))
+    settings = get_settings()
+    workers.record(reg("a@host", "linux-x86_64", ["cp39", "cp314", "cp314t"]), settings)
+
+    def provider(filename: str) -> SimpleNamespace:
+        return SimpleNamespace(platform="linux-x86_64", python="cp39", staged={"wheels": [
+            {"filename": filename, "sha256": "0" * 64, "storage_key": f"staging/{filename}"}]}, artifacts=[])
+
+    abi3 = provider("dep-1.0-cp39-abi3-manylinux_2_17_x86_64.whl")
+    pure = provider("dep-1.0-py3-none-any.whl")
+    assert _covers(abi3, "linux-x86_64", "cp314") and not _covers(abi3, "linux-x86_64", "cp314t")
+    assert _covers(pure, "linux-x86_64", "cp314t")
+    assert job_pythons(abi3, None, settings) == ["cp39", "cp314"]  # its requirements: not for cp314t
+    assert job_pythons(pure, None, settings) == ["cp39", "cp314", "cp314t"]

@@ -547,6 +547,7 @@ def test_cibuildwheel_engine_needs_a_linux_platform():
     assert container_platform(linux) is linux
     assert linux.cibuildwheel_options("img") == ("linux", {"CIBW_ARCHS": "aarch64", "CIBW_MUSLLINUX_AARCH64_IMAGE": "img"})
     assert linux.image_python("cp313") == "/opt/python/cp313-cp313/bin/python"
+    assert linux.image_python("cp314t") == "/opt/python/cp314-cp314t/bin/python"  # manylinux's folder
     with pytest.raises(ConfigError, match="not for macos-arm64"):
         container_platform(MacOSPlatform("arm64"))
 
@@ -732,3 +733,18 @@ def test_command_timeout_ends_the_whole_process_group(tmp_path):
             Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
         time.sleep(0.05)
     assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+
+
+def test_a_free_threaded_target_takes_its_own_abi_and_never_abi3():
+    """cp314t: python_version 3.14 for markers; wheels tagged cp314-cp314t or pure, not cp314-cp314 and
+    not abi3 (PEP 703); the GIL build's tags are unchanged."""
+    linux = LinuxPlatform("x86_64")
+    assert linux.marker_environment("cp314t")["python_version"] == "3.14"
+    assert linux.marker_environment("cp314t")["implementation_name"] == "cpython"
+    threaded = {str(t) for t in linux.supported_tags((3, 14), threaded=True)}
+    gil = {str(t) for t in linux.supported_tags((3, 14))}
+    assert "cp314-cp314t-manylinux_2_17_x86_64" in threaded and "py3-none-any" in threaded
+    assert not any("-abi3-" in t or t.startswith("cp314-cp314-") for t in threaded)
+    assert "cp39-abi3-manylinux_2_17_x86_64" in gil and "cp314-cp314-manylinux_2_17_x86_64" in gil
+    assert not any("cp314t" in t for t in gil)
+    assert linux.build_identifier("cp314t") == "cp314t-manylinux_x86_64"

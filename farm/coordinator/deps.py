@@ -36,10 +36,11 @@ from farm.db.states import DependencyState, JobState
 from farm.errors import FarmError
 from farm.messages import BuildRecord
 from farm.worker.platforms import marker_environment
+from farm.util.python_tags import dotted, is_threaded
 
 
 def _python_version(tag: str) -> str:
-    return f"{tag[2]}.{tag[3:]}"
+    return dotted(tag) or tag
 
 
 def _covers(provider: Job, platform: str, python: str) -> bool:
@@ -57,8 +58,8 @@ def _covers(provider: Job, platform: str, python: str) -> bool:
         for tag in tags:
             if tag.abi == "none" and tag.platform == "any":
                 return True
-            if tag.abi == "abi3" and provider.platform == platform and python_sort_key(tag.interpreter) <= \
-                    python_sort_key(python):
+            if tag.abi == "abi3" and provider.platform == platform and not is_threaded(python) and \
+                    python_sort_key(tag.interpreter) <= python_sort_key(python):
                 return True
     return False
 
@@ -82,13 +83,15 @@ def job_pythons(job: Job, requires_python: str | None, settings: Settings, worke
     tags = [t for n in names for t in _tags(n)]
     if not tags or not all((t.abi == "none" and t.platform == "any") or t.abi == "abi3" for t in tags):
         return [job.python]
-    floor = max((python_sort_key(t.interpreter) for t in tags if t.abi == "abi3"), default=(0, 0))
+    floor = max((python_sort_key(t.interpreter) for t in tags if t.abi == "abi3"), default=(0, 0, 0))
     try:
         spec = SpecifierSet(requires_python or "")
     except InvalidSpecifier:
         spec = SpecifierSet()
     offered = [p for p, _ in (workers or Workers(settings)).offers(job.platform)]
-    found = [p for p in offered if python_sort_key(p) >= floor and spec.contains(_python_version(p), prereleases=True)]
+    abi3 = any(t.abi == "abi3" for t in tags)  # does not install on a free-threaded build (PEP 703)
+    found = [p for p in offered if python_sort_key(p) >= floor and not (abi3 and is_threaded(p))
+             and spec.contains(_python_version(p), prereleases=True)]
     return sorted(set(found) | {job.python}, key=python_sort_key)
 
 

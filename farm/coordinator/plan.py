@@ -30,6 +30,7 @@ from farm.config import Settings
 from farm.recipes import LoadedRecipe, default_options, find_recipe
 from farm.coordinator.workers import Workers, python_sort_key, python_tag
 from farm.util.hashing import digest_json
+from farm.util.python_tags import dotted, is_threaded
 from farm.worker.platforms import get_platform, host_platform_name
 
 SdistKind = Literal["platform", "abi3", "pure"]
@@ -94,7 +95,8 @@ def _admits(requires_python: str | None, python: str) -> bool:
         spec = SpecifierSet(requires_python)
     except InvalidSpecifier:
         return True
-    return spec.contains(f"{python[2]}.{python[3:]}", prereleases=True)
+    version = dotted(python)
+    return version is None or spec.contains(version, prereleases=True)
 
 
 _COMPILED = re.compile(r"\.(c|cc|cpp|cxx|h|hpp|pyx|pxd|f|f90|f95|rs|go|m|mm|swig|i)$|(^|/)(Cargo\.toml|CMakeLists\.txt|"
@@ -166,10 +168,13 @@ def plan(*, name: str, version: str, sdist_sha256: str, requires_python: str | N
             if recipe is not None and not recipe.selects(build_id):
                 continue
             candidates.append((python, image, build_id))
-        if kind == "pure" and candidates:
-            candidates = candidates[-1:]  # the newest Python builds it; verified on the oldest too
+        if kind == "pure" and candidates:  # the newest Python builds it; verified on the oldest too
+            candidates = [c for c in candidates if not is_threaded(c[0])][-1:] or candidates[-1:]
         elif kind == "abi3" and candidates:
-            candidates = candidates[:1]  # the oldest: the wheel installs on every newer one
+            # The oldest: the wheel installs on every newer one, but for free-threaded builds, where
+            # abi3 does not install (PEP 703): each of those gets its own job and its own wheel.
+            gil = [c for c in candidates if not is_threaded(c[0])]
+            candidates = gil[:1] + [c for c in candidates if is_threaded(c[0])]
         for python, image, build_id in candidates:
             options = (recipe.options_for(build_id, version) if recipe else default_options()).model_dump(mode="json")
             key = digest_json({"sdist": sdist_sha256, "recipe": digest, "options": options, "engine": settings.engine,

@@ -29,6 +29,7 @@ from typing import Any
 
 from farm.config import Settings
 from farm.messages import WorkerRegistration
+from farm.util.python_tags import sort_key as python_sort_key
 from farm.worker.platforms import get_platform, host_platform_name
 
 GRACE = 3  # registrations a worker may miss before it counts as gone
@@ -157,24 +158,22 @@ def _ago(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
-def python_sort_key(tag: str) -> tuple[int, ...]:
-    digits = tag[2:]
-    return (int(digits[0]), int(digits[1:] or 0)) if digits.isdigit() else (99, 0)
-
-
 def python_tag(selector: str) -> str:
-    """`3.12`, `312`, `cp312` or `py3.12` -> `cp312` (the farm builds CPython)."""
+    """`3.12`, `312`, `cp312` or `py3.12` -> `cp312` (the farm builds CPython); `3.14t` or `cp314t` ->
+    `cp314t`, the free-threaded build."""
     value = selector.strip().lower()
     for prefix in ("cpython", "cp", "python", "py"):
         if value.startswith(prefix):
             value = value[len(prefix):]
             break
     value = value.replace(".", "")
+    threaded = value.endswith("t")
+    value = value.removesuffix("t")
     if not value.isdigit() or len(value) < 2:
         from farm.errors import ConfigError
 
-        raise ConfigError(f"{selector!r} is no Python version (like 3.12 or cp312)")
-    return f"cp{value}"
+        raise ConfigError(f"{selector!r} is no Python version (like 3.12, cp312, or 3.14t for a free-threaded build)")
+    return f"cp{value}{'t' if threaded else ''}"
 
 
 __all__ = ["Registered", "Workers", "python_sort_key", "python_tag", "record", "waiting_reasons"]

@@ -19,6 +19,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
@@ -90,6 +91,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{','.join(map(str, DEFAULT_SOURCES))}; other suites: none; '' for none)")
     parser.add_argument("--python-source", action="append", default=[], type=Path, metavar="FILE",
                         help="a CPython source tarball (Python-3.12.8.tgz) compiled into the image too; repeatable")
+    parser.add_argument("--free-threaded", metavar="X.Y,...", default="",
+                        help="also compile the free-threaded build (PEP 703, cp314t in /opt/python/cp314-cp314t) "
+                             "of these versions' sources (3.13 or later)")
 
 
 def python_sources(args: argparse.Namespace) -> list[PythonSource]:
@@ -109,7 +113,15 @@ def python_sources(args: argparse.Namespace) -> list[PythonSource]:
         if not Path(path).is_file():
             raise FarmError(f"--python-source {path}: no such file")
         sources.append(PythonSource(path=Path(path).resolve()))
-    return sources
+    wanted = [v.strip().removesuffix("t") for v in (getattr(args, "free_threaded", None) or "").split(",") if v.strip()]
+    threaded = []
+    for version in wanted:
+        matching = [s for s in sources if s.minor_version() == version]
+        if not matching:
+            raise FarmError(f"--free-threaded {version}: no CPython source of that version is compiled in "
+                            f"(the sources: {', '.join(map(str, sources)) or 'none'})")
+        threaded.append(replace(matching[0], free_threaded=True))
+    return sources + threaded
 
 
 def cli_build(args: argparse.Namespace) -> int:

@@ -31,6 +31,7 @@ from farm.images import arch as arches
 from farm.errors import FarmError, InfrastructureFault
 from farm.images.pythons import CompiledPython, PythonSource, compiled_python, default_sources
 from farm.util.cmd import CommandFailed, clean_env, run
+from farm.util.python_tags import sort_key
 
 Kind = Literal["build", "verify"]
 
@@ -248,8 +249,8 @@ def _build(*, kind: Kind, suite: str, tag: str | None, ca_bundle: Path, cache_di
 
 def _compiled_pythons(sources: Sequence[PythonSource], *, suite: str, cache_dir: Path, mirror: str,
                       log: TextIO) -> list[CompiledPython]:
-    """Each source compiled for `suite` (or found cached), in version order; of two sources with the same
-    cpXY the first is kept."""
+    """Each source compiled for `suite` (or found cached), in version order (a free-threaded build after
+    its GIL build); of two sources with the same tag (cp313, cp314t) the first is kept."""
     by_tag: dict[str, CompiledPython] = {}
     for source in sources:
         python = compiled_python(source, suite=suite, cache_dir=cache_dir, mirror=mirror, log=log)
@@ -257,7 +258,7 @@ def _compiled_pythons(sources: Sequence[PythonSource], *, suite: str, cache_dir:
             log.write(f"{source}: {python.tag} is already CPython {by_tag[python.tag].version}, skipped\n")
             continue
         by_tag[python.tag] = python
-    return sorted(by_tag.values(), key=lambda c: tuple(int(x) for x in c.version.split(".")))
+    return sorted(by_tag.values(), key=lambda c: sort_key(c.tag))
 
 
 def rootfs_tarball(*, suite: str, packages: list[str], cache_dir: Path, mirror: str, log: TextIO,

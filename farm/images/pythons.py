@@ -27,6 +27,7 @@ from typing import TextIO
 from farm.errors import FarmError, InfrastructureFault
 from farm.util.cmd import CommandFailed, clean_env, run
 from farm.util.locks import host_lock
+from farm.util.python_tags import PythonTag
 
 # What configure needs for the standard library's C modules (ssl, ctypes, sqlite3, bz2, lzma, readline,
 # curses, dbm, uuid) on top of the build image's compiler. The runtime libraries are those bullseye's
@@ -58,6 +59,23 @@ ln -sf "pip$VERSION" "$PREFIX/bin/pip"
 tar --numeric-owner -C / -cf /tmp/python-tree.tar "${PREFIX#/}"
 """.replace("__MODULES__", ", ".join(REQUIRED_MODULES))
 
+# The free-threaded build of a source (PEP 703, 3.13 and later): `--disable-gil`, its programs and its
+# library folder named with the ABI flag (python3.14t, lib/python3.14t), installed as manylinux does
+# (/opt/python/cp314-cp314t), with /opt/python/cp314t-cp314t beside it for what addresses an image's
+# Pythons as /opt/python/TAG-TAG (the image setup script). Derived from _COMPILE rather than written into
+# it, so that the cache keys of the GIL builds stay what they were.
+_COMPILE_FREE_THREADED = _COMPILE.replace(
+    './configure --prefix="$PREFIX"', './configure --prefix="$PREFIX" --disable-gil').replace(
+    "python$VERSION", "python${VERSION}t").replace(
+    '"$PREFIX/bin/python" -m pip --version\n',
+    '"$PREFIX/bin/python" -m pip --version\n'
+    '"$PREFIX/bin/python" -c "import sys; assert not sys._is_gil_enabled(), \'the GIL is enabled\'"\n'
+    'link="${PREFIX%-*}t-${PREFIX##*-}"\n'  # /opt/python/cp314-cp314t -> /opt/python/cp314t-cp314t
+    'ln -sfn "${PREFIX##*/}" "$link"\n').replace(
+    'tar --numeric-owner -C / -cf /tmp/python-tree.tar "${PREFIX#/}"',
+    'tar --numeric-owner -C / -cf /tmp/python-tree.tar "${PREFIX#/}" "${link#/}"')
+assert _COMPILE_FREE_THREADED.count("--disable-gil") == 1 and "sys._is_gil_enabled" in _COMPILE_FREE_THREADED
+
 _DEBIAN_SOURCE = re.compile(r"^(python[23]\.\d+)/([a-z-]+)$")
 
 
@@ -68,6 +86,7 @@ class PythonSource:
     package: str = ""  # python3.13
     suite: str = ""  # trixie
     path: Path | None = None
+    free_threaded: bool = False  # compiled with --disable-gil (cp314t), 3.13 and later
 
     @classmethod
     def parse(cls, text: str) -> PythonSource:
@@ -81,7 +100,14 @@ class PythonSource:
         return cls(path=path.resolve())
 
     def __str__(self) -> str:
-        return str(self.path) if self.path else f"{self.package}/{self.suite}"
+        name = str(self.path) if self.path else f"{self.package}/{self.suite}"
+        return f"{name} (free-threaded)" if self.free_threaded else name
+
+    def minor_version(self) -> str:
+        """`3.13`: from the Debian package's name, or the tarball's Include/patchlevel.h."""
+        if self.path is None:
+            return self.package.removeprefix("python")
+        return ".".join(source_version(self.path).split(".")[:2])
 
 
 # What `farm image build --suite bullseye` compiles by default: Debian's current CPythons the suites'
@@ -99,9 +125,9 @@ def default_sources(suite: str) -> tuple[PythonSource, ...]:
 
 @dataclass(frozen=True)
 class CompiledPython:
-    tag: str  # cp313
+    tag: str  # cp313, cp314t
     version: str  # 3.13.5
-    tree: Path  # tarball of /opt/python/cpXY-cpXY
+    tree: Path  # tarball of /opt/python/cpXY-cpXY (cpXY-cpXYt)
     key: str  # source digest, suite and build script
     reused: bool = False
 
@@ -196,9 +222,12 @@ def compiled_python(source: PythonSource, *, suite: str, cache_dir: Path, mirror
     tarball = source_tarball(source, cache_dir=cache_dir, mirror=mirror, log=log)
     version = source_version(tarball)
     major, minor = version.split(".")[:2]
-    tag = f"cp{major}{minor}"
+    if source.free_threaded and (int(major), int(minor)) < (3, 13):
+        raise FarmError(f"{source}: CPython {version} has no free-threaded build (3.13 or later)")
+    python = PythonTag("cp", int(major), int(minor), threaded=source.free_threaded)
+    tag, script = python.abi, _COMPILE_FREE_THREADED if source.free_threaded else _COMPILE
     digest = _file_digest(tarball)
-    key = hashlib.sha256(f"{digest}\0{suite}\0{_COMPILE}\0{' '.join(BUILD_DEPENDS)}".encode()).hexdigest()
+    key = hashlib.sha256(f"{digest}\0{suite}\0{script}\0{' '.join(BUILD_DEPENDS)}".encode()).hexdigest()
     target = _mkdir(cache_dir / "pythons") / f"{suite}-{tag}-{key[:16]}.tar"
     if target.is_file():
         log.write(f"CPython {version} for {suite}: {target} (cached)\n")
@@ -216,10 +245,11 @@ def compiled_python(source: PythonSource, *, suite: str, cache_dir: Path, mirror
         root.mkdir()
         untar(rootfs, root, log)
         shutil.copyfile(tarball, root / "tmp" / "python-src")
-        log.write(f"compiling CPython {version} ({source}) for {suite} into /opt/python/{tag}-{tag}\n")
+        log.write(f"compiling CPython {version} ({source}) for {suite} into /opt/python/{python.install_dir}\n")
         log.flush()
-        env = {"PREFIX": f"/opt/python/{tag}-{tag}", "VERSION": f"{major}.{minor}", **({"JOBS": str(jobs)} if jobs else {})}
-        chroot_run(root, _COMPILE, env=env,
+        env = {"PREFIX": f"/opt/python/{python.install_dir}", "VERSION": f"{major}.{minor}",
+               **({"JOBS": str(jobs)} if jobs else {})}
+        chroot_run(root, script, env=env,
                    log=log, what=f"compiling CPython {version} for {suite}")
         partial = target.with_name(target.name + f".{work.name}.partial")
         shutil.move(root / "tmp" / "python-tree.tar", partial)

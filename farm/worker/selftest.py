@@ -53,8 +53,9 @@ def _admits(python: str) -> bool:
     """Whether the sample's Requires-Python admits the interpreter tag `python` (cp39 -> 3.9)."""
     from packaging.specifiers import SpecifierSet
 
-    digits = python.removeprefix("cp").removeprefix("pp")
-    version = f"{digits[0]}.{digits[1:]}" if digits.isdigit() and len(digits) >= 2 else None
+    from farm.util.python_tags import dotted
+
+    version = dotted(python)
     return version is None or SpecifierSet(REQUIRES_PYTHON).contains(version)
 
 

@@ -35,6 +35,7 @@ from packaging.version import Version
 from farm.config import Settings
 from farm.errors import InfrastructureFault, PackageFailure
 from farm.recipes.schema import Options
+from farm.util.python_tags import PythonTag
 from farm.util.cmd import CommandFailed, clean_env, run
 from farm.util.wheel import read_metadata, requires_dist, top_level_modules
 from farm.worker.engines.native import uv_bin, venv_python
@@ -189,10 +190,13 @@ class Target:
     image: str | None  # a clean verification image for it, if configured (preferred)
     env: dict[str, str]  # PEP 508 marker environment
     tags: frozenset[Tag]
+    threaded: bool = False  # CPython's free-threaded build (cp314t)
 
     @classmethod
     def for_job(cls, python_tag: str, platform: Platform, settings: Settings) -> Target:
-        version = (int(python_tag[2]), int(python_tag[3:]))
+        parsed = PythonTag.parse(python_tag)
+        if parsed is None:
+            raise InfrastructureFault("verify", f"{python_tag!r} is no Python tag (cp39, cp314t)")
         # The target's markers, known before any build (the coordinator can tell them too): not the
         # worker's interpreter's, nor the host's, which may differ from the target's platform.
         env = platform.marker_environment(python_tag)
@@ -203,8 +207,8 @@ class Target:
         if interp is None and image is None:
             raise InfrastructureFault("verify", f"this worker can verify {python_tag} neither on the host (no "
                                       f"interpreter) nor in a container (no verify image for {platform.name})")
-        return cls(python=version, interp=interp, image=image, env=env,
-                   tags=frozenset(platform.supported_tags(version)))
+        return cls(python=parsed.version, interp=interp, image=image, env=env, threaded=parsed.threaded,
+                   tags=frozenset(platform.supported_tags(parsed.version, threaded=parsed.threaded)))
 
 
 def targets_for(wheels: Sequence[Path], python_tag: str, platform: Platform, settings: Settings) -> list[Target]:
@@ -219,6 +223,8 @@ def targets_for(wheels: Sequence[Path], python_tag: str, platform: Platform, set
     emulated = _emulated(platform.marker_environment(python_tag))
     have = set() if emulated else {i.tag for i in platform.interpreters(settings.interpreters)}
     have |= {p for image in settings.verify_images.get(platform.name, []) for p in image.pythons}
+    # GIL builds only (cp314, not cp314t): abi3 does not install on a free-threaded one (PEP 703), and a
+    # pure wheel is checked on the versions, which the GIL builds span.
     admitted = sorted((v for tag in have if tag[2:].isdigit() and (v := (int(tag[2]), int(tag[3:]))) >= floor
                        and all(s.contains(f"{v[0]}.{v[1]}", prereleases=True) for s in specs)))
     chosen = [f"cp{v[0]}{v[1]}" for v in dict.fromkeys([admitted[0], admitted[-1]])] if admitted else [python_tag]
@@ -324,7 +330,8 @@ def dependency_wheels(wheel: Path, *, target: Target, index_url: str, requires: 
     argv = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", str(dest),
             "--index-url", index_url, *(["--find-links", str(find_links)] if find_links else []),
             "--only-binary=:all:", "--python-version", f"{target.python[0]}.{target.python[1]}",
-            "--implementation", "cp"]
+            "--implementation", "cp", *(["--abi", f"cp{target.python[0]}{target.python[1]}t", "--abi", "none"]
+                                        if target.threaded else [])]
     for plat in platforms:
         argv += ["--platform", plat]
     wanted: dict[str, None] = {}  # requirement lines without markers, in the order found

@@ -265,8 +265,9 @@ def _probe(box: Container, wheel: Path, uv: str | None) -> tuple[str, str | None
     image's python3; and whether `uv` (if given) runs there. (python, uv or None)"""
     candidates = []
     for tag in parse_wheel_filename(wheel.name)[3]:
-        if tag.interpreter.startswith("cp"):
-            candidates.append(f"/opt/python/{tag.interpreter}-{tag.interpreter}/bin/python")
+        if tag.interpreter.startswith("cp"):  # cp314-cp314t: the free-threaded build's folder
+            threaded = tag.abi == f"{tag.interpreter}t"
+            candidates.append(f"/opt/python/{tag.interpreter}-{tag.abi if threaded else tag.interpreter}/bin/python")
     find = "".join(f"[ -x {shlex.quote(c)} ] && echo {shlex.quote(c)}; " for c in dict.fromkeys(candidates))
     check_uv = f"{shlex.quote(uv)} --version >/dev/null 2>&1 && echo uv-runs; " if uv else ""
     script = f"{check_uv}({find}command -v python3; command -v python) | head -n 1"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from packaging.utils import parse_wheel_filename
 
 from farm.errors import ConfigError, PackageFailure
 from farm.util.cmd import CommandFailed, run
+from farm.util.python_tags import PythonTag, sort_key
 from farm.worker.platforms.base import Interpreter, Offer, Platform
 
 if TYPE_CHECKING:
@@ -35,22 +35,27 @@ def tool(name: str) -> str:
     return shutil.which(name) or name
 
 
-_PROBE = "import json, sys; print(json.dumps([sys.implementation.name, list(sys.version_info[:2])]))"
+_PROBE = ("import json, sys, sysconfig; print(json.dumps([sys.implementation.name, list(sys.version_info[:2]), "
+          "bool(sysconfig.get_config_var('Py_GIL_DISABLED'))]))")
 
 
 @lru_cache(maxsize=64)
 def probe_interpreter(path: str) -> Interpreter:
+    """The interpreter at `path`: CPython's version, and whether it is the free-threaded build (cp314t)."""
     if Path(path).absolute() == Path(sys.executable).absolute():
+        import sysconfig
+
         impl, ver = sys.implementation.name, list(sys.version_info[:2])
+        threaded = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
     else:
         try:
             out = subprocess.run([path, "-c", _PROBE], capture_output=True, text=True, timeout=30, check=True).stdout
         except (OSError, subprocess.SubprocessError) as exc:
             raise ConfigError(f"interpreter {path!r} cannot be run: {exc}") from exc
-        impl, ver = json.loads(out)
+        impl, ver, threaded = json.loads(out)
     if impl != "cpython":
         raise ConfigError(f"interpreter {path!r} is {impl}, only CPython is built")
-    return Interpreter(tag=f"cp{ver[0]}{ver[1]}", path=Path(path), version=(ver[0], ver[1]))
+    return Interpreter(tag=f"cp{ver[0]}{ver[1]}{'t' if threaded else ''}", path=Path(path), version=(ver[0], ver[1]))
 
 
 def find_interpreters(configured: Sequence[str], *, exe_names: Sequence[str]) -> list[Interpreter]:
@@ -107,7 +112,7 @@ def discover_interpreters(exe_names: tuple[str, ...] = ("python{v}",)) -> list[I
             continue
         if interp.version[0] == 3:
             found.setdefault(interp.tag, interp)
-    return sorted(found.values(), key=lambda i: i.version)
+    return sorted(found.values(), key=lambda i: sort_key(i.tag))
 
 
 def host_offers(platform: Platform, settings: Settings) -> list[Offer]:
@@ -115,7 +120,6 @@ def host_offers(platform: Platform, settings: Settings) -> list[Offer]:
     return [Offer(python=i.tag) for i in platform.interpreters(settings.interpreters)]
 
 
-_PY = re.compile(r"(cp|pp|py)(\d)(\d+)")
 
 
 def marker_environment(python: str, *, system: tuple[str, str, str] | None, machine: str) -> dict[str, str]:
@@ -124,13 +128,13 @@ def marker_environment(python: str, *, system: tuple[str, str, str] | None, mach
     (platform_release, platform_version, implementation_version, and the rest when they are not
     given) is this host's."""
     env = dict(default_environment())
-    m = _PY.fullmatch(python or "")
-    if m:
-        env["python_version"] = f"{m.group(2)}.{m.group(3)}"
-        env["python_full_version"] = f"{m.group(2)}.{m.group(3)}.0"
-        if m.group(1) == "pp":
+    tag = PythonTag.parse(python)
+    if tag:
+        env["python_version"] = tag.dotted
+        env["python_full_version"] = f"{tag.dotted}.0"
+        if tag.implementation == "pp":
             env["implementation_name"], env["platform_python_implementation"] = "pypy", "PyPy"
-        elif m.group(1) == "cp":
+        elif tag.implementation == "cp":
             env["implementation_name"], env["platform_python_implementation"] = "cpython", "CPython"
     if system is not None:
         env["sys_platform"], env["platform_system"], env["os_name"] = system
@@ -139,8 +143,11 @@ def marker_environment(python: str, *, system: tuple[str, str, str] | None, mach
     return env
 
 
-def tags_for(python: tuple[int, int], platforms: Sequence[str]) -> list[Tag]:
-    return [*cpython_tags(python_version=python, platforms=platforms),
+def tags_for(python: tuple[int, int], platforms: Sequence[str], *, threaded: bool = False) -> list[Tag]:
+    """The wheel tags CPython `python` installs on `platforms`, most specific first; a free-threaded
+    build (`threaded`) takes its own ABI (cp314t) and none, never abi3."""
+    abis = [f"cp{python[0]}{python[1]}t"] if threaded else None
+    return [*cpython_tags(python_version=python, abis=abis, platforms=platforms),
             *compatible_tags(python_version=python, platforms=platforms)]
 
 

@@ -80,8 +80,9 @@ class Platform(Protocol):
     def marker_environment(self, python: str) -> dict[str, str]:
         """PEP 508 marker values for Python `python` (cp311) on this platform, known before any build."""
 
-    def supported_tags(self, python: tuple[int, int]) -> list[Tag]:
-        """Wheel tags an interpreter of this version on this platform installs."""
+    def supported_tags(self, python: tuple[int, int], *, threaded: bool = False) -> list[Tag]:
+        """Wheel tags an interpreter of this version on this platform installs (`threaded`: its
+        free-threaded build, cp314t)."""
 
     def repair_command(self, wheel: Path | str, dest: Path | str, exclude: Sequence[str], *,
                        program: str | None = None) -> list[str]:

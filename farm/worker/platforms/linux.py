@@ -19,6 +19,7 @@ from farm.util import emulation as arches
 from farm.recipes.schema import SystemPackages
 from farm.util.cmd import CommandFailed, clean_env, run
 from farm.util.locks import host_lock
+from farm.util.python_tags import PythonTag
 from farm.worker.platforms._common import (
     copy_pure,
     find_interpreters,
@@ -129,7 +130,8 @@ class LinuxPlatform:
 
     def image_python(self, python: str) -> str:
         """Where a manylinux or musllinux image (and the farm's own build images) keep CPython `python`."""
-        return f"/opt/python/{python}-{python}/bin/python"
+        parsed = PythonTag.parse(python)
+        return f"/opt/python/{parsed.install_dir if parsed else f'{python}-{python}'}/bin/python"
 
     def cibuildwheel_options(self, image: str) -> tuple[str, dict[str, str]]:
         """cibuildwheel's --platform, and the CIBW_* variables that pick this architecture and `image`."""
@@ -150,12 +152,12 @@ class LinuxPlatform:
         best = max((n for n in _UV_GLIBC if n <= lib_minor), default=None)
         return platforms, (f"{arch}-manylinux_2_{best}" if arch in _UV_ARCHES and best is not None else None)
 
-    def supported_tags(self, python: tuple[int, int]) -> list[Tag]:
+    def supported_tags(self, python: tuple[int, int], *, threaded: bool = False) -> list[Tag]:
         host = list(platform_tags())
         if self.emulated:  # the host's tags with this platform's architecture (the same glibc policies)
             suffix = f"_{arches.host_machine()}"
             host = [f"{t[:-len(suffix)]}_{self.arch}" for t in host if t.endswith(suffix)]
-        return tags_for(python, host)
+        return tags_for(python, host, threaded=threaded)
 
     def platform_tag_ok(self, tags: Sequence[str]) -> bool:
         prefix = "musllinux_" if self.musl else "manylinux"

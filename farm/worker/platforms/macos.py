@@ -162,9 +162,9 @@ class MacOSPlatform:
     def marker_environment(self, python: str) -> dict[str, str]:
         return marker_environment(python, system=_SYSTEM, machine=self.arch)
 
-    def supported_tags(self, python: tuple[int, int]) -> list[Tag]:
+    def supported_tags(self, python: tuple[int, int], *, threaded: bool = False) -> list[Tag]:
         """Tags an interpreter of this version installs on the oldest macOS this queue targets."""
-        return tags_for(python, list(mac_platforms(version=self.target, arch=self.arch)))
+        return tags_for(python, list(mac_platforms(version=self.target, arch=self.arch)), threaded=threaded)
 
     def platform_tag_ok(self, tags: Sequence[str]) -> bool:
         """Pure, or macosx_X_Y_<arch> / macosx_X_Y_universal2 no newer than the deployment target."""

@@ -182,8 +182,8 @@ class WindowsPlatform:
     def marker_environment(self, python: str) -> dict[str, str]:
         return marker_environment(python, system=_SYSTEM, machine=self.arch)
 
-    def supported_tags(self, python: tuple[int, int]) -> list[Tag]:
-        return tags_for(python, [self.platform_tag])
+    def supported_tags(self, python: tuple[int, int], *, threaded: bool = False) -> list[Tag]:
+        return tags_for(python, [self.platform_tag], threaded=threaded)
 
     def platform_tag_ok(self, tags: Sequence[str]) -> bool:
         return all(t.endswith("-any") or t.split("-")[-1] == self.platform_tag for t in tags)

@@ -1,0 +1,69 @@
+"""The Python of a job, as the farm names it: an interpreter tag like `cp39`, `cp314`, or `cp314t`
+for CPython's free-threaded build (PEP 703: no GIL, its own ABI `cp314t`, where abi3 wheels do not
+install). One parser, so that the planner, the workers, the images and the wheel checks agree.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_TAG = re.compile(r"(cp|pp|py)(\d)(\d+)(t?)")
+
+
+@dataclass(frozen=True)
+class PythonTag:
+    implementation: str  # cp, pp, py
+    major: int
+    minor: int
+    threaded: bool = False  # CPython's free-threaded build (cp314t)
+
+    @classmethod
+    def parse(cls, tag: str) -> PythonTag | None:
+        """`cp314t` -> PythonTag("cp", 3, 14, threaded=True); None for what is no such tag."""
+        m = _TAG.fullmatch(tag or "")
+        if m is None or (m.group(4) and m.group(1) != "cp"):
+            return None
+        return cls(m.group(1), int(m.group(2)), int(m.group(3)), bool(m.group(4)))
+
+    @property
+    def version(self) -> tuple[int, int]:
+        return (self.major, self.minor)
+
+    @property
+    def dotted(self) -> str:
+        """`3.14`, what Requires-Python and `python_version` markers compare."""
+        return f"{self.major}.{self.minor}"
+
+    @property
+    def abi(self) -> str:
+        """The ABI tag of its platform wheels: `cp314`, `cp314t`."""
+        return f"{self.implementation}{self.major}{self.minor}{'t' if self.threaded else ''}"
+
+    @property
+    def install_dir(self) -> str:
+        """Its folder under /opt/python in a manylinux-style image: `cp314-cp314`, `cp314-cp314t`."""
+        return f"{self.implementation}{self.major}{self.minor}-{self.abi}"
+
+    def __str__(self) -> str:
+        return self.abi
+
+
+def sort_key(tag: str) -> tuple[int, int, int]:
+    """Oldest first, a free-threaded build right after its GIL build; what is no tag sorts last."""
+    parsed = PythonTag.parse(tag)
+    return (parsed.major, parsed.minor, int(parsed.threaded)) if parsed else (99, 0, 0)
+
+
+def dotted(tag: str) -> str | None:
+    """`cp314t` -> `3.14`; None for what is no tag."""
+    parsed = PythonTag.parse(tag)
+    return parsed.dotted if parsed else None
+
+
+def is_threaded(tag: str) -> bool:
+    parsed = PythonTag.parse(tag)
+    return bool(parsed and parsed.threaded)
+
+
+__all__ = ["PythonTag", "dotted", "is_threaded", "sort_key"]
