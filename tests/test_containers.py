@@ -178,6 +178,14 @@ def test_wheelhouse_target_tags() -> None:
     assert not any(p.startswith("linux_") for p in t.platforms)  # never a wheel that is not portable
     assert target("cp313t", aarch64, ("glibc", 2, 30)).resolver == "aarch64-manylinux_2_28"
     assert target("cp313t", aarch64, ("glibc", 2, 30)).abi == "cp313t"
+    # a free-threaded build takes no abi3 wheel (PEP 703), its GIL build does
+    assert target("cp314t", x86_64, ("glibc", 2, 31)).abis == ["cp314t", "none"]
+    assert t.abis == ["cp39", "abi3", "none"]
+    from farm.worker.wheelhouse import _target_tags
+
+    threaded = _target_tags(target("cp314t", x86_64, ("glibc", 2, 31)))
+    assert "cp314-cp314t-manylinux_2_17_x86_64" in threaded and "py3-none-any" in threaded
+    assert not any("-abi3-" in tag for tag in threaded) and "cp39-abi3-manylinux_2_17_x86_64" in _target_tags(t)
     musl = target("cp312", LinuxPlatform("x86_64", musl=True), ("musl", 1, 2))
     assert musl.platforms == ("musllinux_1_2_x86_64", "musllinux_1_1_x86_64")
     assert musl.resolver == "x86_64-unknown-linux-musl"

@@ -75,6 +75,14 @@ class Target:
     def describe(self) -> str:
         return f"{self.abi or self.implementation + self.python} {self.platforms[0]}"
 
+    @property
+    def abis(self) -> list[str]:
+        """The ABIs its wheels may have (pip's `--abi`): its own, abi3 (not on a free-threaded build,
+        PEP 703), none; nothing when `abi` is None (pip's default)."""
+        if not self.abi:
+            return []
+        return [self.abi, "none"] if self.abi.endswith("t") else [self.abi, "abi3", "none"]
+
 
 @dataclass(kw_only=True)
 class Wheelhouse:
@@ -246,7 +254,7 @@ def _resolve(ctx: BuildContext, reqs: list[str], dest: Path, t: Target, *, name:
         before = {p.name for p in dest.glob("*.whl")}
         _run(ctx, [sys.executable, "-m", "pip", "download", "--quiet", *(["--no-deps"] if t.resolver else []),
                    "--only-binary", ":all:", "--python-version", t.python, "--implementation", t.implementation,
-                   *(["--abi", t.abi, "--abi", "abi3", "--abi", "none"] if t.abi else []), *[a for p in t.platforms for a in ("--platform", p)],
+                   *(a for abi in t.abis for a in ("--abi", abi)), *[a for p in t.platforms for a in ("--platform", p)],
                    *(["--uploaded-prior-to", as_of.exclude_newer] if as_of and not t.resolver else []),
                    "--dest", dest, "--index-url", index, *missing], env=env, t=t)
         if store:
@@ -265,8 +273,7 @@ def _target_tags(t: Target) -> set[str]:
     from packaging.tags import compatible_tags, cpython_tags
 
     version = tuple(int(x) for x in t.python.split("."))
-    abis = [a for a in (t.abi, "abi3", "none") if a]
-    return {str(tag) for tag in (*cpython_tags(version, abis=abis, platforms=t.platforms),
+    return {str(tag) for tag in (*cpython_tags(version, abis=t.abis or ["none"], platforms=t.platforms),
                                  *compatible_tags(version, interpreter=f"cp{t.python.replace('.', '')}",
                                                   platforms=t.platforms))}
 
