@@ -254,7 +254,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--rebuild", metavar="REASON", help="build again what was built already: the wheels get the "
                    "next build tag (-1, -2, ...) beside the published ones; REASON goes into the job and provenance")
     s.add_argument("--python", action="append", default=[], metavar="3.12",
-                   help="only for this Python (repeat for more); default: every Python the workers offer")
+                   help="only for this Python (repeat for more; 3.14t: the free-threaded build); default: every "
+                        "Python the workers offer")
     s.add_argument("--platform", action="append", default=[], metavar="linux-aarch64",
                    help="only for this platform (repeat for more); default: the configured ones")
     on_backend(s, cmd_submit)
