@@ -335,3 +335,61 @@ def test_the_jobs_of_a_matrix_share_their_build_requirements(tmp_path: Path, res
         assert job(8, cp39)[2].recorded
     finally:
         upstream.stop()
+
+
+def test_the_shared_build_requirements_are_pruned(tmp_path: Path) -> None:
+    """What the host's sharing keeps and no job can use any more goes, at most once an hour: resolutions
+    past their window (with their lock files) unless a job holds the lock, stored wheels no job took
+    for 30 days (taking one keeps it), partial copies a crashed job left. The rest stays."""
+    import fcntl
+    import hashlib
+    import os
+    import time
+
+    from farm.util.hashing import sha256_file
+    from farm.worker import wheelhouse
+    from tests.helpers.wheels import make_wheel
+
+    shared, now, day = tmp_path / "build-wheels", time.time(), 86400.0
+
+    def resolution(made: float) -> Path:
+        entry = shared / hashlib.sha256(str(made).encode()).hexdigest()[:32]
+        entry.mkdir(parents=True)
+        (entry / "resolution.json").write_text(json.dumps({"pins": [], "files": {}, "made": made}))
+        entry.with_name(entry.name + ".lock").touch()
+        return entry
+
+    def aged(path: Path, seconds: float) -> Path:
+        os.utime(path, (now - seconds, now - seconds))
+        return path
+
+    stale, fresh, busy = resolution(now - 2 * 3600), resolution(now - 60), resolution(now - 3 * 3600)
+    crashed = fresh.with_name(fresh.name + ".x1y2")
+    crashed.mkdir()
+    aged(crashed, 2 * day)
+    store = shared / "files" / "0123456789abcdef"
+    store.mkdir(parents=True)
+    old_wheel = make_wheel(store, "oldone", "1.0")
+    (store / f"{old_wheel.name}.sha256").write_text("x")
+    aged(old_wheel, 31 * day)
+    used = make_wheel(store, "farmhelper", "1.0")
+    (store / f"{used.name}.sha256").write_text(sha256_file(used))
+    aged(used, 31 * day)
+    left = store / ".half.whl.123.partial"
+    left.touch()
+    aged(left, 2 * day)
+    # a job takes `used` from the store: it is touched, so it stays
+    t = wheelhouse.Target(python="3.9", implementation="cp", abi="cp39", resolver="x86_64-manylinux_2_31",
+                          platforms=("manylinux_2_31_x86_64",))
+    (tmp_path / "dest").mkdir()
+    assert wheelhouse._from_store(store, ["farmhelper==1.0"], t, tmp_path / "dest") == ["farmhelper==1.0"]
+    with open(busy.with_name(busy.name + ".lock"), "a+b") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        removed = wheelhouse.prune(shared, 3600.0, now=now)
+    assert set(removed) == {stale, crashed, old_wheel, left}
+    assert not stale.exists() and not stale.with_name(stale.name + ".lock").exists()
+    assert fresh.is_dir() and busy.is_dir() and used.is_file() and (store / f"{used.name}.sha256").is_file()
+    assert not (store / f"{old_wheel.name}.sha256").exists()
+    assert wheelhouse.prune(shared, 3600.0, now=now + 60) == []  # within the hour: nothing looked at
+    assert wheelhouse.prune(shared, 3600.0, now=now + 3601) == [busy]  # its lock is free now
+    assert wheelhouse.prune(tmp_path / "missing", 3600.0) == []

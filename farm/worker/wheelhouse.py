@@ -22,7 +22,9 @@ and reused by later jobs for `build_wheels_shared_seconds`; a job that finds ano
 same key waits for it instead of resolving too. Another target (the next Python) resolves for itself,
 but a pinned wheel this host already downloaded from the same index that fits the target (a pure
 `setuptools`) is taken from `cache/build-wheels/files` instead of downloaded again. Each job gets its
-own copy (no link into the shared folder), each file's sha256 checked.
+own copy (no link into the shared folder), each file's sha256 checked. `prune` keeps the folder from
+growing: once an hour a job removes the resolutions past their window and the stored wheels no job
+took for 30 days.
 """
 
 from __future__ import annotations
@@ -163,15 +165,78 @@ def download(ctx: BuildContext, requirements: Sequence[str], dest: Path, t: Targ
         return []
     dest.mkdir(parents=True, exist_ok=True)
     window = ctx.settings.build_wheels_shared_seconds
+    shared = ctx.settings.home / "cache" / "build-wheels"
+    prune(shared, window)
     if window <= 0:
         return _resolve(ctx, reqs, dest, t, name=name, as_of=as_of)
-    entry = ctx.settings.home / "cache" / "build-wheels" / _share_key(ctx, reqs, t, as_of)
+    entry = shared / _share_key(ctx, reqs, t, as_of)
     with host_lock(entry.with_name(entry.name + ".lock")):
         pins = _reuse(entry, dest, window, log=ctx.log)
         if pins is None:
             pins = _resolve(ctx, reqs, dest, t, name=name, as_of=as_of)
             _keep(entry, dest, pins)
     return pins
+
+
+STORE_UNUSED_SECONDS = 30 * 86400  # a downloaded wheel no job took for this long leaves the store
+PRUNE_EVERY = 3600.0
+_KEY = re.compile(r"[0-9a-f]{32}")
+
+
+def prune(shared: Path, window: float, *, now: float | None = None) -> list[Path]:
+    """Remove from the host's shared build requirements what no later job can use, at most once per
+    PRUNE_EVERY: resolutions older than `window` (never reused again) with their lock files, unless a
+    job holds the lock; stored wheels no job took for STORE_UNUSED_SECONDS (a job that takes one
+    touches it); partial copies a crashed job left. What was removed; nothing on an error (sharing is
+    an optimisation, its upkeep must not fail a build)."""
+    import fcntl
+
+    now = time.time() if now is None else now
+    stamp = shared / ".pruned"
+    removed: list[Path] = []
+    try:
+        if now - stamp.stat().st_mtime < PRUNE_EVERY:
+            return removed
+    except FileNotFoundError:
+        pass
+    try:
+        shared.mkdir(parents=True, exist_ok=True)
+        stamp.touch()
+        os.utime(stamp, (now, now))
+        for path in shared.iterdir():
+            key, _, partial = path.name.partition(".")
+            if not (path.is_dir() and _KEY.fullmatch(key)):
+                continue
+            if partial:  # a resolution a crashed job was sharing (_keep)
+                if now - path.stat().st_mtime > 86400:
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed.append(path)
+                continue
+            try:
+                made = float(json.loads((path / "resolution.json").read_text())["made"])
+            except (OSError, ValueError, KeyError, TypeError):
+                made = path.stat().st_mtime
+            if now - made < max(window, 0) + PRUNE_EVERY:
+                continue
+            lock = path.with_name(path.name + ".lock")
+            with open(lock, "a+b") as fh:
+                try:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # a job is resolving or reusing this key now
+                    continue
+                shutil.rmtree(path, ignore_errors=True)
+                lock.unlink(missing_ok=True)
+                removed.append(path)
+        for path in (shared / "files").glob("*/*"):
+            unused = now - path.stat().st_mtime
+            if (path.suffix == ".whl" and unused > STORE_UNUSED_SECONDS) or \
+                    (path.name.endswith(".partial") and unused > 86400):
+                path.unlink(missing_ok=True)
+                path.with_name(path.name + ".sha256").unlink(missing_ok=True)
+                removed.append(path)
+    except OSError:
+        pass
+    return removed
 
 
 def _share_key(ctx: BuildContext, reqs: Sequence[str], t: Target, as_of: build_requires.AsOf | None) -> str:
@@ -317,6 +382,7 @@ def _from_store(store: Path, pins: Sequence[str], t: Target, dest: Path) -> list
             shutil.copyfile(path, target)
             if digest.is_file() and sha256_file(target) == digest.read_text().strip():
                 found.append(pin)
+                os.utime(path)  # taken: kept in the store (prune)
                 break
             target.unlink()
             path.unlink(missing_ok=True)  # changed on disk: downloaded again
