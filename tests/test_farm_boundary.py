@@ -16,7 +16,6 @@ import stat
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +32,7 @@ from farm.storage import LocalStorage, StorageConflict, staged_key, wheel_key
 from farm.storage_http import HttpStorage, SHA256_HEADER
 from farm.tokens import (
     CAPABILITY_HEADER, ensure_local_admin_token, hash_token, local_admin_path, read_local_admin_token)
+from tests.helpers.concurrency import at_once
 from tests.helpers.api import Api, api, capability, live_job, submission_count  # noqa: F401
 from tests.helpers.env import base_env, free_port
 from tests.helpers.farms import Farm
@@ -290,23 +290,14 @@ def test_local_storage_refuses_to_overwrite_a_stored_object(tmp_path: Path) -> N
     storage.put_bytes("jobs/5/stop.json", b'{"below": null}')  # the coordinator's marker: rewritten
     assert storage.read_bytes("jobs/5/stop.json") == b'{"below": null}'
 
-    race, won, lost = "jobs/6/wheels/race-1.0-py3-none-any.whl", [], []
-    barrier = threading.Barrier(8)
+    race = "jobs/6/wheels/race-1.0-py3-none-any.whl"
 
-    def writer(i: int) -> None:
-        barrier.wait()
-        try:
-            storage.put_bytes(race, f"writer {i}".encode())
-            won.append(i)
-        except StorageConflict:
-            lost.append(i)
+    def writer(i: int) -> int:
+        storage.put_bytes(race, f"writer {i}".encode())
+        return i
 
-    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(won) == 1 and len(lost) == 7
+    won, lost = at_once(writer, [(i,) for i in range(8)], timeout=60)
+    assert len(won) == 1 and len(lost) == 7 and all(isinstance(e, StorageConflict) for e in lost), lost
     assert storage.read_bytes(race) == f"writer {won[0]}".encode()
     assert not list((tmp_path / "storage").rglob(".tmp-*"))
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.concurrency import at_once
 from tests.helpers.servers import Cluster, RedisServer, drop_database, pg_database
 from tests.helpers.sdists import make_project, make_sdist
 
@@ -417,22 +418,14 @@ def test_two_publishers_racing_for_one_wheel_publish_it_once(cluster: Cluster, t
                             tags=["py3-none-any"], requires_python=None, requires_dist=[],
                             provenance_key=key + ".provenance.json", provenance={"_type": "test"})
     barrier = threading.Barrier(2)
-    errors: list[BaseException] = []
 
     def publisher(job_id: int) -> None:
-        try:
-            with session_scope() as session:  # its pages are written after the commit
-                job = session.get(Job, job_id)
-                barrier.wait()
-                publish(session, job, [report], get_settings())
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        with session_scope() as session:  # its pages are written after the commit
+            job = session.get(Job, job_id)
+            barrier.wait()
+            publish(session, job, [report], get_settings())
 
-    threads = [threading.Thread(target=publisher, args=(first,)) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    _, errors = at_once(publisher, [(first,), (first,)], timeout=60, together=False)
     account(cluster, "two publishers racing for one wheel", cluster.jobs([first]))
     assert errors == []
     assert cluster.rows("SELECT count(*) AS n FROM artifact WHERE sha256 = :s", s=report.sha256)[0]["n"] == 1

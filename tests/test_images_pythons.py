@@ -23,6 +23,7 @@ import pytest
 from farm.errors import FarmError
 from farm.images import add_arguments, python_sources
 from farm.images.pythons import DEFAULT_SOURCES, PythonSource, compiled_python, source_version
+from tests.helpers.concurrency import at_once
 from tests.helpers.env import free_port
 from tests.helpers.farms import Farm
 from tests.helpers.images import (  # noqa: F401 - fixtures
@@ -139,7 +140,6 @@ def test_two_image_builds_fetch_a_debian_source_at_once(tmp_path: Path) -> None:
     `update` ('Could not get lock .../apt/lists/lock'), which failed its image. Two at once now take
     turns and both get the tarball, with the sha256 the suite's Sources index names."""
     import shutil
-    import threading
 
     from farm.images.debootstrap import DEFAULT_MIRROR
     from farm.images.pythons import source_tarball
@@ -148,20 +148,11 @@ def test_two_image_builds_fetch_a_debian_source_at_once(tmp_path: Path) -> None:
     for sub in ("apt/lists", "sources"):  # what this host already fetched (the test only needs the locking)
         if (CACHE / sub).is_dir():
             shutil.copytree(CACHE / sub, cache / sub, ignore=shutil.ignore_patterns("lock", "partial"))
-    got: list[Path] = []
-    failed: list[BaseException] = []
 
-    def fetch() -> None:
-        try:
-            got.append(source_tarball(TEST_PYTHON_SOURCES[0], cache_dir=cache, mirror=DEFAULT_MIRROR, log=io.StringIO()))
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            failed.append(exc)
+    def fetch() -> Path:
+        return source_tarball(TEST_PYTHON_SOURCES[0], cache_dir=cache, mirror=DEFAULT_MIRROR, log=io.StringIO())
 
-    threads = [threading.Thread(target=fetch) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=1800)
+    got, failed = at_once(fetch, 2, timeout=1800)
     assert not failed, failed
     assert len(got) == 2 and got[0] == got[1] and source_version(got[0]).startswith("3.13.")
 

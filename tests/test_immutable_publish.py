@@ -41,6 +41,7 @@ from farm.db.session import session_scope
 from farm.errors import FarmError, SdistError
 from farm.messages import ArtifactReport, JobEvent
 from farm.util.archive import inspect_sdist
+from tests.helpers.concurrency import at_once
 from tests.helpers.farms import (  # noqa: F401 - the fixture: `farm init`, migrated database
     _farm, artifact, prepare_job, publish_wheel, settings)
 from tests.helpers.indexes import index  # noqa: F401 - env and index are fixtures
@@ -489,19 +490,8 @@ def test_concurrent_submissions_of_one_new_sdist_share_one_source(database, monk
         return info
 
     monkeypatch.setattr(submit_mod, "_inspect_file", inspect_together)
-    results, errors = [], []
-
-    def one() -> None:
-        try:
-            results.append(submit_mod.submit(str(path), settings=get_settings()))
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=one) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    results, errors = at_once(lambda: submit_mod.submit(str(path), settings=get_settings()), 2, timeout=60,
+                              together=False)
     assert errors == [] and len(results) == 2
     with session_scope() as s:
         (source,) = s.scalars(select(Source)).all()
