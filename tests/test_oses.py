@@ -214,10 +214,11 @@ def test_macos_repair_checks_the_binaries_delocate_returns(bin_on_path, tmp_path
 # interpreter discovery (fake file trees, fake launcher, fake interpreters) -------------------------
 
 
-def fake_python(path: Path, version: tuple[int, int]) -> Path:
-    """A stand-in interpreter: answers the farm's probe (`-c CODE`) as CPython `version` would."""
+def fake_python(path: Path, version: tuple[int, int], *, threaded: bool = False) -> Path:
+    """A stand-in interpreter: answers the farm's probe (`-c CODE`) as CPython `version` would (its
+    free-threaded build with `threaded`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"#!/bin/sh\necho '[\"cpython\", [{version[0]}, {version[1]}]]'\n")
+    path.write_text(f"#!/bin/sh\necho '[\"cpython\", [{version[0]}, {version[1]}], {str(threaded).lower()}]'\n")
     path.chmod(0o755)
     return path
 
@@ -579,3 +580,23 @@ def test_github_actions_workflow_runs_the_self_test_on_macos_and_windows():
     setup = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/setup-python"))
     offered = setup["with"]["python-version"].split()
     assert set(pythons) <= set(offered) and tuple(map(int, offered[-1].split("."))) >= (3, 11)  # farm's own
+
+
+@pytest.mark.fake_os
+def test_the_probe_tells_a_free_threaded_build_from_its_gil_build(tmp_path: Path) -> None:
+    """Fake interpreters answering the probe: the free-threaded 3.13 is cp313t, the other cp313; the real
+    interpreter running the tests answers for itself."""
+    import sys
+    import sysconfig
+
+    from farm.worker.platforms._common import probe_interpreter
+
+    gil = probe_interpreter(str(fake_python(tmp_path / "gil" / "python3", (3, 13))))
+    threaded = probe_interpreter(str(fake_python(tmp_path / "ft" / "python3", (3, 13), threaded=True)))
+    assert (gil.tag, gil.version, threaded.tag, threaded.version) == ("cp313", (3, 13), "cp313t", (3, 13))
+    link = tmp_path / "real" / "python3"  # another path: the probe runs it instead of asking itself
+    link.parent.mkdir()
+    link.symlink_to(Path(sys.executable).resolve())
+    real = probe_interpreter(str(link))
+    here = f"cp{sys.version_info[0]}{sys.version_info[1]}{'t' if sysconfig.get_config_var('Py_GIL_DISABLED') else ''}"
+    assert real.tag == here
