@@ -85,8 +85,8 @@ def _candidates(exe_names: Sequence[str]) -> list[str]:
     platform's usual places, `exe_names`), pyenv's versions, uv's managed Pythons."""
     paths = [sys.executable]
     for minor in reversed(DISCOVERED_MINORS):
-        for name in exe_names:
-            exe = name.format(v=f"3.{minor}")
+        versions = (f"3.{minor}", f"3.{minor}t") if minor >= 13 else (f"3.{minor}",)  # python3.14t: free-threaded
+        for exe in (name.format(v=v) for v in versions for name in exe_names):
             hit = exe if Path(exe).is_absolute() and Path(exe).is_file() else shutil.which(exe)
             if hit and "shims" not in Path(hit).parts:  # pyenv's shims: its versions are read below
                 paths.append(hit)
