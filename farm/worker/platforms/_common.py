@@ -120,8 +120,6 @@ def host_offers(platform: Platform, settings: Settings) -> list[Offer]:
     return [Offer(python=i.tag) for i in platform.interpreters(settings.interpreters)]
 
 
-
-
 def marker_environment(python: str, *, system: tuple[str, str, str] | None, machine: str) -> dict[str, str]:
     """PEP 508 marker values for Python `python` (cp311, pp310) on a platform whose `system` is
     (sys_platform, platform_system, os_name) and whose machine is `machine`; what neither says
