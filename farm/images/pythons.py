@@ -9,7 +9,9 @@ Each is compiled once in a chroot of the image's suite (`./configure --prefix=/o
 static, no PGO, no tests; `make -j$(nproc)`; `make altinstall`) and the install tree is cached as a
 tarball keyed by the source's digest, the suite and the build script
 (~/.cache/wheel-farm/pythons/SUITE-cpXY-KEY.tar). Build and verification images both unpack that
-same tree, so a rebuild, a second image or the verification image reuses it. With `--mirror` pointing
+same tree, so a rebuild, a second image or the verification image reuses it. A source may also be
+compiled as CPython's free-threaded build (`free_threaded`, `--free-threaded X.Y`: cp314t in
+/opt/python/cp314-cp314t). With `--mirror` pointing
 at a local mirror (sources included), fetching works offline; a site tarball needs nothing.
 """
 
