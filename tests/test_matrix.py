@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -237,3 +238,45 @@ def test_an_abi3_dependency_does_not_serve_a_free_threaded_python(farm_home: Pat
     assert _covers(pure, "linux-x86_64", "cp314t")
     assert job_pythons(abi3, None, settings) == ["cp39", "cp314"]  # its requirements: not for cp314t
     assert job_pythons(pure, None, settings) == ["cp39", "cp314", "cp314t"]
+
+
+def test_abi3_and_pure_wheels_are_verified_on_gil_builds_only(tmp_path: Path) -> None:
+    """A worker verifies an abi3 wheel on the oldest and newest GIL build at or above its floor, and a
+    pure one within its Requires-Python, never on cp314t (abi3 does not install there, PEP 703); a
+    container verification of a cp314t wheel asks the image for the free-threaded build's folder."""
+    from types import SimpleNamespace
+
+    from farm.config import ImageConfig, Settings
+    from farm.worker.platforms.linux import LinuxPlatform
+    from farm.worker.verify import targets_for
+    from farm.worker.verify_container import _probe
+    from tests.helpers.wheels import make_wheel
+
+    # linux-aarch64 on this x86_64 host: verified in images only, so the host's own Pythons do not count
+    offered = ["cp314t", "cp39", "cp313", "cp311", "cp314"]
+    settings = Settings(home=tmp_path / "home", verify_images={
+        "linux-aarch64": [ImageConfig(image="arm64-verify", pythons=offered)]})
+    aarch64 = LinuxPlatform("aarch64")
+
+    def verified_on(wheel: Path) -> list[str]:
+        return [f"cp{t.python[0]}{t.python[1]}" for t in targets_for([wheel], "cp311", aarch64, settings)]
+
+    abi3 = make_wheel(tmp_path / "a", "demo", "1.0", tag="cp311-abi3-manylinux_2_17_aarch64")
+    assert verified_on(abi3) == ["cp311", "cp314"]
+    assert verified_on(make_wheel(tmp_path / "p", "demo", "1.0")) == ["cp39", "cp314"]
+    assert verified_on(make_wheel(tmp_path / "q", "demo", "1.0", requires_python="<3.14")) == ["cp39", "cp313"]
+
+    asked: list[str] = []
+
+    def call(argv: list[str], **_: object) -> SimpleNamespace:
+        asked.append(argv[-1])
+        return SimpleNamespace(output="/opt/python/x/bin/python\n")
+
+    box = SimpleNamespace(call=call)
+    for wheel, folder in [("demo-1.0-cp314-cp314t-manylinux_2_17_x86_64.whl", "cp314-cp314t"),
+                          ("demo-1.0-cp314-cp314-manylinux_2_17_x86_64.whl", "cp314-cp314"),
+                          ("demo-1.0-cp39-abi3-manylinux_2_17_x86_64.whl", "cp39-cp39")]:
+        assert _probe(box, Path(wheel), None)[0] == "/opt/python/x/bin/python"  # type: ignore[arg-type]
+        assert set(re.findall(r"/opt/python/([^/]+)/", asked[-1])) == {folder}
+    _probe(box, Path("demo-1.0-py3-none-any.whl"), None)  # type: ignore[arg-type]
+    assert "/opt/python/" not in asked[-1]  # a pure wheel: the image's python3

@@ -13,7 +13,6 @@ import error fails.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import shutil
 import sys
@@ -218,15 +217,17 @@ def targets_for(wheels: Sequence[Path], python_tag: str, platform: Platform, set
     tags = {str(t) for w in wheels for t in parse_wheel_filename(w.name)[3]}
     if not tags or not all(t.endswith("-any") or "-abi3-" in t for t in tags):
         return [Target.for_job(python_tag, platform, settings)]
-    floor = min(((int(t.split("-")[0][2]), int(t.split("-")[0][3:])) for t in tags if "-abi3-" in t), default=(0, 0))
+    floor = min((parsed.version for t in tags if "-abi3-" in t and (parsed := PythonTag.parse(t.split("-")[0]))),
+                default=(0, 0))
     specs = [SpecifierSet(rp) for w in wheels if (rp := read_metadata(w).get("Requires-Python"))]
     emulated = _emulated(platform.marker_environment(python_tag))
     have = set() if emulated else {i.tag for i in platform.interpreters(settings.interpreters)}
     have |= {p for image in settings.verify_images.get(platform.name, []) for p in image.pythons}
     # GIL builds only (cp314, not cp314t): abi3 does not install on a free-threaded one (PEP 703), and a
     # pure wheel is checked on the versions, which the GIL builds span.
-    admitted = sorted((v for tag in have if tag[2:].isdigit() and (v := (int(tag[2]), int(tag[3:]))) >= floor
-                       and all(s.contains(f"{v[0]}.{v[1]}", prereleases=True) for s in specs)))
+    gil = (p for tag in have if (p := PythonTag.parse(tag)) and p.implementation == "cp" and not p.threaded)
+    admitted = sorted(p.version for p in gil
+                      if p.version >= floor and all(s.contains(p.dotted, prereleases=True) for s in specs))
     chosen = [f"cp{v[0]}{v[1]}" for v in dict.fromkeys([admitted[0], admitted[-1]])] if admitted else [python_tag]
     return [Target.for_job(tag, platform, settings) for tag in chosen]
 

@@ -23,6 +23,7 @@ from packaging.utils import parse_wheel_filename
 
 from farm.containers import Container, ContainerCommandFailed, Limits, docker_client, image_digest, local_engine
 from farm.errors import FarmError, InfrastructureFault, PackageFailure
+from farm.util.python_tags import PythonTag
 
 ROOT = "/tmp/farm"
 WHEELS = f"{ROOT}/wheels"
@@ -265,9 +266,10 @@ def _probe(box: Container, wheel: Path, uv: str | None) -> tuple[str, str | None
     image's python3; and whether `uv` (if given) runs there. (python, uv or None)"""
     candidates = []
     for tag in parse_wheel_filename(wheel.name)[3]:
-        if tag.interpreter.startswith("cp"):  # cp314-cp314t: the free-threaded build's folder
-            threaded = tag.abi == f"{tag.interpreter}t"
-            candidates.append(f"/opt/python/{tag.interpreter}-{tag.abi if threaded else tag.interpreter}/bin/python")
+        # cp314-cp314t is the free-threaded build's folder; an abi3 or none wheel takes the GIL build's
+        parsed = PythonTag.parse(tag.abi if tag.abi.startswith(tag.interpreter) else tag.interpreter)
+        if parsed is not None and parsed.implementation == "cp":
+            candidates.append(f"/opt/python/{parsed.install_dir}/bin/python")
     find = "".join(f"[ -x {shlex.quote(c)} ] && echo {shlex.quote(c)}; " for c in dict.fromkeys(candidates))
     check_uv = f"{shlex.quote(uv)} --version >/dev/null 2>&1 && echo uv-runs; " if uv else ""
     script = f"{check_uv}({find}command -v python3; command -v python) | head -n 1"

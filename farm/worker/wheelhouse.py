@@ -48,6 +48,7 @@ from farm.containers import Container, ContainerCommandFailed, Limits
 from farm.errors import InfrastructureFault, PackageFailure
 from farm.util.cmd import CommandFailed, clean_env, run
 from farm.util.locks import host_lock
+from farm.util.python_tags import PythonTag
 from farm.worker import build_requires
 from farm.worker.engines.base import BuildContext
 from farm.worker.platforms.linux import LinuxPlatform, container_platform, parse_libc
@@ -123,13 +124,12 @@ class Wheelhouse:
 
 def target(python_tag: str, platform: LinuxPlatform, libc: tuple[str, int, int]) -> Target:
     """The target of `cp39` on `linux-x86_64` in an image with `("glibc", 2, 31)` (or `("musl", 1, 2)`)."""
-    m = re.fullmatch(r"(cp|pp)(\d)(\d+)(t?)", python_tag)
-    if not m:
+    tag = PythonTag.parse(python_tag)
+    if tag is None or tag.implementation not in ("cp", "pp"):
         raise InfrastructureFault("build", f"cannot tell the Python version of {python_tag!r}")
-    impl, major, minor, threaded = m.groups()
     platforms, resolver = platform.image_wheel_platforms(libc)
-    abi = f"cp{major}{minor}{threaded}" if impl == "cp" else None
-    return Target(python=f"{major}.{minor}", implementation=impl, abi=abi, platforms=platforms, resolver=resolver)
+    abi = tag.abi if tag.implementation == "cp" else None
+    return Target(python=tag.dotted, implementation=tag.implementation, abi=abi, platforms=platforms, resolver=resolver)
 
 
 _LIBC: dict[str, tuple[str, int, int]] = {}
