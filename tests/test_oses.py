@@ -225,7 +225,7 @@ def fake_python(path: Path, version: tuple[int, int], *, threaded: bool = False)
 
 @pytest.fixture
 def mac_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fake macOS file tree: python.org's 3.9 and 3.12, Homebrew's 3.12 and 3.13 (Apple silicon
+    """A fake macOS file tree: python.org's 3.9, 3.12 and free-threaded 3.13t, Homebrew's 3.12 and 3.13 (Apple silicon
     prefix) and 3.10 (Intel prefix), a framework `Current` link and a non-executable leftover."""
     from farm.worker.platforms import _common
 
@@ -238,6 +238,7 @@ def mac_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (versions / "3.8" / "bin" / "python3").write_text("not executable")
     for prefix, v in (("opt/homebrew", (3, 12)), ("opt/homebrew", (3, 13)), ("usr/local", (3, 10))):
         fake_python(root / prefix / "opt" / f"python@{v[0]}.{v[1]}" / "bin" / f"python{v[0]}.{v[1]}", v)
+    fake_python(root / "Library/Frameworks/PythonT.framework/Versions/3.13/bin/python3.13t", (3, 13), threaded=True)
     monkeypatch.setattr("farm.worker.platforms.macos._ROOT", root)
     monkeypatch.setenv("PATH", "/nonexistent")  # no python3.X on PATH: only the tree's
     _common.probe_interpreter.cache_clear()
@@ -252,21 +253,25 @@ def test_macos_discovery_in_a_fake_tree(mac_tree):
     from farm.worker.platforms.macos import framework_pythons, homebrew_pythons, installed_pythons
 
     fw = mac_tree / "Library/Frameworks/Python.framework/Versions"
-    assert framework_pythons() == {"3.9": fw / "3.9/bin/python3", "3.12": fw / "3.12/bin/python3"}
+    ft = mac_tree / "Library/Frameworks/PythonT.framework/Versions/3.13/bin/python3.13t"
+    assert framework_pythons() == {"3.9": fw / "3.9/bin/python3", "3.12": fw / "3.12/bin/python3", "3.13t": ft}
     assert homebrew_pythons() == {
         "3.10": mac_tree / "usr/local/opt/python@3.10/bin/python3.10",
         "3.12": mac_tree / "opt/homebrew/opt/python@3.12/bin/python3.12",
         "3.13": mac_tree / "opt/homebrew/opt/python@3.13/bin/python3.13"}
-    assert list(installed_pythons()) == ["3.9", "3.10", "3.12", "3.13"]
+    assert list(installed_pythons()) == ["3.9", "3.10", "3.12", "3.13", "3.13t"]
     assert installed_pythons()["3.12"] == fw / "3.12/bin/python3"
 
     platform = MacOSPlatform("arm64")
     found = {i.tag: i.path for i in platform.interpreters([])}  # nothing configured: every one found
-    assert {tag: found[tag] for tag in ("cp39", "cp310", "cp312", "cp313")} == {
+    assert {tag: found[tag] for tag in ("cp39", "cp310", "cp312", "cp313", "cp313t")} == {
         "cp39": fw / "3.9/bin/python3", "cp310": mac_tree / "usr/local/opt/python@3.10/bin/python3.10",
-        "cp312": fw / "3.12/bin/python3", "cp313": mac_tree / "opt/homebrew/opt/python@3.13/bin/python3.13"}
-    [i12, i13] = platform.interpreters(["3.12", "3.13"])  # versions: framework first, else Homebrew
-    assert (i12.path, i13.path) == (fw / "3.12/bin/python3", mac_tree / "opt/homebrew/opt/python@3.13/bin/python3.13")
+        "cp312": fw / "3.12/bin/python3", "cp313": mac_tree / "opt/homebrew/opt/python@3.13/bin/python3.13",
+        "cp313t": ft}
+    [i12, i13, i13t] = platform.interpreters(["3.12", "3.13", "3.13t"])  # versions: framework first, else Homebrew
+    assert (i12.path, i13.path, i13t.path) == (fw / "3.12/bin/python3",
+                                               mac_tree / "opt/homebrew/opt/python@3.13/bin/python3.13", ft)
+    assert i13t.tag == "cp313t"
     with pytest.raises(ConfigError, match=r"no macos-arm64 interpreter for '3\.8'"):
         platform.interpreters(["3.8"])  # there, but not executable
 
@@ -289,12 +294,15 @@ def test_windows_launcher_listing_formats():
          -V:3.11-32       C:\Program Files (x86)\Python311-32\python.exe
          -V:3.13-arm64    C:\Program Files\Python313-arm64\python.exe
          -V:3.13t         C:\Program Files\Python313\python3.13t.exe
+         -V:3.14t-32      C:\Program Files (x86)\Python314-32\python3.14t.exe
          -V:ContinuumAnalytics/Anaconda39-64 C:\Anaconda3\python.exe
         """))
     assert new == [("3.12", "amd64", r"C:\Users\me\AppData\Local\Programs\Python\Python312\python.exe"),
                    ("3.11", "amd64", r"C:\Program Files\Python311\python.exe"),
                    ("3.11", "x86", r"C:\Program Files (x86)\Python311-32\python.exe"),
-                   ("3.13", "arm64", r"C:\Program Files\Python313-arm64\python.exe")]
+                   ("3.13", "arm64", r"C:\Program Files\Python313-arm64\python.exe"),
+                   ("3.13t", "amd64", r"C:\Program Files\Python313\python3.13t.exe"),
+                   ("3.14t", "x86", r"C:\Program Files (x86)\Python314-32\python3.14t.exe")]
     old = launcher_listing("Installed Pythons found by py Launcher for Windows\n"
                            " -3.9-64        C:\\Python39\\python.exe *\n -3.8-32        C:\\Python38-32\\python.exe\n")
     assert old == [("3.9", "amd64", r"C:\Python39\python.exe"), ("3.8", "x86", r"C:\Python38-32\python.exe")]
@@ -310,7 +318,7 @@ def test_windows_discovery_with_a_fake_launcher_and_install_folders(bin_on_path,
     paths = {"arm": fake_python(interp / "arm" / "python.exe", (3, 13)),
              "py312": fake_python(interp / "312" / "python.exe", (3, 12)),
              "x86": fake_python(interp / "x86" / "python.exe", (3, 11)),
-             "ft": fake_python(interp / "ft" / "python3.13t.exe", (3, 13))}
+             "ft": fake_python(interp / "ft" / "python3.13t.exe", (3, 13), threaded=True)}
     fake_tool(bin_on_path, "py", f"""
         if args == ["-0p"]:
             print({PY_LISTING.format(**{k: str(v) for k, v in paths.items()})!r})
@@ -325,17 +333,21 @@ def test_windows_discovery_with_a_fake_launcher_and_install_folders(bin_on_path,
     fake_python(local / "Programs" / "Python" / "Python312" / "python.exe", (3, 12))  # the launcher's 3.12 wins
     all_users = fake_python(program_files / "Python39" / "python.exe", (3, 9))
     fake_python(program_files / "Python313-arm64" / "python.exe", (3, 13))
+    py314 = fake_python(program_files / "Python314" / "python.exe", (3, 14))
+    py314t = fake_python(program_files / "Python314" / "python3.14t.exe", (3, 14), threaded=True)  # beside it
     fake_python(tmp_path / "Program Files (x86)" / "Python39-32" / "python.exe", (3, 9))
     _common.probe_interpreter.cache_clear()
 
     assert WindowsPlatform("amd64").installed_pythons() == {
-        "3.9": str(all_users), "3.10": str(per_user), "3.12": str(paths["py312"])}
+        "3.9": str(all_users), "3.10": str(per_user), "3.12": str(paths["py312"]), "3.13t": str(paths["ft"]),
+        "3.14": str(py314), "3.14t": str(py314t)}
     assert WindowsPlatform("arm64").installed_pythons() == {"3.13": str(paths["arm"])}
     assert WindowsPlatform("x86").installed_pythons() == {
         "3.9": str(tmp_path / "Program Files (x86)" / "Python39-32" / "python.exe"), "3.11": str(paths["x86"])}
     found = {i.tag: i.path for i in WindowsPlatform("amd64").interpreters([])}
-    assert {t: found[t] for t in ("cp39", "cp310", "cp312")} == {
-        "cp39": all_users, "cp310": per_user, "cp312": paths["py312"]}
+    assert {t: found[t] for t in ("cp39", "cp310", "cp312", "cp313t", "cp314", "cp314t")} == {
+        "cp39": all_users, "cp310": per_user, "cp312": paths["py312"], "cp313t": paths["ft"],
+        "cp314": py314, "cp314t": py314t}
     assert calls(bin_on_path, "py")[0] == ["-0p"]
     _common.probe_interpreter.cache_clear()
 

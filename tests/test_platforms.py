@@ -353,6 +353,7 @@ def test_windows_interpreter_locations(monkeypatch):
         r"C:\Program Files\Python311\python.exe", r"C:\Users\build\AppData\Local\Programs\Python\Python311\python.exe"]
     assert WindowsPlatform("x86").candidate_paths("3.9")[0] == r"C:\Program Files (x86)\Python39-32\python.exe"
     assert WindowsPlatform("arm64").candidate_paths("3.13")[0] == r"C:\Program Files\Python313-arm64\python.exe"
+    assert WindowsPlatform("amd64").candidate_paths("3.13t")[0] == r"C:\Program Files\Python313\python3.13t.exe"
     assert [WindowsPlatform(a).launcher_selector("3.12") for a in ("amd64", "x86", "arm64")] == [
         "-3.12", "-3.12-32", "-V:3.12-arm64"]
 

@@ -55,6 +55,16 @@ def sort_key(tag: str) -> tuple[int, int, int]:
     return (parsed.major, parsed.minor, int(parsed.threaded)) if parsed else (99, 0, 0)
 
 
+_VERSION = re.compile(r"(\d+)\.(\d+)(t?)")
+
+
+def version_key(version: str) -> tuple[int, int, int]:
+    """`3.13t` -> (3, 13, 1): how installers name a Python (`py -V:3.13t`, python3.13t), oldest first,
+    a free-threaded build right after its GIL build; what is no such version sorts last."""
+    m = _VERSION.fullmatch(version)
+    return (int(m[1]), int(m[2]), int(bool(m[3]))) if m else (99, 0, 0)
+
+
 def dotted(tag: str) -> str | None:
     """`cp314t` -> `3.14`; None for what is no tag."""
     parsed = PythonTag.parse(tag)
@@ -66,4 +76,4 @@ def is_threaded(tag: str) -> bool:
     return bool(parsed and parsed.threaded)
 
 
-__all__ = ["PythonTag", "dotted", "is_threaded", "sort_key"]
+__all__ = ["PythonTag", "dotted", "is_threaded", "sort_key", "version_key"]

@@ -27,6 +27,7 @@ from packaging.utils import parse_wheel_filename
 from farm.errors import ConfigError, InfrastructureFault, PackageFailure
 from farm.recipes.schema import SystemPackages
 from farm.util.cmd import CommandFailed, clean_env, run
+from farm.util.python_tags import version_key
 from farm.worker.platforms._common import (
     copy_pure,
     find_interpreters,
@@ -53,9 +54,11 @@ _SYSTEM = ("darwin", "Darwin", "posix")  # sys_platform, platform_system, os_nam
 PACKAGE_MANAGER = PackageManager(family="brew", programs=("brew",), install=("install",))
 _MACOS_TAG = re.compile(r"^macosx_(\d+)_(\d+)_(\w+)$")
 # Where interpreters are looked for, below `_ROOT` (a fake tree in the tests): python.org's framework
-# builds, then Homebrew's python@X.Y formulae (Apple silicon prefix, then Intel's).
+# builds (its free-threaded build, an option of its installer, in PythonT.framework as python3.13t),
+# then Homebrew's python@X.Y formulae (Apple silicon prefix, then Intel's).
 _ROOT = Path("/")
 FRAMEWORK_VERSIONS = "Library/Frameworks/Python.framework/Versions"
+THREADED_FRAMEWORK_VERSIONS = "Library/Frameworks/PythonT.framework/Versions"
 HOMEBREW_PREFIXES = ("opt/homebrew", "usr/local")
 _EXE_NAMES = (
     "/Library/Frameworks/Python.framework/Versions/{v}/bin/python3",
@@ -63,7 +66,7 @@ _EXE_NAMES = (
     "/opt/homebrew/opt/python@{v}/bin/python{v}",
     "/usr/local/opt/python@{v}/bin/python{v}",
 )
-_VERSION = re.compile(r"(\d+)\.(\d+)")
+_VERSION = re.compile(r"(\d+)\.(\d+)t?")  # 3.13, or 3.13t: its free-threaded build
 # The first four bytes of a Mach-O file or a fat (universal) one, either byte order.
 _MACHO_MAGIC = {b"\xfe\xed\xfa\xce", b"\xce\xfa\xed\xfe", b"\xfe\xed\xfa\xcf", b"\xcf\xfa\xed\xfe",
                 b"\xca\xfe\xba\xbe", b"\xbe\xba\xfe\xca"}
@@ -149,8 +152,10 @@ class MacOSPlatform:
         brewed = homebrew_pythons().get(entry)
         if brewed is not None:
             return str(brewed)
-        raise ConfigError(f"no {self.name} interpreter for {entry!r} (tried {_ROOT / FRAMEWORK_VERSIONS}/{entry}/bin/"
-                          f"python3, python{entry} on PATH, Homebrew's python@{entry})")
+        where = (f"{_ROOT / THREADED_FRAMEWORK_VERSIONS}/{entry[:-1]}/bin/python{entry}" if entry.endswith("t")
+                 else f"{_ROOT / FRAMEWORK_VERSIONS}/{entry}/bin/python3")
+        raise ConfigError(f"no {self.name} interpreter for {entry!r} (tried {where}, python{entry} on PATH, "
+                          f"Homebrew's python@{entry})")
 
     def offered_pythons(self, settings: Settings) -> list[Offer]:
         """The host's interpreters (builds on this platform run on the host, not in containers)."""
@@ -257,13 +262,16 @@ def _by_version(items: Sequence[tuple[str, Path]]) -> dict[str, Path]:
     for version, exe in items:
         if _VERSION.fullmatch(version) and exe.is_file() and os.access(exe, os.X_OK):
             found.setdefault(version, exe)
-    return dict(sorted(found.items(), key=lambda kv: tuple(int(n) for n in kv[0].split("."))))
+    return dict(sorted(found.items(), key=lambda kv: version_key(kv[0])))
 
 
 def framework_pythons() -> dict[str, Path]:
-    """Version -> interpreter of python.org's installers (/Library/Frameworks/Python.framework/Versions/X.Y/bin/python3)."""
-    versions = _ROOT / FRAMEWORK_VERSIONS
-    return _by_version([(v.name, v / "bin" / "python3") for v in sorted(versions.iterdir())] if versions.is_dir() else [])
+    """Version -> interpreter of python.org's installers (/Library/Frameworks/Python.framework/Versions/X.Y/bin/python3;
+    X.Yt -> PythonT.framework/Versions/X.Y/bin/pythonX.Yt, the free-threaded build)."""
+    versions, threaded = _ROOT / FRAMEWORK_VERSIONS, _ROOT / THREADED_FRAMEWORK_VERSIONS
+    items = [(v.name, v / "bin" / "python3") for v in sorted(versions.iterdir())] if versions.is_dir() else []
+    items += [(f"{v.name}t", v / "bin" / f"python{v.name}t") for v in sorted(threaded.iterdir())] if threaded.is_dir() else []
+    return _by_version(items)
 
 
 def homebrew_pythons() -> dict[str, Path]:
@@ -282,7 +290,7 @@ def installed_pythons() -> dict[str, Path]:
     """Every CPython installed in the usual places, python.org's before Homebrew's of the same version."""
     found = dict(homebrew_pythons())
     found.update(framework_pythons())
-    return dict(sorted(found.items(), key=lambda kv: tuple(int(n) for n in kv[0].split("."))))
+    return dict(sorted(found.items(), key=lambda kv: version_key(kv[0])))
 
 
 def probe_all(paths: Sequence[Path] | object) -> list[Interpreter]:

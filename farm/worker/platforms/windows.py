@@ -22,6 +22,7 @@ from packaging.tags import Tag
 from farm.errors import ConfigError, InfrastructureFault, PackageFailure
 from farm.recipes.schema import SystemPackages
 from farm.util.cmd import CommandFailed, clean_env, run
+from farm.util.python_tags import version_key
 from farm.worker.platforms._common import (
     copy_pure,
     find_interpreters,
@@ -47,9 +48,9 @@ PACKAGE_MANAGER = PackageManager(family="choco", programs=("choco",), install=("
 # Chocolatey's exit codes for success, and success with a reboot pending.
 _CHOCO_OK = (0, 1641, 3010)
 # A line of `py -0p`: the launcher of 3.11 and later (` -V:3.11-32   C:\\...\\python.exe`, `*` after
-# the tag of the default) and the older one (` -3.9-64   C:\\...\\python.exe *`). Other
-# distributions (-V:Company/Tag) and free-threaded builds (3.13t) do not match.
-_LAUNCHER_LINE = re.compile(r"^\s*-(?:V:)?(\d+)\.(\d+)(?:-(64|32|arm64))?\s+(?:\*\s+)?(\S.*?)(?:\s+\*)?\s*$")
+# the tag of the default) and the older one (` -3.9-64   C:\\...\\python.exe *`); a free-threaded
+# build is `-V:3.13t` (python3.13t.exe). Other distributions (-V:Company/Tag) do not match.
+_LAUNCHER_LINE = re.compile(r"^\s*-(?:V:)?(\d+)\.(\d+)(t?)(?:-(64|32|arm64))?\s+(?:\*\s+)?(\S.*?)(?:\s+\*)?\s*$")
 _LAUNCHER_ARCH = {None: "amd64", "64": "amd64", "32": "x86", "arm64": "arm64"}
 # python.org's install folders: Python311, Python311-32, Python311-arm64.
 _INSTALL_FOLDER = re.compile(r"^Python(\d)(\d+)(-32|-arm64)?$")
@@ -117,9 +118,13 @@ class WindowsPlatform:
                 continue
             for child in sorted(folder.iterdir()):
                 match = _INSTALL_FOLDER.match(child.name)
-                if match and _FOLDER_ARCH[match[3]] == self.arch and (child / "python.exe").is_file():
-                    found.setdefault(f"{match[1]}.{match[2]}", str(child / "python.exe"))
-        return dict(sorted(found.items(), key=lambda kv: tuple(int(n) for n in kv[0].split("."))))
+                if not match or _FOLDER_ARCH[match[3]] != self.arch:
+                    continue
+                version = f"{match[1]}.{match[2]}"  # the free-threaded build beside it: python3.13t.exe
+                for key, exe in ((version, "python.exe"), (f"{version}t", f"python{version}t.exe")):
+                    if (child / exe).is_file():
+                        found.setdefault(key, str(child / exe))
+        return dict(sorted(found.items(), key=lambda kv: version_key(kv[0])))
 
     def install_roots(self) -> list[Path]:
         """The folders python.org's installer puts Python3XY folders in: for all users, then per user."""
@@ -139,15 +144,17 @@ class WindowsPlatform:
 
     def candidate_paths(self, version: str) -> list[str]:
         """Where python.org's installer puts CPython `version` of this architecture."""
-        nodot = version.replace(".", "")
+        threaded = version.endswith("t")  # 3.13t: python3.13t.exe in the Python313 folder
+        nodot = version.removesuffix("t").replace(".", "")
         folder = f"Python{nodot}{_SUFFIX[self.arch]}"
         program_files = os.environ.get("ProgramFiles", r"C:\Program Files")
         if self.arch == "x86":
             program_files = os.environ.get("ProgramFiles(x86)", r"C:\Program Files (x86)")
         local = os.environ.get("LOCALAPPDATA", "")
-        paths = [PureWindowsPath(program_files, folder, "python.exe")]
+        exe = f"python{version}.exe" if threaded else "python.exe"
+        paths = [PureWindowsPath(program_files, folder, exe)]
         if local:
-            paths.append(PureWindowsPath(local, "Programs", "Python", folder, "python.exe"))
+            paths.append(PureWindowsPath(local, "Programs", "Python", folder, exe))
         return [str(p) for p in paths]
 
     def _locate(self, entry: str) -> str:
@@ -281,7 +288,7 @@ def launcher_listing(output: str) -> list[tuple[str, str, str]]:
     for line in output.splitlines():
         match = _LAUNCHER_LINE.match(line)
         if match:
-            found.append((f"{match[1]}.{match[2]}", _LAUNCHER_ARCH[match[3]], match[4]))
+            found.append((f"{match[1]}.{match[2]}{match[3]}", _LAUNCHER_ARCH[match[4]], match[5]))
     return found
 
 
