@@ -88,15 +88,47 @@ def target_pythons(settings: Settings, *, only_platforms: Sequence[str] | None =
     return sorted(found, key=python_sort_key)
 
 
-def _admits(requires_python: str | None, python: str) -> bool:
+def _admits(requires_python: str | None, python: str, *, python2: bool = False) -> bool:
+    """Whether an sdist with this Requires-Python gets a job for `python`. Python 2 only when the sdist
+    declares it: a Requires-Python that admits it, or a Python 2 classifier (`python2`), which is
+    how sdists from before Requires-Python say so; an sdist that says nothing is Python 3's."""
+    version = dotted(python)
     if not requires_python:
-        return True
+        return version is None or not version.startswith("2.") or python2
     try:
         spec = SpecifierSet(requires_python)
     except InvalidSpecifier:
         return True
-    version = dotted(python)
     return version is None or spec.contains(version, prereleases=True)
+
+
+_PYTHON2_CLASSIFIER = re.compile(r"^Classifier:\s*Programming Language :: Python :: 2(\.\d+)?(\s|$)", re.MULTILINE)
+
+
+@lru_cache(maxsize=256)
+def _declares_python2(path: str, _size: int, _mtime: float) -> bool:
+    try:
+        if path.endswith(".zip"):
+            with zipfile.ZipFile(path) as zf:
+                name = next((n for n in zf.namelist() if n.count("/") == 1 and n.endswith("/PKG-INFO")), None)
+                text = zf.read(name)[:1_000_000].decode("utf-8", "replace") if name else ""
+        else:
+            with tarfile.open(path) as tf:
+                member = next((m for m in tf if m.isfile() and m.name.count("/") == 1 and m.name.endswith("/PKG-INFO")), None)
+                f = tf.extractfile(member) if member else None
+                text = f.read(1_000_000).decode("utf-8", "replace") if f else ""
+    except (OSError, tarfile.TarError, zipfile.BadZipFile):
+        return False
+    return bool(_PYTHON2_CLASSIFIER.search(text.split("\n\n", 1)[0]))  # the headers, not the description
+
+
+def declares_python2(path: Path | None) -> bool:
+    """Whether the sdist's PKG-INFO names Python 2 in a classifier (`Programming Language :: Python ::
+    2.7`): a Python 2 job is planned for it even without a Requires-Python (`_admits`)."""
+    if path is None or not path.is_file():
+        return False
+    st = path.stat()
+    return _declares_python2(str(path), st.st_size, st.st_mtime)
 
 
 _COMPILED = re.compile(r"\.(c|cc|cpp|cxx|h|hpp|pyx|pxd|f|f90|f95|rs|go|m|mm|swig|i)$|(^|/)(Cargo\.toml|CMakeLists\.txt|"
@@ -145,9 +177,11 @@ def sdist_kind(path: Path | None) -> SdistKind:
 
 def plan(*, name: str, version: str, sdist_sha256: str, requires_python: str | None, settings: Settings,
          only_platforms: Sequence[str] | None = None, only_pythons: Sequence[str] | None = None,
-         kind: SdistKind = "platform", workers: Workers | None = None, marker: Marker | None = None) -> list[Target]:
+         kind: SdistKind = "platform", workers: Workers | None = None, marker: Marker | None = None,
+         python2: bool = False) -> list[Target]:
     """The targets of one sdist; `marker` (a requirement's PEP 508 marker, as in `foo; python_version <
-    "3.11"`) leaves out the targets whose marker environment it does not hold for."""
+    "3.11"`) leaves out the targets whose marker environment it does not hold for; `python2`: the
+    sdist declares Python 2 by classifier (`declares_python2`)."""
     workers = workers or Workers(settings)
     recipe = find_recipe(name, version, settings.all_recipe_dirs)
     digest = recipe.digest if recipe else DEFAULTS_DIGEST
@@ -160,7 +194,9 @@ def plan(*, name: str, version: str, sdist_sha256: str, requires_python: str | N
                        key=lambda item: python_sort_key(item[0]))
         candidates = []
         for python, image in pairs:
-            if (wanted and python not in wanted) or not _admits(requires_python, python):
+            # Python 2 asked for by name (`--python 2.7`, a dependency of a cp27 job) needs no classifier
+            if (wanted and python not in wanted) or not _admits(requires_python, python,
+                                                                  python2=python2 or python in wanted):
                 continue
             if marker is not None and not marker.evaluate({**platform.marker_environment(python), "extra": ""}):
                 continue

@@ -42,7 +42,7 @@ from sqlalchemy.orm import Session
 from farm.config import Settings
 from farm.coordinator import dispatch
 from farm.coordinator.intake import IntakePolicy, Release
-from farm.coordinator.plan import SdistKind, plan, sdist_kind, target_pythons
+from farm.coordinator.plan import SdistKind, declares_python2, plan, sdist_kind, target_pythons
 from farm.db.models import Artifact, Job, Source, Submission, utcnow
 from farm.db.session import session_scope
 from farm.db.states import JobState
@@ -50,6 +50,7 @@ from farm.errors import FarmError, IntakeRefused, SdistError, UpstreamError
 from farm.storage import get_storage, sdist_key
 from farm.util.archive import SDIST_SUFFIXES, Limits, check_project_name, inspect_sdist, is_file_request
 from farm.util.hashing import sha256_bytes, sha256_file
+from farm.util.python_tags import dotted
 
 @dataclass(frozen=True, kw_only=True)
 class Submitted:
@@ -84,10 +85,10 @@ def submit(request: str, *, settings: Settings, kind: str | None = None, parent_
             session.add(submission)
             session.flush()
             storage = get_storage()
-            builds = sdist_kind(pending if pending is not None else storage.local_path(source.storage_key))
+            sdist = pending if pending is not None else storage.local_path(source.storage_key)
             to_send, warnings = _plan_jobs(session, submission, source, settings, only_platforms, only_pythons,
-                                           priority, rebuild=rebuild.strip() if rebuild else None, kind=builds,
-                                           marker=marker)
+                                           priority, rebuild=rebuild.strip() if rebuild else None,
+                                           kind=sdist_kind(sdist), marker=marker, python2=declares_python2(sdist))
             if pending is not None and not storage.exists(source.storage_key):
                 storage.put_file(source.storage_key, pending)
             result = Submitted(submission_id=submission.id, name=source.name, version=source.version,
@@ -207,9 +208,10 @@ def submit_many(items: Sequence[Item], *, settings: Settings, request: str, prio
                     continue
                 seen.add(source.id)
                 before = len(submission.jobs)
-                builds = sdist_kind(pending if pending is not None else storage.local_path(source.storage_key))
+                sdist = pending if pending is not None else storage.local_path(source.storage_key)
                 sent, warnings = _plan_jobs(session, submission, source, settings, only_platforms, only_pythons, priority,
-                                            rebuild=rebuild.strip() if rebuild else None, kind=builds, marker=marker)
+                                            rebuild=rebuild.strip() if rebuild else None, kind=sdist_kind(sdist),
+                                            marker=marker, python2=declares_python2(sdist))
                 to_send += sent
                 per_source.append((source, list(submission.jobs[before:]), warnings + notes.get(source.id, [])))
             for source, pending in resolved:
@@ -296,10 +298,12 @@ def _check_hash(request: str, digest: str, allowed: frozenset[str], error: type[
 def _plan_jobs(session: Session, submission: Submission, source: Source, settings: Settings,
                only_platforms: Sequence[str] | None, only_pythons: Sequence[str] | None,
                priority: int = 0, *, rebuild: str | None = None,
-               kind: SdistKind = "platform", marker: Marker | None = None) -> tuple[list[Job], list[str]]:
+               kind: SdistKind = "platform", marker: Marker | None = None,
+               python2: bool = False) -> tuple[list[Job], list[str]]:
     targets = plan(name=source.name, version=source.version, sdist_sha256=source.sha256,
                    requires_python=source.requires_python, settings=settings,
-                   only_platforms=only_platforms, only_pythons=only_pythons, kind=kind, marker=marker)
+                   only_platforms=only_platforms, only_pythons=only_pythons, kind=kind, marker=marker,
+                   python2=python2)
     if not targets:
         raise FarmError(f"{source.name} {source.version}: no build target on this farm "
                         f"(platforms {settings.platforms or 'host'}, Requires-Python {source.requires_python or 'any'})")
@@ -405,7 +409,8 @@ def _from_requirement(request: str, session: Session, settings: Settings, tmp: P
 
     A range takes the newest release whose Requires-Python admits the oldest of `pythons` (the
     targets' Pythons its marker holds for, not the interpreter running the farm): the release every
-    one of them can install, as pip would choose it on the oldest."""
+    one of them can install, as pip would choose it on the oldest; Python 2 counts only when no Python 3
+    is asked for."""
     try:
         req = Requirement(request)
     except InvalidRequirement as exc:
@@ -439,8 +444,11 @@ def _from_requirement(request: str, session: Session, settings: Settings, tmp: P
             file = upstream.find_sdist(name, str(version))
             _admit(settings, release(file, exact=True), policy)
         else:
-            oldest = pythons[0] if pythons else f"cp{sys.version_info[0]}{sys.version_info[1]}"
-            python = f"{oldest[2]}.{oldest[3:]}"
+            # Python 2 decides only when it is all that is asked for (`--python 2.7`): a release for
+            # Python 3 targets is not held back to the last one that still supported 2.7.
+            python3 = [p for p in pythons if not (dotted(p) or "").startswith("2.")]
+            oldest = (python3 or list(pythons) or [f"cp{sys.version_info[0]}{sys.version_info[1]}"])[0]
+            python = dotted(oldest) or f"{sys.version_info[0]}.{sys.version_info[1]}"
             found = upstream.best_sdist(str(req), python, accept=policy.accepts)
             if found is None:
                 newest = upstream.best_sdist(str(req), python) if policy.active else None

@@ -65,6 +65,14 @@ def version_key(version: str) -> tuple[int, int, int]:
     return (int(m[1]), int(m[2]), int(bool(m[3]))) if m else (99, 0, 0)
 
 
+def major_of(interpreter: str) -> int | None:
+    """The Python major version a wheel tag's interpreter part names: `py3`, `py38`, `cp39` -> 3,
+    `py2`, `cp27` -> 2; None for what names none. A `py3-none-any` wheel does not install on 2.7,
+    a `py2.py3-none-any` one (two tags) does."""
+    m = re.fullmatch(r"[a-z]+(\d)\d*t?", interpreter)
+    return int(m[1]) if m else None
+
+
 def dotted(tag: str) -> str | None:
     """`cp314t` -> `3.14`; None for what is no tag."""
     parsed = PythonTag.parse(tag)
@@ -76,4 +84,4 @@ def is_threaded(tag: str) -> bool:
     return bool(parsed and parsed.threaded)
 
 
-__all__ = ["PythonTag", "dotted", "is_threaded", "sort_key", "version_key"]
+__all__ = ["PythonTag", "dotted", "is_threaded", "major_of", "sort_key", "version_key"]

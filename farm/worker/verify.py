@@ -34,9 +34,10 @@ from packaging.version import Version
 from farm.config import Settings
 from farm.errors import InfrastructureFault, PackageFailure
 from farm.recipes.schema import Options
-from farm.util.python_tags import PythonTag
+from farm.util.python_tags import PythonTag, major_of
 from farm.util.cmd import CommandFailed, clean_env, run
 from farm.util.wheel import read_metadata, requires_dist, top_level_modules
+from farm.worker import python2
 from farm.worker.engines.native import uv_bin, venv_python
 from farm.worker.platforms.base import Interpreter, Platform
 from farm.worker.sandbox import (Limits, Policy, Sandbox, failure_message, interpreter_roots, package_env,
@@ -106,14 +107,12 @@ failed = False
 for module in args["imports"]:
     try:
         importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        top = (exc.name or "").split(".")[0]
+    except BaseException as exc:  # ModuleNotFoundError by name: Python 2 has none (and then no warning)
+        top = (getattr(exc, "name", None) or "").split(".")[0] if type(exc).__name__ == "ModuleNotFoundError" else ""
         if top and top not in provided and norm(top) not in declared:
-            print("farm-import-warning " + json.dumps({"module": module, "needs": top}), flush=True)
+            sys.stdout.write("farm-import-warning " + json.dumps({"module": module, "needs": top}) + "\\n")
+            sys.stdout.flush()
             continue
-        traceback.print_exc()
-        failed = True
-    except BaseException:
         traceback.print_exc()
         failed = True
 sys.exit(1 if failed else 0)
@@ -225,7 +224,9 @@ def targets_for(wheels: Sequence[Path], python_tag: str, platform: Platform, set
     have |= {p for image in settings.verify_images.get(platform.name, []) for p in image.pythons}
     # GIL builds only (cp314, not cp314t): abi3 does not install on a free-threaded one (PEP 703), and a
     # pure wheel is checked on the versions, which the GIL builds span.
-    gil = (p for tag in have if (p := PythonTag.parse(tag)) and p.implementation == "cp" and not p.threaded)
+    majors = {major_of(t.split("-")[0]) for t in tags}  # py3-none-any: not on 2.7; py2.py3-none-any: both
+    gil = (p for tag in have if (p := PythonTag.parse(tag)) and p.implementation == "cp" and not p.threaded
+           and p.major in majors)
     admitted = sorted(p.version for p in gil
                       if p.version >= floor and all(s.contains(p.dotted, prereleases=True) for s in specs))
     chosen = [f"cp{v[0]}{v[1]}" for v in dict.fromkeys([admitted[0], admitted[-1]])] if admitted else [python_tag]
@@ -276,7 +277,8 @@ def verify(*, wheel: Path, target: Target, settings: Settings, options: Options,
         assert target.interp is not None
         return verify_on_host(wheel=wheel, interp=target.interp, index_url=settings.verify_index_url,
                               options=options, project=tree, work=work, log=log, timeout=settings.test_timeout,
-                              sandbox=sandbox, limits=limits, find_links=find_links)
+                              sandbox=sandbox, limits=limits, find_links=find_links,
+                              tools_from=(settings.home, settings.upstream_index))
     from farm.worker.verify_container import verify_in_container
 
     deps = dependency_wheels(wheel, target=target, index_url=settings.verify_index_url,
@@ -375,11 +377,12 @@ def without_marker(req: Requirement) -> str:
 
 def verify_on_host(*, wheel: Path, interp: Interpreter, index_url: str, options: Options, project: Path | None,
                    work: Path, log: TextIO, timeout: float, sandbox: Sandbox, limits: Limits,
-                   find_links: Path | None = None) -> VerifyOutcome:
+                   find_links: Path | None = None, tools_from: tuple[Path, str] | None = None) -> VerifyOutcome:
     """A fresh venv of the target interpreter; the wheel and its dependencies from the farm's index only
     (installed by the farm: wheels only, so installing runs no package code). The imports and the
     test command are package code: they run in the sandbox, without network, seeing the venv
-    (read-only), an empty working folder, and the sdist's tree only for a test command that names it."""
+    (read-only), an empty working folder, and the sdist's tree only for a test command that names it.
+    `tools_from`: (FARM_HOME, upstream index) the Python 2 tools come from (farm/worker/python2.py)."""
     start = time.monotonic()
     venv = work / "verify-venv"
     cwd = work / "verify-cwd"
@@ -400,12 +403,23 @@ def verify_on_host(*, wheel: Path, interp: Interpreter, index_url: str, options:
         outcome.commands.append(run_sandboxed(sandbox, argv, policy, log=log, timeout=timeout).command_line)
 
     try:
-        install([uv_bin(), "venv", "--quiet", "--no-config", "--python", str(interp.path), str(venv)])
-        argv = [uv_bin(), "pip", "install", "--no-config", "--python", python, "--index-url", index_url,
-                *(["--find-links", str(find_links)] if find_links else []), "--no-cache", "--no-build", str(wheel),
-                *options.test_requires]
-        outcome.install_command = " ".join(argv)
-        install(argv)
+        if python2.is_python2(interp):  # no uv for Python 2: virtualenv and pip 20.3 (farm/worker/python2.py)
+            if tools_from is None:
+                raise InfrastructureFault("verify", "a Python 2 verification needs the farm's home for its tools")
+            tools = python2.tools(*tools_from, log=log)
+            outcome.commands.append(f"virtualenv {tools.versions()['virtualenv']} --python {interp.path} {venv}")
+            python2.make_env(interp, venv, tools, log=log)
+            outcome.install_command = python2.verify_install(tools, Path(python), wheel, options.test_requires,
+                                                             index_url=index_url, find_links=find_links, log=log,
+                                                             timeout=timeout)
+            outcome.commands.append(outcome.install_command)
+        else:
+            install([uv_bin(), "venv", "--quiet", "--no-config", "--python", str(interp.path), str(venv)])
+            argv = [uv_bin(), "pip", "install", "--no-config", "--python", python, "--index-url", index_url,
+                    *(["--find-links", str(find_links)] if find_links else []), "--no-cache", "--no-build", str(wheel),
+                    *options.test_requires]
+            outcome.install_command = " ".join(argv)
+            install(argv)
     except CommandFailed as exc:
         raise PackageFailure("verify", f"the wheel does not install from the farm's index:\n{exc}") from exc
     try:

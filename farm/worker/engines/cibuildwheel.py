@@ -37,6 +37,7 @@ from farm.containers import (
 )
 from farm.errors import CommandTimeout, ConfigError, FarmError, InfrastructureFault, PackageFailure
 from farm.util.cmd import CommandFailed, Result, clean_env, run
+from farm.util.python_tags import dotted
 from farm.worker import build_requires, wheelhouse
 from farm.worker.engines import prepared_image
 from farm.worker.engines.base import BuildContext, BuildOutput
@@ -64,6 +65,9 @@ class CibuildwheelEngine:
         return build_requires.build_as_of_release(ctx, lambda as_of: self._build(ctx, as_of), reset=reset)
 
     def _build(self, ctx: BuildContext, as_of: build_requires.AsOf | None) -> BuildOutput:
+        if (dotted(ctx.spec.python) or "").startswith("2."):  # an image that lists cp27 among its Pythons
+            raise PackageFailure("build", "cibuildwheel builds no Python 2: a worker with the native engine and a "
+                                 "CPython 2.7 in its `pythons` setting builds cp27 (farm/worker/python2.py)")
         image = choose_image(ctx)
         emulation = container_platform(ctx.platform).emulation()
         if emulation:

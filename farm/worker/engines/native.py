@@ -22,9 +22,10 @@ from build import BuildBackendException, BuildException, ProjectBuilder
 
 from farm.errors import ConfigError, PackageFailure
 from farm.util.cmd import CommandFailed, clean_env, run
-from farm.worker import build_requires
+from farm.worker import build_requires, python2
 from farm.worker.engines.base import BuildContext, BuildOutput
 from farm.worker.hints import build_failure
+from farm.worker.platforms.base import Interpreter
 from farm.worker.sandbox import Policy, failure_message, interpreter_roots, package_env, run_sandboxed
 
 
@@ -51,6 +52,8 @@ class NativeEngine:
             line = command.format(project=ctx.source, package=ctx.source, python=interp.path)
             self._package_code(ctx, ["sh", "-c", line], policy)
         effective = build_requires.apply(ctx.src, ctx.options.build_requires)
+        if python2.is_python2(interp):
+            return self._build_python2(ctx, interp, benv, policy, as_of)
         out = ctx.work / "built"
         out.mkdir(parents=True, exist_ok=True)
         ctx.record(run([uv_bin(), "venv", "--quiet", "--no-config", "--python", interp.path, benv],
@@ -86,6 +89,37 @@ class NativeEngine:
                        "limits": ctx.limits.describe()},
             adjustments={"buildRequiresAsOf": {**as_of.record(), "retry": False, "resolved": _installed(python)}}
             if as_of else {},
+        )
+
+    def _build_python2(self, ctx: BuildContext, interp: Interpreter, benv: Path, policy: Policy,
+                       as_of: build_requires.AsOf | None) -> BuildOutput:
+        """Python 2.7 (farm/worker/python2.py): a virtualenv with the build requirements the farm resolved
+        and installed, then pip's build in the sandbox, which also reads the pip wheel it runs from."""
+        if ctx.options.config_settings:
+            raise PackageFailure("build", "config-settings cannot be passed to a Python 2 build (pip 20.3, the "
+                                 "last for Python 2, has no --config-settings): set the recipe's for Python 3 only")
+        tools = python2.tools(ctx.settings.home, ctx.spec.upstream_index, log=ctx.log)
+        python = python2.make_env(interp, benv, tools, log=ctx.log)
+        requires = python2.build_requirements(ctx.source)
+        wheels = python2.download(requires, ctx.work / "build-wheels", python=str(python), platform=ctx.platform,
+                                  index_url=ctx.spec.upstream_index, as_of=as_of.exclude_newer if as_of else None,
+                                  log=ctx.log)
+        python2.install(tools, python, wheels, log=ctx.log)
+        out = ctx.work / "built"
+        out.mkdir(parents=True, exist_ok=True)
+        self._package_code(ctx, python2.wheel_command(tools, python, ctx.source, out),
+                           policy.adding(readable=[tools.pip_wheel]))
+        built = sorted(out.glob("*.whl"))
+        if len(built) != 1:
+            raise PackageFailure("build", f"pip's build left {len(built)} wheels, not one")
+        pins = python2.pins(wheels)
+        return BuildOutput(
+            wheels=built, repaired=False,
+            tools={**python2.build_record(tools, interp), "wheel-farm": tool_versions()["wheel-farm"]},
+            effective_build_requires=requires, build_environment=pins,
+            isolation={"sandbox": ctx.sandbox.describe(), "network": ctx.options.network,
+                       "limits": ctx.limits.describe()},
+            adjustments={"buildRequiresAsOf": {**as_of.record(), "retry": False, "resolved": pins}} if as_of else {},
         )
 
     def _policy(self, ctx: BuildContext, interpreter: Path, benv: Path) -> Policy:

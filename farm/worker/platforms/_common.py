@@ -35,8 +35,9 @@ def tool(name: str) -> str:
     return shutil.which(name) or name
 
 
-_PROBE = ("import json, sys, sysconfig; print(json.dumps([sys.implementation.name, list(sys.version_info[:2]), "
-          "bool(sysconfig.get_config_var('Py_GIL_DISABLED'))]))")
+# Runs on Python 2.7 too (no sys.implementation there), which a worker offers only when configured.
+_PROBE = ("import json, platform, sys, sysconfig; print(json.dumps([platform.python_implementation().lower(), "
+          "list(sys.version_info[:2]), bool(sysconfig.get_config_var('Py_GIL_DISABLED'))]))")
 
 
 @lru_cache(maxsize=64)
@@ -103,7 +104,8 @@ def _candidates(exe_names: Sequence[str]) -> list[str]:
 @lru_cache(maxsize=8)
 def discover_interpreters(exe_names: tuple[str, ...] = ("python{v}",)) -> list[Interpreter]:
     """Every CPython 3 this host has, one per version (the first found wins: the farm's own, then
-    PATH, pyenv, uv), oldest first. What cannot be run, or is no CPython 3, is left out."""
+    PATH, pyenv, uv), oldest first. What cannot be run, or is no CPython 3, is left out: Python 2.7
+    is offered only when the `pythons` setting names it (farm/worker/python2.py)."""
     found: dict[str, Interpreter] = {}
     for path in _candidates(exe_names):
         try:

@@ -198,9 +198,9 @@ def package_env(*, home: Path, path: Sequence[Path | str] = (), network: bool = 
     return env
 
 
-
-
-_ROOTS = ("import json, sys; print(json.dumps(sorted({sys.base_prefix, sys.base_exec_prefix})))")
+# Python 2 has no base prefixes: a virtualenv's base is its real_prefix, an interpreter's its prefix.
+_ROOTS = ("import json, sys; print(json.dumps(sorted({getattr(sys, p, getattr(sys, 'real_prefix', sys.prefix)) "
+          "for p in ('base_prefix', 'base_exec_prefix')})))")
 
 
 def interpreter_roots(python: str | os.PathLike[str]) -> tuple[Path, ...]:

@@ -1,0 +1,178 @@
+"""Python 2.7 for the sdists that still declare it (farm/worker/python2.py): offered only when a
+worker's `pythons` names it, planned only for an sdist that declares it (Requires-Python or a
+classifier), never the Python a release is chosen for while Python 3 targets are asked for, and no
+`py3-none-any` wheel is taken to serve it.
+
+The slow test builds a real sdist with a C extension (MarkupSafe 1.1.1, its last release for Python
+2) with pyenv's CPython 2.7 and this interpreter on the embedded farm, and installs the cp27 wheel
+from the farm's index with pip 20.3 (the last pip for Python 2) in a virtualenv.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from farm.config import Settings, get_settings
+from farm.coordinator import workers
+from farm.coordinator.plan import declares_python2, plan
+from farm.messages import OfferedPython, WorkerRegistration
+from farm.util.python_tags import major_of
+from tests.helpers.env import free_port
+from tests.helpers.farms import Farm
+from tests.helpers.sdists import make_project, make_sdist
+from tests.helpers.wheels import make_wheel
+
+PYENV = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
+HERE = f"cp{sys.version_info[0]}{sys.version_info[1]}"
+
+
+def python27() -> Path | None:
+    found = sorted(PYENV.glob("2.7.*/bin/python2.7")) if PYENV.is_dir() else []
+    return found[-1] if found else None
+
+
+def offer(settings: Settings, pythons: list[str]) -> None:
+    workers.record(WorkerRegistration(worker="a@host", platform="linux-x86_64", engine="native", interval=20.0,
+                                      sent_at=time.time(), pythons=[OfferedPython(python=p) for p in pythons]),
+                   settings)
+
+
+def planned(requires_python: str | None, **kw) -> list[str]:  # type: ignore[no-untyped-def]
+    return [t.python for t in plan(name="old", version="1.0", sdist_sha256="0" * 64, requires_python=requires_python,
+                                   settings=get_settings(), **kw)]
+
+
+def test_python2_is_planned_only_for_an_sdist_that_declares_it(farm_home: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FARM_PLATFORMS", json.dumps(["linux-x86_64"]))
+    offer(get_settings(), ["cp27", "cp39", "cp313"])
+    assert planned(None) == ["cp39", "cp313"]  # says nothing: Python 3's
+    assert planned(None, python2=True) == ["cp27", "cp39", "cp313"]  # a Python 2 classifier
+    assert planned(">=2.7, !=3.0.*, !=3.1.*") == ["cp27", "cp39", "cp313"]
+    assert planned(">=3.6") == ["cp39", "cp313"]
+    assert planned(None, only_pythons=["2.7"]) == ["cp27"]  # asked for by name
+    assert planned(None, kind="pure", python2=True) == ["cp313"]  # a pure one: built once, on the newest
+
+    project = make_project(tmp_path, "olddecl", c_extension=False)
+    plain = make_sdist(project, tmp_path / "plain")
+    assert not declares_python2(plain)
+    text = (project / "pyproject.toml").read_text()
+    (project / "pyproject.toml").write_text(text.replace("[project]\n", '[project]\nclassifiers = '
+                                                         '["Programming Language :: Python :: 2.7"]\n', 1))
+    assert "Programming Language :: Python :: 2.7" in (project / "pyproject.toml").read_text()
+    assert declares_python2(make_sdist(project, tmp_path / "declared"))
+    assert not declares_python2(None) and not declares_python2(tmp_path / "missing.tar.gz")
+
+
+def test_a_py3_wheel_does_not_serve_python2(farm_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `py3-none-any` dependency does not install on 2.7, a `py2.py3-none-any` one does: the
+    coordinator's cover check and a pure wheel's targets follow the tags' major versions."""
+    from farm.coordinator.deps import _covers, job_pythons
+    from farm.worker.platforms.linux import LinuxPlatform
+    from farm.worker.verify import targets_for
+
+    assert (major_of("py3"), major_of("py2"), major_of("py27"), major_of("cp39"), major_of("cp314t")) == (3, 2, 2, 3, 3)
+    assert major_of("any") is None
+    monkeypatch.setenv("FARM_PLATFORMS", json.dumps(["linux-x86_64"]))
+    settings = get_settings()
+    offer(settings, ["cp27", "cp39", "cp313"])
+
+    def provider(filename: str) -> SimpleNamespace:
+        return SimpleNamespace(platform="linux-x86_64", python="cp313", staged={"wheels": [
+            {"filename": filename, "sha256": "0" * 64, "storage_key": f"staging/{filename}"}]}, artifacts=[])
+
+    py3, both = provider("dep-1.0-py3-none-any.whl"), provider("dep-1.0-py2.py3-none-any.whl")
+    assert not _covers(py3, "linux-x86_64", "cp27") and _covers(py3, "linux-x86_64", "cp39")
+    assert _covers(both, "linux-x86_64", "cp27")
+    assert job_pythons(py3, None, settings) == ["cp39", "cp313"]
+    assert job_pythons(both, None, settings) == ["cp27", "cp39", "cp313"]
+
+    here = Path(sys.executable)
+    old = python27()
+    if old is None:
+        return  # the verification targets need a real 2.7 to probe
+    worker = Settings(home=tmp_path / "home", pythons=[str(old), str(here)])
+    x86_64 = LinuxPlatform("x86_64")
+    assert [t.python for t in targets_for([make_wheel(tmp_path / "a", "dep", "1.0")], HERE, x86_64, worker)] == [
+        sys.version_info[:2]]
+    assert [t.python for t in targets_for([make_wheel(tmp_path / "b", "dep", "1.0", tag="py2.py3-none-any")],
+                                          HERE, x86_64, worker)] == [(2, 7), sys.version_info[:2]]
+
+
+def test_python2_does_not_choose_the_release_for_python3(farm_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`farm submit markupsafe` on a farm that also offers 2.7 takes the newest release for its oldest
+    Python 3, not the last one that still supported 2.7; `--python 2.7` takes that one."""
+    from farm.cli import main
+    from farm.coordinator.submit import submit
+
+    assert main(["init"]) == 0
+    monkeypatch.setenv("FARM_PLATFORMS", json.dumps(["linux-x86_64"]))
+    settings = get_settings()
+    offer(settings, ["cp27", "cp39"])
+    latest = submit("markupsafe<3.1", settings=settings)
+    assert latest.version.startswith("3.0."), latest.version
+    assert [build_id.split("-")[0] for _, build_id, _ in latest.jobs] == ["cp39"]
+    old = submit("markupsafe<3.1", settings=settings, only_pythons=["2.7"])
+    assert old.version == "1.1.1" and [build_id.split("-")[0] for _, build_id, _ in old.jobs] == ["cp27"]
+
+
+# A real build -------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_c_extension_is_built_for_python27_and_installed_by_pip20(tmp_path: Path) -> None:
+    old = python27()
+    if old is None:
+        pytest.skip("pyenv has no CPython 2.7")
+    farm = Farm(tmp_path / "home", free_port())
+    farm.env["FARM_PYTHONS"] = json.dumps([str(old), sys.executable])
+    farm.start()
+    try:
+        res = farm.farm("submit", "--wait", "markupsafe==1.1.1")
+        assert res.returncode == 0, res.stdout + res.stderr
+        published = sorted(line.split()[-1] for line in res.stdout.splitlines() if "published" in line)
+        assert [w.split("-")[2:4] for w in published] == [["cp27", "cp27mu"], [HERE, HERE]], published
+        assert all("manylinux" in w for w in published), published  # repaired by auditwheel, as any
+        jobs = {j["build_id"].split("-")[0]: j for j in json.loads(farm.farm("status", "--json").stdout)
+                if j["name"] == "markupsafe"}
+        log = farm.farm("logs", str(jobs["cp27"]["id"])).stdout
+        assert "--no-build-isolation" in log and "setuptools-44" in log  # pip 20.3's build, setuptools for 2.7
+        assert "bin/python2.7" in log and "virtualenv.py" in log  # the build and verify environments
+        assert "verify-venv/bin/python -c 'import markupsafe'" in log and "bwrap" in log  # imported on 2.7, sandboxed
+
+        from farm.worker import python2
+
+        tools = python2.tools(farm.home, "https://pypi.org/simple/")
+        venv = tmp_path / "py27"
+        python = python2.make_env(SimpleNamespace(path=old), venv, tools)  # type: ignore[arg-type]
+        pip = subprocess.run([*tools.pip(python), "install", "--no-python-version-warning", "--index-url",
+                              farm.index_url, "markupsafe"], capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "PIP_CONFIG_FILE": os.devnull})
+        assert pip.returncode == 0, pip.stdout + pip.stderr
+        out = subprocess.run([str(python), "-c", "import sys, markupsafe, markupsafe._speedups as s; sys.stdout.write("
+                              "'%d.%d %s' % (sys.version_info[0], sys.version_info[1], s.escape('<a>')))"],
+                             capture_output=True, text=True, cwd=venv)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == "2.7 &lt;a&gt;"  # the C extension of the cp27 wheel, on 2.7
+    finally:
+        farm.stop()
+
+
+def test_cibuildwheel_refuses_python2_at_once(tmp_path: Path) -> None:
+    """Bad input: an image configured with cp27 among its Pythons. cibuildwheel has no cp27 identifier;
+    the job fails with the way to build it, instead of retrying a build that cannot start."""
+    from farm.errors import PackageFailure
+    from farm.worker.engines.cibuildwheel import CibuildwheelEngine
+    from tests.test_containers import make_ctx
+
+    sdist = make_sdist(make_project(tmp_path, "oldimage"), tmp_path / "dist")
+    with pytest.raises(PackageFailure, match="cibuildwheel builds no Python 2"):
+        CibuildwheelEngine()._build(make_ctx(tmp_path / "ctx", sdist=sdist, python="cp27"), None)
