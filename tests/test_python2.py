@@ -175,3 +175,23 @@ def test_cibuildwheel_refuses_python2_at_once() -> None:
     ctx = SimpleNamespace(spec=SimpleNamespace(python="cp27"))  # refused before anything of it is read
     with pytest.raises(PackageFailure, match="cibuildwheel builds no Python 2"):
         CibuildwheelEngine()._build(ctx, None)  # type: ignore[arg-type]
+
+
+def test_only_python27_of_python2_is_accepted(tmp_path: Path) -> None:
+    """Bad input: a `pythons` entry that is CPython 2.6 (a stand-in answering the farm's probe as one):
+    a configuration error naming it, not a build that fails later. Discovery never offers Python 2."""
+    from farm.errors import ConfigError
+    from farm.worker.platforms._common import discover_interpreters, find_interpreters, probe_interpreter
+
+    fake = tmp_path / "python2.6"
+    fake.write_text("#!/bin/sh\necho '[\"cpython\", [2, 6], false]'\n")
+    fake.chmod(0o755)
+    probe_interpreter.cache_clear()
+    with pytest.raises(ConfigError, match=r"CPython 2\.6: of Python 2, only 2\.7 is built"):
+        find_interpreters([str(fake)], exe_names=())
+    assert all(i.version[0] == 3 for i in discover_interpreters())
+    old = python27()
+    if old is not None:
+        [interp] = find_interpreters([str(old)], exe_names=())  # the probe runs on 2.7 itself
+        assert (interp.tag, interp.version) == ("cp27", (2, 7))
+    probe_interpreter.cache_clear()

@@ -74,6 +74,9 @@ def find_interpreters(configured: Sequence[str], *, exe_names: Sequence[str]) ->
                 raise ConfigError(f"no interpreter for {entry!r} on PATH (tried {', '.join(candidates)})")
             path = hit
         interp = probe_interpreter(path)
+        if interp.version[0] < 3 and interp.version != (2, 7):
+            raise ConfigError(f"interpreter {path!r} is CPython {interp.version[0]}.{interp.version[1]}: of Python 2, "
+                              "only 2.7 is built (the last pip and virtualenv for Python 2 need it)")
         found.setdefault(interp.tag, interp)
     return list(found.values())
 
