@@ -74,7 +74,8 @@ def test_python2_is_planned_only_for_an_sdist_that_declares_it(farm_home: Path, 
 
 def test_a_py3_wheel_does_not_serve_python2(farm_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A `py3-none-any` dependency does not install on 2.7, a `py2.py3-none-any` one does: the
-    coordinator's cover check and a pure wheel's targets follow the tags' major versions."""
+    coordinator's cover check and a pure wheel's targets follow the tags' major versions; a pure wheel
+    is for 2.7 as well only when its Requires-Python says so."""
     from farm.coordinator.deps import _covers, job_pythons
     from farm.worker.platforms.linux import LinuxPlatform
     from farm.worker.verify import targets_for
@@ -93,7 +94,8 @@ def test_a_py3_wheel_does_not_serve_python2(farm_home: Path, tmp_path: Path, mon
     assert not _covers(py3, "linux-x86_64", "cp27") and _covers(py3, "linux-x86_64", "cp39")
     assert _covers(both, "linux-x86_64", "cp27")
     assert job_pythons(py3, None, settings) == ["cp39", "cp313"]
-    assert job_pythons(both, None, settings) == ["cp27", "cp39", "cp313"]
+    assert job_pythons(both, ">=2.7", settings) == ["cp27", "cp39", "cp313"]
+    assert job_pythons(both, None, settings) == ["cp39", "cp313"]  # a universal tag alone declares nothing
 
     here = Path(sys.executable)
     old = python27()
@@ -103,8 +105,10 @@ def test_a_py3_wheel_does_not_serve_python2(farm_home: Path, tmp_path: Path, mon
     x86_64 = LinuxPlatform("x86_64")
     assert [t.python for t in targets_for([make_wheel(tmp_path / "a", "dep", "1.0")], HERE, x86_64, worker)] == [
         sys.version_info[:2]]
-    assert [t.python for t in targets_for([make_wheel(tmp_path / "b", "dep", "1.0", tag="py2.py3-none-any")],
-                                          HERE, x86_64, worker)] == [(2, 7), sys.version_info[:2]]
+    universal = make_wheel(tmp_path / "b", "dep", "1.0", tag="py2.py3-none-any", requires_python=">=2.7")
+    assert [t.python for t in targets_for([universal], HERE, x86_64, worker)] == [(2, 7), sys.version_info[:2]]
+    silent = make_wheel(tmp_path / "c", "dep", "1.0", tag="py2.py3-none-any")
+    assert [t.python for t in targets_for([silent], HERE, x86_64, worker)] == [sys.version_info[:2]]
 
 
 def test_python2_does_not_choose_the_release_for_python3(farm_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -95,7 +95,9 @@ def job_pythons(job: Job, requires_python: str | None, settings: Settings, worke
         spec = SpecifierSet()
     offered = [p for p, _ in (workers or Workers(settings)).offers(job.platform)]
     abi3 = any(t.abi == "abi3" for t in tags)  # does not install on a free-threaded build (PEP 703)
-    majors = {major_of(t.interpreter) for t in tags}  # py3-none-any: not for 2.7; py2.py3-none-any: both
+    # py3-none-any: not for 2.7; py2.py3-none-any: for 2.7 too when Requires-Python says so (a universal
+    # tag is often left over from an older release; the worker verifies by the same rule)
+    majors = {major_of(t.interpreter) for t in tags} - (set() if requires_python else {2})
     found = [p for p in offered if python_sort_key(p) >= floor and not (abi3 and is_threaded(p))
              and _major(p) in majors and spec.contains(_python_version(p), prereleases=True)]
     return sorted(set(found) | {job.python}, key=python_sort_key)
