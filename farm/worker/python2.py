@@ -131,8 +131,10 @@ def build_requirements(tree: Path) -> list[str]:
 def download(requirements: Sequence[str], dest: Path, *, python: str, platform: Platform, index_url: str,
              as_of: str | None, log: TextIO | None) -> list[Path]:
     """`requirements` and their dependencies as wheels for Python 2.7 on `platform` (its ABI, its
-    platform tags), resolved by the farm's own pip from `index_url` (as of a time when given)."""
-    dest.mkdir(parents=True, exist_ok=True)
+    platform tags), resolved by the farm's own pip from `index_url` (as of a time when given), into an
+    emptied `dest` (a retry as of the release resolves anew)."""
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
     if not requirements:
         return []
     platforms = sorted({t.platform for t in platform.supported_tags((2, 7))
