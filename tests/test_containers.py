@@ -197,7 +197,7 @@ def test_build_requirements_are_only_pep508() -> None:
     options (`--index-url`, `-r FILE`, a newline and an option) or a local path, which would become
     arguments or requirement-file lines of pip and uv on the worker host."""
     from farm.errors import PackageFailure
-    from farm.worker.wheelhouse import checked
+    from farm.worker.build_requires import checked
 
     assert checked(["Cython; python_version < '3.13'", "x @ https://example.org/x-1-py3-none-any.whl"], "declares") \
         == ['Cython; python_version < "3.13"', "x @ https://example.org/x-1-py3-none-any.whl"]

@@ -131,3 +131,25 @@ def test_impostor_build_cannot_publish_as_another_project(farm: Farm, victim: Pa
     assert job["state"] == "failed" and "a build publishes only its own project and version" in job["error"], job
     assert sha256(victim) == before
     assert httpx.get(farm.index_url + "farmtest-impostor/").status_code == 404
+
+
+@pytest.mark.parametrize("name, requirement, refusal", [
+    ("farmtest-optinject", "--extra-index-url=http://127.0.0.1:9/simple", "a build requirement that is not PEP 508"),
+    ("farmtest-pathinject", "farmkey @ file:///etc/shadow", "a build requirement from a local path"),
+])
+def test_build_requirements_that_are_installer_options_are_refused(farm: Farm, tmp_path: Path, name: str,
+                                                                   requirement: str, refusal: str) -> None:
+    """Attack: a pyproject.toml whose [build-system] requires holds an installer option (another index,
+    for the farm to take wheels from) or a local path on the worker host: the farm installs build
+    requirements itself, on the host, so they would be arguments of uv there. The job fails as the
+    package's, naming the line; nothing is published."""
+    proj = writing_project(tmp_path, name, mib=1)
+    pyproject = proj / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('requires = ["setuptools>=61"]',
+                                                       f'requires = ["setuptools>=61", {json.dumps(requirement)}]'))
+    assert requirement in pyproject.read_text()
+    res = submit(farm, sdist(proj, tmp_path / "dist"))
+    assert res.returncode == 1, res.stdout + res.stderr
+    job = job_of(farm, name)
+    assert job["state"] == "failed" and refusal in job["error"] and requirement in job["error"], job
+    assert httpx.get(farm.index_url + name + "/").status_code == 404

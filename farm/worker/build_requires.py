@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import datetime as dt
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import httpx
 import tomli_w
-from packaging.requirements import Requirement
+from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from farm.errors import CommandTimeout, PackageFailure, UpstreamError
@@ -31,6 +31,22 @@ if TYPE_CHECKING:
 
 LEGACY_REQUIRES = ["setuptools>=40.8.0"]
 LEGACY_BACKEND = "setuptools.build_meta:__legacy__"
+
+
+def checked(requirements: Sequence[str], how: str) -> list[str]:
+    """Requirements from the package (pyproject.toml, the hook's answer) as PEP 508 text, nothing else:
+    they become arguments and requirement-file lines of pip and uv on the host, where an option
+    (`--index-url`, `-r FILE`) or a local path (`name @ file:///...`) would be an injection."""
+    out = []
+    for text in requirements:
+        try:
+            req = Requirement(text)
+        except (InvalidRequirement, TypeError) as exc:
+            raise PackageFailure("build", f"the package {how} a build requirement that is not PEP 508: {text!r}") from exc
+        if req.url and not req.url.startswith(("https://", "http://")):
+            raise PackageFailure("build", f"the package {how} a build requirement from a local path: {text!r}")
+        out.append(str(req))
+    return out
 
 
 def declared(source: SdistSource) -> list[str]:

@@ -50,6 +50,7 @@ from farm.util.cmd import CommandFailed, clean_env, run
 from farm.util.locks import host_lock
 from farm.util.python_tags import PythonTag
 from farm.worker import build_requires
+from farm.worker.build_requires import checked
 from farm.worker.engines.base import BuildContext
 from farm.worker.platforms.linux import LinuxPlatform, container_platform, parse_libc
 
@@ -133,24 +134,6 @@ def target(python_tag: str, platform: LinuxPlatform, libc: tuple[str, int, int])
 
 
 _LIBC: dict[str, tuple[str, int, int]] = {}
-
-
-def checked(requirements: Sequence[str], how: str) -> list[str]:
-    """Requirements from the package (pyproject.toml, the hook's answer) as PEP 508 text, nothing else:
-    they become arguments and requirement-file lines of pip and uv on the host, where an option
-    (`--index-url`, `-r FILE`) or a local path (`name @ file:///...`) would be an injection."""
-    from packaging.requirements import InvalidRequirement, Requirement
-
-    out = []
-    for text in requirements:
-        try:
-            req = Requirement(text)
-        except (InvalidRequirement, TypeError) as exc:
-            raise PackageFailure("build", f"the package {how} a build requirement that is not PEP 508: {text!r}") from exc
-        if req.url and not req.url.startswith(("https://", "http://")):
-            raise PackageFailure("build", f"the package {how} a build requirement from a local path: {text!r}")
-        out.append(str(req))
-    return out
 
 
 # Step 1: resolve and download, on the host ------------------------------------------------------

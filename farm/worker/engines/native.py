@@ -69,9 +69,12 @@ class NativeEngine:
         settings = _config_settings(ctx)
         try:
             builder = ProjectBuilder(ctx.source, python_executable=python, runner=hook_runner)
-            declared = sorted(builder.build_system_requires)
+            # PEP 508 only: they become arguments of uv on the host (an option or a local path would be
+            # an injection; build_requires.checked)
+            declared = build_requires.checked(sorted(builder.build_system_requires), "declares")
             self._install(ctx, python, declared, as_of)
-            dynamic = sorted(set(builder.get_requires_for_build("wheel", settings)) - set(declared))
+            asked = builder.get_requires_for_build("wheel", settings)
+            dynamic = build_requires.checked(sorted(set(asked) - set(builder.build_system_requires)), "asks for")
             self._install(ctx, python, dynamic, as_of)
             wheel = Path(builder.build("wheel", out, settings))
         except BuildBackendException as exc:  # the hook runner's failure, or the backend's own
@@ -100,7 +103,7 @@ class NativeEngine:
                                  "last for Python 2, has no --config-settings): set the recipe's for Python 3 only")
         tools = python2.tools(ctx.settings.home, ctx.spec.upstream_index, log=ctx.log)
         python = python2.make_env(interp, benv, tools, log=ctx.log)
-        requires = python2.build_requirements(ctx.source)
+        requires = build_requires.checked(python2.build_requirements(ctx.source), "declares")
         wheels = python2.download(requires, ctx.work / "build-wheels", python=str(python), platform=ctx.platform,
                                   index_url=ctx.spec.upstream_index, as_of=as_of.exclude_newer if as_of else None,
                                   log=ctx.log)
