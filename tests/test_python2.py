@@ -199,3 +199,23 @@ def test_only_python27_of_python2_is_accepted(tmp_path: Path) -> None:
         [interp] = find_interpreters([str(old)], exe_names=())  # the probe runs on 2.7 itself
         assert (interp.tag, interp.version) == ("cp27", (2, 7))
     probe_interpreter.cache_clear()
+
+
+def test_python2_build_requirements_from_the_tree(tmp_path: Path) -> None:
+    """What a Python 2 build installs first: pyproject.toml's [build-system] requires, PEP 517's default
+    without one. Bad input: a pyproject.toml that is no TOML, or whose requires is no list of strings,
+    fails the build as the package's, naming the file."""
+    from farm.errors import PackageFailure
+    from farm.worker.python2 import PEP517_DEFAULT, build_requirements
+
+    assert build_requirements(tmp_path) == PEP517_DEFAULT == ["setuptools>=40.8.0", "wheel"]
+    (tmp_path / "pyproject.toml").write_text("[tool.black]\nline-length = 100\n")
+    assert build_requirements(tmp_path) == PEP517_DEFAULT  # no [build-system]: the default
+    (tmp_path / "pyproject.toml").write_text('[build-system]\nrequires = ["setuptools<45", "cython<3"]\n')
+    assert build_requirements(tmp_path) == ["setuptools<45", "cython<3"]
+    (tmp_path / "pyproject.toml").write_text("[build-system\nrequires = [")
+    with pytest.raises(PackageFailure, match="pyproject.toml cannot be read"):
+        build_requirements(tmp_path)
+    (tmp_path / "pyproject.toml").write_text('[build-system]\nrequires = "setuptools"\n')
+    with pytest.raises(PackageFailure, match="not a list of strings"):
+        build_requirements(tmp_path)

@@ -20,6 +20,7 @@ no cp27. A worker offers 2.7 only when its `pythons` setting names one (discover
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tomllib
@@ -97,11 +98,12 @@ def tools(home: Path, index_url: str, *, log: TextIO | None = None) -> Tools:
 
 
 def make_env(interp: Interpreter, env: Path, tools: Tools, *, log: TextIO | None = None) -> Path:
-    """A fresh virtual environment of `interp` with nothing installed; its interpreter."""
+    """A fresh virtual environment of `interp` with nothing installed; its interpreter (Scripts\\python.exe
+    on Windows)."""
     shutil.rmtree(env, ignore_errors=True)
     run([str(interp.path), str(tools.virtualenv), "--quiet", "--no-download", "--no-pip", "--no-setuptools",
          "--no-wheel", str(env)], env=clean_env(), log=log, timeout=300)
-    return env / "bin" / "python"
+    return env / "Scripts" / "python.exe" if os.name == "nt" else env / "bin" / "python"
 
 
 @lru_cache(maxsize=16)
