@@ -5,13 +5,15 @@ classifier), never the Python a release is chosen for while Python 3 targets are
 
 The slow test builds a real sdist with a C extension (MarkupSafe 1.1.1, its last release for Python
 2) with pyenv's CPython 2.7 and this interpreter on the embedded farm, and installs the cp27 wheel
-from the farm's index with pip 20.3 (the last pip for Python 2) in a virtualenv.
+from the farm's index with pip 20.3 (the last pip for Python 2) in a virtualenv; and a universal
+wheel whose Python 3 build does not run on 2.7 (python-dateutil 2.8.2), published for Python 3 only.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -131,43 +133,89 @@ def test_python2_does_not_choose_the_release_for_python3(farm_home: Path, monkey
 # A real build -------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_a_c_extension_is_built_for_python27_and_installed_by_pip20(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def py2_farm(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     old = python27()
     if old is None:
         pytest.skip("pyenv has no CPython 2.7")
-    farm = Farm(tmp_path / "home", free_port())
+    farm = Farm(tmp_path_factory.mktemp("py2") / "home", free_port())
     farm.env["FARM_PYTHONS"] = json.dumps([str(old), sys.executable])
     farm.start()
-    try:
-        res = farm.farm("submit", "--wait", "markupsafe==1.1.1")
-        assert res.returncode == 0, res.stdout + res.stderr
-        published = sorted(line.split()[-1] for line in res.stdout.splitlines() if "published" in line)
-        assert [w.split("-")[2:4] for w in published] == [["cp27", "cp27mu"], [HERE, HERE]], published
-        assert all("manylinux" in w for w in published), published  # repaired by auditwheel, as any
-        jobs = {j["build_id"].split("-")[0]: j for j in json.loads(farm.farm("status", "--json").stdout)
-                if j["name"] == "markupsafe"}
-        log = farm.farm("logs", str(jobs["cp27"]["id"])).stdout
-        assert "--no-build-isolation" in log and "setuptools-44" in log  # pip 20.3's build, setuptools for 2.7
-        assert "bin/python2.7" in log and "virtualenv.py" in log  # the build and verify environments
-        assert "verify-venv/bin/python -c 'import markupsafe'" in log and "bwrap" in log  # imported on 2.7, sandboxed
+    yield farm
+    farm.stop()
 
-        from farm.worker import python2
 
-        tools = python2.tools(farm.home, "https://pypi.org/simple/")
-        venv = tmp_path / "py27"
-        python = python2.make_env(SimpleNamespace(path=old), venv, tools)  # type: ignore[arg-type]
-        pip = subprocess.run([*tools.pip(python), "install", "--no-python-version-warning", "--index-url",
-                              farm.index_url, "markupsafe"], capture_output=True, text=True, timeout=300,
-                             env={**os.environ, "PIP_CONFIG_FILE": os.devnull})
-        assert pip.returncode == 0, pip.stdout + pip.stderr
-        out = subprocess.run([str(python), "-c", "import sys, markupsafe, markupsafe._speedups as s; sys.stdout.write("
-                              "'%d.%d %s' % (sys.version_info[0], sys.version_info[1], s.escape('<a>')))"],
-                             capture_output=True, text=True, cwd=venv)
-        assert out.returncode == 0, out.stderr
-        assert out.stdout == "2.7 &lt;a&gt;"  # the C extension of the cp27 wheel, on 2.7
-    finally:
-        farm.stop()
+def py27_env(farm: Farm, where: Path) -> Path:
+    """A virtualenv of pyenv's 2.7 with nothing in it (the farm's own Python 2 tools); its python."""
+    from farm.worker import python2
+
+    tools = python2.tools(farm.home, "https://pypi.org/simple/")
+    return python2.make_env(SimpleNamespace(path=python27()), where, tools)  # type: ignore[arg-type]
+
+
+def pip20(farm: Farm, python: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    from farm.worker import python2
+
+    tools = python2.tools(farm.home, "https://pypi.org/simple/")
+    return subprocess.run([*tools.pip(python), "install", "--no-python-version-warning", "--index-url", farm.index_url,
+                           *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PIP_CONFIG_FILE": os.devnull})
+
+
+def job_log(farm: Farm, name: str, python: str) -> str:
+    jobs = {j["build_id"].split("-")[0]: j for j in json.loads(farm.farm("status", "--json").stdout) if j["name"] == name}
+    return farm.farm("logs", str(jobs[python]["id"])).stdout
+
+
+@pytest.mark.slow
+def test_a_c_extension_is_built_for_python27_and_installed_by_pip20(py2_farm: Farm, tmp_path: Path) -> None:
+    res = py2_farm.farm("submit", "--wait", "markupsafe==1.1.1")
+    assert res.returncode == 0, res.stdout + res.stderr
+    published = sorted(line.split()[-1] for line in res.stdout.splitlines() if "published" in line)
+    assert [w.split("-")[2:4] for w in published] == [["cp27", "cp27mu"], [HERE, HERE]], published
+    assert all("manylinux" in w for w in published), published  # repaired by auditwheel, as any
+    log = job_log(py2_farm, "markupsafe", "cp27")
+    assert "--no-build-isolation" in log and "setuptools-44" in log  # pip 20.3's build, setuptools for 2.7
+    assert "bin/python2.7" in log and "virtualenv.py" in log  # the build and verify environments
+    assert "verify-venv/bin/python -c 'import markupsafe'" in log and "bwrap" in log  # imported on 2.7, sandboxed
+
+    python = py27_env(py2_farm, tmp_path / "py27")
+    pip = pip20(py2_farm, python, "markupsafe")
+    assert pip.returncode == 0, pip.stdout + pip.stderr
+    out = subprocess.run([str(python), "-c", "import sys, markupsafe, markupsafe._speedups as s; sys.stdout.write("
+                          "'%d.%d %s' % (sys.version_info[0], sys.version_info[1], s.escape('<a>')))"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "2.7 &lt;a&gt;"  # the C extension of the cp27 wheel, on 2.7
+
+
+@pytest.mark.slow
+def test_a_universal_wheel_that_fails_on_27_is_published_for_python3(py2_farm: Farm, tmp_path: Path) -> None:
+    """python-dateutil 2.8.2 declares 2.7 and builds a `py2.py3-none-any` wheel, but built on Python 3
+    its generated `_version.py` carries an annotation 2.7 cannot parse. The job publishes it as
+    `py3-none-any`, says why, and pip on 2.7 finds no wheel of it instead of a broken one; its
+    dependency six (universal, fine on 2.7) keeps both tags."""
+    res = py2_farm.farm("submit", "--wait", "python-dateutil==2.8.2")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "published python_dateutil-2.8.2-py3-none-any.whl" in res.stdout, res.stdout
+    import httpx
+
+    assert re.search(r"six-[\d.]+-py2\.py3-none-any\.whl", httpx.get(py2_farm.index_url + "six/").text)  # fine on both
+    log = job_log(py2_farm, "python-dateutil", HERE)
+    assert "not published for Python 2.7" in log and "SyntaxError" in log, log[-3000:]
+
+    python = py27_env(py2_farm, tmp_path / "py27")
+    pip = pip20(py2_farm, python, "python-dateutil")
+    assert pip.returncode != 0 and "No matching distribution found for python-dateutil" in pip.stdout + pip.stderr
+    venv = tmp_path / "py3"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    got = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--index-url", py2_farm.index_url,
+                          "python-dateutil"], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PIP_CONFIG_FILE": os.devnull})
+    assert got.returncode == 0, got.stdout + got.stderr
+    out = subprocess.run([str(venv / "bin" / "python"), "-c", "import dateutil; print(dateutil.__version__)"],
+                         capture_output=True, text=True)
+    assert out.stdout.strip() == "2.8.2", out.stderr
 
 
 def test_cibuildwheel_refuses_python2_at_once() -> None:
@@ -179,6 +227,28 @@ def test_cibuildwheel_refuses_python2_at_once() -> None:
     ctx = SimpleNamespace(spec=SimpleNamespace(python="cp27"))  # refused before anything of it is read
     with pytest.raises(PackageFailure, match="cibuildwheel builds no Python 2"):
         CibuildwheelEngine()._build(ctx, None)  # type: ignore[arg-type]
+
+
+def test_with_tags_keeps_a_subset_of_a_wheels_tags(tmp_path: Path) -> None:
+    """The copy for Python 3 alone of a universal wheel: its name, WHEEL's Tag lines and RECORD agree,
+    everything else is the same bytes; pip installs it. Bad input: a tag the wheel does not have."""
+    import zipfile
+
+    from farm.util.wheel import with_tags
+
+    universal = make_wheel(tmp_path / "in", "uni", "1.0", tag="py2.py3-none-any")
+    py3 = with_tags(universal, ["py3-none-any"], tmp_path / "out")
+    assert py3.name == "uni-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(py3) as zf, zipfile.ZipFile(universal) as orig:
+        wheel_file = zf.read("uni-1.0.dist-info/WHEEL").decode()
+        assert "Tag: py3-none-any" in wheel_file and "py2" not in wheel_file
+        assert zf.read("uni/__init__.py") == orig.read("uni/__init__.py")
+    target = tmp_path / "site"
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--target",
+                          str(target), str(py3)], capture_output=True, text=True)
+    assert pip.returncode == 0, pip.stderr  # pip checks RECORD's hashes
+    with pytest.raises(ValueError, match="has none of the tags"):
+        with_tags(universal, ["cp39-cp39-linux_x86_64"], tmp_path / "bad")
 
 
 def test_only_python27_of_python2_is_accepted(tmp_path: Path) -> None:

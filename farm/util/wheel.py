@@ -160,13 +160,35 @@ def with_build_tag(wheel: Path, tag: str, dest_dir: Path) -> Path:
         raise ValueError(f"build tag {tag!r}: must start with a digit (PEP 427)")
     parse_wheel_filename(wheel.name)  # a valid wheel name, or InvalidWheelFilename
     fields = wheel.name[:-4].split("-")
-    dest = Path(dest_dir) / ("-".join([fields[0], fields[1], tag, *fields[-3:]]) + ".whl")
+    name = "-".join([fields[0], fields[1], tag, *fields[-3:]]) + ".whl"
+    return _rewritten(wheel, Path(dest_dir) / name,
+                      lambda lines: [ln for ln in lines if not ln.startswith("Build:")] + [f"Build: {tag}"])
+
+
+def with_tags(wheel: Path, tags: Collection[str], dest_dir: Path) -> Path:
+    """A copy of `wheel` for `tags` only (a subset of its own, e.g. `py3-none-any` of a
+    `py2.py3-none-any` wheel): its file name (compressed tag sets, PEP 425), the `Tag:` lines of its
+    WHEEL file and RECORD's line for WHEEL; every other member as it is."""
+    name, version, build, own = parse_wheel_filename(wheel.name)
+    wanted = [t for t in sorted(str(t) for t in own) if t in set(tags)]
+    if not wanted:
+        raise ValueError(f"{wheel.name} has none of the tags {sorted(tags)}")
+    parts = [t.split("-") for t in wanted]
+    compressed = "-".join(".".join(dict.fromkeys(p[i] for p in parts)) for i in range(3))
+    fields = wheel.name[:-4].split("-")
+    dest = Path(dest_dir) / ("-".join([*fields[:-3], compressed]) + ".whl")
+    return _rewritten(wheel, dest, lambda lines: [ln for ln in lines if not ln.startswith("Tag:")]
+                      + [f"Tag: {t}" for t in wanted])
+
+
+def _rewritten(wheel: Path, dest: Path, edit_wheel_file) -> Path:  # type: ignore[no-untyped-def]
+    """`wheel` copied to `dest` with its WHEEL file's lines passed through `edit_wheel_file` and
+    RECORD's line for WHEEL updated; every other member keeps its bytes and compression."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(wheel) as src:
         info = _dist_info(src.namelist())
         wheel_meta = src.read(f"{info}/WHEEL").decode()
-        lines = [ln for ln in wheel_meta.splitlines() if not ln.startswith("Build:")]
-        new_meta = ("\n".join(lines).rstrip("\n") + f"\nBuild: {tag}\n").encode()
+        new_meta = ("\n".join(edit_wheel_file(wheel_meta.rstrip("\n").splitlines())) + "\n").encode()
         digest = base64.urlsafe_b64encode(hashlib.sha256(new_meta).digest()).rstrip(b"=").decode()
         record_rows = []
         for row in csv.reader(io.StringIO(src.read(f"{info}/RECORD").decode())):

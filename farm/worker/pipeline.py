@@ -30,7 +30,8 @@ from farm.recipes.schema import Options
 from farm.storage import Storage, log_key, staged_key, wheel_key
 from farm.provenance import statement
 from farm.util.hashing import sha256_file
-from farm.util.wheel import read_metadata, with_build_tag
+from farm.util.python_tags import major_of
+from farm.util.wheel import read_metadata, with_build_tag, with_tags
 from farm.worker import sysdeps, verify
 from farm.worker.attest import attest
 from farm.worker.engines import BuildContext, get_engine
@@ -171,6 +172,25 @@ def _cycle_wheels(spec: JobSpec, wheels: list[Path], *, work: Path, storage: Sto
     return folder
 
 
+def _python3_only(wheel: Path, outcome: verify.VerifyOutcome, targets: list[verify.Target]) -> list[verify.Target]:
+    """The Python 3 targets, when a pure wheel for both Python 2 and 3 (`py2.py3-none-any`, built on
+    Python 3) failed on 2.7 alone: its Python 3 build may write what 2.7 cannot read (annotations in a
+    generated `_version.py`). Then it is published for Python 3 only, if it passes there; else []."""
+    majors = {major_of(t.split("-")[0]) for t in wheel_tags(wheel)}
+    if majors != {2, 3} or not targets:
+        return []
+    # verify_all stops at the first failure; an outcome of the first target alone lists no Pythons
+    failed_on = outcome.pythons[-1] if outcome.pythons else f"{targets[0].python[0]}.{targets[0].python[1]}"
+    if not failed_on.startswith("2."):
+        return []
+    return [t for t in targets if t.python[0] == 3]
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:200] if lines else "no output"
+
+
 def _fetch_staged(staged: list[StagedWheel], folder: Path, storage: Storage) -> list[Path]:
     """Wheels a job staged while it waited for dependencies, from storage, their digests checked."""
     paths = []
@@ -260,10 +280,24 @@ def _steps(spec: JobSpec, *, settings: Settings, storage: Storage, steps: Steps,
                 staged.append(StagedWheel(filename=w.name, sha256=sha256_file(w), storage_key=k))
             verification = None
         else:
-            verification = [verify.verify_all(wheel=w, targets=targets, settings=settings, options=options,
-                                              project=source, work=work, log=log, find_links=cycle,
-                                              sandbox=platform.sandbox(settings), limits=job_limits(settings, options),
-                                              early=early if i == 0 else None) for i, w in enumerate(wheels)]
+            def verify_on(w: Path, on: list[verify.Target], early: VerifyBox | None = None) -> verify.VerifyOutcome:
+                return verify.verify_all(wheel=w, targets=on, settings=settings, options=options, project=source,
+                                         work=work, log=log, find_links=cycle, sandbox=platform.sandbox(settings),
+                                         limits=job_limits(settings, options), early=early)
+
+            verification = [verify_on(w, targets, early if i == 0 else None) for i, w in enumerate(wheels)]
+            for i, (w, v) in enumerate(zip(wheels, verification, strict=True)):
+                if not v.passed and (python3 := _python3_only(w, v, targets)):  # the wheel does not run on 2.7
+                    log.write(f"{w.name} fails on Python 2.7; verified again for Python 3 alone\n")
+                    again = verify_on(w, python3)
+                    if again.passed:
+                        wheels[i] = with_tags(w, [t for t in wheel_tags(w) if major_of(t.split("-")[0]) == 3],
+                                              work / "python3-only")
+                        again.warnings.append(f"not published for Python 2.7: the wheel built on "
+                                              f"{spec.python} failed there ({_last_line(v.detail)}); "
+                                              f"published as {wheels[i].name}")
+                        log.write(f"warning: {again.warnings[-1]}\n")
+                        verification[i] = again
             failed = [v for v in verification if not v.passed]
             if failed:
                 raise PackageFailure("verify", f"tests failed in a clean environment:\n{failed[0].detail}")
