@@ -113,6 +113,7 @@ def test_a_py3_wheel_does_not_serve_python2(farm_home: Path, tmp_path: Path, mon
     assert [t.python for t in targets_for([silent], HERE, x86_64, worker)] == [sys.version_info[:2]]
 
 
+@pytest.mark.network
 def test_python2_does_not_choose_the_release_for_python3(farm_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`farm submit markupsafe` on a farm that also offers 2.7 takes the newest release for its oldest
     Python 3, not the last one that still supported 2.7; `--python 2.7` takes that one."""
@@ -168,6 +169,7 @@ def job_log(farm: Farm, name: str, python: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.network
 def test_a_c_extension_is_built_for_python27_and_installed_by_pip20(py2_farm: Farm, tmp_path: Path) -> None:
     res = py2_farm.farm("submit", "--wait", "markupsafe==1.1.1")
     assert res.returncode == 0, res.stdout + res.stderr
@@ -190,6 +192,7 @@ def test_a_c_extension_is_built_for_python27_and_installed_by_pip20(py2_farm: Fa
 
 
 @pytest.mark.slow
+@pytest.mark.network
 def test_a_universal_wheel_that_fails_on_27_is_published_for_python3(py2_farm: Farm, tmp_path: Path) -> None:
     """python-dateutil 2.8.2 declares 2.7 and builds a `py2.py3-none-any` wheel, but built on Python 3
     its generated `_version.py` carries an annotation 2.7 cannot parse. The job publishes it as
@@ -272,20 +275,25 @@ def test_only_python27_of_python2_is_accepted(tmp_path: Path) -> None:
 
 
 def test_python2_build_requirements_from_the_tree(tmp_path: Path) -> None:
-    """What a Python 2 build installs first: pyproject.toml's [build-system] requires, PEP 517's default
-    without one. Bad input: a pyproject.toml that is no TOML, or whose requires is no list of strings,
-    fails the build as the package's, naming the file."""
+    """What a Python 2 build installs first: pyproject.toml's [build-system] requires (the legacy
+    backend's without one) and wheel, which setuptools' backend asks for. Bad input: a pyproject.toml
+    that is no TOML, whose requires is no list of strings, or that names an installer option, fails
+    the build as the package's."""
     from farm.errors import PackageFailure
-    from farm.worker.python2 import PEP517_DEFAULT, build_requirements
+    from farm.worker.python2 import build_requirements
+    from farm.worker.source import SdistSource
 
-    assert build_requirements(tmp_path) == PEP517_DEFAULT == ["setuptools>=40.8.0", "wheel"]
-    (tmp_path / "pyproject.toml").write_text("[tool.black]\nline-length = 100\n")
-    assert build_requirements(tmp_path) == PEP517_DEFAULT  # no [build-system]: the default
-    (tmp_path / "pyproject.toml").write_text('[build-system]\nrequires = ["setuptools<45", "cython<3"]\n')
-    assert build_requirements(tmp_path) == ["setuptools<45", "cython<3"]
-    (tmp_path / "pyproject.toml").write_text("[build-system\nrequires = [")
-    with pytest.raises(PackageFailure, match="pyproject.toml cannot be read"):
-        build_requirements(tmp_path)
-    (tmp_path / "pyproject.toml").write_text('[build-system]\nrequires = "setuptools"\n')
-    with pytest.raises(PackageFailure, match="not a list of strings"):
-        build_requirements(tmp_path)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    source = SdistSource.unpacked(tmp_path / "unused.tar.gz", tree)
+    assert build_requirements(source) == ["setuptools>=40.8.0", "wheel"]
+    (tree / "pyproject.toml").write_text("[tool.black]\nline-length = 100\n")
+    assert build_requirements(source) == ["setuptools>=40.8.0", "wheel"]  # no [build-system]: the legacy backend
+    (tree / "pyproject.toml").write_text('[build-system]\nrequires = ["setuptools<45", "Wheel<0.38", "cython<3"]\n')
+    assert build_requirements(source) == ["setuptools<45", "Wheel<0.38", "cython<3"]  # wheel named: not twice
+    for text, refusal in [("[build-system\nrequires = [", "not valid TOML"),
+                          ('[build-system]\nrequires = "setuptools"\n', "not a list of strings"),
+                          ('[build-system]\nrequires = ["--index-url=http://127.0.0.1:9/"]\n', "not PEP 508")]:
+        (tree / "pyproject.toml").write_text(text)
+        with pytest.raises(PackageFailure, match=refusal):
+            build_requirements(source)

@@ -50,8 +50,11 @@ def checked(requirements: Sequence[str], how: str) -> list[str]:
 
 
 def declared(source: SdistSource) -> list[str]:
-    data = _parse(source.top_level("pyproject.toml"))
-    return list(data.get("build-system", {}).get("requires", LEGACY_REQUIRES))
+    """[build-system] requires of the tree's pyproject.toml; the legacy backend's without one."""
+    requires = _parse(source.top_level("pyproject.toml")).get("build-system", {}).get("requires", LEGACY_REQUIRES)
+    if not isinstance(requires, list) or not all(isinstance(r, str) for r in requires):  # "setuptools": not 10 names
+        raise PackageFailure("build", "the sdist's pyproject.toml [build-system] requires is not a list of strings")
+    return list(requires)
 
 
 def apply(source: SdistSource, changes: BuildRequires) -> list[str] | None:

@@ -10,7 +10,7 @@ no cp27. A worker offers 2.7 only when its `pythons` setting names one (discover
 - Installs: pip 20.3 (the last release for Python 2), run from its wheel file, wheels only
   (`--only-binary :all:`, `--no-index` for the build), by the farm, outside the sandbox: installing
   a wheel runs no package code.
-- The build: the build requirements (pyproject.toml's, else setuptools and wheel, as PEP 517 says)
+- The build: the build requirements (pyproject.toml's, else the legacy backend's, and wheel)
   resolved for the target on the host from the upstream index, by the farm's own pip (`pip download
   --python-version 2.7`), installed into the build environment; then `pip wheel --no-build-isolation
   --no-deps --no-index` in the sandbox, without network, like the Python 3 path's hooks.
@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tomllib
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,19 +30,21 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TextIO
 
-from packaging.utils import parse_wheel_filename
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from farm.errors import InfrastructureFault, PackageFailure
 from farm.util.cmd import CommandFailed, clean_env, run
 from farm.util.locks import host_lock
+from farm.worker import build_requires
 from farm.worker.platforms.base import Interpreter, Platform
+from farm.worker.source import SdistSource
 
 # name -> (version, sha256 of its py2.py3-none-any wheel on PyPI)
 TOOLS = {
     "pip": ("20.3.4", "217ae5161a0e08c0fb873858806e3478c9775caffce5168b50ec885e358c199d"),
     "virtualenv": ("16.7.12", "9180ce4102c388073bac71ecd041f7f31f9ef8c528edb205d75ae6144d08106e"),
 }
-PEP517_DEFAULT = ["setuptools>=40.8.0", "wheel"]  # what a tree without [build-system] builds with
 _QUIET = ["--no-python-version-warning", "--disable-pip-version-check"]
 
 
@@ -113,21 +114,13 @@ def abi(python: str) -> str:
     return "cp27mu" if int(out.strip().splitlines()[-1]) > 0xFFFF else "cp27m"
 
 
-def build_requirements(tree: Path) -> list[str]:
-    """[build-system].requires of the tree's pyproject.toml; PEP 517's default without one."""
-    pyproject = tree / "pyproject.toml"
-    if not pyproject.is_file():
-        return list(PEP517_DEFAULT)
-    try:
-        data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise PackageFailure("build", f"pyproject.toml cannot be read: {exc}") from exc
-    requires = data.get("build-system", {}).get("requires")
-    if requires is None:
-        return list(PEP517_DEFAULT)
-    if not isinstance(requires, list) or not all(isinstance(r, str) for r in requires):
-        raise PackageFailure("build", "pyproject.toml's [build-system] requires is not a list of strings")
-    return requires
+def build_requirements(source: SdistSource) -> list[str]:
+    """What a Python 2 build installs first: the declared build requirements (`build_requires.declared`)
+    and `wheel`, which setuptools' backend would ask for (`get_requires_for_build_wheel`, a hook that
+    pip 20.3 without build isolation does not install for)."""
+    requires = build_requires.declared(source)
+    names = {canonicalize_name(Requirement(r).name) for r in build_requires.checked(requires, "declares")}
+    return build_requires.checked([*requires, *([] if "wheel" in names else ["wheel"])], "declares")
 
 
 def download(requirements: Sequence[str], dest: Path, *, python: str, platform: Platform, index_url: str,
@@ -186,5 +179,5 @@ def build_record(tools: Tools, interp: Interpreter) -> dict[str, str]:
     return {"python": ".".join(map(str, interp.version)), **tools.versions()}
 
 
-__all__ = ["PEP517_DEFAULT", "TOOLS", "Tools", "abi", "build_record", "build_requirements", "download",
+__all__ = ["TOOLS", "Tools", "abi", "build_record", "build_requirements", "download",
            "install", "is_python2", "make_env", "pins", "tools", "verify_install", "wheel_command"]

@@ -103,8 +103,8 @@ class NativeEngine:
                                  "last for Python 2, has no --config-settings): set the recipe's for Python 3 only")
         tools = python2.tools(ctx.settings.home, ctx.spec.upstream_index, log=ctx.log)
         python = python2.make_env(interp, benv, tools, log=ctx.log)
-        requires = build_requires.checked(python2.build_requirements(ctx.source), "declares")
-        wheels = python2.download(requires, ctx.work / "build-wheels", python=str(python), platform=ctx.platform,
+        requires = python2.build_requirements(ctx.src)
+        wheels = python2.download(requires, ctx.work / "build-wheels", python=str(interp.path), platform=ctx.platform,
                                   index_url=ctx.spec.upstream_index, as_of=as_of.exclude_newer if as_of else None,
                                   log=ctx.log)
         python2.install(tools, python, wheels, log=ctx.log)
