@@ -36,16 +36,11 @@ from farm.db.states import DependencyState, JobState
 from farm.errors import FarmError
 from farm.messages import BuildRecord
 from farm.worker.platforms import marker_environment
-from farm.util.python_tags import PythonTag, dotted, is_threaded, major_of
+from farm.util.python_tags import dotted, is_threaded, major_of, pure_majors
 
 
 def _python_version(tag: str) -> str:
     return dotted(tag) or tag
-
-
-def _major(tag: str) -> int | None:
-    parsed = PythonTag.parse(tag)
-    return parsed.major if parsed else None
 
 
 def _covers(provider: Job, platform: str, python: str) -> bool:
@@ -61,7 +56,7 @@ def _covers(provider: Job, platform: str, python: str) -> bool:
         except InvalidWheelFilename:
             continue
         for tag in tags:
-            if tag.abi == "none" and tag.platform == "any" and major_of(tag.interpreter) in (None, _major(python)):
+            if tag.abi == "none" and tag.platform == "any" and major_of(tag.interpreter) in (None, major_of(python)):
                 return True
             if tag.abi == "abi3" and provider.platform == platform and not is_threaded(python) and \
                     python_sort_key(tag.interpreter) <= python_sort_key(python):
@@ -95,11 +90,9 @@ def job_pythons(job: Job, requires_python: str | None, settings: Settings, worke
         spec = SpecifierSet()
     offered = [p for p, _ in (workers or Workers(settings)).offers(job.platform)]
     abi3 = any(t.abi == "abi3" for t in tags)  # does not install on a free-threaded build (PEP 703)
-    # py3-none-any: not for 2.7; py2.py3-none-any: for 2.7 too when Requires-Python says so (a universal
-    # tag is often left over from an older release; the worker verifies by the same rule)
-    majors = {major_of(t.interpreter) for t in tags} - (set() if requires_python else {2})
+    majors = pure_majors((t.interpreter for t in tags), requires_python=bool(requires_python))  # py3: not 2.7
     found = [p for p in offered if python_sort_key(p) >= floor and not (abi3 and is_threaded(p))
-             and _major(p) in majors and spec.contains(_python_version(p), prereleases=True)]
+             and major_of(p) in majors and spec.contains(_python_version(p), prereleases=True)]
     return sorted(set(found) | {job.python}, key=python_sort_key)
 
 

@@ -6,6 +6,7 @@ install). One parser, so that the planner, the workers, the images and the wheel
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 _TAG = re.compile(r"(cp|pp|py)(\d)(\d+)(t?)")
@@ -73,6 +74,15 @@ def major_of(interpreter: str) -> int | None:
     return int(m[1]) if m else None
 
 
+def pure_majors(interpreters: Iterable[str], *, requires_python: bool) -> set[int | None]:
+    """The Python majors a pure (or abi3) wheel is for, from its tags' interpreter parts: 2 only when
+    it also has a Requires-Python (that then decides), since a universal `py2.py3` tag alone is often
+    left over from an older release. The coordinator (deps.job_pythons) and the worker
+    (verify.targets_for) decide by this one rule."""
+    majors = {major_of(i) for i in interpreters}
+    return majors if requires_python else majors - {2}
+
+
 def dotted(tag: str) -> str | None:
     """`cp314t` -> `3.14`; None for what is no tag."""
     parsed = PythonTag.parse(tag)
@@ -84,4 +94,4 @@ def is_threaded(tag: str) -> bool:
     return bool(parsed and parsed.threaded)
 
 
-__all__ = ["PythonTag", "dotted", "is_threaded", "major_of", "sort_key", "version_key"]
+__all__ = ["PythonTag", "dotted", "is_threaded", "major_of", "pure_majors", "sort_key", "version_key"]

@@ -34,7 +34,7 @@ from packaging.version import Version
 from farm.config import Settings
 from farm.errors import InfrastructureFault, PackageFailure
 from farm.recipes.schema import Options
-from farm.util.python_tags import PythonTag, major_of
+from farm.util.python_tags import PythonTag, pure_majors
 from farm.util.cmd import CommandFailed, clean_env, run
 from farm.util.wheel import read_metadata, requires_dist, top_level_modules
 from farm.worker import python2
@@ -224,9 +224,7 @@ def targets_for(wheels: Sequence[Path], python_tag: str, platform: Platform, set
     have |= {p for image in settings.verify_images.get(platform.name, []) for p in image.pythons}
     # GIL builds only (cp314, not cp314t): abi3 does not install on a free-threaded one (PEP 703), and a
     # pure wheel is checked on the versions, which the GIL builds span.
-    # py3-none-any: not on 2.7; py2.py3-none-any: on 2.7 too when Requires-Python says so (a universal tag
-    # is often left over from an older release; the coordinator builds dependencies by the same rule)
-    majors = {major_of(t.split("-")[0]) for t in tags} - (set() if specs else {2})
+    majors = pure_majors((t.split("-")[0] for t in tags), requires_python=bool(specs))  # py3-none-any: not 2.7
     gil = (p for tag in have if (p := PythonTag.parse(tag)) and p.implementation == "cp" and not p.threaded
            and p.major in majors)
     admitted = sorted(p.version for p in gil
