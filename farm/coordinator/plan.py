@@ -105,30 +105,13 @@ def _admits(requires_python: str | None, python: str, *, python2: bool = False) 
 _PYTHON2_CLASSIFIER = re.compile(r"^Classifier:\s*Programming Language :: Python :: 2(\.\d+)?(\s|$)", re.MULTILINE)
 
 
-@lru_cache(maxsize=256)
-def _declares_python2(path: str, _size: int, _mtime: float) -> bool:
-    try:
-        if path.endswith(".zip"):
-            with zipfile.ZipFile(path) as zf:
-                name = next((n for n in zf.namelist() if n.count("/") == 1 and n.endswith("/PKG-INFO")), None)
-                text = zf.read(name)[:1_000_000].decode("utf-8", "replace") if name else ""
-        else:
-            with tarfile.open(path) as tf:
-                member = next((m for m in tf if m.isfile() and m.name.count("/") == 1 and m.name.endswith("/PKG-INFO")), None)
-                f = tf.extractfile(member) if member else None
-                text = f.read(1_000_000).decode("utf-8", "replace") if f else ""
-    except (OSError, tarfile.TarError, zipfile.BadZipFile):
-        return False
-    return bool(_PYTHON2_CLASSIFIER.search(text.split("\n\n", 1)[0]))  # the headers, not the description
-
-
 def declares_python2(path: Path | None) -> bool:
     """Whether the sdist's PKG-INFO names Python 2 in a classifier (`Programming Language :: Python ::
     2.7`): a Python 2 job is planned for it even without a Requires-Python (`_admits`)."""
     if path is None or not path.is_file():
         return False
     st = path.stat()
-    return _declares_python2(str(path), st.st_size, st.st_mtime)
+    return _read_sdist(str(path), st.st_size, st.st_mtime)[1]
 
 
 _COMPILED = re.compile(r"\.(c|cc|cpp|cxx|h|hpp|pyx|pxd|f|f90|f95|rs|go|m|mm|swig|i)$|(^|/)(Cargo\.toml|CMakeLists\.txt|"
@@ -139,9 +122,12 @@ _SETUP_EXT = re.compile(r"\b(Extension|ext_modules|cythonize|CFFI|cffi_modules|b
 
 
 @lru_cache(maxsize=256)
-def _kind_of(path: str, _size: int, _mtime: float) -> SdistKind:
+def _read_sdist(path: str, _size: int, _mtime: float) -> tuple[SdistKind, bool]:
+    """One pass over the archive for the planner: what it builds (`sdist_kind`) and whether its PKG-INFO
+    declares Python 2 (`declares_python2`)."""
     names: list[str] = []
     texts: list[str] = []
+    pkg_info = ""
     try:
         if path.endswith(".zip"):
             with zipfile.ZipFile(path) as zf:
@@ -149,19 +135,27 @@ def _kind_of(path: str, _size: int, _mtime: float) -> SdistKind:
                 for n in names:
                     if n.count("/") <= 1 and n.rsplit("/", 1)[-1] in _BUILD_FILES:
                         texts.append(zf.read(n)[:1_000_000].decode("utf-8", "replace"))
+                    elif n.count("/") == 1 and n.endswith("/PKG-INFO"):
+                        pkg_info = zf.read(n)[:1_000_000].decode("utf-8", "replace")
         else:
             with tarfile.open(path) as tf:
                 for member in tf:
                     names.append(member.name)
-                    if member.isfile() and member.name.count("/") <= 1 and member.name.rsplit("/", 1)[-1] in _BUILD_FILES:
+                    top = member.isfile() and member.name.count("/") <= 1
+                    if top and member.name.rsplit("/", 1)[-1] in (*_BUILD_FILES, "PKG-INFO"):
                         f = tf.extractfile(member)
-                        texts.append(f.read(1_000_000).decode("utf-8", "replace") if f else "")
+                        text = f.read(1_000_000).decode("utf-8", "replace") if f else ""
+                        if member.name.endswith("/PKG-INFO"):
+                            pkg_info = text
+                        else:
+                            texts.append(text)
     except (OSError, tarfile.TarError, zipfile.BadZipFile):
-        return "platform"
+        return "platform", False
+    python2 = bool(_PYTHON2_CLASSIFIER.search(pkg_info.split("\n\n", 1)[0]))  # the headers, not the description
     compiled = any(_COMPILED.search(n) for n in names) or any(_SETUP_EXT.search(t) for t in texts)
     if not compiled:
-        return "pure"
-    return "abi3" if any(_ABI3.search(t) for t in texts) else "platform"
+        return "pure", python2
+    return ("abi3" if any(_ABI3.search(t) for t in texts) else "platform"), python2
 
 
 def sdist_kind(path: Path | None) -> SdistKind:
@@ -172,7 +166,7 @@ def sdist_kind(path: Path | None) -> SdistKind:
     if path is None or not path.is_file():
         return "platform"
     st = path.stat()
-    return _kind_of(str(path), st.st_size, st.st_mtime)
+    return _read_sdist(str(path), st.st_size, st.st_mtime)[0]
 
 
 def plan(*, name: str, version: str, sdist_sha256: str, requires_python: str | None, settings: Settings,
