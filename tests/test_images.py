@@ -76,9 +76,9 @@ def test_build_image_layout(build_image_result: ImageResult, client) -> None:  #
     result = build_image_result
     assert result.tag == "wheel-farm/debian-bullseye:latest"
     assert result.digest.startswith("sha256:")
-    assert result.pythons == ["cp39"]
+    assert result.pythons == ["cp27", "cp39"]  # bullseye's own CPythons: 2.7 (for sdists that declare it) and 3.9
     labels = client.images.get(result.tag).attrs["Config"]["Labels"]
-    assert labels["farm.pythons"] == "cp39" and labels["farm.suite"] == "bullseye"
+    assert labels["farm.pythons"] == "cp27,cp39" and labels["farm.suite"] == "bullseye"
     assert labels["farm.kind"] == "build" and labels["farm.family"] == "apt"
     code, out = run_in(client, result.tag, """
         set -e
@@ -88,6 +88,8 @@ def test_build_image_layout(build_image_result: ImageResult, client) -> None:  #
         /opt/python/cp39-cp39/bin/python -m build --version
         auditwheel --version; patchelf --version; uv --version
         command -v which tar bash gcc make
+        /opt/python/cp27-cp27/bin/python -c 'import sys; assert sys.version_info[:2] == (2, 7) and sys.maxunicode > 65535'
+        test -e /usr/include/python2.7/Python.h
         test -s "$SSL_CERT_FILE" && test "$PIP_CERT" = "$SSL_CERT_FILE"
         ldd --version | head -1
     """)
@@ -100,11 +102,13 @@ def test_build_image_layout(build_image_result: ImageResult, client) -> None:  #
 def test_verify_image_is_clean(verify_image_result: ImageResult, client) -> None:  # type: ignore[no-untyped-def]
     result = verify_image_result
     assert result.tag == "wheel-farm/debian-bullseye-verify:latest"
-    assert result.pythons == ["cp39"]
+    assert result.pythons == ["cp27", "cp39"]
     labels = client.images.get(result.tag).attrs["Config"]["Labels"]
     assert labels["farm.kind"] == "verify" and labels["farm.user"] == "farm"
     code, out = run_in(client, result.tag, "for t in gcc cc make auditwheel; do command -v $t && exit 1; done; "
-                                           "test ! -e /usr/include/python3.9/Python.h", user="farm")
+                                           "test ! -e /usr/include/python3.9/Python.h; "
+                                           "test ! -e /usr/include/python2.7/Python.h; "
+                                           "/opt/python/cp27-cp27/bin/python -c 'import ssl, zlib'", user="farm")
     assert code == 0, f"the verify image has build tools: {out}"
     code, out = run_in(client, result.tag, "id -un && python3 -m venv /tmp/v && /tmp/v/bin/python -c 'import ssl'",
                        user="farm")

@@ -221,17 +221,6 @@ def test_a_universal_wheel_that_fails_on_27_is_published_for_python3(py2_farm: F
     assert out.stdout.strip() == "2.8.2", out.stderr
 
 
-def test_cibuildwheel_refuses_python2_at_once() -> None:
-    """Bad input: an image configured with cp27 among its Pythons. cibuildwheel has no cp27 identifier;
-    the job fails with the way to build it, instead of retrying a build that cannot start."""
-    from farm.errors import PackageFailure
-    from farm.worker.engines.cibuildwheel import CibuildwheelEngine
-
-    ctx = SimpleNamespace(spec=SimpleNamespace(python="cp27"))  # refused before anything of it is read
-    with pytest.raises(PackageFailure, match="cibuildwheel builds no Python 2"):
-        CibuildwheelEngine()._build(ctx, None)  # type: ignore[arg-type]
-
-
 def test_with_tags_keeps_a_subset_of_a_wheels_tags(tmp_path: Path) -> None:
     """The copy for Python 3 alone of a universal wheel: its name, WHEEL's Tag lines and RECORD agree,
     everything else is the same bytes; pip installs it. Bad input: a tag the wheel does not have."""

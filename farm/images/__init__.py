@@ -4,7 +4,8 @@
     farm image build --suite bullseye --verify   # clean verification image ...-verify:latest
     farm image build --suite bullseye --python-source Python-3.12.8.tgz   # one more compiled CPython
 
-Both carry the suite's python3 and the CPythons compiled from `--debian-pythons` (for bullseye by
+Both carry the suite's python3, its CPython 2.7 where it has one (bullseye and older; `--no-python2`
+leaves it out), and the CPythons compiled from `--debian-pythons` (for bullseye by
 default python3.11/bookworm, python3.13/trixie, python3.14/sid; other suites none) and `--python-source`
 tarballs (farm.images.pythons; each compiled once and cached).
 
@@ -56,7 +57,8 @@ def default_ca_bundle() -> Path:
 def image_build(*, suite: str, tag: str | None = None, verify: bool = False, docker_host: str | None = None,
                 ca_bundle: Path | None = None, cache_dir: Path | None = None, mirror: str = DEFAULT_MIRROR,
                 index_url: str | None = None, rebuild: bool = False, log: TextIO | None = None,
-                arch: str | None = None, python_sources: Sequence[PythonSource] | None = None) -> ImageResult:
+                arch: str | None = None, python_sources: Sequence[PythonSource] | None = None,
+                python2: bool | None = None) -> ImageResult:
     """Build (or find up to date) the build image, or with `verify` the verification image, of a suite.
 
     Defaults: docker_host and index_url from the farm's settings (`docker_host`, `upstream_index`),
@@ -72,7 +74,7 @@ def image_build(*, suite: str, tag: str | None = None, verify: bool = False, doc
     return builder(suite=suite, tag=tag, ca_bundle=ca_bundle or default_ca_bundle(),
                    cache_dir=cache_dir or default_cache_dir(), log=log or sys.stderr,
                    docker_host=docker_host or None, mirror=mirror, index_url=index_url.rstrip("/"),
-                   rebuild=rebuild, arch=arch, python_sources=python_sources)
+                   rebuild=rebuild, arch=arch, python_sources=python_sources, python2=python2)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,6 +96,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--free-threaded", metavar="X.Y,...", default="",
                         help="also compile the free-threaded build (PEP 703, cp314t in /opt/python/cp314-cp314t) "
                              "of these versions' sources (3.13 or later)")
+    parser.add_argument("--python2", action=argparse.BooleanOptionalAction, default=None,
+                        help="the suite's CPython 2.7 in /opt/python/cp27-cp27, for sdists that still declare it "
+                             "(default: where the suite has it, bullseye and older, for the host's architecture)")
 
 
 def python_sources(args: argparse.Namespace) -> list[PythonSource]:
@@ -130,7 +135,8 @@ def cli_build(args: argparse.Namespace) -> int:
                          ca_bundle=getattr(args, "ca_bundle", None), cache_dir=getattr(args, "cache_dir", None),
                          mirror=getattr(args, "mirror", None) or DEFAULT_MIRROR,
                          index_url=getattr(args, "index_url", None), rebuild=getattr(args, "rebuild", False),
-                         arch=getattr(args, "arch", None), python_sources=python_sources(args))
+                         arch=getattr(args, "arch", None), python_sources=python_sources(args),
+                         python2=getattr(args, "python2", None))
     print(f"{result.tag} {result.digest} pythons={','.join(result.pythons)}", file=sys.stderr)
     print(result.digest)
     return 0

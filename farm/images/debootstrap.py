@@ -56,6 +56,17 @@ PACKAGES: dict[Kind, list[str]] = {
 # debootstrap takes real package names only, so the suites before it keep the old names.
 _T64_RENAMED = {"libglib2.0-0": "libglib2.0-0t64"}
 _BEFORE_T64 = {"buster", "bullseye", "bookworm", "bionic", "focal", "jammy"}
+# CPython 2.7, for the sdists that still declare it: the suites that still package it (Debian's last
+# is bullseye), installed by the image setup with apt from the suite's own archive, kept in
+# /opt/python/cp27-cp27 beside the Python 3s. The build image gets its headers too.
+PYTHON2_SUITES = frozenset({"stretch", "buster", "bullseye", "bionic", "focal", "jammy"})
+PYTHON2_PACKAGES: dict[Kind, list[str]] = {"build": ["python2.7", "python2.7-dev"], "verify": ["python2.7"]}
+
+
+def default_python2(suite: str, *, foreign: bool = False) -> bool:
+    """Whether an image of `suite` carries CPython 2.7 unless told: where the suite has it, for the
+    host's architecture (as with compiled CPythons, nothing more is added under emulation)."""
+    return suite in PYTHON2_SUITES and not foreign
 
 
 def suite_packages(packages: list[str], suite: str) -> list[str]:
@@ -73,7 +84,17 @@ mkdir -p /usr/local/share/farm
 case " $COMPILED " in
     *" $tag "*) echo "a compiled CPython has the suite's own version ($tag): use one or the other" >&2; exit 1;;
 esac
-echo "$tag" > /usr/local/share/farm/pythons
+: > /usr/local/share/farm/pythons
+if [ -n "$PYTHON2" ]; then  # the suite's CPython 2.7 (PYTHON2_PACKAGES), from its own archive
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $PYTHON2
+    mkdir -p /opt/python/cp27-cp27/bin
+    ln -sf /usr/bin/python2.7 /opt/python/cp27-cp27/bin/python
+    # the farm tags its wheels cp27mu (farm/worker/engines/python2_container.py): a UCS-4 build
+    /opt/python/cp27-cp27/bin/python -c 'import sys, ssl, zlib, ctypes; assert sys.maxunicode > 0xFFFF, "a UCS-2 build"'
+    echo cp27 >> /usr/local/share/farm/pythons
+fi
+echo "$tag" >> /usr/local/share/farm/pythons
 if [ "$KIND" = build ]; then
     py=/opt/python/$tag-$tag
     python3 -m venv "$py"
@@ -150,30 +171,33 @@ def default_tag(suite: str, kind: Kind, arch: str | None = None) -> str:
 def build_image(*, suite: str, tag: str | None = None, ca_bundle: Path, cache_dir: Path, log: TextIO,
                 docker_host: str | None = None, mirror: str = DEFAULT_MIRROR, index_url: str = DEFAULT_INDEX,
                 rebuild: bool = False, arch: str | None = None,
-                python_sources: Sequence[PythonSource] | None = None) -> ImageResult:
+                python_sources: Sequence[PythonSource] | None = None, python2: bool | None = None) -> ImageResult:
     """A cibuildwheel build image: compilers, /opt/python/cpXY-cpXY, auditwheel, patchelf, uv.
-    `arch` (arm64): for another architecture, made and set up under emulation (farm/images/arch.py)."""
+    `arch` (arm64): for another architecture, made and set up under emulation (farm/images/arch.py).
+    `python2`: the suite's CPython 2.7 too (None: `default_python2`)."""
     return _build(kind="build", suite=suite, tag=tag, ca_bundle=ca_bundle, cache_dir=cache_dir, log=log,
                   docker_host=docker_host, mirror=mirror, index_url=index_url, rebuild=rebuild, arch=arch,
-                  python_sources=python_sources)
+                  python_sources=python_sources, python2=python2)
 
 
 def build_verify_image(*, suite: str, tag: str | None = None, ca_bundle: Path, cache_dir: Path, log: TextIO,
                        docker_host: str | None = None, mirror: str = DEFAULT_MIRROR,
                        index_url: str = DEFAULT_INDEX, rebuild: bool = False, arch: str | None = None,
-                       python_sources: Sequence[PythonSource] | None = None) -> ImageResult:
+                       python_sources: Sequence[PythonSource] | None = None,
+                       python2: bool | None = None) -> ImageResult:
     """A clean verification image of the same suite: python3 and venv, no compiler, no -dev packages;
-    the same compiled CPythons as the build image."""
+    the same compiled CPythons (and CPython 2.7) as the build image."""
     return _build(kind="verify", suite=suite, tag=tag, ca_bundle=ca_bundle, cache_dir=cache_dir, log=log,
                   docker_host=docker_host, mirror=mirror, index_url=index_url, rebuild=rebuild, arch=arch,
-                  python_sources=python_sources)
+                  python_sources=python_sources, python2=python2)
 
 
 def _build(*, kind: Kind, suite: str, tag: str | None, ca_bundle: Path, cache_dir: Path, log: TextIO,
            docker_host: str | None, mirror: str, index_url: str, rebuild: bool, arch: str | None = None,
-           python_sources: Sequence[PythonSource] | None = None) -> ImageResult:
+           python_sources: Sequence[PythonSource] | None = None, python2: bool | None = None) -> ImageResult:
     """`python_sources`: the CPythons compiled in besides the suite's own (None: `default_sources(suite)`;
-    none for another architecture than the host's, where compiling under emulation is not done)."""
+    none for another architecture than the host's, where compiling under emulation is not done).
+    `python2`: the suite's CPython 2.7 too (None: `default_python2`)."""
     target = arches.arch(arch) if arch else arches.host()
     foreign = arches.emulated(target.machine)
     tag = tag or default_tag(suite, kind, target.debian)
@@ -185,6 +209,12 @@ def _build(*, kind: Kind, suite: str, tag: str | None, ca_bundle: Path, cache_di
     if foreign and python_sources:
         raise FarmError(f"CPythons are not compiled into {target.debian} images (under emulation): "
                         "build without --debian-pythons/--python-source")
+    if python2 is None:
+        python2 = default_python2(suite, foreign=foreign)
+    if python2 and suite not in PYTHON2_SUITES:
+        raise FarmError(f"{suite} has no CPython 2.7 (the suites that do: {', '.join(sorted(PYTHON2_SUITES))}): "
+                        "build without --python2")
+    python2_packages = PYTHON2_PACKAGES[kind] if python2 else []
     client = docker_client(docker_host, step="image")  # a missing engine fails here, before any compiling
     try:
         # Compiled (or found cached) first: their keys are part of the image's.
@@ -198,7 +228,8 @@ def _build(*, kind: Kind, suite: str, tag: str | None, ca_bundle: Path, cache_di
                        **({"strip": _STRIP_BUILD} if strip else {}),
                        "index": index_url, "ca": hashlib.sha256(ca_bundle.read_bytes()).hexdigest(),
                        **({"arch": target.debian} if foreign else {}),
-                       **({"pythons": [c.key for c in compiled]} if compiled else {})})
+                       **({"pythons": [c.key for c in compiled]} if compiled else {}),
+                       **({"python2": python2_packages} if python2_packages else {})})
         if not rebuild:
             reused = _existing(client, tag, key, kind)
             if reused is not None:
@@ -219,7 +250,7 @@ def _build(*, kind: Kind, suite: str, tag: str | None, ca_bundle: Path, cache_di
                                                     "KEEP": " ".join(PACKAGES["verify"])},
                            log=log, what=f"removing the build-only packages for the {kind} image")
             pythons = _setup(root, kind=kind, ca_bundle=ca_bundle, index_url=index_url, log=log,
-                             compiled=[c.tag for c in compiled])
+                             compiled=[c.tag for c in compiled], python2=python2_packages)
             final = work / "image.tar"
             _tar(["--numeric-owner", "-cf", final, "-C", root, "."], log)
             labels = {"farm.suite": suite, "farm.kind": kind, "farm.pythons": ",".join(pythons),
@@ -293,11 +324,12 @@ def rootfs_tarball(*, suite: str, packages: list[str], cache_dir: Path, mirror: 
 
 
 def _setup(root: Path, *, kind: Kind, ca_bundle: Path, index_url: str, log: TextIO,
-           compiled: Sequence[str] = ()) -> list[str]:
+           compiled: Sequence[str] = (), python2: Sequence[str] = ()) -> list[str]:
     ca = root / CA_IN_IMAGE.lstrip("/")
     ca.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(ca_bundle, ca)
-    env = {"KIND": kind, "INDEX_URL": index_url, "COMPILED": " ".join(compiled), **_cert_env()}
+    env = {"KIND": kind, "INDEX_URL": index_url, "COMPILED": " ".join(compiled), "PYTHON2": " ".join(python2),
+           **_cert_env()}
     chroot_run(root, _SETUP, env=env, log=log, what=f"setting up the {kind} image")
     pythons = (root / "usr/local/share/farm/pythons").read_text().split()
     if not pythons:

@@ -123,20 +123,25 @@ def build_requirements(source: SdistSource) -> list[str]:
     return build_requires.checked([*requires, *([] if "wheel" in names else ["wheel"])], "declares")
 
 
-def download(requirements: Sequence[str], dest: Path, *, python: str, platform: Platform, index_url: str,
+def portable_platforms(platform: Platform) -> list[str]:
+    """The portable wheel platform tags (manylinux, macosx, win) Python 2.7 installs on `platform` here."""
+    return sorted({t.platform for t in platform.supported_tags((2, 7))
+                   if t.platform != "any" and not t.platform.startswith("linux_")})
+
+
+def download(requirements: Sequence[str], dest: Path, *, abi: str, platforms: Sequence[str], index_url: str,
              as_of: str | None, log: TextIO | None) -> list[Path]:
-    """`requirements` and their dependencies as wheels for Python 2.7 on `platform` (its ABI, its
-    platform tags), resolved by the farm's own pip from `index_url` (as of a time when given), into an
-    emptied `dest` (a retry as of the release resolves anew)."""
+    """`requirements` and their dependencies as wheels for Python 2.7 of ABI `abi` (`abi()`) on the wheel
+    platform tags `platforms` (`portable_platforms`, or a build image's), resolved by the farm's own
+    pip from `index_url` (as of a time when given), into an emptied `dest` (a retry as of the release
+    resolves anew)."""
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
     if not requirements:
         return []
-    platforms = sorted({t.platform for t in platform.supported_tags((2, 7))
-                        if t.platform != "any" and not t.platform.startswith("linux_")})  # portable ones only
     argv = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--dest", str(dest),
             "--index-url", index_url, "--python-version", "2.7", "--implementation", "cp",
-            "--abi", abi(python), "--abi", "none", *[a for p in platforms for a in ("--platform", p)],
+            "--abi", abi, "--abi", "none", *[a for p in platforms for a in ("--platform", p)],
             *(["--uploaded-prior-to", as_of] if as_of else []), *requirements]
     try:
         run(argv, env=clean_env(), log=log, timeout=600)
@@ -179,5 +184,5 @@ def build_record(tools: Tools, interp: Interpreter) -> dict[str, str]:
     return {"python": ".".join(map(str, interp.version)), **tools.versions()}
 
 
-__all__ = ["TOOLS", "Tools", "abi", "build_record", "build_requirements", "download",
-           "install", "is_python2", "make_env", "pins", "tools", "verify_install", "wheel_command"]
+__all__ = ["TOOLS", "Tools", "abi", "build_record", "build_requirements", "download", "install", "is_python2",
+           "make_env", "pins", "portable_platforms", "tools", "verify_install", "wheel_command"]

@@ -190,6 +190,11 @@ class Target:
     tags: frozenset[Tag]
     threaded: bool = False  # CPython's free-threaded build (cp314t)
 
+    @property
+    def tag(self) -> str:
+        """The farm's name for it: cp313, cp314t."""
+        return f"cp{self.python[0]}{self.python[1]}{'t' if self.threaded else ''}"
+
     @classmethod
     def for_job(cls, python_tag: str, platform: Platform, settings: Settings) -> Target:
         parsed = PythonTag.parse(python_tag)
@@ -287,10 +292,12 @@ def verify(*, wheel: Path, target: Target, settings: Settings, options: Options,
     emulation = platform_emulation(target)
     if emulation:
         log.write(f"verifying for {emulation['target']} under emulation ({emulation['emulator']}, QEMU {emulation['qemu']})\n")
+    tools = python2.tools(settings.home, settings.upstream_index, log=log) if target.python[0] == 2 else None
     res = verify_in_container(wheel=wheel, dependency_wheels=deps, image=target.image,
                               requires=options.test_requires, imports=imports, test_command=options.test_command,
                               project=tree, log=log, timeout=settings.test_timeout,
-                              docker_host=settings.docker_host, early=early)
+                              docker_host=settings.docker_host, early=early, python=target.tag,
+                              python2_tools=tools)
     emulated = f" emulated={emulation['emulator']}" if emulation else ""
     return VerifyOutcome(passed=res.passed, environment=f"container:{target.image}@{res.image_digest} network=none{emulated}",
                          install_command=res.install_command, imports=imports,

@@ -24,6 +24,7 @@ from packaging.utils import parse_wheel_filename
 from farm.containers import Container, ContainerCommandFailed, Limits, docker_client, image_digest, local_engine
 from farm.errors import FarmError, InfrastructureFault, PackageFailure
 from farm.util.python_tags import PythonTag
+from farm.worker.python2 import Tools
 
 ROOT = "/tmp/farm"
 WHEELS = f"{ROOT}/wheels"
@@ -133,8 +134,14 @@ class VerifyBox:
 def verify_in_container(*, wheel: Path, dependency_wheels: Sequence[Path], image: str, requires: Sequence[str],
                         imports: Sequence[str], test_command: str | None, project: Path | None, log: TextIO,
                         timeout: float, docker_host: str, memory: str = "2g", pids: int = 1024,
-                        early: VerifyBox | None = None) -> ContainerVerifyResult:
+                        early: VerifyBox | None = None, python: str | None = None,
+                        python2_tools: Tools | None = None) -> ContainerVerifyResult:
     """Install `wheel` (with `dependency_wheels` as the only index) in `image` and test it.
+
+    `python`: the target's Python (cp313; a pure or abi3 wheel is verified on several), found in the
+    image's /opt/python, else the wheel's own, else the image's python3. `python2_tools`: for
+    Python 2.7, the farm's virtualenv 16 and pip 20.3 (farm/worker/python2.py), copied in; uv and
+    the venv module make no Python 2 environment.
 
     `early`: a container for `image` started while the build ran (`VerifyBox.start_early`), used
     instead of starting one now; it is closed here either way.
@@ -188,20 +195,27 @@ def verify_in_container(*, wheel: Path, dependency_wheels: Sequence[Path], image
         # The unpacked sdist is copied in only for a test command that uses it (pyyaml's: 0.7-0.9 s).
         uses_project = project is not None and any(k in (test_command or "") for k in ("{project}", "{package}"))
         project_in = box.copy_into(project, PROJECT_DIR, owner=uid) if uses_project else None  # type: ignore[arg-type]
-        python, uv = _probe(box, wheel, vb.mounted_uv)
-        if uv is None:
+        interpreter, uv = _probe(box, wheel, None if python2_tools else vb.mounted_uv, python=python)
+        if uv is None and python2_tools is None:
             uv = _uv_into(box, uid, vb.host_uv)
         venv_python = f"{VENV}/bin/python"
         env["VIRTUAL_ENV"] = VENV
         env["PATH"] = f"{VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
         try:
-            if uv:
+            if python2_tools is not None:
+                pip = box.copy_into(python2_tools.pip_wheel, TOOLS_DIR, owner=uid)
+                virtualenv = box.copy_into(python2_tools.virtualenv.parent, TOOLS_DIR, owner=uid)
+                call([interpreter, f"{virtualenv}/virtualenv.py", "--quiet", "--no-download", "--no-pip",
+                      "--no-setuptools", "--no-wheel", VENV])
+                install = [venv_python, f"{pip}/pip", "install", "--no-python-version-warning",
+                           "--disable-pip-version-check", "--only-binary=:all:"]
+            elif uv:
                 env.update({"UV_NO_CACHE": "1", "UV_NO_CONFIG": "1", "UV_OFFLINE": "1",
                             "UV_PYTHON_DOWNLOADS": "never"})
-                call([uv, "venv", "--quiet", "--python", python, VENV])
+                call([uv, "venv", "--quiet", "--python", interpreter, VENV])
                 install = [uv, "pip", "install", "--python", venv_python]
             else:
-                call([python, "-m", "venv", VENV])
+                call([interpreter, "-m", "venv", VENV])
                 install = [venv_python, "-m", "pip", "install"]
             install += ["--no-index", "--find-links", WHEELS]
             install_command = shlex.join(install)
@@ -261,13 +275,19 @@ def _uv_into(box: Container, uid: int, host_uv: Path) -> str | None:
     return uv if box.call([uv, "--version"], workdir="/", check=False).exit_code == 0 else None
 
 
-def _probe(box: Container, wheel: Path, uv: str | None) -> tuple[str, str | None]:
-    """In one call: the interpreter matching the wheel's Python tag (/opt/python/cpXY-cpXY), else the
-    image's python3; and whether `uv` (if given) runs there. (python, uv or None)"""
+def _probe(box: Container, wheel: Path, uv: str | None, *, python: str | None = None) -> tuple[str, str | None]:
+    """In one call: the interpreter for `python` (cp313: /opt/python/cp313-cp313), else the one matching
+    the wheel's Python tag, else the image's python3; and whether `uv` (if given) runs there.
+    (python, uv or None)"""
     candidates = []
+    wanted = PythonTag.parse(python or "")
+    if wanted is not None:
+        candidates.append(f"/opt/python/{wanted.install_dir}/bin/python")
     for tag in parse_wheel_filename(wheel.name)[3]:
         # cp314-cp314t is the free-threaded build's folder; an abi3 or none wheel takes the GIL build's
-        parsed = PythonTag.parse(tag.abi if tag.abi.startswith(tag.interpreter) else tag.interpreter)
+        # (and cp27mu, no tag of the farm's, the cp27 folder)
+        parsed = PythonTag.parse(tag.abi if tag.abi.startswith(tag.interpreter) else tag.interpreter) \
+            or PythonTag.parse(tag.interpreter)
         if parsed is not None and parsed.implementation == "cp":
             candidates.append(f"/opt/python/{parsed.install_dir}/bin/python")
     find = "".join(f"[ -x {shlex.quote(c)} ] && echo {shlex.quote(c)}; " for c in dict.fromkeys(candidates))

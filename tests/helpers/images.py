@@ -1,8 +1,8 @@
 """Image builds for the container tests: the Docker host (skipped without one), the build and verify
 images built once per session, and running commands in them.
 
-`build_image_result`/`verify_image_result` carry bullseye's own CPython only (cp39), which every
-container test uses; `pythons_images` carry one CPython compiled into them as well (TEST_PYTHON_SOURCES:
+`build_image_result`/`verify_image_result` carry bullseye's own CPythons only (cp39, which every
+container test uses, and cp27, offered only where a test asks: `container_env(python2=True)`); `pythons_images` carry one CPython compiled into them as well (TEST_PYTHON_SOURCES:
 compiling one costs minutes, so the tests carry one where `farm image build` compiles three),
 cached in ~/.cache/wheel-farm/pythons like any site's."""
 
@@ -61,14 +61,19 @@ class _Log(io.StringIO):
 
 
 def container_env(docker_host: str, build: ImageResult, verify: ImageResult, *,
-                  platform: str = "linux-x86_64") -> dict[str, str]:
+                  platform: str = "linux-x86_64", python2: bool = False) -> dict[str, str]:
     """A farm's settings for the container path: the cibuildwheel engine on `docker_host`, `build` as
-    the build image and `verify` as the verification image of `platform` (with the Pythons each carries)."""
+    the build image and `verify` as the verification image of `platform`, with the Pythons each
+    carries; CPython 2.7 only with `python2` (bullseye's images carry it: a site that does not want
+    cp27 jobs leaves it out of the images' `pythons` so, and the other tests' sdists build for Python 3)."""
+    def offered(image: ImageResult) -> list[str]:
+        return [p for p in image.pythons if python2 or p != "cp27"]
+
     return {
         "FARM_ENGINE": "cibuildwheel",
         "FARM_DOCKER_HOST": docker_host,
-        "FARM_IMAGES": json.dumps({platform: [{"image": build.tag, "pythons": build.pythons}]}),
-        "FARM_VERIFY_IMAGES": json.dumps({platform: [{"image": verify.tag, "pythons": verify.pythons}]}),
+        "FARM_IMAGES": json.dumps({platform: [{"image": build.tag, "pythons": offered(build)}]}),
+        "FARM_VERIFY_IMAGES": json.dumps({platform: [{"image": verify.tag, "pythons": offered(verify)}]}),
     }
 
 
@@ -95,7 +100,7 @@ def pythons_image_pair(docker_host: str) -> tuple[ImageResult, ImageResult]:
     """The build and verification images with bullseye's cp39 and TEST_PYTHON_SOURCES compiled in."""
     image_builder_or_skip()
     kw = dict(suite=SUITE, ca_bundle=default_ca_bundle(), cache_dir=CACHE, docker_host=docker_host,
-              python_sources=TEST_PYTHON_SOURCES)
+              python_sources=TEST_PYTHON_SOURCES, python2=False)  # 2.7 is tested with the plain images
     return (build_image(tag=f"{PYTHONS_TAG}:test", log=_Log(), **kw),  # type: ignore[arg-type]
             build_verify_image(tag=f"{PYTHONS_TAG}-verify:test", log=_Log(), **kw))  # type: ignore[arg-type]
 

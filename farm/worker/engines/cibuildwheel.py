@@ -23,7 +23,9 @@ import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor, wait
 from importlib.metadata import version
+from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 from farm.config import ImageConfig
 from farm.containers import (
@@ -39,7 +41,7 @@ from farm.errors import CommandTimeout, ConfigError, FarmError, InfrastructureFa
 from farm.util.cmd import CommandFailed, Result, clean_env, run
 from farm.util.python_tags import dotted
 from farm.worker import build_requires, wheelhouse
-from farm.worker.engines import prepared_image
+from farm.worker.engines import prepared_image, python2_container
 from farm.worker.engines.base import BuildContext, BuildOutput
 from farm.worker.hints import build_failure
 from farm.worker.platforms.base import PackageManager
@@ -65,9 +67,7 @@ class CibuildwheelEngine:
         return build_requires.build_as_of_release(ctx, lambda as_of: self._build(ctx, as_of), reset=reset)
 
     def _build(self, ctx: BuildContext, as_of: build_requires.AsOf | None) -> BuildOutput:
-        if (dotted(ctx.spec.python) or "").startswith("2."):  # an image that lists cp27 among its Pythons
-            raise PackageFailure("build", "cibuildwheel builds no Python 2: a worker with the native engine and a "
-                                 "CPython 2.7 in its `pythons` setting builds cp27 (farm/worker/python2.py)")
+        python2 = (dotted(ctx.spec.python) or "").startswith("2.")  # cibuildwheel builds no cp27
         image = choose_image(ctx)
         emulation = container_platform(ctx.platform).emulation()
         if emulation:
@@ -82,6 +82,9 @@ class CibuildwheelEngine:
             except FarmError as exc:
                 raise InfrastructureFault("build", str(exc)) from exc
             family, has_uv = image_facts(client, image.image, digest)
+            if python2:  # the same image, root phase and confinement; pip 20.3 and virtualenv 16 in it
+                return python2_container.build(ctx, client, image=image.image, digest=digest, family=family,
+                                               docker_host=host, job_label=job_label, as_of=as_of, emulation=emulation)
             effective = build_requires.apply(ctx.src, ctx.options.build_requires)
             # The build starts from the sdist file itself unless the tree had to be changed.
             from_sdist = effective is None and ctx.sdist.name.endswith(".tar.gz")
@@ -177,24 +180,20 @@ def build_user(ctx: BuildContext) -> str:
     return f"{ctx.settings.sandbox_uid}:{ctx.settings.sandbox_uid}"
 
 
-def prepare_offline(ctx: BuildContext, client, *, image: str, digest: str, family: str, docker_host: str,  # type: ignore[no-untyped-def]
-                    frontend: str, job_label: str, as_of: build_requires.AsOf | None = None,
-                    ) -> tuple[wheelhouse.Wheelhouse, prepared_image.Prepared]:
-    """The build's inputs, made before it starts: the wheelhouse, and meanwhile (in a thread, its log
-    appended afterwards) the prepared image: the recipe's system packages downloaded with the
-    network and installed with before-all in the root phase, or a prepared image reused."""
+def root_phase(ctx: BuildContext, client, *, image: str, digest: str, family: str, docker_host: str,  # type: ignore[no-untyped-def]
+               job_label: str, log: TextIO) -> tuple[str | None, Callable[[], prepared_image.Prepared]]:
+    """The prepared image already made for this build's inputs (None: none yet), and the root phase
+    that reuses it or makes it: the recipe's system packages downloaded with the network and installed
+    with before-all as root, without it (farm/worker/engines/prepared_image.py)."""
     packages = list(getattr(ctx.options.system_packages, family, [])) if family else []
     env_script = container_environment(ctx)
     script = before_all_script(ctx, family)
     prepared_key = prepared_image.key(ctx, digest=digest, family=family, packages=packages, script=script,
                                       env_script=env_script, user=build_user(ctx))
-    log = io.StringIO()
     labels = {JOB_LABEL: job_label}
-
     found = prepared_image.find(client, prepared_key)
-    libc = prepared_image.libc(client, found) if found else None
 
-    def root_phase() -> prepared_image.Prepared:
+    def run() -> prepared_image.Prepared:
         if found is None:
             fetch_system_packages(ctx, docker_host=docker_host, image=image, family=family, packages=packages,
                                   labels=labels, log=log)
@@ -203,12 +202,24 @@ def prepare_offline(ctx: BuildContext, client, *, image: str, digest: str, famil
             sub, client, image=image, prepared_key=prepared_key, script=script, env_script=env_script,
             user=build_user(ctx), python=container_platform(ctx.platform).image_python(ctx.spec.python),
             mounts={str(ctx.work / "system-packages"): PACKAGES_IN_CONTAINER,
-                    **({str(source): prepared_image.PROJECT_IN_ROOT_PHASE} if script else {})},
+                    **({str(ctx.source): prepared_image.PROJECT_IN_ROOT_PHASE} if script else {})},
             labels=labels)
 
-    source = ctx.source  # unpacked here, not in both threads
+    return found, run
+
+
+def prepare_offline(ctx: BuildContext, client, *, image: str, digest: str, family: str, docker_host: str,  # type: ignore[no-untyped-def]
+                    frontend: str, job_label: str, as_of: build_requires.AsOf | None = None,
+                    ) -> tuple[wheelhouse.Wheelhouse, prepared_image.Prepared]:
+    """The build's inputs, made before it starts: the wheelhouse, and meanwhile (in a thread, its log
+    appended afterwards) the prepared image (`root_phase`)."""
+    log = io.StringIO()
+    _ = ctx.source  # unpacked here, not in both threads
+    found, root = root_phase(ctx, client, image=image, digest=digest, family=family, docker_host=docker_host,
+                             job_label=job_label, log=log)
+    libc = prepared_image.libc(client, found) if found else None
     with ThreadPoolExecutor(max_workers=1) as pool:
-        fetched = pool.submit(root_phase)
+        fetched = pool.submit(root)
         try:
             house = wheelhouse.prepare(ctx, client, image, digest=digest, frontend=frontend, libc=libc, as_of=as_of)
         except BaseException:

@@ -104,9 +104,9 @@ class NativeEngine:
         tools = python2.tools(ctx.settings.home, ctx.spec.upstream_index, log=ctx.log)
         python = python2.make_env(interp, benv, tools, log=ctx.log)
         requires = python2.build_requirements(ctx.src)
-        wheels = python2.download(requires, ctx.work / "build-wheels", python=str(interp.path), platform=ctx.platform,
-                                  index_url=ctx.spec.upstream_index, as_of=as_of.exclude_newer if as_of else None,
-                                  log=ctx.log)
+        wheels = python2.download(requires, ctx.work / "build-wheels", abi=python2.abi(str(interp.path)),
+                                  platforms=python2.portable_platforms(ctx.platform), index_url=ctx.spec.upstream_index,
+                                  as_of=as_of.exclude_newer if as_of else None, log=ctx.log)
         python2.install(tools, python, wheels, log=ctx.log)
         out = ctx.work / "built"
         out.mkdir(parents=True, exist_ok=True)
