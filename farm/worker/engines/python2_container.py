@@ -56,6 +56,8 @@ def build(ctx: BuildContext, client, *, image: str, digest: str, family: str, do
     wheels = python2.download(requires, ctx.work / "build-wheels", abi=ABI, platforms=platforms,
                               index_url=ctx.spec.upstream_index, as_of=as_of.exclude_newer if as_of else None,
                               log=ctx.log)
+    pins = python2.pins(wheels)
+    ctx.log.write(f"build requirements for Python 2.7: {' '.join(pins) or 'none'}\n")
     ca = ctx.work / "ca-bundle.crt"
     shutil.copyfile(cibw.ca_bundle(), ca)
     interpreter = platform.image_python(ctx.spec.python)
@@ -90,7 +92,6 @@ def build(ctx: BuildContext, client, *, image: str, digest: str, family: str, do
     built = sorted(out.glob("*.whl"))
     if len(built) != 1:
         raise PackageFailure("build", f"pip's build and the repair left {len(built)} wheels, not one")
-    pins = python2.pins(wheels)
     return BuildOutput(
         wheels=built, repaired=True,
         tools={"python": "2.7", **tools.versions(), "wheel-farm": version("wheel-farm"), "docker-engine": server,
