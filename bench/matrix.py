@@ -6,8 +6,8 @@ against cibuildwheel's own serial run of the same identifiers on the same image.
                 after the other, as cibuildwheel's users run it. build[uv] front end, the index and CA
                 bundle, the host's network, no tests. The clock covers the command.
   farm          `farm up --jobs N` (engine cibuildwheel, the same build image, its verification image;
-                N = `--workers`, default the core count, as `worker_jobs` defaults: the Pythons build in
-                parallel up to the core count); from the in-process `submit()` until every job of the
+                N = `--workers`, default the farm's own (`worker_jobs` 0: one more than the cores, as
+                far as the memory holds build_memory for each); from the in-process `submit()` until every job of the
                 matrix succeeded, so it includes each wheel's clean-container verification, attestation
                 and publishing.
 
@@ -40,6 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from containers import SUITE, UPSTREAM, farm_environment, images
 from embedded import Farm, _job_state, fetch_sdist, median, say
+
+from farm.cli.processes import default_jobs
 
 TAG = "wheel-farm/debian-bullseye-matrix:bench"
 TARGET = 0.6  # farm wall time / cibuildwheel's serial run
@@ -119,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sdist", default="markupsafe==3.0.2", help="a C-extension sdist, NAME==VERSION or a .tar.gz")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="farm workers (default: the core count)")
+    p.add_argument("--workers", type=int, default=default_jobs(),
+                   help="farm job slots (default: the farm's own default, farm.cli.processes.default_jobs)")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--tag", default=TAG, help=f"the build image (default {TAG}; its verification image NAME-verify:VERSION)")
     p.add_argument("--json", type=Path, help="write every measurement here")

@@ -22,10 +22,44 @@ def _celery_worker(queues: list[str], name: str) -> int:
 
 
 def worker_jobs(requested: int | None = None) -> int:
-    """How many jobs a worker host runs at once: `--jobs`, else `worker_jobs`, else the core count."""
+    """How many jobs a worker host runs at once: `--jobs`, else `worker_jobs`, else `default_jobs()`."""
     if requested is not None and requested < 1:
         raise SystemExit("farm worker: --jobs must be 1 or more")
-    return requested or get_settings().worker_jobs or os.cpu_count() or 1
+    return requested or get_settings().worker_jobs or default_jobs()
+
+
+def default_jobs(cores: int | None = None, memory: int | None = None, build_memory: str | None = None) -> int:
+    """One job more than the host has cores, as far as its memory holds `build_memory` for each.
+
+    A job keeps its core busy only while it compiles: its downloads, container starts, verification
+    and upload leave the core idle, and so does the end of a matrix that does not divide by the
+    cores (five Pythons on two cores: with two slots the fifth builds alone on one core while the
+    other idles; docs/benchmarks.md measures both). `cores`, `memory` (bytes) and `build_memory`
+    default to this host's and the settings'."""
+    cores = cores or os.cpu_count() or 1
+    memory = memory if memory is not None else _host_memory()
+    each = _bytes(build_memory if build_memory is not None else get_settings().build_memory)
+    fits = memory // each if memory and each else cores + 1
+    return max(1, min(cores + 1, fits))
+
+
+def _host_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):  # Windows has no sysconf
+        return None
+
+
+def _bytes(size: str) -> int | None:
+    """`4g` (Docker's notation: b, k, m, g) in bytes; None for what is not such a size."""
+    text = size.strip().lower()
+    units = {"b": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
+    unit = units.get(text[-1:], None)
+    number = text[:-1] if unit else text
+    try:
+        return int(float(number) * (unit or 1))
+    except ValueError:
+        return None
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
