@@ -68,10 +68,11 @@ def images(docker_host: str, sources: Sequence[Any] = (), tag: str | None = None
     if tag is not None:
         name, _, version = tag.rpartition(":") if ":" in tag.rsplit("/", 1)[-1] else (tag, "", "latest")
         tags = (f"{name}:{version}", f"{name}-verify:{version}")
+    # No CPython 2.7 (bullseye's images carry it by default): cibuildwheel, the baseline, builds no cp27.
     build = image_build(suite=SUITE, tag=tags[0], docker_host=docker_host, index_url=UPSTREAM, log=sys.stderr,
-                        python_sources=list(sources))
+                        python_sources=list(sources), python2=False)
     verify = image_build(suite=SUITE, tag=tags[1], verify=True, docker_host=docker_host, index_url=UPSTREAM,
-                         log=sys.stderr, python_sources=list(sources))
+                         log=sys.stderr, python_sources=list(sources), python2=False)
     return build, verify
 
 

@@ -315,7 +315,7 @@ def rootfs_tarball(*, suite: str, packages: list[str], cache_dir: Path, mirror: 
                 run(argv, env=clean_env({"DEBIAN_FRONTEND": "noninteractive"}), log=log, timeout=3600)
             except CommandFailed as exc:
                 raise InfrastructureFault("image", f"debootstrap of {suite} failed: {exc}") from exc
-        partial = target.with_suffix(".tar.partial")
+        partial = target.with_name(f"{target.name}.{work.name}.partial")  # two builds at once: each its own
         _tar(["--numeric-owner", "-cf", partial, "-C", root, "."], log)
         partial.rename(target)
     finally:
