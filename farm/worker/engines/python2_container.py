@@ -52,6 +52,7 @@ def build(ctx: BuildContext, client, *, image: str, digest: str, family: str, do
     libc = prepared_image.libc(client, prepared.image)
     platforms = platform.image_wheel_platforms(libc)[0] if libc else python2.portable_platforms(ctx.platform)
     tools = python2.tools(ctx.settings.home, ctx.spec.upstream_index, log=ctx.log)
+    build_requires.apply(ctx.src, ctx.options.build_requires)  # the recipe's overrides, into the tree's pyproject.toml
     requires = python2.build_requirements(ctx.src)
     wheels = python2.download(requires, ctx.work / "build-wheels", abi=ABI, platforms=platforms,
                               index_url=ctx.spec.upstream_index, as_of=as_of.exclude_newer if as_of else None,
