@@ -6,7 +6,7 @@ against cibuildwheel's own serial run of the same identifiers on the same image.
                 after the other, as cibuildwheel's users run it. build[uv] front end, the index and CA
                 bundle, the host's network, no tests. The clock covers the command.
   farm          `farm up --jobs N` (engine cibuildwheel, the same build image, its verification image;
-                N = `--workers`, default the farm's own (`worker_jobs` 0: one more than the cores, as
+                N = `--workers`, default the farm's own (`worker_jobs` 0: the core count, as
                 far as the memory holds build_memory for each); from the in-process `submit()` until every job of the
                 matrix succeeded, so it includes each wheel's clean-container verification, attestation
                 and publishing.

@@ -121,7 +121,7 @@ class Settings(BaseSettings):
     api_retry_seconds: float = Field(600.0, ge=0, description="how long a remote worker keeps retrying the farm's API "
                                      "(uploads of a finished build, sdist downloads) while it is away")
     worker_jobs: int = Field(0, ge=0, description="jobs a worker host runs at once, one worker process each (the "
-                             "Pythons of a matrix in parallel); 0: one more than the cores, as far as the "
+                             "Pythons of a matrix in parallel); 0: the core count, as far as the "
                              "memory holds build_memory for each")
     heartbeat_interval: float = Field(5.0, gt=0, description="seconds between a worker's heartbeats while it runs a job")
     reconcile_interval: float = Field(15.0, gt=0, description="seconds between the coordinator's reconciler passes")

@@ -282,18 +282,16 @@ def test_abi3_and_pure_wheels_are_verified_on_gil_builds_only(tmp_path: Path) ->
     assert "/opt/python/" not in asked[-1]  # a pure wheel: the image's python3
 
 
-def test_a_worker_host_runs_one_job_more_than_its_cores_as_its_memory_allows() -> None:
-    """`worker_jobs` 0 (the default): cores + 1, so the idle phases of a job (downloads, container starts,
-    verification) and the tail of a matrix that does not divide by the cores leave no core idle; never
-    more than the memory holds at `build_memory` each. Bad input: a `build_memory` that is no size is
-    not held against the count."""
+def test_a_worker_host_runs_a_job_per_core_as_far_as_its_memory_holds() -> None:
+    """`worker_jobs` 0 (the default): a job per core, never more than the memory holds at `build_memory`
+    each. Bad input: a `build_memory` that is no size is not held against the count."""
     from farm.cli.processes import _bytes, default_jobs
 
     gib = 1024 ** 3
-    assert default_jobs(cores=2, memory=24 * gib, build_memory="4g") == 3
+    assert default_jobs(cores=2, memory=24 * gib, build_memory="4g") == 2
     assert default_jobs(cores=16, memory=24 * gib, build_memory="4g") == 6  # the memory decides
     assert default_jobs(cores=2, memory=2 * gib, build_memory="4g") == 1  # at least one
-    assert default_jobs(cores=2, memory=None, build_memory="4g") == 3  # memory unknown (Windows)
-    assert default_jobs(cores=2, memory=24 * gib, build_memory="lots") == 3
+    assert default_jobs(cores=2, memory=None, build_memory="4g") == 2  # memory unknown (Windows)
+    assert default_jobs(cores=2, memory=24 * gib, build_memory="lots") == 2
     assert _bytes("4g") == 4 * gib and _bytes("512m") == 512 * 1024 ** 2 and _bytes("1.5G") == int(1.5 * gib)
     assert _bytes("100") == 100 and _bytes("") is None and _bytes("g") is None

@@ -293,14 +293,14 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("up", help="run the embedded farm: API/index, coordinator, a local worker")
     s.add_argument("--port", type=int)
     s.add_argument("--jobs", type=int, metavar="N", help="jobs the local worker runs at once (default worker_jobs: "
-                   "one more than the cores, as far as the memory holds build_memory for each)")
+                   "the core count, as far as the memory holds build_memory for each)")
     s.set_defaults(func=processes.cmd_up)
 
     s = sub.add_parser("worker", help="a platform worker (Celery, the platform's queue)")
     s.add_argument("--platform")
     s.add_argument("--name", help="Celery node name before the @ (default worker-PLATFORM); distinct per worker on a host")
     s.add_argument("--jobs", type=int, metavar="N", help="jobs run at once, one worker process each, named NAME-1 ... "
-                   "(default worker_jobs: one more than the cores, as far as the memory holds build_memory for each; "
+                   "(default worker_jobs: the core count, as far as the memory holds build_memory for each; "
                    "a matrix's Pythons build in parallel)")
     s.add_argument("--self-test", action="store_true", help="build, repair and verify a bundled sample sdist on this "
                    "host with the configured platform and engine (no coordinator or broker), then exit")

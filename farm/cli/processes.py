@@ -29,18 +29,15 @@ def worker_jobs(requested: int | None = None) -> int:
 
 
 def default_jobs(cores: int | None = None, memory: int | None = None, build_memory: str | None = None) -> int:
-    """One job more than the host has cores, as far as its memory holds `build_memory` for each.
-
-    A job keeps its core busy only while it compiles: its downloads, container starts, verification
-    and upload leave the core idle, and so does the end of a matrix that does not divide by the
-    cores (five Pythons on two cores: with two slots the fifth builds alone on one core while the
-    other idles; docs/benchmarks.md measures both). `cores`, `memory` (bytes) and `build_memory`
-    default to this host's and the settings'."""
+    """A job per core, as far as the host's memory holds `build_memory` for each (a 16-core host with
+    24 GB runs six 4g builds, not sixteen). More slots than cores were measured not to finish a
+    matrix sooner (five Pythons on two cores with two, three and five slots: docs/benchmarks.md).
+    `cores`, `memory` (bytes) and `build_memory` default to this host's and the settings'."""
     cores = cores or os.cpu_count() or 1
     memory = memory if memory is not None else _host_memory()
     each = _bytes(build_memory if build_memory is not None else get_settings().build_memory)
-    fits = memory // each if memory and each else cores + 1
-    return max(1, min(cores + 1, fits))
+    fits = memory // each if memory and each else cores
+    return max(1, min(cores, fits))
 
 
 def _host_memory() -> int | None:
