@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from farm.util.python_tags import sort_key
 from tests.helpers.env import free_port
 from tests.helpers.farms import Farm
 from tests.helpers.images import build_image_result, container_env, docker_host, verify_image_result  # noqa: F401
@@ -51,8 +52,7 @@ def offline(tmp_path_factory: pytest.TempPathFactory, docker_host: str,  # noqa:
     upstream.stop()
 
 
-def test_an_abi3_sdist_builds_once_offline_and_is_audited_by_the_farm(offline, tmp_path: Path,  # type: ignore[no-untyped-def]
-                                                                     verify_image_result) -> None:  # noqa: F811
+def test_an_abi3_sdist_builds_once_offline_and_is_audited_by_the_farm(offline, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     farm, upstream = offline
     sdist = make_sdist(make_abi3_project(tmp_path, "offabi"), tmp_path / "dist")
     res = farm.farm("submit", "--wait", "--timeout", "1500", str(sdist), timeout=1600)
@@ -71,9 +71,11 @@ def test_an_abi3_sdist_builds_once_offline_and_is_audited_by_the_farm(offline, t
     assert "abi3audit" in statement["predicate"]["runDetails"]["builder"]["version"]
     verification = next(b for b in statement["predicate"]["runDetails"]["byproducts"] if b["name"] == "verification")
     assert verification["annotations"]["passed"] is True
-    # verified on the oldest and the newest Python the verification image has (and the worker's own
-    # interpreter may add a newer one: the newest of all is the last)
-    image_pythons = sorted(verify_image_result.pythons, key=lambda p: (int(p[2]), int(p[3:])))
+    # verified on the oldest and the newest Python the farm's verification image is configured with
+    # (cp27 is not offered: container_env; an abi3 wheel does not install on 2.7 anyway), and the
+    # worker's own interpreter may add a newer one: the newest of all is the last
+    offered = json.loads(farm.env["FARM_VERIFY_IMAGES"])["linux-x86_64"][0]["pythons"]
+    image_pythons = sorted(offered, key=sort_key)
     verified = verification["annotations"].get("pythons") or []
     assert verified[0] == f"{image_pythons[0][2]}.{image_pythons[0][3:]}", verified
     assert f"{image_pythons[-1][2]}.{image_pythons[-1][3:]}" in verified, verified
