@@ -13,6 +13,7 @@ The Docker tests compile one CPython (TEST_PYTHON_SOURCES) once; later runs find
 from __future__ import annotations
 
 import argparse
+import json
 import io
 import re
 import tarfile
@@ -221,5 +222,15 @@ def test_c_extension_built_for_each_image_python_and_imported_in_the_clean_image
         code, out = run_in(client, verify.tag, script, network="host", user="farm")
         assert code == 0, out
         assert "(3, 13) 5" in out and "(3, 9) 5" in out, out
+
+        # A pure sdist: one job, its wheel verified in the clean image on the oldest and the newest
+        # Python, each on its own interpreter (not twice on the image's python3, the oldest).
+        pure = make_sdist(make_project(work, "imagepure", c_extension=False), work / "dist-pure")
+        res = farm.farm("submit", "--wait", "--timeout", "900", str(pure))
+        assert res.returncode == 0, res.stdout + res.stderr
+        job = next(j for j in json.loads(farm.farm("status", "--json").stdout) if j["name"] == "imagepure")
+        verifying = farm.farm("logs", str(job["id"])).stdout.split("===== verifying")[1]
+        assert "for Python 3.9" in verifying and "for Python 3.13" in verifying, verifying
+        assert "/opt/python/cp313-cp313/bin/python" in verifying.split("for Python 3.13")[1], verifying
     finally:
         farm.stop()

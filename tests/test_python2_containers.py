@@ -139,26 +139,3 @@ def test_a_c_extension_is_built_for_python27_in_the_bullseye_image(py2_container
                          capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0 and out.stdout == "2.7 &lt;a&gt;", out.stdout + out.stderr
 
-
-def test_verification_takes_the_targets_interpreter() -> None:
-    """The clean container's interpreter is the target's (a pure wheel is verified on 2.7 and on the
-    newest Python, each with its own), else the wheel's tag's (cp27mu, which is no tag of the farm's,
-    is the cp27 folder), else the image's python3."""
-    from farm.worker.verify_container import _probe
-
-    class Box:
-        def __init__(self, present: set[str]) -> None:
-            self.present, self.scripts = present, []
-
-        def call(self, argv, **kw):  # type: ignore[no-untyped-def]
-            self.scripts.append(argv[-1])
-            found = [p for p in re.findall(r"\[ -x (\S+) \]", argv[-1]) if p in self.present]
-            return SimpleNamespace(output="\n".join([*found, "/usr/bin/python3"]))
-
-    both = {"/opt/python/cp27-cp27/bin/python", "/opt/python/cp313-cp313/bin/python"}
-    pure = Path("six-1.16.0-py2.py3-none-any.whl")
-    assert _probe(Box(both), pure, None, python="cp27")[0] == "/opt/python/cp27-cp27/bin/python"  # type: ignore[arg-type]
-    assert _probe(Box(both), pure, None, python="cp313")[0] == "/opt/python/cp313-cp313/bin/python"  # type: ignore[arg-type]
-    assert _probe(Box(both), pure, None, python="cp39")[0] == "/usr/bin/python3"  # type: ignore[arg-type]  # the suite's own
-    cp27 = Path("markupsafe-1.1.1-cp27-cp27mu-manylinux_2_17_x86_64.whl")
-    assert _probe(Box(both), cp27, None)[0] == "/opt/python/cp27-cp27/bin/python"  # type: ignore[arg-type]

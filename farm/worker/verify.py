@@ -193,7 +193,7 @@ class Target:
     @property
     def tag(self) -> str:
         """The farm's name for it: cp313, cp314t."""
-        return f"cp{self.python[0]}{self.python[1]}{'t' if self.threaded else ''}"
+        return PythonTag("cp", *self.python, threaded=self.threaded).abi
 
     @classmethod
     def for_job(cls, python_tag: str, platform: Platform, settings: Settings) -> Target:

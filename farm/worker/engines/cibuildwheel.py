@@ -21,9 +21,9 @@ import shlex
 import shutil
 import sys
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from importlib.metadata import version
-from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -140,13 +140,8 @@ class CibuildwheelEngine:
             image_digest=digest,
             effective_build_requires=[*house.declared, *house.dynamic],
             build_environment=house.pins,
-            isolation={"sandbox": {"kind": "container", "image": image.image, "user": build_user(ctx),
-                                   "capabilities": [],
-                                   "rootPhase": {"user": "root", "capabilities": list(prepared_image.ROOT_CAPABILITIES),
-                                                 "preparedImage": prepared.image, "reused": prepared.reused}},
-                       "network": network(ctx), "limits": {"memory": ctx.settings.build_memory,
-                                                           "processes": ctx.settings.build_pids},
-                       "buildWheels": house.wheels, **({"emulation": emulation} if emulation else {})},
+            isolation=isolation(ctx, image=image.image, prepared=prepared, build_wheels=house.wheels,
+                                emulation=emulation),
             adjustments={"buildRequiresAsOf": {**as_of.record(), "retry": False, "resolved": house.pins}}
             if as_of else {},
         )
@@ -168,6 +163,17 @@ class CibuildwheelEngine:
             return exc
         _record(ctx, result, shown)
         return None
+
+
+def isolation(ctx: BuildContext, *, image: str, prepared: prepared_image.Prepared, build_wheels: list[str],
+              emulation: dict[str, str] | None) -> dict[str, object]:
+    """What package code of a container build ran in, for provenance: the root phase as root with the
+    package managers' capabilities, then the build as the unprivileged user with none."""
+    return {"sandbox": {"kind": "container", "image": image, "user": build_user(ctx), "capabilities": [],
+                        "rootPhase": {"user": "root", "capabilities": list(prepared_image.ROOT_CAPABILITIES),
+                                      "preparedImage": prepared.image, "reused": prepared.reused}},
+            "network": network(ctx), "limits": {"memory": ctx.settings.build_memory, "processes": ctx.settings.build_pids},
+            "buildWheels": build_wheels, **({"emulation": emulation} if emulation else {})}
 
 
 def network(ctx: BuildContext) -> str:

@@ -23,6 +23,7 @@ from importlib.metadata import version
 
 from farm.containers import Container, ContainerCommandFailed, Limits
 from farm.errors import CommandTimeout, InfrastructureFault, PackageFailure
+from farm.util.python_tags import dotted
 from farm.worker import build_requires, python2
 from farm.worker.engines.base import BuildContext, BuildOutput
 from farm.worker.hints import build_failure
@@ -95,15 +96,11 @@ def build(ctx: BuildContext, client, *, image: str, digest: str, family: str, do
         raise PackageFailure("build", f"pip's build and the repair left {len(built)} wheels, not one")
     return BuildOutput(
         wheels=built, repaired=True,
-        tools={"python": "2.7", **tools.versions(), "wheel-farm": version("wheel-farm"), "docker-engine": server,
+        tools={"python": dotted(ctx.spec.python) or "2.7", **tools.versions(), "wheel-farm": version("wheel-farm"), "docker-engine": server,
                "image": image, "build-frontend": "pip", **({"qemu": emulation["qemu"]} if emulation else {})},
         image_digest=digest, effective_build_requires=requires, build_environment=pins,
-        isolation={"sandbox": {"kind": "container", "image": image, "user": cibw.build_user(ctx), "capabilities": [],
-                               "rootPhase": {"user": "root", "capabilities": list(prepared_image.ROOT_CAPABILITIES),
-                                             "preparedImage": prepared.image, "reused": prepared.reused}},
-                   "network": cibw.network(ctx), "limits": {"memory": ctx.settings.build_memory,
-                                                            "processes": ctx.settings.build_pids},
-                   "buildWheels": [w.name for w in wheels], **({"emulation": emulation} if emulation else {})},
+        isolation=cibw.isolation(ctx, image=image, prepared=prepared, build_wheels=[w.name for w in wheels],
+                                 emulation=emulation),
         adjustments={"buildRequiresAsOf": {**as_of.record(), "retry": False, "resolved": pins}} if as_of else {},
     )
 
